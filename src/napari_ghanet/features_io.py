@@ -1,0 +1,397 @@
+"""Patch-feature files: the HDF5 cache (CLAM/TRIDENT layout) and CLAM ``.pt`` tensors.
+
+File layout written by :func:`save_features` (HDF5):
+
+* dataset ``features``: float32, shape (N, D), one row per patch;
+* dataset ``coords``: int64, shape (N, 2), top-left corner (x, y) in level-0 pixels;
+* root attributes: ``encoder`` (name), ``encoder_spec`` (JSON), ``feature_dim``,
+  ``patch_size`` (pixels at the target mpp), ``patch_size_level0``, ``target_mpp``,
+  ``slide_mpp``, ``slide_fingerprint``, ``slide_path``, ``grid_key``, ``n_skipped``,
+  ``package_version`` (and whatever else the caller put in ``attrs``).
+
+Files are written atomically (temporary file in the same folder, then ``os.replace``),
+so an interrupted run never leaves a half-written file under the final name.
+
+:func:`load_features` also reads CLAM/TRIDENT ``.h5`` files (attributes may be absent;
+TRIDENT keeps them on ``coords``) and ``.pt`` files holding a feature tensor (loaded with
+``torch.load(weights_only=True)``; they carry no coordinates).
+
+The feature cache of a slide lives at
+``<cache_dir>/<encoder name>/<slide stem>.<key>.h5`` where ``key`` hashes the slide
+fingerprint, the encoder spec and the patch grid, so a changed slide, encoder or grid never
+reads stale features.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import re
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "FeaturesError",
+    "PatchFeatures",
+    "cached_features_path",
+    "grid_key",
+    "load_cached_features",
+    "load_features",
+    "load_matching_features",
+    "save_features",
+]
+
+
+class FeaturesError(ValueError):
+    """A feature file cannot be read or written; the message names the file and why."""
+
+
+@dataclass
+class PatchFeatures:
+    """A slide's bag of patch features.
+
+    Attributes
+    ----------
+    features : ndarray of float32, shape (N, D)
+    coords : ndarray of int64, shape (N, 2), or None
+        Top-left (x, y) of each patch in level-0 pixels; None for files without them.
+    attrs : dict
+        Provenance (encoder, encoder_spec dict, patch geometry, slide fingerprint...).
+    """
+
+    features: np.ndarray
+    coords: np.ndarray | None = None
+    attrs: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        f = np.asarray(self.features)
+        if f.ndim != 2:
+            raise FeaturesError(f"features must be 2-D (N, D), got shape {f.shape}")
+        self.features = np.ascontiguousarray(f, dtype=np.float32)
+        if self.coords is not None:
+            c = np.asarray(self.coords)
+            if c.ndim != 2 or c.shape[1] != 2 or c.shape[0] != f.shape[0]:
+                raise FeaturesError(
+                    f"coords must have shape ({f.shape[0]}, 2) to match the features, got {c.shape}"
+                )
+            self.coords = np.ascontiguousarray(np.rint(c) if c.dtype.kind == "f" else c).astype(
+                np.int64, copy=False
+            )
+
+    def __len__(self) -> int:
+        return int(self.features.shape[0])
+
+    @property
+    def dim(self) -> int:
+        return int(self.features.shape[1])
+
+    @property
+    def encoder_spec(self) -> dict[str, Any] | None:
+        spec = self.attrs.get("encoder_spec")
+        return dict(spec) if isinstance(spec, dict) else None
+
+
+# --------------------------------------------------------------------------- keys
+
+
+def _canonical(obj: Any) -> str:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), default=_json_default)
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"{type(obj).__name__} is not JSON serialisable")
+
+
+def grid_key(grid: Any) -> str:
+    """Hash (hex) of a patch grid: its geometry and every coordinate.
+
+    ``grid`` needs ``coords`` (N, 2), ``patch_size_level0``, ``patch_px`` and
+    ``target_mpp`` (a ``patches.PatchGrid``). Two grids with the same key give the same
+    patches, whatever tissue parameters produced them.
+    """
+    h = hashlib.sha256()
+    geom = {
+        "patch_px": int(grid.patch_px),
+        "patch_size_level0": int(grid.patch_size_level0),
+        "target_mpp": round(float(grid.target_mpp), 6),
+    }
+    h.update(_canonical(geom).encode())
+    h.update(np.ascontiguousarray(grid.coords, dtype="<i8").tobytes())
+    return h.hexdigest()[:32]
+
+
+def _spec_key(encoder_spec: dict[str, Any]) -> str:
+    return hashlib.sha256(_canonical(encoder_spec).encode()).hexdigest()[:32]
+
+
+def _safe_name(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("._") or "slide"
+
+
+def cached_features_path(
+    cache_dir: str | os.PathLike, slide: Any, encoder_spec: dict[str, Any], grid: Any
+) -> Path:
+    """Where the cached features of ``slide`` for this encoder and grid live.
+
+    ``<cache_dir>/<encoder name>/<slide stem>.<key>.h5``; ``key`` hashes the slide
+    fingerprint, the encoder spec (JSON) and :func:`grid_key`.
+    """
+    key = hashlib.sha256(
+        "|".join((slide.fingerprint(), _spec_key(encoder_spec), grid_key(grid))).encode()
+    ).hexdigest()[:16]
+    name = _safe_name(str(encoder_spec.get("name", "encoder")))
+    return Path(cache_dir) / name / f"{_safe_name(Path(slide.path).stem)}.{key}.h5"
+
+
+def load_matching_features(
+    path: str | os.PathLike,
+    *,
+    slide_fingerprint: str,
+    encoder_spec: dict[str, Any],
+    grid: Any | None = None,
+) -> PatchFeatures | None:
+    """Features at ``path`` if they were made from this slide with this encoder (and this
+    grid, when given); None when the file is missing, unreadable or does not match."""
+    path = Path(path)
+    if not path.is_file():
+        return None
+    try:
+        feats = load_features(path)
+    except FeaturesError as exc:
+        logger.warning("ignoring unreadable cached features: %s", exc)
+        return None
+    a = feats.attrs
+    why = []
+    if a.get("slide_fingerprint") != slide_fingerprint:
+        why.append("slide fingerprint")
+    stored = a.get("encoder_spec")
+    if not isinstance(stored, dict) or _canonical(stored) != _canonical(encoder_spec):
+        why.append("encoder spec")
+    if grid is not None and a.get("grid_key") != grid_key(grid):
+        why.append("patch grid")
+    if feats.coords is None:
+        why.append("coordinates")
+    if why:
+        logger.info("%s: not reused (%s differ)", path, ", ".join(why))
+        return None
+    return feats
+
+
+def load_cached_features(
+    cache_dir: str | os.PathLike, slide: Any, encoder_spec: dict[str, Any], grid: Any
+) -> PatchFeatures | None:
+    """The cached features for this slide, encoder and grid, or None on a miss."""
+    path = cached_features_path(cache_dir, slide, encoder_spec, grid)
+    return load_matching_features(
+        path, slide_fingerprint=slide.fingerprint(), encoder_spec=encoder_spec, grid=grid
+    )
+
+
+# --------------------------------------------------------------------------- writing
+
+
+def _attr_value(value: Any) -> Any:
+    """HDF5-storable form of an attribute (dicts and lists become JSON text)."""
+    if value is None:
+        return "null"
+    if isinstance(value, dict | list | tuple):
+        return _canonical(value)
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, bool | int | float | str | np.generic):
+        return value
+    return str(value)
+
+
+def save_features(path: str | os.PathLike, feats: PatchFeatures) -> Path:
+    """Write ``feats`` to an HDF5 file atomically.
+
+    The datasets are ``features`` (N, D) float32 and ``coords`` (N, 2) int64; every entry of
+    ``feats.attrs`` becomes a root attribute (dicts as JSON text), ``encoder_spec`` is also
+    stored as JSON, and ``feature_dim`` / ``package_version`` are always set.
+    Returns the final path.
+    """
+    import h5py
+
+    from . import __version__
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    attrs = dict(feats.attrs)
+    attrs["feature_dim"] = feats.dim
+    attrs.setdefault("n_skipped", 0)
+    attrs["package_version"] = __version__
+    spec = attrs.get("encoder_spec")
+    if isinstance(spec, dict):
+        attrs.setdefault("encoder", spec.get("name", ""))
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        with h5py.File(tmp, "w") as f:
+            n = len(feats)
+            f.create_dataset(
+                "features",
+                data=feats.features,
+                chunks=(max(1, min(n, 1024)), feats.dim) if n else None,
+            )
+            coords = feats.coords if feats.coords is not None else np.zeros((n, 2), np.int64)
+            f.create_dataset("coords", data=coords.astype(np.int64, copy=False))
+            if feats.coords is None:
+                f.attrs["coords_missing"] = True
+            for key, value in attrs.items():
+                f.attrs[key] = _attr_value(value)
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    return path
+
+
+# --------------------------------------------------------------------------- reading
+
+
+_JSON_ATTRS = ("encoder_spec",)
+
+
+def _decode_attr(key: str, value: Any) -> Any:
+    if isinstance(value, bytes):
+        value = value.decode("utf-8", "replace")
+    if isinstance(value, np.ndarray) and value.size == 1:
+        value = value.reshape(()).item()
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, str) and (key in _JSON_ATTRS or value[:1] in "{[" or value == "null"):
+        try:
+            return json.loads(value)
+        except json.JSONDecodeError:
+            return value
+    return value
+
+
+def _squeeze_rows(a: np.ndarray, width: int | None, what: str, path: Path) -> np.ndarray:
+    """(1, N, D) / (N, D) -> (N, D), as CLAM and TRIDENT variants store them."""
+    while a.ndim > 2 and a.shape[0] == 1:
+        a = a[0]
+    if a.ndim == 1 and width is None:
+        a = a[None, :]
+    if a.ndim != 2 or (width is not None and a.shape[1] != width):
+        raise FeaturesError(f"{path}: dataset {what!r} has shape {a.shape}, expected (N, D)")
+    return a
+
+
+def _load_h5(path: Path) -> PatchFeatures:
+    import h5py
+
+    try:
+        f = h5py.File(path, "r")
+    except OSError as exc:
+        raise FeaturesError(f"{path}: not a readable HDF5 file ({exc})") from exc
+    with f:
+        if "features" not in f:
+            raise FeaturesError(
+                f"{path}: no 'features' dataset (found: {', '.join(f.keys()) or 'nothing'})"
+            )
+        try:
+            feats = _squeeze_rows(np.asarray(f["features"][()]), None, "features", path)
+            coords = None
+            if "coords" in f and not f.attrs.get("coords_missing", False):
+                coords = _squeeze_rows(np.asarray(f["coords"][()]), 2, "coords", path)
+            attrs = (
+                {k: _decode_attr(k, v) for k, v in f["coords"].attrs.items()}
+                if ("coords" in f)
+                else {}
+            )
+            attrs.update({k: _decode_attr(k, v) for k, v in f.attrs.items()})
+        except (OSError, KeyError, ValueError, TypeError) as exc:
+            raise FeaturesError(f"{path}: corrupt feature file ({exc})") from exc
+    attrs.pop("coords_missing", None)
+    if coords is not None and coords.shape[0] != feats.shape[0]:
+        raise FeaturesError(
+            f"{path}: {feats.shape[0]} feature rows but {coords.shape[0]} coordinates"
+        )
+    return PatchFeatures(feats.astype(np.float32, copy=False), coords, attrs)
+
+
+def _load_pt(path: Path) -> PatchFeatures:
+    import pickle
+
+    import torch
+
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError) as exc:
+        raise FeaturesError(
+            f"{path}: cannot load as a tensor file (only plain tensors are accepted, "
+            f"no pickled objects): {exc}"
+        ) from exc
+    coords = None
+    attrs: dict[str, Any] = {}
+    if isinstance(obj, dict):
+        if "features" not in obj:
+            raise FeaturesError(f"{path}: dict without a 'features' entry ({list(obj)[:5]})")
+        coords = obj.get("coords")
+        attrs = {k: v for k, v in obj.items() if k not in ("features", "coords")}
+        attrs = {k: v for k, v in attrs.items() if isinstance(v, str | int | float | bool)}
+        obj = obj["features"]
+    if not isinstance(obj, torch.Tensor):
+        raise FeaturesError(f"{path}: holds a {type(obj).__name__}, not a feature tensor")
+    feats = _squeeze_rows(obj.detach().float().cpu().numpy(), None, "features", path)
+    if coords is not None:
+        coords = _squeeze_rows(np.asarray(torch.as_tensor(coords).cpu()), 2, "coords", path)
+    return PatchFeatures(feats, coords, attrs)
+
+
+def load_features(path: str | os.PathLike) -> PatchFeatures:
+    """Read patch features from an ``.h5`` (this package, CLAM, TRIDENT) or ``.pt`` file.
+
+    Returns
+    -------
+    PatchFeatures
+        ``features`` float32 (N, D); ``coords`` int64 (N, 2) or None (``.pt`` files);
+        ``attrs`` with ``encoder_spec`` decoded from JSON when present.
+
+    Raises
+    ------
+    FeaturesError
+        Missing, corrupt or unexpected file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FeaturesError(f"{path}: no such feature file")
+    with open(path, "rb") as fh:
+        head = fh.read(8)
+    if head == b"\x89HDF\r\n\x1a\n" or path.suffix.lower() in (".h5", ".hdf5"):
+        feats = _load_h5(path)
+    elif path.suffix.lower() in (".pt", ".pth") or head[:2] == b"PK":
+        feats = _load_pt(path)
+    else:
+        raise FeaturesError(f"{path}: unknown feature file type (expected .h5 or .pt)")
+    if not np.isfinite(feats.features).all():
+        bad = int((~np.isfinite(feats.features)).any(axis=1).sum())
+        raise FeaturesError(f"{path}: {bad} feature rows contain NaN or infinity")
+    if "target_mpp" in feats.attrs and not (
+        isinstance(feats.attrs["target_mpp"], int | float)
+        and math.isfinite(feats.attrs["target_mpp"])
+    ):
+        feats.attrs.pop("target_mpp")
+    return feats

@@ -1,0 +1,108 @@
+"""``ghanet embed``: outputs, reuse, failures named, exit codes."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from conftest import write_pyramid
+from napari_ghanet.cli import main
+from napari_ghanet.features_io import load_features
+from napari_ghanet.patches import patch_grid
+from napari_ghanet.slide import open_slide
+from napari_ghanet.tissue import tissue_mask
+
+# 64 px patches at 2 um/px: the CLAM field of view (128 um), 16x cheaper to embed
+FAST = ["--encoder", "morphometric", "--patch-px", "64", "--target-mpp", "2.0", "--quiet"]
+
+
+def test_embed_writes_features_and_names_failures(tmp_path, tiled_tiff, capsys):
+    bad = tmp_path / "notes.svs"
+    bad.write_text("not a slide")
+    out = tmp_path / "out"
+    rc = main(["embed", str(tiled_tiff), str(bad), "--out", str(out), *FAST])
+    captured = capsys.readouterr()
+    assert rc == 1
+    assert "1 of 2 slide(s) failed" in captured.err and str(bad) in captured.err
+    assert "notes.svs: FAILED" in captured.err
+    assert "tiled.tif:" in captured.out and "patches" in captured.out
+    feats = load_features(out / "tiled.h5")
+    with open_slide(tiled_tiff) as s:
+        grid = patch_grid(s, tissue_mask(s), patch_px=64, target_mpp=2.0)
+        assert feats.attrs["slide_fingerprint"] == s.fingerprint()
+    np.testing.assert_array_equal(feats.coords, grid.coords)
+    assert feats.features.shape == (len(grid), 64)
+    assert feats.attrs["patch_size"] == 64 and feats.attrs["patch_size_level0"] == 256
+    assert feats.attrs["encoder_spec"]["target_mpp"] == 2.0
+    assert not (out / "notes.h5").exists()
+    assert sorted(p.name for p in out.iterdir()) == ["tiled.h5"]  # no temporaries
+
+
+def test_embed_reuses_matching_outputs(tmp_path, tiled_tiff, capsys):
+    out = tmp_path / "out"
+    assert main(["embed", str(tiled_tiff), "--out", str(out), *FAST]) == 0
+    path = out / "tiled.h5"
+    stamp = path.stat().st_mtime_ns
+    capsys.readouterr()
+    assert main(["embed", str(tiled_tiff), "--out", str(out), *FAST]) == 0
+    assert "already in" in capsys.readouterr().out
+    assert path.stat().st_mtime_ns == stamp
+    # another grid: refused without --overwrite, recomputed with it
+    rc = main(["embed", str(tiled_tiff), "--out", str(out), *FAST, "--min-tissue", "0.9"])
+    assert rc == 1
+    assert "--overwrite" in capsys.readouterr().err
+    assert path.stat().st_mtime_ns == stamp
+    rc = main(
+        ["embed", str(tiled_tiff), "--out", str(out), *FAST, "--min-tissue", "0.9", "--overwrite"]
+    )
+    assert rc == 0
+    assert load_features(path).attrs["min_tissue_fraction"] == 0.9
+
+
+def test_embed_mpp_for_plain_images(tmp_path, plain_png, capsys):
+    out = tmp_path / "out"
+    assert main(["embed", str(plain_png), "--out", str(out), *FAST]) == 1
+    assert "--mpp" in capsys.readouterr().err
+    assert main(["embed", str(plain_png), "--out", str(out), *FAST, "--mpp", "0.5"]) == 0
+    assert load_features(out / "plain.h5").attrs["slide_mpp"] == 0.5
+
+
+def test_embed_no_tissue_is_a_named_failure(tmp_path, blank_tiff, capsys):
+    rc = main(["embed", str(blank_tiff), "--out", str(tmp_path), *FAST])
+    assert rc == 1
+    err = capsys.readouterr().err
+    assert "blank.tif: FAILED" in err and "no tissue" in err
+
+
+def test_embed_resnet50_with_local_weights(tmp_path, resnet50_weights, he_slide):
+    small = write_pyramid(tmp_path / "small.tif", he_slide[0][:768, :768], levels=2)
+    out = tmp_path / "out"
+    args = ["embed", str(small), "--out", str(out), "--weights", str(resnet50_weights)]
+    rc = main([*args, "--patch-px", "64", "--target-mpp", "2.0", "--quiet", "--workers", "1"])
+    assert rc == 0
+    feats = load_features(out / "small.h5")
+    assert feats.dim == 1024 and len(feats) >= 1
+    assert feats.attrs["encoder"] == "resnet50_trunc"
+    assert feats.attrs["encoder_spec"]["weights"].startswith("resnet50-test.pth")
+
+
+def test_embed_usage_errors(tmp_path, tiled_tiff, monkeypatch, capsys):
+    import torch
+
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
+    rc = main(["embed", str(tiled_tiff), "--out", str(tmp_path), "--encoder", "resnet50_trunc"])
+    assert rc == 2
+    assert "ResNet50 ImageNet weights not found" in capsys.readouterr().err
+    rc = main(["embed", str(tiled_tiff), "--out", str(tmp_path), "--encoder", "torchscript"])
+    assert rc == 2 and "--dim" in capsys.readouterr().err
+    rc = main(["embed", str(tiled_tiff), "--out", str(tmp_path), *FAST, "--batch-size", "0"])
+    assert rc == 2 and "--batch-size" in capsys.readouterr().err
+    rc = main(["embed", str(tiled_tiff), "--out", str(tmp_path), *FAST, "--resize", "224"])
+    assert rc == 2 and "--resize does not apply" in capsys.readouterr().err
+    other = tmp_path / "other" / "tiled.tif"
+    other.parent.mkdir()
+    other.write_bytes(tiled_tiff.read_bytes())
+    rc = main(["embed", str(tiled_tiff), str(other), "--out", str(tmp_path), *FAST])
+    assert rc == 2 and "both write tiled.h5" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["embed", "--out", str(tmp_path)])  # no slide given

@@ -1,0 +1,102 @@
+"""``ghanet predict``: same files and numbers as predict_slide, clear failures."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+
+import numpy as np
+import pytest
+
+from _plugin_helpers import make_bundle, write_tiff_slide
+from napari_ghanet import _cli_predict
+from napari_ghanet.predict import predict_slide
+from napari_ghanet.slide import cmu_slide_path
+
+FAST_ENCODER = {"name": "morphometric", "dim": 64, "patch_px": 64, "target_mpp": 2.0}
+
+
+def run_cli(argv: list[str]) -> int:
+    """Parse and run like ``ghanet`` does: add_parser, then args.func(args)."""
+    parser = argparse.ArgumentParser(prog="ghanet")
+    sub = parser.add_subparsers(dest="command", required=True)
+    _cli_predict.add_parser(sub)
+    args = parser.parse_args(["predict", *argv])
+    return args.func(args)
+
+
+@pytest.fixture(scope="module")
+def bundle_path(tmp_path_factory):
+    return make_bundle(tmp_path_factory.mktemp("m") / "fast.safetensors", encoder=FAST_ENCODER)
+
+
+def test_predict_writes_the_reports_of_predict_slide(bundle_path, tmp_path, capsys):
+    out = tmp_path / "out"
+    code = run_cli([str(cmu_slide_path()), "--model", str(bundle_path), "--out", str(out),
+                    "--device", "cpu", "--top-k", "5", "--cache-dir", str(tmp_path / "c")])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    names = sorted(p.name for p in out.iterdir())
+    assert names == ["cmu_small_region.ghanet.json", "cmu_small_region.patches.csv",
+                     "cmu_small_region.patches.geojson"]
+    # progress and the summary go to stderr, the written paths to stdout
+    assert "features" in captured.err and "percentile" in captured.err
+    assert captured.out.split() == [str(out / n) for n in
+                                    ("cmu_small_region.ghanet.json",
+                                     "cmu_small_region.patches.csv",
+                                     "cmu_small_region.patches.geojson")]
+
+    direct = predict_slide(cmu_slide_path(), bundle_path, device="cpu", top_k=5,
+                           cache_dir=tmp_path / "other-cache")
+    report = json.loads((out / "cmu_small_region.ghanet.json").read_text())
+    assert report["prediction"]["risk"] == pytest.approx(direct.risk, abs=1e-6)
+    assert report["prediction"]["percentile_in_training_cohort"] == pytest.approx(
+        direct.percentile, abs=1e-4)
+    assert len(report["top_regions"]) == 5
+    assert [r["x"] for r in report["top_regions"]] == [r.x for r in direct.top_regions]
+    with open(out / "cmu_small_region.patches.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    np.testing.assert_allclose([float(r["morphology_attention"]) for r in rows],
+                               direct.morphology_attention, rtol=1e-6)
+    geo = json.loads((out / "cmu_small_region.patches.geojson").read_text())
+    assert len(geo["features"]) == direct.n_patches
+
+
+def test_missing_slide_fails_with_a_message(bundle_path, tmp_path, capsys):
+    code = run_cli([str(tmp_path / "nope.svs"), "--model", str(bundle_path),
+                    "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert code == 1
+    assert "nope.svs" in err and "no such file" in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_bad_model_fails_with_a_message(tmp_path, capsys):
+    bad = tmp_path / "model.safetensors"
+    bad.write_bytes(b"not a bundle")
+    code = run_cli([str(cmu_slide_path()), "--model", str(bad), "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert code == 1 and "cannot load the model" in err and "model.safetensors" in err
+
+
+def test_slide_without_mpp_needs_the_option(bundle_path, tmp_path, capsys):
+    from _plugin_helpers import tissue_rgb
+
+    slide = write_tiff_slide(tmp_path / "nompp.tif", tissue_rgb(512, 768), mpp=None, levels=2)
+    args = [str(slide), "--model", str(bundle_path), "--out", str(tmp_path / "o"),
+            "--cache-dir", str(tmp_path / "c"), "--quiet"]
+    assert run_cli(args) == 1
+    assert "microns per pixel" in capsys.readouterr().err
+    assert run_cli(args + ["--mpp", "1.0"]) == 0
+    report = json.loads((tmp_path / "o" / "nompp.ghanet.json").read_text())
+    assert report["slide"]["mpp"] == 1.0
+
+
+def test_invalid_options_are_refused(bundle_path, tmp_path, capsys):
+    base = [str(cmu_slide_path()), "--model", str(bundle_path), "--out", str(tmp_path / "o")]
+    assert run_cli(base + ["--batch-size", "0"]) == 2
+    assert "--batch-size" in capsys.readouterr().err
+    assert run_cli(base + ["--top-k", "-1"]) == 2
+    assert run_cli(base + ["--device", "tpu", "--quiet"]) == 1
+    assert "tpu" in capsys.readouterr().err

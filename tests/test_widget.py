@@ -1,0 +1,304 @@
+"""The "G-HANet prognosis" dock widget in a real viewer (run under xvfb-run)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from napari.utils.notifications import notification_manager
+from qtpy.QtCore import Qt
+
+from _plugin_helpers import make_bundle, tissue_rgb, write_tiff_slide
+from napari_ghanet import overlays
+from napari_ghanet._widget import PrognosisWidget
+from napari_ghanet.bundle import load_bundle
+from napari_ghanet.predict import predict_slide
+from napari_ghanet.slide import cmu_slide_path
+
+FAST_ENCODER = {"name": "morphometric", "dim": 64, "patch_px": 64, "target_mpp": 2.0}
+TIMEOUT_MS = 60_000
+
+
+@pytest.fixture(scope="module")
+def fast_bundle_path(tmp_path_factory):
+    return make_bundle(tmp_path_factory.mktemp("m") / "fast.safetensors", encoder=FAST_ENCODER)
+
+
+@pytest.fixture
+def notes():
+    """Notifications shown during the test, as (severity, message)."""
+    start = len(notification_manager.records)
+
+    def new():
+        return [(str(n.severity), n.message) for n in notification_manager.records[start:]]
+
+    return new
+
+
+def errors(notes) -> list[str]:
+    return [m for s, m in notes() if s.lower() == "error"]
+
+
+def make_widget(viewer, bundle_path, cache_dir):
+    widget = PrognosisWidget(viewer, cache_dir=cache_dir, model_path=bundle_path)
+    viewer.window.add_dock_widget(widget, name="G-HANet prognosis")
+    widget.device_combo.setCurrentText("cpu")
+    return widget
+
+
+def run(widget, qtbot):
+    widget.predict_button.click()
+    qtbot.waitUntil(lambda: not widget.running, timeout=TIMEOUT_MS)
+
+
+def overlay_layers(viewer):
+    return [layer for layer in viewer.layers if "ghanet_overlay" in layer.metadata]
+
+
+def test_prediction_through_the_widget_matches_predict_slide(
+    make_napari_viewer, qtbot, tmp_path, fast_bundle_path, notes
+):
+    viewer = make_napari_viewer()
+    [slide_layer] = viewer.open(str(cmu_slide_path()), plugin="napari-ghanet")
+    widget = make_widget(viewer, fast_bundle_path, tmp_path / "cache")
+    assert widget.selected_layer() is slide_layer
+    assert "0.499 um/px" in widget.slide_info.text()
+    assert not widget.mpp_spin.isVisibleTo(widget)
+    # advanced settings default to the bundle's
+    assert widget.patch_spin.value() == 64 and widget.target_mpp_spin.value() == 2.0
+    bundle = load_bundle(fast_bundle_path)
+    assert bundle.intended_use in widget.intended_use_label.text()
+
+    run(widget, qtbot)
+    assert errors(notes) == []
+    p = widget.prediction
+    assert p is not None and not p.features_cached
+
+    direct = predict_slide(cmu_slide_path(), bundle, device="cpu", batch_size=64,
+                           cache_dir=tmp_path / "direct-cache")
+    assert p.risk == pytest.approx(direct.risk, abs=1e-6)
+    assert p.percentile == pytest.approx(direct.percentile, abs=1e-4)
+    assert p.risk_group == direct.risk_group
+    np.testing.assert_array_equal(p.coords, direct.coords)
+    np.testing.assert_allclose(p.morphology_attention, direct.morphology_attention, atol=1e-7)
+    np.testing.assert_allclose(p.genome_attention, direct.genome_attention, atol=1e-7)
+
+    # -- numbers in the widget
+    assert p.risk_group.capitalize() in widget.risk_label.text()
+    assert f"{p.risk:.3f}" in widget.risk_detail.text()
+    tree = widget.pathway_tree
+    assert tree.topLevelItemCount() == 6
+    for i, cat in enumerate(p.categories):
+        item = tree.topLevelItem(i)
+        assert item.text(0).startswith(cat.name)
+        assert item.childCount() == len(cat.top_genes)
+        assert item.child(0).text(0) == cat.top_genes[0][0]
+    table = widget.regions_table
+    assert table.rowCount() == 10
+    assert [table.item(r, 2).text() for r in range(10)] == [r.category for r in p.top_regions]
+    assert bundle.intended_use in widget.intended_use_label.text()
+    assert widget.intended_use_label.isVisibleTo(widget)
+
+    # -- layers: the patch-grid arrays of predict_slide's numbers, aligned with the slide
+    names = [layer.name for layer in overlay_layers(viewer)]
+    base = slide_layer.name
+    assert names == [f"{base} tissue", f"{base} morphology attention"] + [
+        f"{base} genome attention: {c}" for c in p.category_names] + [f"{base} top regions"]
+    lattice = overlays.patch_lattice(direct.coords, direct.patch_size_level0)
+    morph = widget.result_layers["morphology"]
+    np.testing.assert_allclose(
+        morph.data, overlays.attention_image(direct.morphology_attention, lattice), atol=1e-6)
+    assert morph.data.shape == lattice.shape  # one pixel per patch, no full-size canvas
+    assert morph.data[0].size < 100
+    top = p.top_regions[0]
+    centre_world = overlays.region_centre(top.x, top.y, top.width, top.height, (0.499, 0.499))
+    row, col = np.round(morph.world_to_data(centre_world)).astype(int)
+    assert (row, col) == (lattice.rows[top.index], lattice.cols[top.index])
+    assert morph.data[row, col] == pytest.approx(1.0)  # the top patch has the top rank
+    # level-0 pixel under the same world point is inside that patch
+    y0, x0 = slide_layer.world_to_data(centre_world)
+    assert top.x <= x0 < top.x + top.width and top.y <= y0 < top.y + top.height
+    # non-tissue cells are 0 (transparent in the colormap)
+    assert morph.colormap.map(np.array([0.0]))[0, 3] == 0
+    assert np.count_nonzero(morph.data) == p.n_patches
+    for i in range(6):
+        assert not widget.result_layers[f"genome:{i}"].visible
+    tissue = widget.result_layers["tissue"]
+    np.testing.assert_array_equal(tissue.data, overlays.mask_outline(p.tissue_mask))
+    assert tissue.data.sum() < p.tissue_mask.sum()  # an outline, not the filled mask
+    assert not tissue.data[~p.tissue_mask].any()
+    shapes = widget.result_layers["regions"]
+    assert shapes.nshapes == 10
+    np.testing.assert_allclose(
+        shapes.data[0], overlays.region_rectangles(
+            np.array([[top.x, top.y, top.width, top.height]]), (0.499, 0.499))[0])
+    assert list(shapes.properties["rank"]) == list(range(1, 11))
+
+    # -- one genome-attention category visible at a time
+    widget.category_combo.setCurrentIndex(3)  # "none" is entry 0
+    visible = [i for i in range(6) if widget.result_layers[f"genome:{i}"].visible]
+    assert visible == [2]
+    widget.category_combo.setCurrentIndex(5)
+    assert [i for i in range(6) if widget.result_layers[f"genome:{i}"].visible] == [4]
+
+    # -- clicking a region row centres and zooms on it
+    rect = table.visualItemRect(table.item(2, 0))
+    qtbot.mouseClick(table.viewport(), Qt.MouseButton.LeftButton, pos=rect.center())
+    r3 = p.top_regions[2]
+    expected = overlays.region_centre(r3.x, r3.y, r3.width, r3.height, (0.499, 0.499))
+    np.testing.assert_allclose(viewer.camera.center[-2:], expected, atol=1e-6)
+    assert viewer.camera.zoom == pytest.approx(
+        min(viewer.canvas.size) / (3 * r3.width * 0.499), rel=1e-6)
+
+    # -- exports
+    out = tmp_path / "exports"
+    report = widget.export("json", out / "r.json")
+    assert json.loads(report.read_text())["prediction"]["risk"] == pytest.approx(p.risk)
+    csv_path = widget.export("csv", out / "p.csv")
+    assert len(csv_path.read_text().splitlines()) == p.n_patches + 1
+    geo = widget.export("geojson", out / "p.geojson")
+    assert len(json.loads(geo.read_text())["features"]) == p.n_patches
+    png = widget.export("png", out / "snap.png")
+    from imageio.v3 import imread
+
+    assert imread(png).ndim == 3
+    assert sorted(f.name for f in out.iterdir()) == ["p.csv", "p.geojson", "r.json", "snap.png"]
+
+    # -- a second prediction reuses the cached features and replaces the layers
+    run(widget, qtbot)
+    assert widget.prediction.features_cached
+    assert widget.prediction.risk == p.risk
+    assert "cached features" in widget.status_label.text()
+    assert len(overlay_layers(viewer)) == len(names)
+    assert errors(notes) == []
+
+
+def test_cancel_mid_run_leaves_no_layers_and_no_cache(
+    make_napari_viewer, qtbot, tmp_path, notes
+):
+    # 256 px patches (~0.4 s per batch of 16 on a CPU), ~90 patches in batches of 16: the
+    # run checks Cancel between batches, so it stops part-way through the embedding
+    bundle = make_bundle(tmp_path / "m256.safetensors")
+    path = write_tiff_slide(tmp_path / "slide.tif", tissue_rgb(3072, 4096), mpp=0.5, levels=3,
+                            tile=256)
+    viewer = make_napari_viewer()
+    viewer.open(str(path), plugin="napari-ghanet")
+    cache = tmp_path / "cache"
+    widget = make_widget(viewer, bundle, cache)
+    widget.batch_spin.setValue(16)
+    progress = []
+    widget._relay.progressed.connect(lambda stage, done, total: progress.append((stage, done, total)))
+    widget.predict_button.click()
+    assert widget.running and widget.cancel_button.isEnabled()
+    qtbot.waitUntil(lambda: "Embedding" in widget.status_label.text(), timeout=TIMEOUT_MS)
+    assert not widget.predict_button.isEnabled()
+    widget.cancel_button.click()
+    qtbot.waitUntil(lambda: not widget.running, timeout=TIMEOUT_MS)
+
+    embedded = [(done, total) for stage, done, total in progress if stage == "features"]
+    assert embedded and embedded[-1][0] < embedded[-1][1]  # stopped part-way
+    assert "model" not in [stage for stage, _, _ in progress]
+    assert widget.prediction is None
+    assert overlay_layers(viewer) == []
+    assert not widget.results.isVisible()
+    assert not cache.exists() or not [f for f in cache.rglob("*") if f.is_file()]
+    assert any(s.lower() == "warning" and "cancelled" in m for s, m in notes())
+    assert errors(notes) == []
+    assert widget.predict_button.isEnabled() and not widget.cancel_button.isEnabled()
+    # and the next run goes through
+    run(widget, qtbot)
+    assert widget.prediction is not None and len(overlay_layers(viewer)) == 9
+    assert len([f for f in cache.rglob("*.h5")]) == 1
+
+
+def test_no_model_is_an_error_notification(make_napari_viewer, qtbot, tmp_path,
+                                           fast_bundle_path, notes):
+    viewer = make_napari_viewer()
+    viewer.open(str(cmu_slide_path()), plugin="napari-ghanet")
+    widget = make_widget(viewer, fast_bundle_path, tmp_path / "c")
+    widget._set_bundle(None)  # as when the bundled demo model is absent
+    widget.predict_button.click()
+    assert not widget.running
+    assert any("No model loaded" in m for m in errors(notes))
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(b"\x00" * 32)
+    assert not widget.load_model(bad)
+    assert any("Cannot load the model" in m and "bad.safetensors" in m for m in errors(notes))
+    assert widget.bundle is None
+
+
+def test_encoder_mismatch_is_an_error_notification(make_napari_viewer, qtbot, tmp_path, notes):
+    bundle = make_bundle(tmp_path / "m32.safetensors", input_dim=32,
+                         encoder={"name": "morphometric", "dim": 32, "patch_px": 64,
+                                  "target_mpp": 2.0})
+    viewer = make_napari_viewer()
+    viewer.open(str(cmu_slide_path()), plugin="napari-ghanet")
+    widget = make_widget(viewer, bundle, tmp_path / "c")
+    run(widget, qtbot)
+    [message] = errors(notes)
+    assert "does not fit" in message and "feature dimension 64 instead of 32" in message
+    assert overlay_layers(viewer) == [] and widget.prediction is None
+
+
+def test_slide_without_mpp_asks_for_it(make_napari_viewer, qtbot, tmp_path,
+                                       fast_bundle_path, notes):
+    path = write_tiff_slide(tmp_path / "nompp.tif", tissue_rgb(512, 768), mpp=None, levels=2)
+    viewer = make_napari_viewer()
+    viewer.open(str(path), plugin="napari-ghanet")
+    widget = make_widget(viewer, fast_bundle_path, tmp_path / "c")
+    assert widget.mpp_spin.isVisibleTo(widget)
+    assert "resolution unknown" in widget.slide_info.text()
+    widget.predict_button.click()
+    assert not widget.running
+    assert any("does not record its resolution" in m for m in errors(notes))
+    widget.mpp_spin.setValue(1.0)
+    run(widget, qtbot)
+    assert widget.prediction is not None and widget.prediction.slide["mpp"] == 1.0
+    assert widget.prediction.patch_size_level0 == 128
+    # the overlays align with a layer in pixels (scale 1): one cell = 128 pixels
+    assert tuple(widget.result_layers["morphology"].scale) == (128.0, 128.0)
+
+
+def test_no_tissue_is_an_error_notification(make_napari_viewer, qtbot, tmp_path,
+                                            fast_bundle_path, notes):
+    path = write_tiff_slide(tmp_path / "blank.tif", np.full((768, 1024, 3), 243, np.uint8))
+    viewer = make_napari_viewer()
+    viewer.open(str(path), plugin="napari-ghanet")
+    widget = make_widget(viewer, fast_bundle_path, tmp_path / "c")
+    run(widget, qtbot)
+    [message] = errors(notes)
+    assert "No tissue found" in message
+    assert overlay_layers(viewer) == []
+
+
+def test_unreadable_slide_is_an_error_notification(make_napari_viewer, qtbot, tmp_path,
+                                                   fast_bundle_path, notes):
+    path = write_tiff_slide(tmp_path / "gone.tif", tissue_rgb(512, 768), mpp=1.0, levels=2)
+    viewer = make_napari_viewer()
+    viewer.open(str(path), plugin="napari-ghanet")
+    widget = make_widget(viewer, fast_bundle_path, tmp_path / "c")
+    path.write_bytes(b"II*\x00" + b"\x00" * 100)  # the file is damaged after opening
+    run(widget, qtbot)
+    [message] = errors(notes)
+    assert "Cannot read the slide" in message and "gone.tif" in message
+    # a layer without a file behind it
+    viewer.add_image(tissue_rgb(64, 64), name="array", rgb=True)
+    assert widget.selected_layer().name == "array"
+    widget.predict_button.click()
+    assert any("has no slide file" in m for m in errors(notes))
+    assert overlay_layers(viewer) == []
+
+
+def test_widget_and_sample_come_from_the_plugin_manifest(make_napari_viewer):
+    viewer = make_napari_viewer()
+    [layer] = viewer.open_sample("napari-ghanet", "ghanet_demo")
+    assert layer.metadata["path"] == str(cmu_slide_path())
+    _, widget = viewer.window.add_plugin_dock_widget("napari-ghanet", "G-HANet prognosis")
+    assert isinstance(widget, PrognosisWidget)
+    assert widget.selected_layer().name == layer.name
+    assert "0.499 um/px" in widget.slide_info.text()
+    from napari_ghanet.bundle import demo_bundle_path
+
+    # the bundled demonstration model is the default when it is installed
+    assert (widget.bundle is not None) == demo_bundle_path().is_file()

@@ -1,0 +1,240 @@
+"""``ghanet-train demo``: build the plugin's demonstration model, end to end.
+
+One command runs the real pipeline on a synthetic cohort, so the demo model is made the
+way a researcher makes a real one:
+
+1. draw each synthetic patient's six pathway activities, their genomic profile (genes of
+   category k read activity k) and their survival (log-hazard linear in the activities);
+2. render one synthetic H&E-like slide per patient whose morphology follows the same
+   activities (:func:`napari_ghanet.synthetic.write_synthetic_cohort_slides`);
+3. embed every slide with ``ghanet embed --encoder morphometric``;
+4. cross-validate G-HANet with ``ghanet-train cv`` on the cohort table, signatures and
+   patient-level splits, written in the TCGA formats;
+5. write the bundle with ``ghanet-train bundle`` (a final model on all patients), with an
+   intended-use text that says plainly that it is a synthetic demonstration model.
+
+Everything is seeded: the same recipe gives the same bundle up to floating-point noise of
+the CPU kernels.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from napari_ghanet.synthetic import ACTIVITY_TRAITS
+
+__all__ = ["DemoRecipe", "DEMO_INTENDED_USE", "make_demo_cohort", "run_demo_recipe", "add_parser"]
+
+log = logging.getLogger(__name__)
+
+CATEGORIES = (
+    "Tumor Suppressor Genes",
+    "Oncogenes",
+    "Protein Kinases",
+    "Cell Differentiation Markers",
+    "Transcription Factors",
+    "Cytokines and Growth Factors",
+)
+# Synthetic gene symbols, one prefix per category: they name no real gene on purpose.
+_GENE_PREFIX = ("SYNTSG", "SYNONC", "SYNKIN", "SYNDIF", "SYNTF", "SYNCYT")
+
+DEMO_INTENDED_USE = (
+    "DEMONSTRATION MODEL - NOT FOR CLINICAL USE. This G-HANet model was trained on "
+    "synthetic H&E-like slides whose survival was simulated from made-up pathway "
+    "activities (napari-ghanet's demo recipe). It exists to demonstrate the software and "
+    "is for research and demonstration only. Its risk scores, percentiles, survival curves "
+    "and pathway profiles carry no information about real patients and must never inform "
+    "diagnosis, prognosis or treatment."
+)
+
+
+@dataclass
+class DemoRecipe:
+    """Sizes and seeds of the demo cohort and model (defaults: the shipped model)."""
+
+    patients: int = 120
+    slide_shape: tuple[int, int] = (3072, 3072)
+    genes_per_category: int = 10
+    folds: int = 5
+    seed: int = 2026
+    # log-hazard weights of the six activities (centred at 0.5), see ACTIVITY_TRAITS
+    beta: tuple[float, ...] = (2.4, 1.2, 1.6, 0.8, 0.6, -1.0)
+    censoring: float = 0.3
+    epochs: int = 30
+    lr: float = 5e-4
+    accumulation: int = 16
+    batch_size: int = 16
+    model_config: dict = field(
+        default_factory=lambda: {
+            "width": 64, "heads": 2, "dim_head": 32, "gate_dim": 32, "compress_dim": 32,
+            "ffn_mult": 2, "dropout": 0.1,
+        }
+    )
+
+
+def _activities(rng: np.random.Generator, n: int) -> np.ndarray:
+    # A shared "aggressiveness" factor makes the six activities correlate, as pathways
+    # of one tumour do; the logistic keeps them in (0, 1).
+    shared = rng.normal(size=(n, 1))
+    own = rng.normal(size=(n, len(ACTIVITY_TRAITS)))
+    return 1.0 / (1.0 + np.exp(-(0.9 * shared + 0.8 * own)))
+
+
+def make_demo_cohort(out: Path, recipe: DemoRecipe, *, device: str = "auto",
+                     workers: int = 2) -> dict[str, Path]:
+    """Write the synthetic cohort in TCGA formats and embed its slides.
+
+    Returns paths: ``cohort`` (CSV), ``signatures``, ``splits`` (folder), ``slides``,
+    ``features`` (folder of per-slide .h5).
+    """
+    from napari_ghanet.cli import main as ghanet_main
+    from napari_ghanet.synthetic import write_synthetic_cohort_slides
+
+    rng = np.random.default_rng(recipe.seed)
+    n = recipe.patients
+    act = _activities(rng, n)
+
+    log_hazard = (act - 0.5) @ np.asarray(recipe.beta, dtype=float)
+    event_time = rng.exponential(scale=40.0 * np.exp(-log_hazard))  # months
+    censor_time = rng.uniform(6.0, 240.0, size=n)
+    censor_time = np.where(rng.random(n) < recipe.censoring, censor_time, np.inf)
+    months = np.minimum(event_time, censor_time).clip(0.5, None)
+    censorship = (censor_time < event_time).astype(int)
+
+    case_ids = [f"DEMO-{i:04d}" for i in range(n)]
+    slide_ids = [f"{c}-01" for c in case_ids]
+    table = {
+        "case_id": case_ids,
+        "slide_id": slide_ids,
+        "survival_months": np.round(months, 2),
+        "censorship": censorship,
+    }
+    signatures = {}
+    for k, (cat, prefix) in enumerate(zip(CATEGORIES, _GENE_PREFIX)):
+        genes = [f"{prefix}{j + 1:02d}" for j in range(recipe.genes_per_category)]
+        signatures[cat] = genes
+        loading = rng.uniform(0.6, 1.4, size=len(genes)) * rng.choice([-1, 1], size=len(genes))
+        for g, w in zip(genes, loading):
+            expr = 3.0 * w * (act[:, k] - 0.5) + rng.normal(scale=0.5, size=n)
+            table[f"{g}_rnaseq"] = np.round(expr, 4)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {
+        "cohort": out / "cohort.csv",
+        "signatures": out / "signatures.csv",
+        "splits": out / "splits",
+        "slides": out / "slides",
+        "features": out / "features",
+    }
+    pd.DataFrame(table).to_csv(paths["cohort"], index=False)
+    pd.DataFrame(signatures).to_csv(paths["signatures"], index=False)
+    pd.DataFrame(act, columns=list(ACTIVITY_TRAITS)).assign(case_id=case_ids).to_csv(
+        out / "activities.csv", index=False
+    )
+
+    paths["splits"].mkdir(exist_ok=True)
+    order = rng.permutation(n)
+    fold_of = np.empty(n, dtype=int)
+    fold_of[order] = np.arange(n) % recipe.folds
+    for k in range(recipe.folds):
+        train = [case_ids[i] for i in range(n) if fold_of[i] != k]
+        val = [case_ids[i] for i in range(n) if fold_of[i] == k]
+        split = pd.DataFrame({"train": pd.Series(train), "val": pd.Series(val)})
+        split.to_csv(paths["splits"] / f"splits_{k}.csv")
+
+    def progress(done: int, total: int, slide_id: str) -> None:
+        if done == total or done % 10 == 0:
+            log.info("rendered %d/%d synthetic slides", done, total)
+
+    write_synthetic_cohort_slides(
+        paths["slides"],
+        {s: tuple(a) for s, a in zip(slide_ids, act)},
+        shape_hw=recipe.slide_shape,
+        seed=recipe.seed,
+        progress=progress,
+    )
+    slides = sorted(str(p) for p in paths["slides"].glob("*.tiff"))
+    code = ghanet_main(
+        ["embed", *slides, "--encoder", "morphometric", "--out", str(paths["features"]),
+         "--device", device, "--workers", str(workers)]
+    )
+    if code != 0:
+        raise RuntimeError("embedding the demo slides failed (see the messages above)")
+    return paths
+
+
+def run_demo_recipe(out_bundle: Path, work_dir: Path, recipe: DemoRecipe | None = None, *,
+                    device: str = "auto", workers: int = 2) -> Path:
+    """Run the whole recipe; the run (metrics, plots, fold checkpoints) stays in work_dir."""
+    from .cli import main as train_main
+
+    recipe = recipe or DemoRecipe()
+    work_dir.mkdir(parents=True, exist_ok=True)
+    (work_dir / "recipe.json").write_text(json.dumps(asdict(recipe), indent=2))
+    paths = make_demo_cohort(work_dir / "cohort", recipe, device=device, workers=workers)
+    run_dir = work_dir / "run"
+    args = [
+        "cv", "--cohort", str(paths["cohort"]), "--signatures", str(paths["signatures"]),
+        "--splits", str(paths["splits"]), "--features", str(paths["features"]),
+        "--model", "ghanet", "--out", str(run_dir), "--overwrite",
+        "--recon-genes", "all",
+        "--epochs", str(recipe.epochs), "--lr", str(recipe.lr),
+        "--accumulation", str(recipe.accumulation), "--batch-size", str(recipe.batch_size),
+        "--seed", str(recipe.seed), "--device", device,
+        "--model-config", json.dumps(recipe.model_config),
+    ]
+    if train_main(args) != 0:
+        raise RuntimeError("cross-validation of the demo model failed")
+    out_bundle.parent.mkdir(parents=True, exist_ok=True)
+    code = train_main(
+        ["bundle", str(run_dir), "--out", str(out_bundle), "--mode", "final",
+         "--name", "G-HANet demo model (synthetic data)", "--intended-use", DEMO_INTENDED_USE]
+    )
+    if code != 0:
+        raise RuntimeError("writing the demo bundle failed")
+    return out_bundle
+
+
+def add_parser(subparsers) -> None:
+    p = subparsers.add_parser(
+        "demo",
+        help="rebuild the plugin's demonstration model from a synthetic cohort",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--out", default="src/napari_ghanet/data/demo_model.safetensors",
+                   help="bundle to write (default: the package's demo model)")
+    p.add_argument("--work-dir", default=None,
+                   help="keep the cohort, features and run here (default: a temporary folder)")
+    p.add_argument("--patients", type=int, default=DemoRecipe.patients)
+    p.add_argument("--slide-px", type=int, default=DemoRecipe.slide_shape[0],
+                   help="side of each square synthetic slide in pixels at 0.5 um/px")
+    p.add_argument("--epochs", type=int, default=DemoRecipe.epochs)
+    p.add_argument("--folds", type=int, default=DemoRecipe.folds)
+    p.add_argument("--seed", type=int, default=DemoRecipe.seed)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--workers", type=int, default=2, help="slide-reading threads")
+    p.set_defaults(func=_run)
+
+
+def _run(args) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    recipe = DemoRecipe(patients=args.patients, slide_shape=(args.slide_px, args.slide_px),
+                        epochs=args.epochs, folds=args.folds, seed=args.seed)
+    out = Path(args.out)
+    if args.work_dir:
+        run_demo_recipe(out, Path(args.work_dir), recipe, device=args.device,
+                        workers=args.workers)
+    else:
+        with tempfile.TemporaryDirectory(prefix="ghanet-demo-") as tmp:
+            run_demo_recipe(out, Path(tmp), recipe, device=args.device, workers=args.workers)
+    print(f"demo bundle written: {out} ({os.path.getsize(out) / 2**20:.1f} MB)")
+    return 0

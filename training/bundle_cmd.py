@@ -1,0 +1,249 @@
+"""``ghanet-train bundle``: from a cross-validated run to the plugin's model bundle.
+
+Modes:
+
+* ``final`` (default): retrain on all of the run's patients with the run's recipe (when
+  the run chose epochs on inner validation, the median chosen epoch is used); bin edges,
+  genomic scaling and reconstruction genes are fitted on all of them. The run's
+  cross-validated metrics describe how well this recipe generalises.
+* ``fold``: one fold's model, as trained and evaluated in the run.
+* ``ensemble``: the average of the fold models (``napari_ghanet.bundle.EnsembleModel``).
+  The members must share one architecture, so the run must have reconstructed the same
+  genes in every fold (``--recon-genes all``) or be a model without reconstruction.
+
+The bundle holds the weights and JSON metadata: model config, the encoder spec read from
+the features' attributes, gene names per category, genomic normalisation statistics of
+the reconstructed genes, survival bin edges in months, the cohort's risk quantiles (the
+bundled model's risks on the run's patients, for percentiles), the run's metrics and
+provenance, and an intended-use text.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from napari_ghanet import __version__
+from napari_ghanet.baselines import build_model, model_inputs
+from napari_ghanet.bundle import EncoderSpec, EnsembleModel, save_bundle
+
+from .cohort import FeatureStore, FoldData, describe, read_cohort, read_splits, resolve_fold
+from .cv import RESULTS_FILE, RUN_FILE, RunConfig, RunError, load_fold_checkpoint, prepare_fold
+from .labels import survival_bin_edges
+from .trainer import fit, predict, seed_everything
+
+__all__ = ["make_bundle", "encoder_spec_from_attrs", "INTENDED_USE"]
+
+INTENDED_USE = (
+    "Research use only. Not a medical device and not for clinical decision making. "
+    "Estimates a risk score, a survival curve over {bins} time bins and reconstructed "
+    "gene-category profiles from the patch features of one H&E whole-slide image, as "
+    "learned from the {n} patients of {cohort}. Predictions are only meaningful for slides "
+    "like the training cohort's (same cancer type, staining, scanner range) and features "
+    "made with the encoder named in this bundle. Cross-validated performance: "
+    "c-index {c}."
+)
+
+
+def encoder_spec_from_attrs(attrs: dict, feature_dim: int, encoder: str | None = None) -> dict:
+    """The bundle's encoder entry from a feature file's attributes.
+
+    Uses the ``encoder_spec`` JSON attribute when present, else ``encoder``,
+    ``patch_size`` and ``target_mpp``; ``encoder`` names it when the files carry no
+    attributes (CLAM ``.pt``). Raises RunError when nothing names the encoder.
+    """
+    spec: dict = {}
+    raw = attrs.get("encoder_spec")
+    if raw:
+        try:
+            spec = json.loads(raw) if isinstance(raw, str) else dict(raw)
+        except (json.JSONDecodeError, TypeError, ValueError) as exc:
+            raise RunError(f"the features' encoder_spec attribute is not valid JSON: {exc}") from exc
+    name = encoder or spec.get("name") or attrs.get("encoder")
+    if not name:
+        raise RunError(
+            "the features carry no encoder attributes (e.g. CLAM .pt files): name the "
+            "encoder that made them with --encoder (e.g. resnet50_trunc)"
+        )
+    spec["name"] = str(name)
+    spec["dim"] = int(spec.get("dim") or attrs.get("feature_dim") or feature_dim)
+    if "patch_px" not in spec and attrs.get("patch_size"):
+        spec["patch_px"] = int(attrs["patch_size"])
+    if "target_mpp" not in spec and attrs.get("target_mpp"):
+        spec["target_mpp"] = float(attrs["target_mpp"])
+    if spec["dim"] != feature_dim:
+        raise RunError(f"encoder spec says {spec['dim']}-d features but the files hold {feature_dim}-d")
+    return EncoderSpec.from_dict(spec).to_dict()
+
+
+def _log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def _quantiles(risks: np.ndarray) -> dict:
+    probs = np.linspace(0.0, 1.0, 101)
+    return {"probs": probs.tolist(), "values": np.quantile(risks, probs).tolist()}
+
+
+def make_bundle(
+    run_dir: str | Path,
+    out: str | Path,
+    mode: str = "final",
+    fold: int | None = None,
+    name: str | None = None,
+    encoder: str | None = None,
+    intended_use: str | None = None,
+    progress=None,
+) -> Path:
+    """Write the bundle of a finished run; returns its path. See module docstring."""
+    run_dir = Path(run_dir)
+    if not (run_dir / RUN_FILE).is_file():
+        raise RunError(f"{run_dir} is not a ghanet-train cv run (no {RUN_FILE})")
+    if not (run_dir / RESULTS_FILE).is_file():
+        raise RunError(f"{run_dir}: the run has not finished (no {RESULTS_FILE}); "
+                       "complete it with `ghanet-train cv ... --resume`")
+    cfg = RunConfig.from_dict(json.loads((run_dir / RUN_FILE).read_text()))
+    results = json.loads((run_dir / RESULTS_FILE).read_text())
+    if cfg.model != "ghanet":
+        why = ("reads genomics at inference, and the plugin predicts from the slide alone"
+               if "omics" in model_inputs(cfg.model) else
+               "has no reconstruction or genome-informed attention, which the plugin shows")
+        raise RunError(f"model {cfg.model!r} {why}: only ghanet runs can be bundled")
+    if mode not in ("final", "fold", "ensemble"):
+        raise ValueError(f"unknown bundle mode {mode!r}")
+
+    cohort = read_cohort(cfg.cohort, cfg.signatures)
+    features = FeatureStore(cohort, cfg.features, cache_bytes=int(cfg.cache_gb * (1 << 30)))
+    splits = read_splits(cfg.splits)
+    # All of the run's patients: one split's train + held-out sets.
+    everyone = resolve_fold(cohort, splits[0], features, cfg.allow_missing)
+    all_idx = np.sort(np.concatenate([everyone.train, everyone.test]))
+    all_fold = FoldData("all", all_idx, all_idx, everyone.skipped)
+    fold_ckpts = sorted(run_dir.glob("fold_*.safetensors"), key=lambda p: int(p.stem.split("_")[1]))
+
+    provenance_extra: dict = {}
+    if mode == "final":
+        final_cfg = copy.deepcopy(cfg)
+        final_cfg.inner_val = 0.0
+        if cfg.train.selection == "inner":
+            chosen = [f["selected_epoch"] for f in results["folds"]]
+            final_cfg.train.epochs = max(1, int(round(statistics.median(chosen))))
+            provenance_extra["epochs_from_inner_validation"] = chosen
+        final_cfg.train.selection = "last"
+        setup = prepare_fold(cohort, all_fold, final_cfg, features)
+        seed_everything(final_cfg.train.seed)
+        model = build_model(cfg.model, **setup.model_config)
+        _log(f"training the final {cfg.model} on all {len(all_idx)} patients "
+             f"({final_cfg.train.epochs} epochs)")
+
+        def row_log(row):
+            (progress or (lambda r: _log(f"final model epoch {r['epoch']}/{r['epochs']} "
+                                          f"loss {r.get('train_loss', float('nan')):.4f}")))(row)
+
+        fit(model, setup.train, final_cfg.train, progress=row_log)
+        edges = setup.bin_edges
+        categories = [{"name": n, "genes": g} for n, g in zip(cohort.categories, setup.recon_genes)]
+        mean, std = setup.scaler.mean, setup.scaler.std
+        stats = {
+            "mean": [mean[ix[m]].tolist() for ix, m in zip(cohort.category_index, setup.recon_masks)],
+            "std": [std[ix[m]].tolist() for ix, m in zip(cohort.category_index, setup.recon_masks)],
+        }
+        data = setup.test
+        n_trained = len(all_idx)
+    else:
+        if not fold_ckpts:
+            raise RunError(f"{run_dir} holds no fold checkpoints")
+        loaded = []
+        if mode == "fold":
+            k = 0 if fold is None else fold
+            path = run_dir / f"fold_{k}.safetensors"
+            if not path.is_file():
+                raise RunError(f"{path} not found: the run has folds "
+                               f"{[int(p.stem.split('_')[1]) for p in fold_ckpts]}")
+            loaded = [load_fold_checkpoint(path)]
+        else:
+            loaded = [load_fold_checkpoint(p) for p in fold_ckpts]
+            configs = {json.dumps(h["model_config"], sort_keys=True) for _, h in loaded}
+            genes = {json.dumps(h["categories"]) for _, h in loaded}
+            if len(configs) > 1 or len(genes) > 1:
+                raise RunError(
+                    "the fold models differ in architecture (each fold reconstructs the genes "
+                    "significant on its own training patients), so they cannot be averaged: "
+                    "use --mode final, or run cv with --recon-genes all for an ensemble"
+                )
+        header = loaded[0][1]
+        model = loaded[0][0] if mode == "fold" else EnsembleModel([m for m, _ in loaded])
+        categories = header["categories"]
+        if mode == "fold":
+            edges = np.asarray(header["bin_edges_months"])
+            stats = {"mean": [s["mean"] for s in header["recon_stats"]],
+                     "std": [s["std"] for s in header["recon_stats"]]}
+            provenance_extra["fold"] = header["fold"]
+        else:
+            # Members were trained on their folds' bins; the bundle states the cohort's.
+            edges = survival_bin_edges(cohort.months[all_idx], cohort.censorship[all_idx], cfg.n_bins)
+            stats = {
+                key: [np.mean([h["recon_stats"][c][key] for _, h in loaded], axis=0).tolist()
+                      for c in range(len(categories))]
+                for key in ("mean", "std")
+            }
+            provenance_extra["member_bin_edges_months"] = [h["bin_edges_months"] for _, h in loaded]
+        setup = prepare_fold(cohort, all_fold, cfg if cfg.inner_val == 0 else _no_inner(cfg), features)
+        data = setup.test
+        n_trained = len(all_idx)
+
+    pred = predict(model, data, cfg.train)
+    risks = pred["risk"]
+    attrs = features.attrs()
+    spec = encoder_spec_from_attrs(attrs, features.feature_dim, encoder)
+    metrics = {k: results.get(k) for k in (
+        "c_index_mean", "c_index_std", "c_index_optimistic_mean", "c_index_optimistic_std",
+        "uno_c_index_mean", "uno_c_index_std", "auc_mean_mean", "ibs_mean", "km")}
+    metrics["folds"] = [
+        {"fold": f["fold"], "c_index": f["c_index"], "c_index_optimistic": f["c_index_optimistic"],
+         "n_train": f["n_train"], "n_test": f["n_test"]}
+        for f in results["folds"]
+    ]
+    cohort_name = Path(cfg.cohort).name
+    c_text = (f"{results['c_index_mean']:.3f} ± {results['c_index_std']:.3f} over "
+              f"{len(results['folds'])} folds" if results.get("c_index_mean") is not None else "n/a")
+    use = intended_use or INTENDED_USE.format(bins=len(edges) - 1, n=n_trained, cohort=cohort_name, c=c_text)
+    meta = {
+        "name": name or f"{cfg.model} {Path(cfg.cohort).stem.split('.')[0]} ({mode})",
+        "encoder": spec,
+        "categories": categories,
+        "survival_bins_months": [float(e) for e in edges],
+        "risk_quantiles": {**_quantiles(risks), "source": "the bundled model's risks on the "
+                           f"run's {len(risks)} patients (mostly seen in training)"},
+        "risk_groups": {"cutoffs": [float(np.median(risks))], "labels": ["low", "high"]},
+        "intended_use": use,
+        "metrics": metrics,
+        "provenance": {
+            "mode": mode,
+            "n_patients": n_trained,
+            "cohort": describe(cohort),
+            "splits": cfg.splits,
+            "features": cfg.features,
+            "run": cfg.to_dict(),
+            "run_dir": str(run_dir),
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "package_version": __version__,
+            **provenance_extra,
+        },
+    }
+    meta["genomic_stats"] = stats
+    path = save_bundle(out, model.cpu().eval(), meta)
+    _log(f"bundle written: {path}")
+    return path
+
+
+def _no_inner(cfg: RunConfig) -> RunConfig:
+    c = copy.deepcopy(cfg)
+    c.inner_val = 0.0
+    return c

@@ -1,0 +1,192 @@
+"""``ghanet-train``: cross-validated training, model bundles and synthetic test cohorts.
+
+    ghanet-train cv --cohort CSV --signatures CSV --splits DIR [--features DIR]
+                    --model {ghanet,abmil,snn,abmil_snn} --out DIR [options]
+    ghanet-train bundle RUN_DIR --out MODEL.safetensors [--mode final|ensemble|fold]
+    ghanet-train synth --out DIR [--patients N ...]
+    ghanet-train demo ...
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+__all__ = ["main", "build_parser"]
+
+
+def _positive_int(text: str) -> int:
+    v = int(text)
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {v}")
+    return v
+
+
+def _model_config(text: str) -> dict:
+    try:
+        d = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise argparse.ArgumentTypeError(f"--model-config must be a JSON object: {exc}") from exc
+    if not isinstance(d, dict):
+        raise argparse.ArgumentTypeError("--model-config must be a JSON object")
+    return d
+
+
+def _add_train_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("training recipe (defaults: the paper's)")
+    g.add_argument("--epochs", type=_positive_int, default=20)
+    g.add_argument("--lr", type=float, default=2e-4, help="Adam learning rate")
+    g.add_argument("--weight-decay", type=float, default=1e-5)
+    g.add_argument("--accumulation", type=_positive_int, default=32,
+                   help="bags per optimizer step (gradient accumulation)")
+    g.add_argument("--batch-size", type=_positive_int, default=16,
+                   help="bags per forward pass (speed/memory only)")
+    g.add_argument("--max-patches", type=_positive_int, default=None,
+                   help="patches sampled per bag and epoch in training (default: all)")
+    g.add_argument("--recon-weight", type=float, default=0.3,
+                   help="weight of SCE + MSE reconstruction losses (G-HANet)")
+    g.add_argument("--alpha-surv", type=float, default=0.0,
+                   help="extra weight of uncensored patients in the NLL")
+    g.add_argument("--seed", type=int, default=1)
+    g.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
+    g.add_argument("--no-amp", action="store_true", help="disable mixed precision on CUDA")
+    g.add_argument("--no-init-hazards", action="store_true",
+                   help="start the survival head at a hazard of 0.5 per bin (the paper's "
+                        "initialisation) instead of the training patients' hazards")
+    g.add_argument("--selection", choices=["last", "inner"], default="last",
+                   help="score the model at the last epoch, or at the epoch with the best "
+                        "inner-validation c-index (needs --inner-val)")
+    g.add_argument("--inner-val", type=float, default=0.0,
+                   help="fraction of each fold's training patients held out as inner "
+                        "validation (0 = none)")
+    g.add_argument("--model-config", type=_model_config, default={},
+                   help='model size overrides as JSON, e.g. \'{"width": 256, "dropout": 0.5}\'')
+
+
+def _add_cv(sub) -> None:
+    p = sub.add_parser("cv", help="cross-validated training and honest evaluation",
+                       description="Train and evaluate a model on each split; writes "
+                                   "results.json, metrics.md, plots and fold checkpoints.")
+    p.add_argument("--cohort", required=True, help="cohort table CSV (may be .zip)")
+    p.add_argument("--signatures", required=True, help="signatures.csv (one column per category)")
+    p.add_argument("--splits", required=True, help="folder of splits_K.csv")
+    p.add_argument("--features", default=None,
+                   help="folder of per-slide .h5/.pt features (not needed for --model snn)")
+    p.add_argument("--model", required=True, choices=["ghanet", "abmil", "snn", "abmil_snn"])
+    p.add_argument("--out", required=True, help="run folder")
+    p.add_argument("--folds", type=int, nargs="+", default=None, help="run only these folds")
+    p.add_argument("--recon-genes", choices=["significant", "all"], default="significant",
+                   help="genes G-HANet reconstructs: Welch t-test p < 0.05 between low- and "
+                        "high-risk training patients, or all")
+    p.add_argument("--p-threshold", type=float, default=0.05)
+    p.add_argument("--n-bins", type=_positive_int, default=4)
+    p.add_argument("--allow-missing", action="store_true",
+                   help="skip split cases absent from the table and slides without features "
+                        "(counts recorded) instead of stopping")
+    p.add_argument("--cache-gb", type=float, default=4.0, help="memory for cached feature bags")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
+    p.add_argument("--overwrite", action="store_true", help="discard a previous run in --out")
+    _add_train_options(p)
+    p.set_defaults(func=_run_cv)
+
+
+def train_config_from_args(args):
+    from .trainer import TrainConfig
+
+    return TrainConfig(
+        epochs=args.epochs, lr=args.lr, weight_decay=args.weight_decay,
+        accumulation=args.accumulation, batch_size=args.batch_size,
+        max_patches=args.max_patches, recon_weight=args.recon_weight,
+        alpha_surv=args.alpha_surv, seed=args.seed, device=args.device,
+        amp=not args.no_amp, selection=args.selection, init_hazards=not args.no_init_hazards,
+    )
+
+
+def _run_cv(args) -> int:
+    from .cv import RunConfig, run_cv
+
+    cfg = RunConfig(
+        model=args.model, cohort=args.cohort, signatures=args.signatures, splits=args.splits,
+        features=args.features, recon_genes=args.recon_genes, p_threshold=args.p_threshold,
+        n_bins=args.n_bins, inner_val=args.inner_val, allow_missing=args.allow_missing,
+        folds=args.folds, cache_gb=args.cache_gb, model_config=args.model_config,
+        train=train_config_from_args(args),
+    )
+    res = run_cv(cfg, args.out, resume=args.resume, overwrite=args.overwrite)
+    print(json.dumps({k: res[k] for k in ("model", "c_index_mean", "c_index_std",
+                                          "c_index_optimistic_mean", "uno_c_index_mean")}))
+    return 0
+
+
+def _add_bundle(sub) -> None:
+    p = sub.add_parser("bundle", help="turn a cross-validated run into a plugin model bundle",
+                       description="Write the .safetensors bundle the napari plugin opens.")
+    p.add_argument("run_dir", help="folder of a finished `ghanet-train cv` run")
+    p.add_argument("--out", required=True, help="bundle path (.safetensors)")
+    p.add_argument("--mode", choices=["final", "ensemble", "fold"], default="final",
+                   help="final: retrain on all patients with the run's recipe (default); "
+                        "ensemble: average the fold models; fold: one fold's model")
+    p.add_argument("--fold", type=int, default=None, help="fold index for --mode fold")
+    p.add_argument("--name", default=None, help="model name shown in the plugin")
+    p.add_argument("--encoder", default=None,
+                   help="encoder name when the features carry no encoder attributes (CLAM)")
+    p.add_argument("--intended-use", default=None, help="replace the default intended-use text")
+    p.set_defaults(func=_run_bundle)
+
+
+def _run_bundle(args) -> int:
+    from .bundle_cmd import make_bundle
+
+    path = make_bundle(args.run_dir, args.out, mode=args.mode, fold=args.fold, name=args.name,
+                       encoder=args.encoder, intended_use=args.intended_use)
+    print(str(path))
+    return 0
+
+
+def _add_synth(sub) -> None:
+    from .synth import add_parser
+
+    add_parser(sub)
+
+
+def _add_demo(sub, argv) -> None:
+    # Imported only when asked for, so the other commands work without it.
+    if argv and argv[0] == "demo":
+        from .demo_recipe import add_parser
+
+        add_parser(sub)
+    else:
+        sub.add_parser("demo", help="train the plugin's demonstration model (see `demo -h`)")
+
+
+def build_parser(argv=None) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ghanet-train", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_cv(sub)
+    _add_bundle(sub)
+    _add_synth(sub)
+    _add_demo(sub, argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from .cohort import CohortError
+    from .cv import RunError
+
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = build_parser(argv).parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except (CohortError, RunError, ValueError, FileNotFoundError) as exc:
+        print(f"ghanet-train {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"ghanet-train {args.command}: interrupted; finished folds are kept "
+              "(continue with --resume)", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,432 @@
+"""Cross-validated training and honest evaluation of one model on a cohort.
+
+For each split: everything fitted from data (survival bin edges, genomic scaling,
+reconstruction gene masks) is fitted on that fold's training patients only, each patient
+once; the model is trained with the recipe of :class:`training.trainer.TrainConfig`; the
+held-out patients are scored by the model at the end of training (or at the epoch chosen
+on an inner validation split of the training patients). The held-out c-index of every
+epoch is also recorded, and its maximum is reported as the *optimistic* figure the
+paper's code gives, never used for selection.
+
+Each finished fold is written atomically (``fold_K.safetensors`` weights + preprocessing,
+``fold_K.json`` predictions and history); ``resume=True`` keeps them and runs the rest.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from napari_ghanet import __version__
+from napari_ghanet.baselines import MODEL_NAMES, build_model, model_inputs
+
+from . import metrics as M
+from .cohort import (
+    Cohort,
+    CohortError,
+    FeatureStore,
+    FoldData,
+    describe,
+    read_cohort,
+    read_splits,
+    resolve_fold,
+)
+from .labels import GenomicScaler, discretize, reconstruction_masks, survival_bin_edges
+from .trainer import SurvivalData, TrainConfig, fit, predict, resolve_device, seed_everything
+
+__all__ = ["RunConfig", "FoldSetup", "prepare_fold", "run_cv", "load_fold_checkpoint", "RunError"]
+
+RUN_FILE = "run.json"
+RESULTS_FILE = "results.json"
+_FOLD_HEADER_KEY = "ghanet_fold"
+
+
+class RunError(RuntimeError):
+    """A run folder cannot be written or resumed as asked."""
+
+
+@dataclass
+class RunConfig:
+    """Everything that defines a cross-validated run (saved as ``run.json``).
+
+    model_config: overrides of the model's config fields (e.g. width, dropout); the data
+    sizes (input_dim, omic_sizes, omic_dim) are filled in per fold.
+    inner_val: fraction of each fold's training patients held out as inner validation
+    (0 = none); needed for ``train.selection == "inner"``.
+    """
+
+    model: str
+    cohort: str
+    signatures: str
+    splits: str
+    features: str | None = None
+    recon_genes: str = "significant"
+    p_threshold: float = 0.05
+    n_bins: int = 4
+    inner_val: float = 0.0
+    allow_missing: bool = False
+    folds: list[int] | None = None
+    cache_gb: float = 4.0
+    model_config: dict = field(default_factory=dict)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["train"] = self.train.to_dict()
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> RunConfig:
+        d = dict(d)
+        d["train"] = TrainConfig(**d.get("train", {}))
+        return cls(**d)
+
+
+# Settings that change results; a resumed run must match them.
+_RESULT_KEYS = (
+    "model", "recon_genes", "p_threshold", "n_bins", "inner_val", "allow_missing",
+    "model_config", "train",
+)
+
+
+@dataclass
+class FoldSetup:
+    """A fold ready to train: data sets, fitted preprocessing and the model config."""
+
+    fold: FoldData
+    train: SurvivalData
+    test: SurvivalData
+    inner: SurvivalData | None
+    bin_edges: np.ndarray
+    scaler: GenomicScaler
+    recon_masks: list[np.ndarray]
+    recon_genes: list[list[str]]
+    model_config: dict
+    n_fit: int
+
+
+def _stratified_holdout(y: np.ndarray, c: np.ndarray, fraction: float, seed: int) -> np.ndarray:
+    """Bool mask of ~fraction of patients, stratified by (bin, censorship)."""
+    rng = np.random.default_rng(seed)
+    hold = np.zeros(len(y), bool)
+    for key in sorted(set(zip(y.tolist(), c.tolist()))):
+        members = np.flatnonzero((y == key[0]) & (c == key[1]))
+        k = int(round(len(members) * fraction))
+        if k:
+            hold[rng.choice(members, k, replace=False)] = True
+    return hold
+
+
+def prepare_fold(
+    cohort: Cohort,
+    fold: FoldData,
+    cfg: RunConfig,
+    features: FeatureStore | None,
+) -> FoldSetup:
+    """Fit bins, scaling and gene masks on the fold's training patients; build the data."""
+    train_idx = fold.train
+    inner_idx = np.zeros(0, np.int64)
+    if cfg.inner_val > 0:
+        edges0 = survival_bin_edges(cohort.months[train_idx], cohort.censorship[train_idx], cfg.n_bins)
+        y0 = discretize(cohort.months[train_idx], edges0)
+        hold = _stratified_holdout(y0, cohort.censorship[train_idx], cfg.inner_val, cfg.train.seed)
+        inner_idx, train_idx = train_idx[hold], train_idx[~hold]
+
+    months, cens = cohort.months, cohort.censorship
+    edges = survival_bin_edges(months[train_idx], cens[train_idx], cfg.n_bins)
+    scaler = GenomicScaler.fit(cohort.genomics[train_idx])
+    omics_all = None
+
+    def omics_of(idx):
+        nonlocal omics_all
+        if omics_all is None:
+            omics_all = scaler.transform(cohort.genomics)
+        return omics_all[idx]
+
+    y_train = discretize(months[train_idx], edges)
+    # Only G-HANet reconstructs genomics; the others need no gene selection.
+    masks, _ = reconstruction_masks(
+        omics_of(train_idx), cohort.category_index, y_train, cens[train_idx],
+        mode=cfg.recon_genes if cfg.model == "ghanet" else "all",
+        p_threshold=cfg.p_threshold, n_bins=cfg.n_bins,
+    )
+    recon_cols = [ix[m] for ix, m in zip(cohort.category_index, masks)]
+    recon_genes = [
+        [cols[j] for j in np.flatnonzero(m)] for cols, m in zip(cohort.category_columns, masks)
+    ]
+    uses = model_inputs(cfg.model)
+
+    def make(idx) -> SurvivalData:
+        om = omics_of(idx)
+        return SurvivalData(
+            ids=[cohort.case_ids[i] for i in idx],
+            y=discretize(months[idx], edges),
+            c=cens[idx].astype(np.int64),
+            times=months[idx].astype(np.float64),
+            omics=om if "omics" in uses else None,
+            targets=[np.ascontiguousarray(om[:, cols]) for cols in recon_cols] if cfg.model == "ghanet" else None,
+            bag=(lambda i, _idx=idx: features.bag(int(_idx[i]))) if "wsi" in uses else None,
+        )
+
+    model_config = dict(cfg.model_config)
+    if "wsi" in uses:
+        if features is None:
+            raise CohortError(f"model {cfg.model} reads slides: give --features DIR")
+        model_config["input_dim"] = features.feature_dim
+    if "omics" in uses:
+        model_config["omic_dim"] = int(cohort.genomics.shape[1])
+    if cfg.model == "ghanet":
+        model_config["omic_sizes"] = [int(m.sum()) for m in masks]
+        model_config.setdefault("num_tokens", len(masks))
+    model_config.setdefault("n_bins", cfg.n_bins)
+    return FoldSetup(
+        fold=fold,
+        train=make(train_idx),
+        test=make(fold.test),
+        inner=make(inner_idx) if len(inner_idx) else None,
+        bin_edges=edges,
+        scaler=scaler,
+        recon_masks=masks,
+        recon_genes=recon_genes,
+        model_config=model_config,
+        n_fit=len(train_idx),
+    )
+
+
+def _atomic_save_safetensors(path: Path, state: dict, header: dict) -> None:
+    from safetensors.torch import save_file
+
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        tensors = {k: v.detach().cpu().contiguous() for k, v in state.items()}
+        save_file(tensors, tmp, metadata={_FOLD_HEADER_KEY: json.dumps(header)})
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load_fold_checkpoint(path: str | os.PathLike) -> tuple[torch.nn.Module, dict]:
+    """A fold's model (eval mode) and its preprocessing header (model name and config,
+    bin edges, gene names and scaling of the reconstructed genes...)."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata() or {}
+    if _FOLD_HEADER_KEY not in meta:
+        raise RunError(f"{path} is not a fold checkpoint of ghanet-train")
+    header = json.loads(meta[_FOLD_HEADER_KEY])
+    model = build_model(header["model"], **header["model_config"])
+    model.load_state_dict(load_file(str(path)))
+    return model.eval(), header
+
+
+def _fold_header(cfg: RunConfig, setup: FoldSetup, cohort: Cohort, name: str) -> dict:
+    mean, std = setup.scaler.mean, setup.scaler.std
+    cat_stats = []
+    for ix, m in zip(cohort.category_index, setup.recon_masks):
+        cols = ix[m]
+        cat_stats.append({"mean": mean[cols].tolist(), "std": std[cols].tolist()})
+    return {
+        "model": cfg.model,
+        "model_config": setup.model_config,
+        "fold": name,
+        "bin_edges_months": setup.bin_edges.tolist(),
+        "categories": [
+            {"name": n, "genes": g} for n, g in zip(cohort.categories, setup.recon_genes)
+        ],
+        "recon_stats": cat_stats,
+        "gene_columns": cohort.gene_columns,
+        "scaler": setup.scaler.to_dict(),
+        "package_version": __version__,
+    }
+
+
+def _check_out_dir(out: Path, cfg: RunConfig, resume: bool, overwrite: bool) -> None:
+    run_file = out / RUN_FILE
+    if run_file.exists():
+        if overwrite:
+            for p in list(out.glob("fold_*.json")) + list(out.glob("fold_*.safetensors")):
+                p.unlink()
+            for name in (RESULTS_FILE, "metrics.md"):
+                (out / name).unlink(missing_ok=True)
+        elif resume:
+            old = json.loads(run_file.read_text())
+            new = cfg.to_dict()
+            diff = [k for k in _RESULT_KEYS if old.get(k) != new.get(k)]
+            if diff:
+                raise RunError(
+                    f"{out} holds a run made with different settings ({', '.join(diff)}); "
+                    "resume with the same options or choose another --out"
+                )
+        else:
+            raise RunError(
+                f"{out} already holds a run: pass --resume to continue it, --overwrite to "
+                "start again, or choose another --out"
+            )
+    elif resume and any(out.glob("fold_*.json")):
+        raise RunError(f"{out} has fold files but no {RUN_FILE}: cannot tell how they were made")
+
+
+def default_progress(row: dict) -> None:
+    parts = [f"{row.get('fold_label', '')} epoch {row['epoch']:>3}/{row['epochs']}"]
+    parts.append(f"loss {row.get('train_loss', float('nan')):.4f}")
+    for k, label in (("train_c_index", "train c"), ("inner_c_index", "inner c"),
+                     ("test_c_index", "held-out c (monitor)")):
+        if row.get(k) is not None:
+            parts.append(f"{label} {row[k]:.4f}")
+    parts.append(f"{row['seconds']:.1f} s")
+    print("  ".join(parts), file=sys.stderr, flush=True)
+
+
+def run_cv(
+    cfg: RunConfig,
+    out_dir: str | os.PathLike,
+    resume: bool = False,
+    overwrite: bool = False,
+    progress: Callable[[dict], None] | None = default_progress,
+    log: Callable[[str], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> dict:
+    """Run (or resume) the cross-validation; returns and writes ``results.json``."""
+    log = log or (lambda s: print(s, file=sys.stderr, flush=True))
+    if cfg.model not in MODEL_NAMES:
+        raise ValueError(f"unknown model {cfg.model!r}; choose one of {list(MODEL_NAMES)}")
+    if cfg.train.selection == "inner" and not cfg.inner_val > 0:
+        raise ValueError("selection 'inner' needs --inner-val > 0")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    _check_out_dir(out, cfg, resume, overwrite)
+
+    t_start = time.perf_counter()
+    cohort = read_cohort(cfg.cohort, cfg.signatures)
+    splits = read_splits(cfg.splits)
+    if cfg.folds:
+        bad = [k for k in cfg.folds if not 0 <= k < len(splits)]
+        if bad:
+            raise ValueError(f"fold(s) {bad} do not exist: {len(splits)} splits in {cfg.splits}")
+        chosen = [(k, splits[k]) for k in cfg.folds]
+    else:
+        chosen = list(enumerate(splits))
+    uses = model_inputs(cfg.model)
+    features = None
+    if "wsi" in uses:
+        if not cfg.features:
+            raise CohortError(f"model {cfg.model} reads slides: give --features DIR")
+        features = FeatureStore(cohort, cfg.features, cache_bytes=int(cfg.cache_gb * (1 << 30)))
+    # Validate every split before training anything: bad inputs fail fast.
+    resolved = [(k, resolve_fold(cohort, s, features, cfg.allow_missing)) for k, s in chosen]
+    M.atomic_write_text(out / RUN_FILE, json.dumps(cfg.to_dict(), indent=2))
+
+    device = resolve_device(cfg.train.device)
+    log(f"{cfg.model}: {len(cohort.patients)} patients, {len(cohort.gene_columns)} genomic "
+        f"features, {len(resolved)} fold(s), device {device}")
+    folds = []
+    for n_done, (k, fold) in enumerate(resolved):
+        fold_json = out / f"fold_{k}.json"
+        fold_ckpt = out / f"fold_{k}.safetensors"
+        if resume and fold_json.exists() and fold_ckpt.exists():
+            rec = json.loads(fold_json.read_text())
+            log(f"fold {k}: kept from the interrupted run (c-index {rec['c_index']:.4f})")
+            folds.append(rec)
+            continue
+        setup = prepare_fold(cohort, fold, cfg, features)
+        seed_everything(cfg.train.seed)
+        model = build_model(cfg.model, **setup.model_config)
+        label = f"fold {k} ({n_done + 1}/{len(resolved)})"
+        log(f"{label}: {len(setup.train)} training"
+            + (f" + {len(setup.inner)} inner-validation" if setup.inner else "")
+            + f", {len(setup.test)} held-out patients"
+            + (f"; reconstructed genes per category {setup.model_config['omic_sizes']}"
+               if cfg.model == "ghanet" else ""))
+
+        def row_progress(row, _label=label):
+            if progress is not None:
+                progress({**row, "fold_label": _label})
+
+        res = fit(model, setup.train, cfg.train, monitor=setup.test, inner=setup.inner,
+                  progress=row_progress, should_stop=should_stop)
+        pred = predict(model, setup.test, cfg.train, device)
+        fm = M.fold_metrics(
+            setup.train.times, setup.train.c == 0, setup.test.times, setup.test.c == 0,
+            pred["risk"], pred["survival"], setup.bin_edges,
+        )
+        test_curve = [r.get("test_c_index") for r in res.history]
+        valid = [(v, i) for i, v in enumerate(test_curve) if v is not None]
+        best = max(valid) if valid else (None, -1)
+        rec = {
+            "fold": k,
+            "split": fold.name,
+            "c_index": fm["c_index"],
+            "c_index_optimistic": best[0],
+            "optimistic_epoch": best[1] + 1 if best[0] is not None else None,
+            "selected_epoch": res.selected_epoch,
+            "n_train": len(setup.train),
+            "n_inner": 0 if setup.inner is None else len(setup.inner),
+            "n_test": len(setup.test),
+            "skipped": fold.skipped,
+            "bin_edges_months": setup.bin_edges.tolist(),
+            "recon_gene_counts": [int(m.sum()) for m in setup.recon_masks],
+            "metrics": fm,
+            "history": res.history,
+            "seconds": res.seconds,
+            "predictions": {
+                "case_id": setup.test.ids,
+                "time": setup.test.times.tolist(),
+                "event": (setup.test.c == 0).astype(int).tolist(),
+                "risk": pred["risk"].tolist(),
+                "survival": pred["survival"].tolist(),
+            },
+        }
+        _atomic_save_safetensors(fold_ckpt, model.state_dict(), _fold_header(cfg, setup, cohort, fold.name))
+        M.atomic_write_text(fold_json, json.dumps(rec))
+        log(f"{label}: held-out c-index {_f(rec['c_index'])} (optimistic best epoch "
+            f"{_f(rec['c_index_optimistic'])}), Uno {_f(fm['uno_c_index'])}, "
+            f"{res.seconds:.0f} s")
+        folds.append(rec)
+
+    summary = M.summarize(folds)
+    skipped_counts: dict[str, int] = {}
+    for f in folds:
+        for reason, ids in (f.get("skipped") or {}).items():
+            skipped_counts[reason] = max(skipped_counts.get(reason, 0), len(ids))
+    results = {
+        "model": cfg.model,
+        "cohort_name": Path(cfg.cohort).name,
+        "selection": "epoch chosen on inner validation" if cfg.train.selection == "inner"
+        else "model at the end of training",
+        "c_index_mean": summary.pop("c_index_mean"),
+        "c_index_std": summary.pop("c_index_std"),
+        **summary,
+        "folds": folds,
+        "n_folds": len(folds),
+        "skipped_counts": skipped_counts,
+        "cohort": describe(cohort),
+        "run": cfg.to_dict(),
+        "package_version": __version__,
+        "torch_version": torch.__version__,
+        "device": str(device),
+        "seconds_this_session": time.perf_counter() - t_start,
+    }
+    M.atomic_write_text(out / RESULTS_FILE, json.dumps(results, indent=1))
+    M.atomic_write_text(out / "metrics.md", M.markdown_table(results))
+    M.write_plots(results, out)
+    log(f"{cfg.model}: c-index {_f(results['c_index_mean'])} ± {_f(results['c_index_std'])} "
+        f"(optimistic {_f(results['c_index_optimistic_mean'])}); results in {out / RESULTS_FILE}")
+    return results
+
+
+def _f(v) -> str:
+    return "n/a" if v is None else f"{v:.4f}"

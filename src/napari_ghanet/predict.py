@@ -732,16 +732,6 @@ def _atomic_write(path: str | os.PathLike, data: str | bytes) -> Path:
     return path
 
 
-def _json_default(obj):
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    if isinstance(obj, Path):
-        return str(obj)
-    raise TypeError(f"{type(obj).__name__} is not JSON serialisable")
-
-
 def _finite(obj):
     """Replace non-finite floats (inf bin edges, NaN) by None: strict JSON."""
     if isinstance(obj, dict):
@@ -755,7 +745,9 @@ def _finite(obj):
 
 def write_report_json(prediction: Prediction, path: str | os.PathLike) -> Path:
     """The JSON report (all numbers, model provenance, intended use), written atomically."""
-    report = json.loads(json.dumps(prediction.to_dict(), default=_json_default))
+    from .features_io import json_default
+
+    report = json.loads(json.dumps(prediction.to_dict(), default=json_default))
     text = json.dumps(_finite(report), indent=2, allow_nan=False)
     return _atomic_write(path, text + "\n")
 

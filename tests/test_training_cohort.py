@@ -142,11 +142,14 @@ def _feature_cohort(tmp_path, ucec, n=12):
 def test_features_found_by_slide_id_and_missing_ones_listed(tmp_path, ucec):
     root = _feature_cohort(tmp_path, ucec)
     store = FeatureStore(ucec, root)
+    sizes = [store.bag_size(i) for i in range(12)]  # from headers, before any read
+    assert not store._cache
     assert slide_stem("A.B.svs") == "A.B" and slide_stem("X.ome.tiff") == "X"
     multi = next(i for i in range(12) if len(ucec.patients.at[i, "slide_ids"]) > 1)
     bag = store.bag(multi)
     parts = [len(store.bag(multi)) for _ in range(2)]
     assert parts[0] == parts[1] == bag.shape[0] and bag.shape[1] == 8 and bag.dtype == np.float32
+    assert sizes == [len(store.bag(i)) for i in range(12)]
     assert store.feature_dim == 8 and store.attrs()["encoder"] == "unit"
     from training.cohort import Split
 

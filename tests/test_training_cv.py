@@ -17,6 +17,15 @@ from napari_ghanet.bundle import load_bundle
 from napari_ghanet.features_io import load_features
 
 TCGA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "tcga"
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    """These models are small: one thread is as fast, and immune to oversubscribed CPUs."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 SMALL_GHANET = json.dumps({"width": 32, "heads": 2, "dim_head": 16, "gate_dim": 16,
                            "compress_dim": 8, "ffn_mult": 2})
 

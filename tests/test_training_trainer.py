@@ -21,6 +21,16 @@ from training.trainer import (
 from napari_ghanet.baselines import build_model
 from napari_ghanet.losses import nll_loss
 
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    """These models are small: one thread is as fast, and immune to oversubscribed CPUs."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 D = 8
 SIZES = [2, 3, 2, 1, 2, 3]
 

@@ -392,6 +392,25 @@ class FeatureStore:
                 self._attrs = {}
         return dict(self._attrs)
 
+    def bag_size(self, i: int) -> int:
+        """Patches in patient ``i``'s bag, from the ``.h5`` headers (no feature read)."""
+        i = int(i)
+        paths = [self.slide_path(s) for s in self.cohort.patients.at[i, "slide_ids"]]
+        paths = [p for p in paths if p is not None]
+        if i in self._cache or any(p.suffix not in (".h5", ".hdf5") for p in paths):
+            return len(self.bag(i))
+        import h5py
+
+        n = 0
+        for path in paths:
+            try:
+                with h5py.File(path, "r") as f:
+                    shape = f["features"].shape
+            except Exception as exc:
+                raise CohortError(f"cannot read features file {path}: {exc}") from exc
+            n += int(shape[-2]) if len(shape) >= 2 else 0
+        return n
+
     def bag(self, i: int) -> np.ndarray:
         i = int(i)
         if i in self._cache:

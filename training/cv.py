@@ -175,6 +175,7 @@ def prepare_fold(
             omics=om if "omics" in uses else None,
             targets=[np.ascontiguousarray(om[:, cols]) for cols in recon_cols] if cfg.model == "ghanet" else None,
             bag=(lambda i, _idx=idx: features.bag(int(_idx[i]))) if "wsi" in uses else None,
+            sizes=np.array([features.bag_size(i) for i in idx], np.int64) if "wsi" in uses else None,
         )
 
     model_config = dict(cfg.model_config)

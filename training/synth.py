@@ -20,9 +20,9 @@ background tissue; a small share belongs to a pathway's "morphology" (its own me
 feature space) and carries s * a_k along a direction of its own, under patch noise as
 strong as the signal; every slide also has a small stain/scanner offset. So the
 survival-relevant information in a slide is faint and scattered (5% of the patches per
-pathway, each with its own morphology and direction): survival labels alone (ABMIL) find it less well than a model also taught to
-reconstruct the genomic profiles (G-HANet), and a model that reads the genomics at test
-time (ABMIL+SNN) does best.
+pathway, each with its own morphology and direction): survival labels alone (ABMIL) find
+it less well than a model also taught to reconstruct the genomic profiles (G-HANet), and
+a model that reads the genomics at test time (ABMIL+SNN) does best.
 """
 
 from __future__ import annotations
@@ -84,7 +84,7 @@ class SynthConfig:
     patch_noise: float = 1.0
     nuisance: float = 0.1
     median_survival_months: float = 30.0
-    censoring_months: float = 120.0
+    censoring_months: float = 60.0
     seed: int = 0
 
 

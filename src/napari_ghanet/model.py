@@ -382,7 +382,7 @@ class GHANet(SurvivalHeadMixin, nn.Module):
         return "ghanet"
 
     def forward(
-        self, x: Tensor, mask: Tensor | None = None, omics: list[Tensor] | None = None
+        self, x: Tensor, mask: Tensor | None = None, omics: Tensor | list[Tensor] | None = None
     ) -> BatchOutput:
         """The trainer's entry point (shared with the baselines). ``omics`` is ignored:
         G-HANet predicts from the WSI alone."""

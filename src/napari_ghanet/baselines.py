@@ -21,7 +21,14 @@ from dataclasses import asdict, dataclass, fields
 import torch
 from torch import Tensor, nn
 
-from .model import BatchOutput, GatedAttention, GHANet, GHANetConfig, SurvivalHeadMixin
+from .model import (
+    BatchOutput,
+    GatedAttention,
+    GHANet,
+    GHANetConfig,
+    SurvivalHeadMixin,
+    valid_mask,
+)
 
 __all__ = [
     "ABMILConfig",
@@ -38,21 +45,10 @@ __all__ = [
 MODEL_NAMES = ("ghanet", "abmil", "snn", "abmil_snn")
 
 
-def _masked(x: Tensor, mask: Tensor | None) -> Tensor:
-    if x is None or x.dim() != 3:
-        shape = None if x is None else tuple(x.shape)
-        raise ValueError(f"expected a batch of bags of shape (B, N, D), got {shape}")
-    b, n, _ = x.shape
-    if n == 0:
-        raise ValueError("empty bag: a slide needs at least one patch to be scored")
-    if mask is None:
-        return torch.ones(b, n, dtype=torch.bool, device=x.device)
-    if mask.shape != (b, n):
-        raise ValueError(f"mask shape {tuple(mask.shape)} does not match bags {(b, n)}")
-    mask = mask.to(device=x.device, dtype=torch.bool)
-    if not bool(mask.any(dim=1).all()):
-        raise ValueError("empty bag in the batch: every bag needs at least one patch")
-    return mask
+def _masked(x: Tensor | None, mask: Tensor | None) -> Tensor:
+    if x is None:
+        raise ValueError("expected a batch of bags of shape (B, N, D), got None")
+    return valid_mask(x, mask)
 
 
 def _omics(omics, dim: int) -> Tensor:

@@ -174,7 +174,8 @@ class SurvivalHeadMixin:
         return BatchOutput(hazards=hazards, survival=survival, risk=risk, logits=logits, **extra)
 
 
-def _valid_mask(x: Tensor, mask: Tensor | None) -> Tensor:
+def valid_mask(x: Tensor, mask: Tensor | None) -> Tensor:
+    """Check bags x (B, N, D) and return their bool mask (B, N) (all True when None)."""
     if x.dim() != 3:
         raise ValueError(f"expected a batch of bags of shape (B, N, D), got {tuple(x.shape)}")
     b, n, _ = x.shape
@@ -399,7 +400,7 @@ class GHANet(SurvivalHeadMixin, nn.Module):
                 f"patch features have dimension {x.shape[-1]} but the model expects "
                 f"{cfg.input_dim}: the features were made with another encoder"
             )
-        mask = _valid_mask(x, mask)
+        mask = valid_mask(x, mask)
         reconstructed, sim, cab_tokens = self.cab(x, mask)
 
         h = self.patch_proj(x)  # (B, N, W)

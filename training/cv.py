@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import os
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -27,6 +26,7 @@ import numpy as np
 import torch
 
 from napari_ghanet import __version__
+from napari_ghanet.atomic import atomic_path
 from napari_ghanet.baselines import MODEL_NAMES, build_model, model_inputs
 
 from . import metrics as M
@@ -206,15 +206,9 @@ def prepare_fold(
 def _atomic_save_safetensors(path: Path, state: dict, header: dict) -> None:
     from safetensors.torch import save_file
 
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        tensors = {k: v.detach().cpu().contiguous() for k, v in state.items()}
-        save_file(tensors, tmp, metadata={_FOLD_HEADER_KEY: json.dumps(header)})
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    tensors = {k: v.detach().cpu().contiguous() for k, v in state.items()}
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata={_FOLD_HEADER_KEY: json.dumps(header)})
 
 
 def load_fold_checkpoint(path: str | os.PathLike) -> tuple[torch.nn.Module, dict]:

@@ -30,12 +30,13 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
+from napari_ghanet.atomic import atomic_path
 
 __all__ = ["SynthConfig", "write_synthetic_cohort", "add_parser", "SYNTH_RECIPE"]
 
@@ -89,14 +90,8 @@ class SynthConfig:
 
 
 def _atomic_csv(df: pd.DataFrame, path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         df.to_csv(tmp, index=False)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _write_h5(path: Path, features: np.ndarray, coords: np.ndarray, attrs: dict) -> None:

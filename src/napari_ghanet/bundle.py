@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,6 +20,7 @@ import torch
 from torch import nn
 
 from . import __version__
+from .atomic import atomic_path
 from .model import GHANet, GHANetConfig
 
 __all__ = [
@@ -345,15 +344,8 @@ def save_bundle(path: str | Path, model: nn.Module, metadata: dict[str, Any]) ->
     meta = _jsonable(meta)
     _validate_metadata(meta, str(path))
     state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file(state, tmp, metadata={_HEADER_KEY: json.dumps(meta)})
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp:
+        save_file(state, str(tmp), metadata={_HEADER_KEY: json.dumps(meta)})
     return path
 
 

@@ -19,7 +19,6 @@ import json
 import logging
 import math
 import os
-import tempfile
 import threading
 import time
 import uuid
@@ -31,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from . import __version__
+from .atomic import atomic_write
 
 logger = logging.getLogger(__name__)
 
@@ -715,23 +715,6 @@ def predict_slide(
 # --------------------------------------------------------------------------- exports
 
 
-def _atomic_write(path: str | os.PathLike, data: str | bytes) -> Path:
-    """Write ``data`` to ``path`` via a temporary file in the same folder + os.replace."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data.encode("utf-8") if isinstance(data, str) else data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
 def _finite(obj):
     """Replace non-finite floats (inf bin edges, NaN) by None: strict JSON."""
     if isinstance(obj, dict):
@@ -749,7 +732,7 @@ def write_report_json(prediction: Prediction, path: str | os.PathLike) -> Path:
 
     report = json.loads(json.dumps(prediction.to_dict(), default=json_default))
     text = json.dumps(_finite(report), indent=2, allow_nan=False)
-    return _atomic_write(path, text + "\n")
+    return atomic_write(path, text + "\n")
 
 
 def patch_table(prediction: Prediction) -> tuple[list[str], np.ndarray]:
@@ -789,7 +772,7 @@ def write_patch_csv(prediction: Prediction, path: str | os.PathLike) -> Path:
         writer.writerow(
             [str(int(v)) for v in row[:4]] + [f"{float(v):.9g}" for v in row[4:]]
         )
-    return _atomic_write(path, buf.getvalue())
+    return atomic_write(path, buf.getvalue())
 
 
 def geojson_dict(prediction: Prediction, object_type: str = "tile") -> dict[str, Any]:
@@ -831,7 +814,7 @@ def write_geojson(
     (File > Import objects, or drag and drop) and shows as a measurement map
     (Measure > Show measurement maps). Written atomically."""
     text = json.dumps(geojson_dict(prediction, object_type), allow_nan=False)
-    return _atomic_write(path, text + "\n")
+    return atomic_write(path, text + "\n")
 
 
 def export_paths(prediction: Prediction, out_dir: str | os.PathLike) -> dict[str, Path]:

@@ -39,10 +39,10 @@ def main() -> None:
     ap.add_argument("--model", default=None)
     args = ap.parse_args()
 
-    from napari_ghanet.bundle import demo_bundle_path, load_bundle
-    from napari_ghanet.demo import demo_slide_path
-    from napari_ghanet.predict import predict_slide
-    from napari_ghanet.slide import open_slide
+    from napari_ghanet.datasets.demo import demo_slide_path
+    from napari_ghanet.inference.predict import predict_slide
+    from napari_ghanet.io.slide import open_slide
+    from napari_ghanet.models.bundle import demo_bundle_path, load_bundle
 
     slide_path = args.slide or demo_slide_path()
     bundle = load_bundle(args.model or demo_bundle_path())

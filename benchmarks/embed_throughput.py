@@ -33,11 +33,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from napari_ghanet.embedding import embed_slide, iter_patch_batches, resolve_device
 from napari_ghanet.encoders import create_encoder
-from napari_ghanet.patches import patch_grid
-from napari_ghanet.slide import open_slide
-from napari_ghanet.tissue import tissue_mask
+from napari_ghanet.inference.embedding import embed_slide, iter_patch_batches, resolve_device
+from napari_ghanet.io.slide import open_slide
+from napari_ghanet.preprocessing.patches import patch_grid
+from napari_ghanet.preprocessing.tissue import tissue_mask
 
 TEXTURE_PX = 4096  # side of the rendered synthetic tissue, repeated over the slide
 REPEAT = 7  # the slide is REPEAT x REPEAT textures: 28672 px = 14.3 mm at 0.5 um/px
@@ -47,7 +47,7 @@ MPP = 0.5
 def _texture(seed: int = 3) -> np.ndarray:
     """Synthetic H&E tissue covering most of a TEXTURE_PX square, (H, W, 3) uint8."""
     try:
-        from napari_ghanet.synthetic import synthetic_slide
+        from napari_ghanet.datasets.synthetic import synthetic_slide
     except ImportError:  # a plain optical-density rendering without the synthetic module
         rng = np.random.default_rng(seed)
         n = TEXTURE_PX

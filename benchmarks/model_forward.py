@@ -24,7 +24,7 @@ def _rss_peak_mb() -> float:
 def run_one(n: int, device: str, repeats: int) -> dict:
     import torch
 
-    from napari_ghanet.model import GHANet, GHANetConfig
+    from napari_ghanet.models.ghanet import GHANet, GHANetConfig
 
     torch.manual_seed(0)
     model = GHANet(GHANetConfig(omic_sizes=(100, 200, 300, 400, 500, 600))).eval().to(device)

@@ -92,7 +92,7 @@ def main() -> None:
               f"{time.perf_counter() - t0:.1f} s")
 
     from napari_ghanet._reader import napari_get_reader
-    from napari_ghanet.slide import Slide
+    from napari_ghanet.io.slide import Slide
 
     reads: list[tuple[int, int, int]] = []
     original = Slide.read_region

@@ -21,13 +21,19 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from training.cohort import FeatureStore, read_cohort, read_splits, resolve_fold
-from training.cv import RunConfig, prepare_fold
-from training.metrics import harrell_c_index
-from training.synth import SYNTH_RECIPE, SynthConfig, write_synthetic_cohort
-from training.trainer import TrainConfig, predict, resolve_device, seed_everything, train_epoch
+from napari_ghanet.training.cohort import FeatureStore, read_cohort, read_splits, resolve_fold
+from napari_ghanet.training.cv import RunConfig, prepare_fold
+from napari_ghanet.training.metrics import harrell_c_index
+from napari_ghanet.training.synth import SYNTH_RECIPE, SynthConfig, write_synthetic_cohort
+from napari_ghanet.training.trainer import (
+    TrainConfig,
+    predict,
+    resolve_device,
+    seed_everything,
+    train_epoch,
+)
 
-from napari_ghanet.baselines import build_model
+from napari_ghanet.models.baselines import build_model
 
 
 def run(setup, model_config, batch_size: int, epochs: int, device: torch.device) -> dict:

@@ -28,8 +28,8 @@ import numpy as np
 def _random_bundle(path: Path) -> Path:
     import torch
 
-    from napari_ghanet.bundle import save_bundle
-    from napari_ghanet.model import GHANet, GHANetConfig
+    from napari_ghanet.models.bundle import save_bundle
+    from napari_ghanet.models.ghanet import GHANet, GHANetConfig
 
     sizes = (20, 30, 25, 15, 35, 20)
     torch.manual_seed(0)
@@ -61,14 +61,14 @@ def main() -> None:
     from qtpy.QtWidgets import QApplication
 
     from napari_ghanet._widget import PrognosisWidget
-    from napari_ghanet.bundle import demo_bundle_path
-    from napari_ghanet.slide import cmu_slide_path
+    from napari_ghanet.io.slide import cmu_slide_path
+    from napari_ghanet.models.bundle import demo_bundle_path
 
     tmp = tempfile.TemporaryDirectory()
     tmp_dir = Path(tmp.name)
     slide = args.slide
     if args.synthetic:
-        from napari_ghanet.synthetic import write_synthetic_slide
+        from napari_ghanet.datasets.synthetic import write_synthetic_slide
 
         slide, _ = write_synthetic_slide(tmp_dir / "synthetic.tif",
                                          (args.synthetic, args.synthetic), seed=3)

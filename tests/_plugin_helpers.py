@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from napari_ghanet.bundle import save_bundle
-from napari_ghanet.model import GHANet, GHANetConfig
+from napari_ghanet.models.bundle import save_bundle
+from napari_ghanet.models.ghanet import GHANet, GHANetConfig
 
 #: genes per category of the small test models
 SIZES = (4, 6, 5, 3, 7, 4)

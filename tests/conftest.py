@@ -24,7 +24,7 @@ import numpy as np
 import pytest
 import tifffile
 
-from napari_ghanet.slide import cmu_slide_path
+from napari_ghanet.io.slide import cmu_slide_path
 
 H_OD = np.array([0.8089, 0.5108, 0.2911], np.float32)
 E_OD = np.array([0.2094, 0.8250, 0.5250], np.float32)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from napari_ghanet.atomic import atomic_path, atomic_write
+from napari_ghanet.io.atomic import atomic_path, atomic_write
 
 
 def test_failed_write_keeps_the_old_file_and_no_temporary(tmp_path):

@@ -5,16 +5,16 @@ from __future__ import annotations
 import pytest
 import torch
 
-from napari_ghanet.baselines import (
+from napari_ghanet.models.baselines import (
     ABMIL,
     ABMILSNN,
     SNN,
     build_model,
     model_inputs,
 )
-from napari_ghanet.bundle import load_bundle, save_bundle
-from napari_ghanet.losses import nll_loss
-from napari_ghanet.model import GHANet
+from napari_ghanet.models.bundle import load_bundle, save_bundle
+from napari_ghanet.models.ghanet import GHANet
+from napari_ghanet.models.losses import nll_loss
 
 D, G = 12, 20
 SMALL = {

@@ -8,7 +8,7 @@ import struct
 import pytest
 import torch
 
-from napari_ghanet.bundle import (
+from napari_ghanet.models.bundle import (
     BundleError,
     EncoderMismatchError,
     EncoderSpec,
@@ -17,7 +17,7 @@ from napari_ghanet.bundle import (
     read_bundle_metadata,
     save_bundle,
 )
-from napari_ghanet.model import GHANet, GHANetConfig
+from napari_ghanet.models.ghanet import GHANet, GHANetConfig
 
 SIZES = (3, 5, 4, 2, 6, 3)
 

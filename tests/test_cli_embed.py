@@ -7,10 +7,10 @@ import pytest
 
 from conftest import write_pyramid
 from napari_ghanet.cli import main
-from napari_ghanet.features_io import load_features
-from napari_ghanet.patches import patch_grid
-from napari_ghanet.slide import open_slide
-from napari_ghanet.tissue import tissue_mask
+from napari_ghanet.io.features import load_features
+from napari_ghanet.io.slide import open_slide
+from napari_ghanet.preprocessing.patches import patch_grid
+from napari_ghanet.preprocessing.tissue import tissue_mask
 
 # 64 px patches at 2 um/px: the CLAM field of view (128 um), 16x cheaper to embed
 FAST = ["--encoder", "morphometric", "--patch-px", "64", "--target-mpp", "2.0", "--quiet"]

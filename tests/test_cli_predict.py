@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 from _plugin_helpers import make_bundle, write_tiff_slide
-from napari_ghanet import _cli_predict
-from napari_ghanet.predict import predict_slide
-from napari_ghanet.slide import cmu_slide_path
+from napari_ghanet.cli import predict as _cli_predict
+from napari_ghanet.inference.predict import predict_slide
+from napari_ghanet.io.slide import cmu_slide_path
 
 FAST_ENCODER = {"name": "morphometric", "dim": 64, "patch_px": 64, "target_mpp": 2.0}
 

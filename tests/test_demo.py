@@ -7,8 +7,8 @@ import json
 import pytest
 import torch
 
-from napari_ghanet.bundle import demo_bundle_path, load_bundle
 from napari_ghanet.cli import main as ghanet_main
+from napari_ghanet.models.bundle import demo_bundle_path, load_bundle
 
 
 @pytest.fixture(autouse=True)
@@ -50,7 +50,7 @@ def test_demo_headless_prints_report_and_writes_exports(tmp_path, capsys, cmu_sv
 
 
 def test_demo_recipe_runs_the_real_pipeline_end_to_end(tmp_path):
-    from training.demo_recipe import DemoRecipe, run_demo_recipe
+    from napari_ghanet.training.demo_recipe import DemoRecipe, run_demo_recipe
 
     recipe = DemoRecipe(patients=16, slide_shape=(1280, 1280), folds=2, epochs=2,
                         batch_size=8, accumulation=8)

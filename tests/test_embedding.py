@@ -11,12 +11,12 @@ import tifffile
 import torch
 
 from conftest import write_pyramid
-from napari_ghanet.embedding import EmbeddingCancelled, embed_slide, resolve_device
 from napari_ghanet.encoders import PatchEncoder, create_encoder, register_encoder
-from napari_ghanet.features_io import grid_key
-from napari_ghanet.patches import patch_grid
-from napari_ghanet.slide import SlideError, open_slide
-from napari_ghanet.tissue import tissue_mask
+from napari_ghanet.inference.embedding import EmbeddingCancelled, embed_slide, resolve_device
+from napari_ghanet.io.features import grid_key
+from napari_ghanet.io.slide import SlideError, open_slide
+from napari_ghanet.preprocessing.patches import patch_grid
+from napari_ghanet.preprocessing.tissue import tissue_mask
 
 
 @register_encoder("test_rgb_stats")

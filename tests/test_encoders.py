@@ -21,9 +21,9 @@ from napari_ghanet.encoders import (
     list_encoders,
     register_encoder,
 )
-from napari_ghanet.patches import patch_grid
-from napari_ghanet.slide import open_slide
-from napari_ghanet.tissue import tissue_mask
+from napari_ghanet.io.slide import open_slide
+from napari_ghanet.preprocessing.patches import patch_grid
+from napari_ghanet.preprocessing.tissue import tissue_mask
 
 IDX = {name: i for i, name in enumerate(MORPHOMETRIC_FEATURES)}
 

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from napari_ghanet import __version__
-from napari_ghanet.features_io import (
+from napari_ghanet._version import __version__
+from napari_ghanet.io.features import (
     FeaturesError,
     PatchFeatures,
     cached_features_path,
@@ -22,9 +22,9 @@ from napari_ghanet.features_io import (
     load_matching_features,
     save_features,
 )
-from napari_ghanet.patches import patch_grid
-from napari_ghanet.slide import open_slide
-from napari_ghanet.tissue import tissue_mask
+from napari_ghanet.io.slide import open_slide
+from napari_ghanet.preprocessing.patches import patch_grid
+from napari_ghanet.preprocessing.tissue import tissue_mask
 
 SPEC = {"name": "morphometric", "dim": 8, "patch_px": 256, "target_mpp": 0.5, "version": 1}
 

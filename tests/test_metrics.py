@@ -9,10 +9,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from napari_ghanet.training import metrics as M
 from sksurv.compare import compare_survival
 from sksurv.metrics import concordance_index_censored, concordance_index_ipcw
 from sksurv.util import Surv
-from training import metrics as M
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 UCEC = SHARED / "data" / "tcga" / "tcga_ucec_all_clean.csv.zip"

@@ -9,14 +9,14 @@ import numpy as np
 import pytest
 import torch
 
-from napari_ghanet.losses import ghanet_loss, nll_loss, reconstruction_loss
-from napari_ghanet.model import (
+from napari_ghanet.models.ghanet import (
     CheckpointError,
     GHANet,
     GHANetConfig,
     load_official_checkpoint,
     topk_edge_mask,
 )
+from napari_ghanet.models.losses import ghanet_loss, nll_loss, reconstruction_loss
 
 REF = Path(__file__).resolve().parents[1].parent / "shared" / "reference" / "official_ghanet"
 TOL = 1e-5

@@ -12,10 +12,8 @@ import pytest
 import torch
 
 from _plugin_helpers import make_bundle, tissue_rgb, write_tiff_slide
-from napari_ghanet import overlays
-from napari_ghanet.bundle import EncoderMismatchError, load_bundle
-from napari_ghanet.features_io import load_features
-from napari_ghanet.predict import (
+from napari_ghanet.inference import overlays
+from napari_ghanet.inference.predict import (
     NoTissueError,
     PredictionCancelled,
     export_all,
@@ -25,7 +23,9 @@ from napari_ghanet.predict import (
     write_patch_csv,
     write_report_json,
 )
-from napari_ghanet.slide import SlideError, cmu_slide_path, open_slide
+from napari_ghanet.io.features import load_features
+from napari_ghanet.io.slide import SlideError, cmu_slide_path, open_slide
+from napari_ghanet.models.bundle import EncoderMismatchError, load_bundle
 
 # 64 px patches at 2 um/px cover the same 128 um as CLAM's 256 px at 0.5 um/px, and are
 # 16x cheaper to embed: the same pipeline, sized for tests.

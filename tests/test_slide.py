@@ -11,7 +11,7 @@ import tifffile
 from PIL import Image
 
 from conftest import he_image, write_pyramid
-from napari_ghanet.slide import MAX_MPP, SlideError, cmu_slide_path, open_slide
+from napari_ghanet.io.slide import MAX_MPP, SlideError, cmu_slide_path, open_slide
 
 
 def _mad(a: np.ndarray, b: np.ndarray) -> float:

@@ -11,8 +11,8 @@ import openslide
 import pytest
 import tifffile
 
-from napari_ghanet import synthetic
-from napari_ghanet.synthetic import (
+from napari_ghanet.datasets import synthetic
+from napari_ghanet.datasets.synthetic import (
     ACTIVITY_TRAITS,
     BACKGROUND_RGB,
     NucleusKind,

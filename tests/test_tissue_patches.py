@@ -9,9 +9,14 @@ import pytest
 from PIL import Image
 
 from conftest import GLASS, he_image, write_pyramid
-from napari_ghanet.patches import patch_grid, patch_size_level0
-from napari_ghanet.slide import open_slide
-from napari_ghanet.tissue import TissueMask, TissueParams, tissue_mask, tissue_mask_from_rgb
+from napari_ghanet.io.slide import open_slide
+from napari_ghanet.preprocessing.patches import patch_grid, patch_size_level0
+from napari_ghanet.preprocessing.tissue import (
+    TissueMask,
+    TissueParams,
+    tissue_mask,
+    tissue_mask_from_rgb,
+)
 
 
 def _upsample(mask: np.ndarray, shape: tuple[int, int]) -> np.ndarray:

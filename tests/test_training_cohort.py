@@ -8,8 +8,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from scipy import stats
-from training.cohort import (
+from napari_ghanet.training.cohort import (
     CohortError,
     FeatureStore,
     read_cohort,
@@ -18,16 +17,17 @@ from training.cohort import (
     resolve_fold,
     slide_stem,
 )
-from training.cv import RunConfig, prepare_fold
-from training.labels import (
+from napari_ghanet.training.cv import RunConfig, prepare_fold
+from napari_ghanet.training.labels import (
     GenomicScaler,
     discretize,
     reconstruction_masks,
     risk_groups_for_masks,
     survival_bin_edges,
 )
+from scipy import stats
 
-from napari_ghanet.features_io import PatchFeatures, save_features
+from napari_ghanet.io.features import PatchFeatures, save_features
 
 TCGA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "tcga"
 SIG = TCGA / "signatures.csv"
@@ -151,7 +151,7 @@ def test_features_found_by_slide_id_and_missing_ones_listed(tmp_path, ucec):
     assert parts[0] == parts[1] == bag.shape[0] and bag.shape[1] == 8 and bag.dtype == np.float32
     assert sizes == [len(store.bag(i)) for i in range(12)]
     assert store.feature_dim == 8 and store.attrs()["encoder"] == "unit"
-    from training.cohort import Split
+    from napari_ghanet.training.cohort import Split
 
     split = Split("s", ucec.case_ids[:10] + ucec.case_ids[20:22], ucec.case_ids[10:12])
     with pytest.raises(CohortError, match=r"slide\(s\) have no feature file") as err:

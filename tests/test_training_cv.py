@@ -10,11 +10,11 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from training.cli import main
-from training.cv import load_fold_checkpoint
+from napari_ghanet.training.cli import main
+from napari_ghanet.training.cv import load_fold_checkpoint
 
-from napari_ghanet.bundle import load_bundle
-from napari_ghanet.features_io import load_features
+from napari_ghanet.io.features import load_features
+from napari_ghanet.models.bundle import load_bundle
 
 TCGA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "tcga"
 @pytest.fixture(autouse=True)

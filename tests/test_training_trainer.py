@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from training.metrics import harrell_c_index
-from training.trainer import (
+from napari_ghanet.training.metrics import harrell_c_index
+from napari_ghanet.training.trainer import (
     SurvivalData,
     TrainConfig,
     TrainingCancelled,
@@ -18,8 +18,8 @@ from training.trainer import (
     train_epoch,
 )
 
-from napari_ghanet.baselines import build_model
-from napari_ghanet.losses import nll_loss
+from napari_ghanet.models.baselines import build_model
+from napari_ghanet.models.losses import nll_loss
 
 
 @pytest.fixture(autouse=True)
@@ -115,7 +115,7 @@ def test_the_last_group_step_uses_its_own_mean():
     order = np.random.default_rng(3).permutation(5)
     train_epoch(model, data, opt, cfg, rng, torch.device("cpu"))
     # By hand: group 1 = order[:4] then group 2 = order[4:], each the mean loss.
-    from napari_ghanet.losses import ghanet_loss
+    from napari_ghanet.models.losses import ghanet_loss
 
     ref.train()
     ropt = torch.optim.SGD(ref.parameters(), lr=0.1)

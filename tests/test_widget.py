@@ -10,11 +10,11 @@ from napari.utils.notifications import notification_manager
 from qtpy.QtCore import Qt
 
 from _plugin_helpers import make_bundle, tissue_rgb, write_tiff_slide
-from napari_ghanet import overlays
 from napari_ghanet._widget import PrognosisWidget
-from napari_ghanet.bundle import load_bundle
-from napari_ghanet.predict import predict_slide
-from napari_ghanet.slide import cmu_slide_path
+from napari_ghanet.inference import overlays
+from napari_ghanet.inference.predict import predict_slide
+from napari_ghanet.io.slide import cmu_slide_path
+from napari_ghanet.models.bundle import load_bundle
 
 FAST_ENCODER = {"name": "morphometric", "dim": 64, "patch_px": 64, "target_mpp": 2.0}
 TIMEOUT_MS = 60_000
@@ -298,7 +298,7 @@ def test_widget_and_sample_come_from_the_plugin_manifest(make_napari_viewer):
     assert isinstance(widget, PrognosisWidget)
     assert widget.selected_layer().name == layer.name
     assert "0.499 um/px" in widget.slide_info.text()
-    from napari_ghanet.bundle import demo_bundle_path
+    from napari_ghanet.models.bundle import demo_bundle_path
 
     # the bundled demonstration model is the default when it is installed
     assert (widget.bundle is not None) == demo_bundle_path().is_file()

@@ -2,7 +2,7 @@
 and its baselines, honest evaluation, model bundles for the plugin, synthetic test cohorts.
 
 Command line: ``ghanet-train cv | bundle | synth | demo``. Imports the model code
-(``napari_ghanet.model``, ``losses``, ``baselines``, ``bundle``, ``features_io``), never
+(``napari_ghanet.models.ghanet``, ``losses``, ``baselines``, ``bundle``, ``features_io``), never
 napari or Qt.
 """
 

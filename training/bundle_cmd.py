@@ -7,7 +7,7 @@ Modes:
   genomic scaling and reconstruction genes are fitted on all of them. The run's
   cross-validated metrics describe how well this recipe generalises.
 * ``fold``: one fold's model, as trained and evaluated in the run.
-* ``ensemble``: the average of the fold models (``napari_ghanet.bundle.EnsembleModel``).
+* ``ensemble``: the average of the fold models (``napari_ghanet.models.bundle.EnsembleModel``).
   The members must share one architecture, so the run must have reconstructed the same
   genes in every fold (``--recon-genes all``) or be a model without reconstruction.
 
@@ -28,15 +28,28 @@ import time
 from pathlib import Path
 
 import numpy as np
+from napari_ghanet.training.cohort import (
+    FeatureStore,
+    FoldData,
+    describe,
+    read_cohort,
+    read_splits,
+    resolve_fold,
+)
+from napari_ghanet.training.cv import (
+    RESULTS_FILE,
+    RUN_FILE,
+    RunConfig,
+    RunError,
+    load_fold_checkpoint,
+    prepare_fold,
+)
+from napari_ghanet.training.labels import survival_bin_edges
+from napari_ghanet.training.trainer import fit, predict, seed_everything
 
-from napari_ghanet import __version__
-from napari_ghanet.baselines import build_model, model_inputs
-from napari_ghanet.bundle import EncoderSpec, EnsembleModel, save_bundle
-
-from .cohort import FeatureStore, FoldData, describe, read_cohort, read_splits, resolve_fold
-from .cv import RESULTS_FILE, RUN_FILE, RunConfig, RunError, load_fold_checkpoint, prepare_fold
-from .labels import survival_bin_edges
-from .trainer import fit, predict, seed_everything
+from napari_ghanet._version import __version__
+from napari_ghanet.models.baselines import build_model, model_inputs
+from napari_ghanet.models.bundle import EncoderSpec, EnsembleModel, save_bundle
 
 __all__ = ["make_bundle", "encoder_spec_from_attrs", "INTENDED_USE"]
 

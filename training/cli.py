@@ -92,7 +92,7 @@ def _add_cv(sub) -> None:
 
 
 def train_config_from_args(args):
-    from .trainer import TrainConfig
+    from napari_ghanet.training.trainer import TrainConfig
 
     return TrainConfig(
         epochs=args.epochs, lr=args.lr, weight_decay=args.weight_decay,
@@ -104,7 +104,7 @@ def train_config_from_args(args):
 
 
 def _run_cv(args) -> int:
-    from .cv import RunConfig, run_cv
+    from napari_ghanet.training.cv import RunConfig, run_cv
 
     cfg = RunConfig(
         model=args.model, cohort=args.cohort, signatures=args.signatures, splits=args.splits,
@@ -136,7 +136,7 @@ def _add_bundle(sub) -> None:
 
 
 def _run_bundle(args) -> int:
-    from .bundle_cmd import make_bundle
+    from napari_ghanet.training.bundle_cmd import make_bundle
 
     path = make_bundle(args.run_dir, args.out, mode=args.mode, fold=args.fold, name=args.name,
                        encoder=args.encoder, intended_use=args.intended_use)
@@ -145,7 +145,7 @@ def _run_bundle(args) -> int:
 
 
 def _add_synth(sub) -> None:
-    from .synth import add_parser
+    from napari_ghanet.training.synth import add_parser
 
     add_parser(sub)
 
@@ -153,7 +153,7 @@ def _add_synth(sub) -> None:
 def _add_demo(sub, argv) -> None:
     # Imported only when asked for, so the other commands work without it.
     if argv and argv[0] == "demo":
-        from .demo_recipe import add_parser
+        from napari_ghanet.training.demo_recipe import add_parser
 
         add_parser(sub)
     else:
@@ -172,8 +172,8 @@ def build_parser(argv=None) -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .cohort import CohortError
-    from .cv import RunError
+    from napari_ghanet.training.cohort import CohortError
+    from napari_ghanet.training.cv import RunError
 
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser(argv).parse_args(argv)

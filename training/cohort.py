@@ -28,6 +28,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from napari_ghanet.errors import CohortError
+
 __all__ = [
     "CohortError",
     "Cohort",
@@ -53,8 +55,6 @@ SLIDE_EXTENSIONS = (
 _MAX_LISTED = 20
 
 
-class CohortError(ValueError):
-    """The cohort's table, signatures, splits or features cannot be used as given."""
 
 
 def _listing(names, limit: int = _MAX_LISTED) -> str:
@@ -455,7 +455,7 @@ class FeatureStore:
 
 def _read_features(path: Path) -> tuple[np.ndarray, dict]:
     """float32 (N, D) features and the file's attributes (``.h5`` or ``.pt``)."""
-    from napari_ghanet.features_io import load_features
+    from napari_ghanet.io.features import load_features
 
     try:
         pf = load_features(path)

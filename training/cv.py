@@ -24,13 +24,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
-from napari_ghanet import __version__
-from napari_ghanet.atomic import atomic_path
-from napari_ghanet.baselines import MODEL_NAMES, build_model, model_inputs
-
-from . import metrics as M
-from .cohort import (
+from napari_ghanet.training import metrics as M
+from napari_ghanet.training.cohort import (
     Cohort,
     CohortError,
     FeatureStore,
@@ -40,8 +35,25 @@ from .cohort import (
     read_splits,
     resolve_fold,
 )
-from .labels import GenomicScaler, discretize, reconstruction_masks, survival_bin_edges
-from .trainer import SurvivalData, TrainConfig, fit, predict, resolve_device, seed_everything
+from napari_ghanet.training.labels import (
+    GenomicScaler,
+    discretize,
+    reconstruction_masks,
+    survival_bin_edges,
+)
+from napari_ghanet.training.trainer import (
+    SurvivalData,
+    TrainConfig,
+    fit,
+    predict,
+    resolve_device,
+    seed_everything,
+)
+
+from napari_ghanet._version import __version__
+from napari_ghanet.errors import TrainingError
+from napari_ghanet.io.atomic import atomic_path
+from napari_ghanet.models.baselines import MODEL_NAMES, build_model, model_inputs
 
 __all__ = ["RunConfig", "FoldSetup", "prepare_fold", "run_cv", "load_fold_checkpoint", "RunError"]
 
@@ -50,8 +62,7 @@ RESULTS_FILE = "results.json"
 _FOLD_HEADER_KEY = "ghanet_fold"
 
 
-class RunError(RuntimeError):
-    """A run folder cannot be written or resumed as asked."""
+RunError = TrainingError
 
 
 @dataclass

@@ -6,7 +6,7 @@ way a researcher makes a real one:
 1. draw each synthetic patient's six pathway activities, their genomic profile (genes of
    category k read activity k) and their survival (log-hazard linear in the activities);
 2. render one synthetic H&E-like slide per patient whose morphology follows the same
-   activities (:func:`napari_ghanet.synthetic.write_synthetic_cohort_slides`);
+   activities (:func:`napari_ghanet.datasets.synthetic.write_synthetic_cohort_slides`);
 3. embed every slide with ``ghanet embed --encoder morphometric``;
 4. cross-validate G-HANet with ``ghanet-train cv`` on the cohort table, signatures and
    patient-level splits, written in the TCGA formats;
@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from napari_ghanet.synthetic import ACTIVITY_TRAITS
+from napari_ghanet.datasets.synthetic import ACTIVITY_TRAITS
 
 __all__ = ["DemoRecipe", "DEMO_INTENDED_USE", "make_demo_cohort", "run_demo_recipe", "add_parser"]
 
@@ -97,7 +97,7 @@ def make_demo_cohort(out: Path, recipe: DemoRecipe, *, device: str = "auto",
     ``features`` (folder of per-slide .h5).
     """
     from napari_ghanet.cli import main as ghanet_main
-    from napari_ghanet.synthetic import write_synthetic_cohort_slides
+    from napari_ghanet.datasets.synthetic import write_synthetic_cohort_slides
 
     rng = np.random.default_rng(recipe.seed)
     n = recipe.patients
@@ -174,7 +174,7 @@ def make_demo_cohort(out: Path, recipe: DemoRecipe, *, device: str = "auto",
 def run_demo_recipe(out_bundle: Path, work_dir: Path, recipe: DemoRecipe | None = None, *,
                     device: str = "auto", workers: int = 2) -> Path:
     """Run the whole recipe; the run (metrics, plots, fold checkpoints) stays in work_dir."""
-    from .cli import main as train_main
+    from napari_ghanet.training.cli import main as train_main
 
     recipe = recipe or DemoRecipe()
     work_dir.mkdir(parents=True, exist_ok=True)

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from napari_ghanet.atomic import atomic_path, atomic_write
+from napari_ghanet.io.atomic import atomic_path, atomic_write
 
 __all__ = [
     "harrell_c_index",

@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from napari_ghanet.atomic import atomic_path
+from napari_ghanet.io.atomic import atomic_path
 
 __all__ = ["SynthConfig", "write_synthetic_cohort", "add_parser", "SYNTH_RECIPE"]
 
@@ -95,7 +95,7 @@ def _atomic_csv(df: pd.DataFrame, path: Path) -> None:
 
 
 def _write_h5(path: Path, features: np.ndarray, coords: np.ndarray, attrs: dict) -> None:
-    from napari_ghanet.features_io import PatchFeatures, save_features
+    from napari_ghanet.io.features import PatchFeatures, save_features
 
     save_features(path, PatchFeatures(features=features, coords=coords, attrs=attrs))
 

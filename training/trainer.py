@@ -21,12 +21,12 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import torch
+from napari_ghanet.training.metrics import harrell_c_index
 from torch import nn
 
-from napari_ghanet.baselines import model_inputs
-from napari_ghanet.losses import ghanet_loss, nll_loss
-
-from .metrics import harrell_c_index
+from napari_ghanet.errors import Cancelled
+from napari_ghanet.models.baselines import model_inputs
+from napari_ghanet.models.losses import ghanet_loss, nll_loss
 
 __all__ = [
     "TrainConfig",
@@ -41,8 +41,7 @@ __all__ = [
 ]
 
 
-class TrainingCancelled(RuntimeError):
-    """Training was stopped by the caller's ``should_stop``."""
+TrainingCancelled = Cancelled  # the package's one cancellation type
 
 
 @dataclass

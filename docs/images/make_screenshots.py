@@ -27,7 +27,7 @@ def main() -> None:
     import napari
     from qtpy.QtWidgets import QApplication, QScrollArea
 
-    from napari_ghanet.bundle import demo_bundle_path
+    from napari_ghanet.models.bundle import demo_bundle_path
 
     app = QApplication.instance() or QApplication([])
 

@@ -1,7 +1,7 @@
 """npe2 reader: whole-slide images as lazy, multiscale RGB layers in microns.
 
 Each pyramid level becomes one dask array chunked by the file's own tiles; a chunk is
-read (through :mod:`napari_ghanet.slide`) only when napari draws it, so opening a slide
+read (through :mod:`napari_ghanet.io.slide`) only when napari draws it, so opening a slide
 of any size reads nothing but its header, and viewing reads only the visible tiles of
 the level that matches the zoom. The layer's scale is the slide's microns per pixel, so
 slides, attention overlays and other layers line up in physical units.
@@ -117,9 +117,9 @@ def slide_layer_data(slide) -> tuple[Any, dict, str]:
 def read_slide(path: str | os.PathLike, mpp: float | None = None) -> list[tuple]:
     """Open ``path`` and return napari layer data (one lazy multiscale RGB image layer).
 
-    Raises ``napari_ghanet.slide.SlideError`` when the file cannot be read.
+    Raises ``napari_ghanet.io.slide.SlideError`` when the file cannot be read.
     """
-    from .slide import open_slide
+    from napari_ghanet.io.slide import open_slide
 
     slide = open_slide(path, mpp=mpp, require_mpp=False)
     return [slide_layer_data(slide)]
@@ -143,7 +143,7 @@ def napari_get_reader(path):
     path = Path(path)
     if not path.is_file():
         return None
-    from .slide import SlideError, open_slide
+    from napari_ghanet.io.slide import SlideError, open_slide
 
     try:
         slide = open_slide(path, require_mpp=False)

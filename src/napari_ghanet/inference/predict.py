@@ -29,8 +29,9 @@ from typing import Any
 
 import numpy as np
 
-from . import __version__
-from .atomic import atomic_write
+from napari_ghanet._version import __version__
+from napari_ghanet.errors import Cancelled, NoTissueError, PredictionError
+from napari_ghanet.io.atomic import atomic_write
 
 logger = logging.getLogger(__name__)
 
@@ -59,16 +60,11 @@ REPORT_FORMAT = "napari-ghanet-prediction"
 REPORT_FORMAT_VERSION = 1
 
 
-class PredictionError(ValueError):
-    """A prediction cannot be made; the message names the problem and what to do."""
 
 
-class NoTissueError(PredictionError):
-    """The slide has no patch with enough tissue to score."""
 
 
-class PredictionCancelled(RuntimeError):
-    """The run was cancelled (``cancel`` was set); nothing was cached or returned."""
+PredictionCancelled = Cancelled  # the package's one cancellation type
 
 
 @dataclass
@@ -237,14 +233,14 @@ class Prediction:
 def default_cache_dir() -> Path:
     """The patch-feature cache: ``<user cache>/napari-ghanet/features`` (the user cache is
     ``$NAPARI_GHANET_CACHE`` when set, else ``$XDG_CACHE_HOME`` or ~/.cache)."""
-    from .demo import cache_dir
+    from napari_ghanet.datasets.demo import cache_dir
 
     return cache_dir() / "features"
 
 
 def resolve_device(device: str | None = "auto") -> str:
     """"auto" -> "cuda" when a GPU is usable, else "cpu"; other names are checked."""
-    from .embedding import resolve_device as _resolve
+    from napari_ghanet.inference.embedding import resolve_device as _resolve
 
     try:
         return str(_resolve(device or "auto"))
@@ -327,7 +323,7 @@ def _strongest_category(genome_attention: np.ndarray, similarity: np.ndarray | N
 
 
 def _percentile_ranks(values: np.ndarray) -> np.ndarray:
-    from .overlays import percentile_normalise
+    from napari_ghanet.inference.overlays import percentile_normalise
 
     return 100.0 * percentile_normalise(values)
 
@@ -385,9 +381,9 @@ def predict_slide(
     Parameters
     ----------
     slide_or_path : Slide or path
-        An open :class:`~napari_ghanet.slide.Slide` or a slide file.
+        An open :class:`~napari_ghanet.io.slide.Slide` or a slide file.
     bundle : ModelBundle or path
-        The model (:func:`~napari_ghanet.bundle.load_bundle`) or its ``.safetensors`` file.
+        The model (:func:`~napari_ghanet.models.bundle.load_bundle`) or its ``.safetensors`` file.
     device : str
         "auto" (CUDA when available), "cpu", "cuda" or "cuda:N"; used for the patch
         encoder and the model.
@@ -397,7 +393,7 @@ def predict_slide(
         Patch side (px) and resolution (um/px); default: the model's encoder spec. Values
         other than the model's are allowed but noted in ``Prediction.warnings``.
     tissue_params : TissueParams or dict, optional
-        Tissue detection parameters (default :class:`~napari_ghanet.tissue.TissueParams`).
+        Tissue detection parameters (default :class:`~napari_ghanet.preprocessing.tissue.TissueParams`).
     min_tissue_fraction : float
         Keep patches at least this fraction tissue.
     batch_size, workers : int, optional
@@ -434,13 +430,18 @@ def predict_slide(
     """
     import torch
 
-    from .bundle import EncoderMismatchError, EncoderSpec, ModelBundle, load_bundle
-    from .embedding import EmbeddingCancelled, embed_slide
-    from .encoders import EncoderError, create_encoder
-    from .features_io import cached_features_path, load_cached_features, save_features
-    from .patches import patch_grid
-    from .slide import Slide, open_slide
-    from .tissue import TissueParams, tissue_mask
+    from napari_ghanet.encoders import EncoderError, create_encoder
+    from napari_ghanet.inference.embedding import EmbeddingCancelled, embed_slide
+    from napari_ghanet.io.features import cached_features_path, load_cached_features, save_features
+    from napari_ghanet.io.slide import Slide, open_slide
+    from napari_ghanet.models.bundle import (
+        EncoderMismatchError,
+        EncoderSpec,
+        ModelBundle,
+        load_bundle,
+    )
+    from napari_ghanet.preprocessing.patches import patch_grid
+    from napari_ghanet.preprocessing.tissue import TissueParams, tissue_mask
 
     t_start = time.perf_counter()
     timings: dict[str, float] = {}
@@ -471,7 +472,7 @@ def predict_slide(
     slide = open_slide(slide_or_path, mpp=mpp) if own_slide else slide_or_path
     try:
         if slide.mpp is None:
-            from .slide import SlideError
+            from napari_ghanet.io.slide import SlideError
 
             raise SlideError(
                 f"{slide.path}: the slide records no microns per pixel; give the level-0 "
@@ -728,7 +729,7 @@ def _finite(obj):
 
 def write_report_json(prediction: Prediction, path: str | os.PathLike) -> Path:
     """The JSON report (all numbers, model provenance, intended use), written atomically."""
-    from .features_io import json_default
+    from napari_ghanet.io.features import json_default
 
     report = json.loads(json.dumps(prediction.to_dict(), default=json_default))
     text = json.dumps(_finite(report), indent=2, allow_nan=False)

@@ -31,8 +31,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def _inputs(args) -> tuple[Path, Path]:
-    from .bundle import demo_bundle_path
-    from .demo import demo_slide_path
+    from napari_ghanet.datasets.demo import demo_slide_path
+    from napari_ghanet.models.bundle import demo_bundle_path
 
     model = Path(args.model) if args.model else demo_bundle_path()
     if not model.is_file():
@@ -56,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run_headless(slide: Path, model: Path, args) -> int:
-    from .cli import build_parser
+    from napari_ghanet.cli import build_parser
 
     out = Path(args.out)
     predict_args = build_parser().parse_args(
@@ -99,7 +99,7 @@ def _print_report(r: dict) -> None:
 def _run_napari(slide: Path, model: Path, args) -> int:
     import napari
 
-    from ._widget import PrognosisWidget
+    from napari_ghanet._widget import PrognosisWidget
 
     viewer = napari.Viewer(title="napari-ghanet demo")
     viewer.open(str(slide), plugin="napari-ghanet")

@@ -1,12 +1,17 @@
-"""The npe2 manifest napari finds is the one at the repository root, and it is valid."""
+"""Packaging rules: the npe2 manifest napari finds is the root manifest and valid; every
+subpackage is installed; training installs as ``napari_ghanet.training`` only; one version."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import tomllib
 from pathlib import Path
 
 import napari_ghanet
 
 ROOT = Path(__file__).resolve().parents[1]
+PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
 
 
 def test_shipped_manifest_is_the_root_manifest():
@@ -24,3 +29,53 @@ def test_manifest_is_valid_and_points_at_real_code():
     for command in manifest.contributions.commands:
         module, _, attr = command.python_name.partition(":")
         assert hasattr(__import__(module, fromlist=[attr]), attr), command.python_name
+
+
+def test_every_subpackage_is_listed_for_installation():
+    listed = set(PYPROJECT["tool"]["setuptools"]["packages"])
+    src = ROOT / "src"
+    found = {
+        ".".join(p.parent.relative_to(src).parts)
+        for p in (src / "napari_ghanet").rglob("__init__.py")
+        if "__pycache__" not in p.parts
+    }
+    found.add("napari_ghanet.training")
+    assert listed == found
+
+
+def test_training_installs_under_the_package_and_not_at_top_level(tmp_path):
+    # Run from a folder without the checkout on sys.path, as an installed package is used.
+    code = (
+        "import importlib.util, napari_ghanet.training.cli as c;"
+        "print(importlib.util.find_spec('training') is None, c.__name__)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, check=True
+    ).stdout.split()
+    assert out == ["True", "napari_ghanet.training.cli"]
+    scripts = PYPROJECT["project"]["scripts"]
+    assert scripts["ghanet-train"] == "napari_ghanet.training.cli:main"
+
+
+def test_one_version_source():
+    from importlib.metadata import version
+
+    from napari_ghanet._version import __version__
+
+    assert PYPROJECT["project"]["dynamic"] == ["version"]
+    assert "version" not in PYPROJECT["project"]
+    assert napari_ghanet.__version__ == __version__ == version("napari-ghanet")
+
+
+def test_package_root_is_light_and_exposes_the_public_api_lazily(tmp_path):
+    code = (
+        "import sys, napari_ghanet as g;"
+        "light = 'torch' not in sys.modules;"
+        "names = [g.open_slide, g.tissue_mask, g.patch_grid, g.create_encoder, g.embed_slide,"
+        " g.load_bundle, g.predict_slide, g.Prediction];"
+        "print(light, all(callable(n) for n in names))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, check=True
+    ).stdout.split()
+    assert out == ["True", "True"]

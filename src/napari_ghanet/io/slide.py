@@ -170,7 +170,6 @@ def cmu_slide_path() -> Path | None:
     return path if path.is_file() else None
 
 
-
 # --------------------------------------------------------------------------- helpers
 
 

@@ -56,7 +56,7 @@ class OpenSlideBackend(Backend):
             )
         if probe.kind == "tiff" and fmt in _TIFF_FORMATS:
             try:
-                check_tiff_complete(path)
+                check_tiff_complete(path, probe.log.messages)
             except BaseException:
                 osr.close()
                 raise

@@ -138,8 +138,7 @@ def check_basic_tags(page, where: str, messages: list[str] | tuple = ()) -> None
         if len(page.dataoffsets) not in (expected, 0):
             kind = "tiles" if page.is_tiled else "strips"
             problem = (
-                f"the image needs {expected} {kind} but the directory lists "
-                f"{len(page.dataoffsets)}"
+                f"the image needs {expected} {kind} but the directory lists {len(page.dataoffsets)}"
             )
     if problem is None:
         from tifffile import TIFF
@@ -153,13 +152,18 @@ def check_basic_tags(page, where: str, messages: list[str] | tuple = ()) -> None
         )
 
 
-def check_tiff_complete(path: Path) -> None:
-    """Refuse a truncated TIFF-based slide at open (OpenSlide would fail tile by tile).
+def check_tiff_complete(path: Path, messages: list[str] | tuple = ()) -> None:
+    """Refuse a truncated or damaged TIFF-based slide at open (OpenSlide would fail tile by
+    tile, or read what its own decoder guesses).
+
+    The first directory and every tiled one (the pyramid levels) must pass
+    :func:`check_basic_tags`; ``messages`` are tifffile's log lines about the file.
 
     Raises
     ------
     SlideError
-        When some directory's image data lies beyond the end of the file.
+        When some directory's image data lies beyond the end of the file, or a level's
+        basic tags are unreadable or inconsistent.
     """
     import tifffile
 
@@ -167,6 +171,8 @@ def check_tiff_complete(path: Path) -> None:
     try:
         with tifffile.TiffFile(str(path)) as tif:
             for i, page in enumerate(tif.pages):
+                if i == 0 or page.is_tiled:
+                    check_basic_tags(page, f"{path}: directory {i}", messages)
                 offsets = np.asarray(page.dataoffsets, dtype=np.int64)
                 counts = np.asarray(page.databytecounts, dtype=np.int64)
                 if offsets.size and int((offsets + counts).max()) > size:
@@ -179,6 +185,8 @@ def check_tiff_complete(path: Path) -> None:
         raise
     except Exception as exc:  # noqa: BLE001 - OpenSlide opened it; the check is best-effort
         logger.debug("%s: TIFF completeness check skipped: %s", path, exc)
+
+
 class TiffLevel:
     """One pyramid level in a TIFF: pages holding its planes and how to decode them."""
 
@@ -429,9 +437,7 @@ class TiffBackend(Backend):
         if x1 <= x0 or y1 <= y0:
             return out
         if lv.raw_rows:
-            out[y0 - y : y1 - y, x0 - x : x1 - x] = to_rgb8(
-                self._read_raw_rows(lv, x0, y0, x1, y1)
-            )
+            out[y0 - y : y1 - y, x0 - x : x1 - x] = to_rgb8(self._read_raw_rows(lv, x0, y0, x1, y1))
             return out
         nchan = len(lv.pages) if len(lv.pages) > 1 else (lv.samples if lv.separate else 1)
         for tyi in range(y0 // lv.seg_h, (y1 - 1) // lv.seg_h + 1):
@@ -464,5 +470,3 @@ class TiffBackend(Backend):
         except OSError:
             pass
         self._tif.close()
-
-

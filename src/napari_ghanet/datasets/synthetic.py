@@ -46,6 +46,8 @@ import numpy as np
 from scipy import ndimage as ndi
 from scipy.special import ndtri
 
+from napari_ghanet.io.atomic import atomic_path
+
 __all__ = [
     "ACTIVITY_TRAITS",
     "BACKGROUND_RGB",
@@ -1300,8 +1302,8 @@ def write_pyramidal_tiff(
         kwargs["compressionargs"] = {"level": int(quality)}
     px_per_cm = 1e4 / float(mpp)
 
-    tmp_name = _temp_path(path)
-    try:
+    # The temporary name ends in .partial, so a glob for *.tif never sees a half-written slide.
+    with atomic_path(path, suffix=".partial") as tmp_name:
         with tifffile.TiffWriter(tmp_name, bigtiff=rgb.nbytes > 2**31) as tif:
             for i, level in enumerate(pyramid):
                 scale = float(downsample**i)
@@ -1326,10 +1328,6 @@ def write_pyramidal_tiff(
                         subfiletype=0,
                         **kwargs,
                     )
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
     return path
 
 

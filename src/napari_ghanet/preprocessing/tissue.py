@@ -207,7 +207,9 @@ def tissue_mask(slide: Slide, params: TissueParams | None = None, **overrides) -
         raise ValueError(f"{slide.path}: tissue detection needs the slide's microns per pixel")
     w0, h0 = slide.dimensions
     ds = max(1.0, params.thumbnail_mpp / slide.mpp, max(w0, h0) / params.max_size)
-    rgb = slide.read_downsampled(ds)
+    # Unreadable tiles read as background (counted in slide.warnings), as on pyramids, where
+    # the thumbnail comes from a coarse level and a bad level-0 tile only skips its patches.
+    rgb = slide.read_downsampled(ds, skip_unreadable=True)
     # the mask grid is the thumbnail grid: ceil(W / ds) pixels of ds level-0 pixels
     mpp = slide.mpp * ds
     mask, thr = tissue_mask_from_rgb(rgb, mpp, params)

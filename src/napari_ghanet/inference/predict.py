@@ -548,7 +548,11 @@ def predict_slide(
                     f"was trained with ({trained_weights}): features may not match"
                 )
         cache_root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-        feats = load_cached_features(cache_root, slide, enc_spec, grid) if use_cache else None
+        feats = (
+            load_cached_features(cache_root, slide, enc_spec, grid, notices=warnings)
+            if use_cache
+            else None
+        )
         features_cached = feats is not None
         features_path = None
         if feats is None:

@@ -73,7 +73,9 @@ def _umask() -> int:
     return mask
 
 
-def remove_stale_temp_files(folder: str | os.PathLike, max_age_s: float = STALE_TEMP_SECONDS) -> list[Path]:
+def remove_stale_temp_files(
+    folder: str | os.PathLike, max_age_s: float = STALE_TEMP_SECONDS
+) -> list[Path]:
     """Delete this package's temporary files in ``folder`` older than ``max_age_s`` seconds.
 
     Only names of the form ``.<name>.ghanet-tmp-<8 chars>[.ext]`` are touched. Returns the

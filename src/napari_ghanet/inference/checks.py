@@ -13,8 +13,8 @@ Examples
 >>> try:
 ...     require_finite("risk", np.array([0.5, np.nan]))
 ... except PredictionError as e:
-...     print(str(e)[:46])
-the prediction's risk holds 1 NaN or infinite
+...     print(str(e)[:54])
+the prediction's risk holds 1 NaN or infinite value(s)
 """
 
 from __future__ import annotations

@@ -225,7 +225,8 @@ class ModelBundle:
 
     @property
     def bin_edges_months(self) -> list[float]:
-        return [float(v) for v in self.metadata["survival_bins_months"]]
+        """Bin edges in months; an open last edge (null in the file) is inf."""
+        return [math.inf if v is None else float(v) for v in self.metadata["survival_bins_months"]]
 
     @property
     def risk_quantiles(self) -> dict[str, list[float]]:

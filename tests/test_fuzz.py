@@ -45,7 +45,8 @@ def _use(path, bag) -> str:
         assert "\n" not in str(e)
         return "refused"
     # the metadata questions the prediction asks must all be answerable
-    b.encoder, b.category_names, b.gene_names, b.bin_edges_months, b.intended_use
+    assert b.encoder.dim >= 1 and isinstance(b.intended_use, str)
+    assert len(b.category_names) == len(b.gene_names) and len(b.bin_edges_months) >= 2
     assert 0.0 <= b.percentile(-2.5) <= 100.0 and isinstance(b.risk_group(-2.5), str)
     with torch.inference_mode():
         out = b.model.forward_bag(bag)

@@ -181,3 +181,111 @@ def test_cache_hits_only_on_same_slide_encoder_and_grid(tmp_path, tiled_tiff, su
         with caplog.at_level(logging.WARNING):
             assert load_cached_features(tmp_path, slide, SPEC, grid) is None
         assert "unreadable cached features" in caplog.text
+
+
+def _flip(path, dataset, index):
+    """Flip one bit inside a dataset's stored bytes (not through h5py's API)."""
+    with h5py.File(path, "r") as f:
+        offset = f[dataset].id.get_offset()
+        nbytes = f[dataset].id.get_storage_size()
+    assert offset is not None and index < nbytes
+    raw = bytearray(path.read_bytes())
+    raw[offset + index] ^= 0x10
+    path.write_bytes(bytes(raw))
+
+
+def _cache(tmp_path, slide, grid):
+    path = cached_features_path(tmp_path, slide, SPEC, grid)
+    feats = PatchFeatures(
+        np.random.default_rng(0).normal(size=(len(grid), 8)).astype(np.float32),
+        grid.coords,
+        {"encoder_spec": SPEC, "slide_fingerprint": slide.fingerprint(),
+         "grid_key": grid_key(grid), **grid.geometry()},
+    )
+    save_features(path, feats)
+    return path, feats
+
+
+def test_bit_flips_in_cached_features_or_coords_are_recomputed_with_a_notice(
+    tmp_path, tiled_tiff, caplog
+):
+    with open_slide(tiled_tiff) as slide:
+        grid = patch_grid(slide, tissue_mask(slide))
+        for dataset, index in (("features", 5), ("coords", 9)):
+            path, feats = _cache(tmp_path, slide, grid)
+            with h5py.File(path, "r") as f:
+                assert len(f.attrs["content_sha256"]) == 64
+            assert load_cached_features(tmp_path, slide, SPEC, grid) is not None
+            # the cache lives in one contiguous block per dataset only when unchunked
+            with h5py.File(path, "r") as f:
+                chunked = f[dataset].chunks is not None
+            if chunked:
+                with h5py.File(path, "r+") as f:
+                    data = f[dataset][()]
+                    data.view(np.uint8).reshape(-1)[index] ^= 0x10
+                    f[dataset][...] = data
+            else:
+                _flip(path, dataset, index)
+            notices: list[str] = []
+            with caplog.at_level(logging.WARNING):
+                assert load_cached_features(tmp_path, slide, SPEC, grid, notices=notices) is None
+            assert notices and "digest" in notices[0] and "recomputing" in notices[0]
+            with pytest.raises(FeaturesError, match="damaged feature file"):
+                load_features(path)
+
+
+def test_coordinates_outside_the_slide_or_off_the_grid_are_not_trusted(tmp_path, tiled_tiff):
+    with open_slide(tiled_tiff) as slide:
+        grid = patch_grid(slide, tissue_mask(slide))
+        w, h = slide.dimensions
+        path, feats = _cache(tmp_path, slide, grid)
+        # a file written without a digest (as 0.1 did): only the coordinate checks apply
+        for coords, why in (
+            (lambda c: c.__setitem__((0, 1), h + 8 * grid.step_level0), "outside"),
+            (lambda c: c.__setitem__((0, 0), c[0, 0] + 3), "lattice"),
+            (lambda c: c.__setitem__(0, c[1]), "duplicated"),
+            (lambda c: c.__setitem__((0, 0), c[0, 0] + grid.step_level0 * 1000), "outside"),
+        ):
+            c = grid.coords.copy()
+            coords(c)
+            with h5py.File(path, "r+") as f:
+                f["coords"][...] = c
+                del f.attrs["content_sha256"]
+            notices: list[str] = []
+            assert load_cached_features(tmp_path, slide, SPEC, grid, notices=notices) is None
+            assert why in notices[0], notices
+            _cache(tmp_path, slide, grid)
+        # a 0.1 file whose coordinates are sound is reused
+        with h5py.File(path, "r+") as f:
+            del f.attrs["content_sha256"]
+        assert load_cached_features(tmp_path, slide, SPEC, grid) is not None
+        # coordinates that are sound but not of this grid
+        c = grid.coords.copy()
+        step, size, known = grid.step_level0, grid.patch_size_level0, set(map(tuple, c.tolist()))
+        missing = [(x, y) for y in range(0, h - size + 1, step) for x in range(0, w - size + 1, step)
+                   if (x, y) not in known]
+        assert missing, "the test slide's grid should not cover the whole slide"
+        c[0] = missing[0]
+        with h5py.File(path, "r+") as f:
+            f["coords"][...] = c
+        notices = []
+        assert load_cached_features(tmp_path, slide, SPEC, grid, notices=notices) is None
+        assert "not on the slide's patch grid" in notices[0]
+
+
+def test_damaged_feature_file_given_to_training_names_the_file(tmp_path):
+    from napari_ghanet.training.cohort import _read_features
+
+    from napari_ghanet.errors import CohortError
+
+    path = save_features(tmp_path / "slide-1.h5", _feats(n=6))
+    with h5py.File(path, "r+") as f:
+        f["features"][2, 3] = 7.0
+    with pytest.raises(CohortError, match=r"slide-1\.h5.*damaged feature file"):
+        _read_features(path)
+    path = save_features(tmp_path / "slide-2.h5", _feats(n=6, step_level0=256))
+    with h5py.File(path, "r+") as f:
+        f["coords"][1, 0] = 300
+        del f.attrs["content_sha256"]
+    with pytest.raises(CohortError, match=r"slide-2\.h5.*off the 256 px patch lattice"):
+        _read_features(path)

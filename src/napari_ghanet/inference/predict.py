@@ -31,6 +31,7 @@ import numpy as np
 
 from napari_ghanet._version import __version__
 from napari_ghanet.errors import Cancelled, NoTissueError, PredictionError
+from napari_ghanet.inference.checks import check_prediction_finite
 from napari_ghanet.io.atomic import atomic_write
 
 logger = logging.getLogger(__name__)
@@ -459,6 +460,7 @@ def predict_slide(
     if not isinstance(bundle, ModelBundle):
         bundle = load_bundle(bundle)
     spec = bundle.encoder
+    warnings.extend(getattr(bundle, "notices", []))  # e.g. fp16 weights converted (issue 12)
     device = resolve_device(device)
     if top_k < 0:
         raise PredictionError(f"top_k must be >= 0, got {top_k}")
@@ -548,7 +550,11 @@ def predict_slide(
                     f"was trained with ({trained_weights}): features may not match"
                 )
         cache_root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-        feats = load_cached_features(cache_root, slide, enc_spec, grid) if use_cache else None
+        feats = (
+            load_cached_features(cache_root, slide, enc_spec, grid, notices=warnings)
+            if use_cache
+            else None
+        )
         features_cached = feats is not None
         features_path = None
         if feats is None:
@@ -706,6 +712,7 @@ def predict_slide(
             features_path=features_path,
             warnings=warnings,
         )
+        check_prediction_finite(prediction)  # NaN/inf -> PredictionError, never a report
         report("done", 1, 1)
         return prediction
     finally:
@@ -729,6 +736,7 @@ def _finite(obj):
 
 def write_report_json(prediction: Prediction, path: str | os.PathLike) -> Path:
     """The JSON report (all numbers, model provenance, intended use), written atomically."""
+    check_prediction_finite(prediction)  # refuse non-finite numbers before writing
     from napari_ghanet.io.features import json_default
 
     report = json.loads(json.dumps(prediction.to_dict(), default=json_default))
@@ -765,6 +773,7 @@ def _column_name(name: str) -> str:
 def write_patch_csv(prediction: Prediction, path: str | os.PathLike) -> Path:
     """Per-patch CSV: x, y, width, height (level-0 px), morphology attention and the
     genome-informed attention of each category; written atomically."""
+    check_prediction_finite(prediction)  # refuse non-finite numbers before writing
     names, table = patch_table(prediction)
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
@@ -814,6 +823,7 @@ def write_geojson(
     """GeoJSON of the patch tiles with attention measurements, which QuPath imports
     (File > Import objects, or drag and drop) and shows as a measurement map
     (Measure > Show measurement maps). Written atomically."""
+    check_prediction_finite(prediction)  # refuse non-finite numbers before writing
     text = json.dumps(geojson_dict(prediction, object_type), allow_nan=False)
     return atomic_write(path, text + "\n")
 
@@ -832,6 +842,7 @@ def export_paths(prediction: Prediction, out_dir: str | os.PathLike) -> dict[str
 
 def export_all(prediction: Prediction, out_dir: str | os.PathLike) -> dict[str, Path]:
     """Write the JSON report, per-patch CSV and GeoJSON into ``out_dir``."""
+    check_prediction_finite(prediction)  # refuse non-finite numbers before writing
     paths = export_paths(prediction, out_dir)
     write_report_json(prediction, paths["report"])
     write_patch_csv(prediction, paths["csv"])

@@ -9,8 +9,20 @@ File layout written by :func:`save_features` (HDF5):
   ``slide_mpp``, ``slide_fingerprint``, ``slide_path``, ``grid_key``, ``n_skipped``,
   ``package_version`` (and whatever else the caller put in ``attrs``).
 
-Files are written atomically (temporary file in the same folder, then ``os.replace``),
-so an interrupted run never leaves a half-written file under the final name.
+Files are written atomically (:func:`napari_ghanet.io.atomic.atomic_path`: temporary file
+in the same folder, fsync, then ``os.replace``), so an interrupted run never leaves a
+half-written file under the final name.
+
+Integrity: :func:`save_features` stores ``content_sha256``, the SHA-256 of the ``features``
+(float32, little-endian) and ``coords`` (int64, little-endian) bytes, and
+:func:`load_features` refuses a file whose data no longer match it (a flipped bit, a
+partial copy). Coordinates are checked too (non-negative, unique, on one lattice of the
+stored ``step_level0``) and, for the cache, against the patch grid they claim: inside the
+slide's level-0 extent and part of that grid. A cache that fails a check is not reused: it
+is recomputed with a warning (logged, and appended to ``notices`` when given). Files
+written by napari-ghanet 0.1 carry no digest: they are reused when the coordinate and
+grid checks pass (a flipped bit inside their feature values cannot be detected) and are
+not rewritten, so a read never writes; delete the cache folder to regenerate them.
 
 :func:`load_features` also reads CLAM/TRIDENT ``.h5`` files (attributes may be absent;
 TRIDENT keeps them on ``coords``) and ``.pt`` files holding a feature tensor (loaded with
@@ -30,7 +42,6 @@ import logging
 import math
 import os
 import re
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,6 +49,7 @@ from typing import Any
 import numpy as np
 
 from napari_ghanet.errors import FeaturesError
+from napari_ghanet.io.atomic import atomic_path
 
 logger = logging.getLogger(__name__)
 
@@ -45,6 +57,8 @@ __all__ = [
     "FeaturesError",
     "PatchFeatures",
     "cached_features_path",
+    "check_coords",
+    "features_digest",
     "grid_key",
     "load_cached_features",
     "load_features",
@@ -165,16 +179,21 @@ def load_matching_features(
     slide_fingerprint: str,
     encoder_spec: dict[str, Any],
     grid: Any | None = None,
+    notices: list[str] | None = None,
 ) -> PatchFeatures | None:
     """Features at ``path`` if they were made from this slide with this encoder (and this
-    grid, when given); None when the file is missing, unreadable or does not match."""
+    grid, when given); None when the file is missing, unreadable or does not match.
+
+    A damaged file (digest mismatch, coordinates off the grid or outside the slide) is
+    not reused: a warning is logged and, when ``notices`` is a list, appended to it.
+    """
     path = Path(path)
     if not path.is_file():
         return None
     try:
         feats = load_features(path)
     except FeaturesError as exc:
-        logger.warning("ignoring unreadable cached features: %s", exc)
+        _damaged(path, str(exc), notices)
         return None
     a = feats.attrs
     why = []
@@ -190,17 +209,126 @@ def load_matching_features(
     if why:
         logger.info("%s: not reused (%s differ)", path, ", ".join(why))
         return None
+    if grid is not None:
+        problems = check_coords(
+            feats.coords,
+            step_level0=int(getattr(grid, "step_level0", 0) or 0),
+            extent=getattr(grid, "slide_dimensions", None),
+            patch_size_level0=int(getattr(grid, "patch_size_level0", 0) or 0),
+            allowed=getattr(grid, "coords", None),
+        )
+        if problems:
+            _damaged(path, f"{path}: " + "; ".join(problems), notices)
+            return None
     return feats
 
 
+def _damaged(path: Path, why: str, notices: list[str] | None) -> None:
+    text = f"ignoring unreadable cached features, recomputing them: {why}"
+    logger.warning("%s", text)
+    if notices is not None:
+        notices.append(text)
+
+
 def load_cached_features(
-    cache_dir: str | os.PathLike, slide: Any, encoder_spec: dict[str, Any], grid: Any
+    cache_dir: str | os.PathLike,
+    slide: Any,
+    encoder_spec: dict[str, Any],
+    grid: Any,
+    notices: list[str] | None = None,
 ) -> PatchFeatures | None:
-    """The cached features for this slide, encoder and grid, or None on a miss."""
+    """The cached features for this slide, encoder and grid, or None on a miss.
+
+    A damaged cache file is a miss; why is logged and appended to ``notices`` (a list,
+    e.g. the prediction's warnings) when given.
+    """
     path = cached_features_path(cache_dir, slide, encoder_spec, grid)
     return load_matching_features(
-        path, slide_fingerprint=slide.fingerprint(), encoder_spec=encoder_spec, grid=grid
+        path,
+        slide_fingerprint=slide.fingerprint(),
+        encoder_spec=encoder_spec,
+        grid=grid,
+        notices=notices,
     )
+
+
+# --------------------------------------------------------------------------- integrity
+
+
+def features_digest(features: np.ndarray, coords: np.ndarray | None) -> str:
+    """SHA-256 (hex) of the float32 features and int64 coords, little-endian, row-major.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> a = features_digest(np.zeros((2, 3), np.float32), np.zeros((2, 2), np.int64))
+    >>> b = features_digest(np.zeros((2, 3), np.float32), np.ones((2, 2), np.int64))
+    >>> len(a), a == b
+    (64, False)
+    """
+    h = hashlib.sha256()
+    h.update(np.ascontiguousarray(features, dtype="<f4").tobytes())
+    h.update(b"|coords|")
+    if coords is not None:
+        h.update(np.ascontiguousarray(coords, dtype="<i8").tobytes())
+    return h.hexdigest()
+
+
+def check_coords(
+    coords: np.ndarray | None,
+    *,
+    step_level0: int = 0,
+    extent: tuple[int, int] | None = None,
+    patch_size_level0: int = 0,
+    allowed: np.ndarray | None = None,
+) -> list[str]:
+    """Problems of patch coordinates (level-0 top-left x, y), empty when they look sound.
+
+    Always: non-negative and unique. ``step_level0`` > 0: all on one lattice of that
+    stride. ``extent`` (level-0 width, height): the patch (``patch_size_level0`` px) lies
+    inside the slide. ``allowed`` (M, 2): every coordinate is one of these (the grid).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> check_coords(np.array([[0, 0], [256, 0]]), step_level0=256, extent=(512, 256),
+    ...              patch_size_level0=256)
+    []
+    >>> check_coords(np.array([[0, 16896]]), extent=(2048, 2048), patch_size_level0=256)
+    ['1 patch(es) outside the 2048 x 2048 px slide, e.g. (0, 16896)']
+    """
+    if coords is None or len(coords) == 0:
+        return []
+    c = np.asarray(coords, dtype=np.int64)
+    why = []
+    neg = (c < 0).any(axis=1)
+    if neg.any():
+        why.append(f"{int(neg.sum())} negative coordinate(s), e.g. {tuple(map(int, c[neg][0]))}")
+    if len(np.unique(c, axis=0)) != len(c):
+        why.append(f"{len(c) - len(np.unique(c, axis=0))} duplicated coordinate(s)")
+    if step_level0 > 0:
+        res = c % step_level0
+        off = (res != res[0]).any(axis=1)
+        if off.any():
+            why.append(
+                f"{int(off.sum())} coordinate(s) off the {step_level0} px patch lattice, e.g. "
+                f"{tuple(map(int, c[off][0]))}"
+            )
+    if extent is not None:
+        w, h = (int(v) for v in extent)
+        size = max(0, int(patch_size_level0))
+        out = (c[:, 0] + size > w) | (c[:, 1] + size > h)
+        if out.any():
+            why.append(
+                f"{int(out.sum())} patch(es) outside the {w} x {h} px slide, e.g. "
+                f"{tuple(map(int, c[out][0]))}"
+            )
+    if allowed is not None and not why:
+        known = set(map(tuple, np.asarray(allowed, dtype=np.int64).tolist()))
+        foreign = sum(tuple(r) not in known for r in c.tolist())
+        if foreign:
+            why.append(f"{foreign} coordinate(s) not on the slide's patch grid")
+    return why
 
 
 # --------------------------------------------------------------------------- writing
@@ -232,7 +360,6 @@ def save_features(path: str | os.PathLike, feats: PatchFeatures) -> Path:
     from napari_ghanet._version import __version__
 
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     attrs = dict(feats.attrs)
     attrs["feature_dim"] = feats.dim
     attrs.setdefault("n_skipped", 0)
@@ -240,31 +367,21 @@ def save_features(path: str | os.PathLike, feats: PatchFeatures) -> Path:
     spec = attrs.get("encoder_spec")
     if isinstance(spec, dict):
         attrs.setdefault("encoder", spec.get("name", ""))
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        with h5py.File(tmp, "w") as f:
-            n = len(feats)
-            f.create_dataset(
-                "features",
-                data=feats.features,
-                chunks=(max(1, min(n, 1024)), feats.dim) if n else None,
-            )
-            coords = feats.coords if feats.coords is not None else np.zeros((n, 2), np.int64)
-            f.create_dataset("coords", data=coords.astype(np.int64, copy=False))
-            if feats.coords is None:
-                f.attrs["coords_missing"] = True
-            for key, value in attrs.items():
-                f.attrs[key] = _attr_value(value)
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    coords = feats.coords if feats.coords is not None else np.zeros((len(feats), 2), np.int64)
+    coords = np.ascontiguousarray(coords, dtype=np.int64)
+    attrs["content_sha256"] = features_digest(feats.features, coords)
+    with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
+        n = len(feats)
+        f.create_dataset(
+            "features",
+            data=feats.features,
+            chunks=(max(1, min(n, 1024)), feats.dim) if n else None,
+        )
+        f.create_dataset("coords", data=coords)
+        if feats.coords is None:
+            f.attrs["coords_missing"] = True
+        for key, value in attrs.items():
+            f.attrs[key] = _attr_value(value)
     return path
 
 
@@ -313,17 +430,29 @@ def _load_h5(path: Path) -> PatchFeatures:
                 f"{path}: no 'features' dataset (found: {', '.join(f.keys()) or 'nothing'})"
             )
         try:
-            feats = _squeeze_rows(np.asarray(f["features"][()]), None, "features", path)
+            raw_feats = np.asarray(f["features"][()])
+            raw_coords = np.asarray(f["coords"][()]) if "coords" in f else None
+            feats = _squeeze_rows(raw_feats, None, "features", path)
             coords = None
-            if "coords" in f and not f.attrs.get("coords_missing", False):
-                coords = _squeeze_rows(np.asarray(f["coords"][()]), 2, "coords", path)
+            if raw_coords is not None and not f.attrs.get("coords_missing", False):
+                coords = _squeeze_rows(raw_coords, 2, "coords", path)
             attrs = (
                 {k: _decode_attr(k, v) for k, v in f["coords"].attrs.items()}
                 if ("coords" in f)
                 else {}
             )
             attrs.update({k: _decode_attr(k, v) for k, v in f.attrs.items()})
+            digest = attrs.get("content_sha256")
+            if digest is not None:
+                if features_digest(raw_feats, raw_coords) != digest:
+                    raise FeaturesError(
+                        f"{path}: damaged feature file: the features or coordinates no longer "
+                        "match the digest stored when it was written; delete it (a cache "
+                        "file is recomputed) or re-embed the slide"
+                    )
         except (OSError, KeyError, ValueError, TypeError) as exc:
+            if isinstance(exc, FeaturesError):
+                raise
             raise FeaturesError(f"{path}: corrupt feature file ({exc})") from exc
     attrs.pop("coords_missing", None)
     if coords is not None and coords.shape[0] != feats.shape[0]:
@@ -395,4 +524,10 @@ def load_features(path: str | os.PathLike) -> PatchFeatures:
         and math.isfinite(feats.attrs["target_mpp"])
     ):
         feats.attrs.pop("target_mpp")
+    step = feats.attrs.get("step_level0")
+    problems = check_coords(
+        feats.coords, step_level0=step if isinstance(step, int) and step > 0 else 0
+    )
+    if problems:
+        raise FeaturesError(f"{path}: damaged patch coordinates: " + "; ".join(problems))
     return feats

@@ -22,6 +22,7 @@ from torch import nn
 from napari_ghanet._version import __version__
 from napari_ghanet.errors import BundleError, EncoderMismatchError
 from napari_ghanet.io.atomic import atomic_path
+from napari_ghanet.models import bundle_schema as schema
 from napari_ghanet.models.ghanet import GHANet, GHANetConfig
 
 __all__ = [
@@ -33,24 +34,16 @@ __all__ = [
     "ModelBundle",
     "build_model_from_metadata",
     "demo_bundle_path",
+    "expected_tensors",
     "load_bundle",
     "save_bundle",
 ]
 
-BUNDLE_FORMAT = "napari-ghanet-bundle"
-BUNDLE_FORMAT_VERSION = 1
+BUNDLE_FORMAT = schema.BUNDLE_FORMAT
+BUNDLE_FORMAT_VERSION = schema.BUNDLE_FORMAT_VERSION
 _HEADER_KEY = "ghanet"
 
-REQUIRED_FIELDS = (
-    "format",
-    "format_version",
-    "model",
-    "encoder",
-    "categories",
-    "survival_bins_months",
-    "risk_quantiles",
-    "intended_use",
-)
+REQUIRED_FIELDS = schema.REQUIRED_FIELDS
 
 
 
@@ -170,8 +163,13 @@ class EnsembleModel(nn.Module):
 
 def build_model_from_metadata(model_meta: dict[str, Any]) -> nn.Module:
     """Construct an (untrained) model from the bundle's ``model`` entry."""
+    if not isinstance(model_meta, dict):
+        raise BundleError("the bundle's 'model' entry must be an object")
     name = model_meta.get("name")
-    config = dict(model_meta.get("config") or {})
+    config = model_meta.get("config") or {}
+    if not isinstance(config, dict):
+        raise BundleError("the bundle's model config must be an object")
+    config = dict(config)
     if name == "ghanet":
         try:
             return GHANet(GHANetConfig.from_dict(config))
@@ -179,8 +177,10 @@ def build_model_from_metadata(model_meta: dict[str, Any]) -> nn.Module:
             raise BundleError(f"invalid G-HANet config in bundle: {e}") from e
     if name == "ensemble":
         member = model_meta.get("member")
-        n = int(model_meta.get("n_members", 0))
-        if not isinstance(member, dict) or n < 1:
+        n = model_meta.get("n_members", 0)
+        if not isinstance(member, dict) or not isinstance(n, int) or not (
+            1 <= n <= schema.MAX_ENSEMBLE_MEMBERS
+        ):
             raise BundleError("ensemble bundle needs 'member' (a model entry) and 'n_members'")
         return EnsembleModel([build_model_from_metadata(member) for _ in range(n)])
     try:
@@ -200,6 +200,8 @@ class ModelBundle:
     path: Path | None
     model: nn.Module
     metadata: dict[str, Any]
+    notices: list[str] = field(default_factory=list)
+    """What loading changed (e.g. fp16 weights converted to float32), for the report."""
 
     @property
     def encoder(self) -> EncoderSpec:
@@ -223,7 +225,8 @@ class ModelBundle:
 
     @property
     def bin_edges_months(self) -> list[float]:
-        return [float(v) for v in self.metadata["survival_bins_months"]]
+        """Bin edges in months; an open last edge (null in the file) is inf."""
+        return [math.inf if v is None else float(v) for v in self.metadata["survival_bins_months"]]
 
     @property
     def risk_quantiles(self) -> dict[str, list[float]]:
@@ -279,31 +282,8 @@ class ModelBundle:
 
 
 def _validate_metadata(meta: dict[str, Any], where: str) -> None:
-    if meta.get("format") != BUNDLE_FORMAT:
-        raise BundleError(f"{where} is not a napari-ghanet model bundle")
-    missing = [k for k in REQUIRED_FIELDS if k not in meta]
-    if missing:
-        raise BundleError(f"{where} lacks the metadata field(s) {missing}")
-    version = meta["format_version"]
-    if not isinstance(version, int) or version > BUNDLE_FORMAT_VERSION:
-        raise BundleError(
-            f"{where} has bundle format version {version}, newer than this napari-ghanet "
-            f"({__version__}) reads (<= {BUNDLE_FORMAT_VERSION}): upgrade napari-ghanet"
-        )
-    EncoderSpec.from_dict(meta["encoder"])
-    cats = meta["categories"]
-    if not isinstance(cats, list) or not all(isinstance(c, dict) and "name" in c for c in cats):
-        raise BundleError(f"{where}: 'categories' must be a list of {{name, genes}} entries")
-    edges = meta["survival_bins_months"]
-    if not isinstance(edges, list) or len(edges) < 2 or any(
-        b <= a for a, b in zip(edges, edges[1:])
-    ):
-        raise BundleError(f"{where}: 'survival_bins_months' must be increasing bin edges")
-    q = meta["risk_quantiles"]
-    if not isinstance(q, dict) or len(q.get("probs", [])) != len(q.get("values", [])) or not q.get(
-        "probs"
-    ):
-        raise BundleError(f"{where}: 'risk_quantiles' needs equal-length 'probs' and 'values'")
+    """One BundleError listing every problem of the metadata (see bundle_schema)."""
+    schema.validate_metadata(meta, where, __version__)
 
 
 def _jsonable(obj: Any) -> Any:
@@ -364,55 +344,163 @@ def _describe_model(model: nn.Module) -> dict[str, Any]:
     )
 
 
-def read_bundle_metadata(path: str | Path) -> dict[str, Any]:
-    """The bundle's metadata, without loading the weights."""
-    from safetensors import safe_open
-
-    path = Path(path)
+def _check_path(path: Path) -> None:
+    if path.is_dir():
+        found = sorted(p.name for p in path.glob("*.safetensors"))[:5]
+        hint = f" (found: {', '.join(found)})" if found else " (it holds no .safetensors file)"
+        raise BundleError(
+            f"{path} is a folder; give the .safetensors bundle file inside it{hint}"
+        )
     if not path.is_file():
         raise BundleError(f"model bundle not found: {path}")
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            header = f.metadata() or {}
-    except Exception as e:
-        raise BundleError(
-            f"{path} is not a readable .safetensors model bundle (corrupt or truncated?): {e}"
-        ) from e
-    if _HEADER_KEY not in header:
+
+
+def _read_checked(path: Path) -> tuple[schema.SafetensorsHeader, dict[str, Any]]:
+    """The checked safetensors header and bundle metadata; reads no weight."""
+    _check_path(path)
+    header = schema.read_header(path)
+    if _HEADER_KEY not in header.metadata:
         raise BundleError(f"{path} is a safetensors file without napari-ghanet metadata")
-    try:
-        meta = json.loads(header[_HEADER_KEY])
-    except json.JSONDecodeError as e:
-        raise BundleError(f"{path}: the bundle metadata is not valid JSON ({e})") from e
+    meta = schema.parse_json(
+        header.metadata[_HEADER_KEY], f"{path}: the bundle metadata", schema.MAX_METADATA_BYTES
+    )
     _validate_metadata(meta, str(path))
-    return meta
+    return header, meta
 
 
-def load_bundle(path: str | Path, device: str | torch.device = "cpu") -> ModelBundle:
-    """Load a bundle into an eval-mode model. Raises BundleError with the reason."""
-    from safetensors.torch import load_file
+def read_bundle_metadata(path: str | Path) -> dict[str, Any]:
+    """The bundle's metadata, checked against the schema, without loading the weights.
 
+    Raises
+    ------
+    BundleError
+        Missing file, a folder, a damaged header, or metadata that break the schema.
+    """
     path = Path(path)
-    meta = read_bundle_metadata(path)
-    model = build_model_from_metadata(meta["model"])
     try:
-        state = load_file(str(path), device="cpu")
-    except Exception as e:
-        raise BundleError(f"{path}: cannot read the weights ({e})") from e
-    expected = model.state_dict()
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
+        return _read_checked(path)[1]
+    except BundleError:
+        raise
+    except Exception as e:  # a last guard: anything else a crafted file causes
+        raise BundleError(_unexpected(path, e)) from e
+
+
+def _unexpected(path: Path, e: BaseException) -> str:
+    text = " ".join(str(e).split())[:200]
+    return f"{path}: cannot load this model bundle ({type(e).__name__}: {text})"
+
+
+_TORCH_FROM_ST = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16,
+                  "BF16": torch.bfloat16}
+
+
+def expected_tensors(model_meta: dict[str, Any]) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
+    """Names, shapes and dtypes of the state dict the ``model`` entry implies.
+
+    The model is built on PyTorch's ``meta`` device, so nothing is allocated; call it
+    only on metadata that passed the schema (sizes are capped there).
+    """
+    with torch.device("meta"):
+        model = build_model_from_metadata(model_meta)
+    return {k: (tuple(v.shape), v.dtype) for k, v in model.state_dict().items()}
+
+
+def _check_tensors(path: Path, header: schema.SafetensorsHeader, meta: dict[str, Any]) -> list[str]:
+    """Compare the declared tensors with those the config implies; notices on conversions."""
+    expected = expected_tensors(meta["model"])
+    n_params = sum(math.prod(shape) for shape, _ in expected.values())
+    if n_params > schema.MAX_PARAMETERS:
+        raise BundleError(
+            f"{path}: the model config implies {n_params:,} parameters, more than the "
+            f"{schema.MAX_PARAMETERS:,} a bundle may hold"
+        )
+    declared = header.tensors
+    missing = sorted(set(expected) - set(declared))
+    unexpected = sorted(set(declared) - set(expected))
     if missing or unexpected:
         raise BundleError(
             f"{path}: weights do not match the model config (missing {missing[:8]}, "
             f"unexpected {unexpected[:8]})"
         )
-    bad = [k for k in expected if expected[k].shape != state[k].shape]
+    bad = [k for k in expected if tuple(declared[k].shape) != expected[k][0]]
     if bad:
         raise BundleError(f"{path}: weight shapes do not match the model config: {bad[:8]}")
+    notices: list[str] = []
+    converted = []
+    for k, (_, dtype) in expected.items():
+        got = declared[k].dtype
+        if dtype.is_floating_point:
+            if got not in schema.FLOAT_DTYPES:
+                raise BundleError(
+                    f"{path}: tensor {k!r} holds {got} values; a bundle holds floating-point "
+                    "weights only (F32, or F64/F16/BF16, converted)"
+                )
+            if got in ("F16", "BF16"):
+                converted.append(got)
+        elif got != str(dtype).replace("torch.", "").upper():
+            raise BundleError(f"{path}: tensor {k!r} holds {got} values, expected {dtype}")
+    if converted:
+        notices.append(
+            f"{len(converted)} weight tensor(s) of the model are stored in "
+            f"{'/'.join(sorted(set(converted)))} and were converted to float32"
+        )
+    return notices
+
+
+def load_bundle(path: str | Path, device: str | torch.device = "cpu") -> ModelBundle:
+    """Load a bundle into an eval-mode model. Raises BundleError with the reason.
+
+    Before anything is allocated, the header and metadata are checked
+    (:mod:`~napari_ghanet.models.bundle_schema`) and the tensors the file declares are
+    compared with those the config implies (names, shapes, dtypes, sizes within the
+    file). The weights are then read one tensor at a time: floating point only (F16/BF16
+    converted to float32, noted in ``ModelBundle.notices``), every value finite.
+    Anything a bundle can cause is a :class:`BundleError` with a one-line message.
+
+    Examples
+    --------
+    >>> bundle = load_bundle(demo_bundle_path())
+    >>> bundle.encoder.name, bundle.notices
+    ('morphometric', [])
+    """
+    path = Path(path)
+    try:
+        return _load_checked(path, device)
+    except BundleError:
+        raise
+    except Exception as e:  # a last guard (MemoryError, RecursionError, ...): one line
+        raise BundleError(_unexpected(path, e)) from e
+
+
+def _load_checked(path: Path, device: str | torch.device) -> ModelBundle:
+    from safetensors import safe_open
+
+    header, meta = _read_checked(path)
+    notices = _check_tensors(path, header, meta)
+    model = build_model_from_metadata(meta["model"])
+    expected = model.state_dict()
+    state: dict[str, torch.Tensor] = {}
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            for k, ref in expected.items():
+                t = f.get_tensor(k)
+                if ref.dtype.is_floating_point:
+                    t = t.to(ref.dtype)
+                    if not bool(torch.isfinite(t).all()):
+                        n_bad = int((~torch.isfinite(t)).sum())
+                        raise BundleError(
+                            f"{path}: the weight tensor {k!r} holds {n_bad} NaN or infinite "
+                            "value(s); the model file is damaged or was saved from a diverged "
+                            "training run"
+                        )
+                state[k] = t
+    except BundleError:
+        raise
+    except Exception as e:
+        raise BundleError(f"{path}: cannot read the weights ({_unexpected(path, e)})") from e
     model.load_state_dict(state)
     model.to(device).eval()
-    return ModelBundle(path=path, model=model, metadata=meta)
+    return ModelBundle(path=path, model=model, metadata=meta, notices=notices)
 
 
 def demo_bundle_path() -> Path:

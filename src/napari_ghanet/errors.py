@@ -30,6 +30,7 @@ __all__ = [
     "FeaturesError",
     "GHANetError",
     "NoTissueError",
+    "NotWritableError",
     "PredictionError",
     "SlideError",
     "TrainingError",
@@ -66,6 +67,10 @@ class CheckpointError(GHANetError, ValueError):
 
 class CohortError(GHANetError, ValueError):
     """A training cohort (tables, splits, features) is inconsistent."""
+
+
+class NotWritableError(GHANetError, PermissionError):
+    """An output folder cannot be created or written to."""
 
 
 class PredictionError(GHANetError, ValueError):

@@ -35,7 +35,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from napari_ghanet.errors import GHANetError
+from napari_ghanet.errors import NotWritableError
 
 __all__ = [
     "STALE_TEMP_SECONDS",
@@ -52,10 +52,6 @@ _TEMP_TAG = ".ghanet-tmp-"
 _TEMP_RE = re.compile(r"^\..+\.ghanet-tmp-[A-Za-z0-9_]{8}(\.[A-Za-z0-9]{1,10})?$")
 _cleaned: set[str] = set()
 _cleaned_lock = threading.Lock()
-
-
-class NotWritableError(GHANetError, PermissionError):
-    """An output folder cannot be created or written to."""
 
 
 def _umask() -> int:

@@ -37,7 +37,7 @@ from typing import Any
 
 import numpy as np
 
-from napari_ghanet.errors import FeaturesError
+from napari_ghanet.errors import FeaturesError, GHANetError
 
 logger = logging.getLogger(__name__)
 
@@ -115,6 +115,8 @@ def json_default(obj: Any) -> Any:
         return obj.tolist()
     if isinstance(obj, Path):
         return str(obj)
+    if callable(getattr(obj, "to_dict", None)):  # an EncoderSpec
+        return obj.to_dict()
     raise TypeError(f"{type(obj).__name__} is not JSON serialisable")
 
 
@@ -167,7 +169,9 @@ def load_matching_features(
     grid: Any | None = None,
 ) -> PatchFeatures | None:
     """Features at ``path`` if they were made from this slide with this encoder (and this
-    grid, when given); None when the file is missing, unreadable or does not match."""
+    grid, when given); None when the file is missing, unreadable or does not match.
+    ``encoder_spec`` (dict or EncoderSpec) is compared with the stored one by
+    :func:`napari_ghanet.encoders.base.encoder_mismatch`."""
     path = Path(path)
     if not path.is_file():
         return None
@@ -180,8 +184,14 @@ def load_matching_features(
     why = []
     if a.get("slide_fingerprint") != slide_fingerprint:
         why.append("slide fingerprint")
+    from napari_ghanet.encoders.base import encoder_mismatch  # encoders import torch
+
     stored = a.get("encoder_spec")
-    if not isinstance(stored, dict) or _canonical(stored) != _canonical(encoder_spec):
+    try:
+        spec_why = encoder_mismatch(encoder_spec, stored) if isinstance(stored, dict) else "?"
+    except GHANetError:  # a malformed stored spec
+        spec_why = "?"
+    if spec_why is not None:
         why.append("encoder spec")
     if grid is not None and a.get("grid_key") != grid_key(grid):
         why.append("patch grid")
@@ -238,6 +248,8 @@ def save_features(path: str | os.PathLike, feats: PatchFeatures) -> Path:
     attrs.setdefault("n_skipped", 0)
     attrs["package_version"] = __version__
     spec = attrs.get("encoder_spec")
+    if callable(getattr(spec, "to_dict", None)):  # an EncoderSpec: stored as its JSON dict
+        spec = attrs["encoder_spec"] = spec.to_dict()
     if isinstance(spec, dict):
         attrs.setdefault("encoder", spec.get("name", ""))
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")

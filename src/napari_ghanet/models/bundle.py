@@ -256,6 +256,8 @@ def _validate_metadata(meta: dict[str, Any], where: str) -> None:
 
 
 def _jsonable(obj: Any) -> Any:
+    if isinstance(obj, EncoderSpec):
+        return obj.to_dict()
     if isinstance(obj, dict):
         return {str(k): _jsonable(v) for k, v in obj.items()}
     if isinstance(obj, list | tuple):

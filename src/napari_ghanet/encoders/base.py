@@ -266,8 +266,9 @@ class EncoderSpec:
 
         Checked: name, dim, patch_px, target_mpp (5 % tolerance), resize; mean and std
         (when both record them); the extra entries ``version`` and ``standardize`` (when
-        both record them); the weights (their sha256 digests when both have one, else the
-        descriptions when both have one). Empty when they fit.
+        both record them); the weights (their sha256 digests when both have one, the
+        descriptions when neither has; one digest alone is not compared). Empty when they
+        fit.
 
         Examples
         --------
@@ -297,7 +298,7 @@ class EncoderSpec:
                 why.append(f"{key} {list(b)!r} instead of {list(a)!r}")
         if self.weights is not None and other.weights is not None:
             da, db = self.weights_digest, other.weights_digest
-            if (da != db) if (da and db) else (self.weights != other.weights):
+            if (da and db and da != db) or (not da and not db and self.weights != other.weights):
                 why.append(f"weights {other.weights!r} instead of {self.weights!r}")
         return why
 

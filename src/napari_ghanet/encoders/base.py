@@ -92,6 +92,11 @@ def _close3(a: Sequence[float], b: Sequence[float]) -> bool:
     )
 
 
+def _weights_file(weights: str) -> str:
+    """The description without its digest: ``'resnet50.pth sha256:ab'`` -> ``'resnet50.pth'``."""
+    return weights.split("sha256:")[0].strip()
+
+
 def _digest_of(weights: str | None) -> str | None:
     if weights and "sha256:" in weights:
         return weights.split("sha256:")[-1].strip()
@@ -266,9 +271,8 @@ class EncoderSpec:
 
         Checked: name, dim, patch_px, target_mpp (5 % tolerance), resize; mean and std
         (when both record them); the extra entries ``version`` and ``standardize`` (when
-        both record them); the weights (their sha256 digests when both have one, the
-        descriptions when neither has; one digest alone is not compared). Empty when they
-        fit.
+        both record them); the weights (their sha256 digests when both have one, else the
+        descriptions without digest). Empty when they fit.
 
         Examples
         --------
@@ -298,7 +302,8 @@ class EncoderSpec:
                 why.append(f"{key} {list(b)!r} instead of {list(a)!r}")
         if self.weights is not None and other.weights is not None:
             da, db = self.weights_digest, other.weights_digest
-            if (da and db and da != db) or (not da and not db and self.weights != other.weights):
+            if (da != db) if (da and db) else (_weights_file(self.weights)
+                                               != _weights_file(other.weights)):
                 why.append(f"weights {other.weights!r} instead of {self.weights!r}")
         return why
 

@@ -25,9 +25,10 @@ import pytest
 import tifffile
 
 from napari_ghanet.io.slide import cmu_slide_path
+from napari_ghanet.preprocessing.stain import EOSIN_OD, HEMATOXYLIN_OD
 
-H_OD = np.array([0.8089, 0.5108, 0.2911], np.float32)
-E_OD = np.array([0.2094, 0.8250, 0.5250], np.float32)
+H_OD = np.asarray(HEMATOXYLIN_OD, np.float32)
+E_OD = np.asarray(EOSIN_OD, np.float32)
 GLASS = np.array([246, 243, 244], np.float32)
 
 

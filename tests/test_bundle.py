@@ -80,6 +80,22 @@ def test_encoder_mismatch_is_named(tmp_path):
                               "target_mpp": 0.5})
     with pytest.raises(EncoderMismatchError, match="1 um/px"):
         bundle.check_encoder({"name": "morphometric", "dim": 16, "patch_px": 256, "target_mpp": 1.0})
+    # the one EncoderSpec (owned by the encoders package), as a spec or a dict
+    from napari_ghanet.encoders import EncoderSpec as OneSpec
+
+    assert EncoderSpec is OneSpec and isinstance(bundle.encoder, OneSpec)
+    assert bundle.encoder.to_dict() == metadata()["encoder"]
+    bundle.check_encoder(OneSpec("morphometric", 16, weights="none", extra={"version": 1}))
+    with pytest.raises(EncoderMismatchError, match=r"expects features from 'morphometric' "
+                       r"\(16-d, 256 px at 0.5 um/px\) but got resize 224 instead of None\. "
+                       "Re-embed"):
+        bundle.check_encoder(OneSpec("morphometric", 16, resize=224))
+
+
+def test_malformed_encoder_spec_is_a_bundle_error(tmp_path):
+    bad = metadata(encoder={"name": "morphometric", "dim": 16, "mean": [0.5]})
+    with pytest.raises(BundleError, match="mean must be 3 numbers"):
+        save_bundle(tmp_path / "m.safetensors", small_model(), bad)
 
 
 def test_missing_field_is_named(tmp_path):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import pickle
@@ -14,10 +15,17 @@ from torch import nn
 
 from conftest import E_OD, GLASS, H_OD, he_image
 from napari_ghanet.encoders import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
     MORPHOMETRIC_FEATURES,
     EncoderError,
+    EncoderSpec,
     PatchEncoder,
     create_encoder,
+    describe_encoders,
+    encoder_mismatch,
+    find_resnet50_weights,
+    from_spec,
     list_encoders,
     register_encoder,
 )
@@ -85,7 +93,7 @@ def test_resnet50_trunc_matches_torchvision(resnet50_weights):
     assert spec["name"] == "resnet50_trunc" and spec["dim"] == 1024
     assert spec["resize"] is None and spec["patch_px"] == 256 and spec["target_mpp"] == 0.5
     assert spec["weights"].startswith("resnet50-test.pth sha256:")
-    json.dumps(spec)
+    json.dumps(spec.to_dict())
 
 
 def test_resnet50_resize_option_changes_the_spec(resnet50_weights):
@@ -161,7 +169,7 @@ def test_morphometric_shape_names_and_spec():
     spec = enc.spec()
     assert spec["name"] == "morphometric" and spec["dim"] == 64 and spec["version"] == 1
     assert spec["standardize"] is True and spec["resize"] is None
-    json.dumps(spec)
+    json.dumps(spec.to_dict())
     assert not list(enc.parameters())  # weight-free
 
 
@@ -331,3 +339,176 @@ def test_exported_program_encoder(tmp_path):
     with torch.inference_mode():
         torch.testing.assert_close(enc(x), model(x))
     assert enc.spec()["weights"].startswith("tiny.pt2 sha256:")
+
+
+# ----------------------------------------------------------------------------- EncoderSpec
+
+
+def test_spec_round_trips_every_stored_form():
+    from napari_ghanet.models.bundle import demo_bundle_path, read_bundle_metadata
+
+    demo = read_bundle_metadata(demo_bundle_path())["encoder"]
+    assert "extra" in demo  # the shipped bundle keeps the nested form
+    forms = [
+        demo,
+        create_encoder("morphometric").spec().to_dict(),  # feature-file form
+        {"name": "morphometric", "dim": 16, "patch_px": 256, "target_mpp": 0.5},
+        {"name": "unit", "dim": 8},
+        {"name": "torchscript:tiny", "dim": 16, "patch_px": 224, "target_mpp": 0.25,
+         "resize": 64, "mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25],
+         "weights": "tiny.pt sha256:0123456789abcdef"},
+    ]
+    for d in forms:
+        spec = EncoderSpec.from_dict(d)
+        assert spec.to_dict() == d
+        assert json.dumps(spec.to_dict()) == json.dumps(d)  # same keys in the same order
+        assert EncoderSpec.from_dict(json.loads(json.dumps(d))) == spec
+    spec = EncoderSpec.from_dict(demo)
+    assert spec.weights == demo["extra"]["weights"] and spec.extra["standardize"] is True
+    # the demo bundle's spec is what the morphometric encoder records today
+    assert spec == create_encoder("morphometric").spec()
+    assert encoder_mismatch(spec, create_encoder("morphometric").spec()) is None
+    # frozen: a changed copy keeps the stored form
+    moved = spec.with_geometry(512, 0.25)
+    assert moved.to_dict() == {**demo, "patch_px": 512, "target_mpp": 0.25}
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        spec.dim = 3
+    with pytest.raises(EncoderError, match="lacks the field 'dim'"):
+        EncoderSpec.from_dict({"name": "x"})
+    with pytest.raises(EncoderError, match="mean must be 3 numbers"):
+        EncoderSpec.from_dict({"name": "x", "dim": 2, "mean": [0.5]})
+
+
+def test_spec_reads_like_the_former_dict():
+    spec = create_encoder("morphometric").spec()
+    assert spec["name"] == "morphometric" and spec.get("version") == 1 and "standardize" in spec
+    assert dict(spec) == spec.to_dict() and spec.get("nope", 7) == 7
+    spec["patch_px"] = 512  # how callers of the dict set the grid's geometry
+    spec.update(target_mpp=0.25)
+    assert (spec.patch_px, spec.target_mpp) == (512, 0.25)
+    with pytest.raises(TypeError, match="immutable"):
+        spec["dim"] = 3
+
+
+def test_mismatch_messages():
+    exp = EncoderSpec.from_dict(
+        {"name": "resnet50_trunc", "dim": 1024, "mean": list(IMAGENET_MEAN),
+         "std": list(IMAGENET_STD), "weights": "resnet50-0676ba61.pth sha256:aaaa"}
+    )
+    same = exp.replace(weights="renamed.pth sha256:aaaa", target_mpp=0.51)
+    assert encoder_mismatch(exp, same) is None and exp.differences(same) == []
+    # a description without a digest cannot be compared with one that has it
+    assert encoder_mismatch(exp, exp.replace(weights="resnet50-0676ba61.pth")) is None
+    cases = {
+        "encoder 'morphometric' instead of 'resnet50_trunc'": {"name": "morphometric"},
+        "feature dimension 64 instead of 1024": {"dim": 64},
+        "patch size 512 px instead of 256 px": {"patch_px": 512},
+        "0.25 um/px instead of 0.5 um/px": {"target_mpp": 0.25},
+        "resize 224 instead of None": {"resize": 224},
+        "mean [0.5, 0.5, 0.5] instead of": {"mean": (0.5, 0.5, 0.5)},
+        "weights 'resnet50-0676ba61.pth sha256:bbbb' instead of": {
+            "weights": "resnet50-0676ba61.pth sha256:bbbb"
+        },
+        "weights 'random (untrained)' instead of": {"weights": "random (untrained)"},
+    }
+    for reason, change in cases.items():
+        msg = encoder_mismatch(exp, exp.replace(**change))
+        assert msg is not None and reason in msg, (reason, msg)
+        assert msg.startswith("features from ") and msg.endswith("with the expected encoder.")
+    morph = {"name": "morphometric", "dim": 64, "version": 1, "standardize": True}
+    assert "version 2 instead of 1" in encoder_mismatch(morph, {**morph, "version": 2})
+    assert "standardize False" in encoder_mismatch(morph, {**morph, "standardize": False})
+    # entries one side does not record are not compared
+    assert encoder_mismatch({"name": "morphometric", "dim": 64}, morph) is None
+
+
+# ----------------------------------------------------------------------------- from_spec
+
+
+def test_from_spec_rebuilds_each_builtin(resnet50_weights, tmp_path):
+    # morphometric: geometry and standardisation from the spec
+    morph = create_encoder("morphometric", standardize=False, target_mpp=0.25, patch_px=512)
+    again = from_spec(morph.spec().to_dict())
+    assert again.spec() == morph.spec() and again.standardize is False
+    with pytest.raises(EncoderError, match="v2"):
+        from_spec({**morph.spec().to_dict(), "version": 2})
+    # resnet50_trunc: resize from the spec, weights as an override
+    res = create_encoder("resnet50_trunc", weights=resnet50_weights, resize_to=224)
+    rebuilt = from_spec(res.spec(), weights=resnet50_weights)
+    assert rebuilt.spec() == res.spec() and rebuilt.input_size == 224
+    batch = torch.from_numpy(np.full((1, 256, 256, 3), 120, np.uint8))
+    torch.testing.assert_close(rebuilt.encode(batch), res.encode(batch))
+    # torchscript: dim, preprocessing and name from the spec, the file as an override
+    torch.manual_seed(0)
+    path = tmp_path / "tiny.pt"
+    torch.jit.save(torch.jit.script(_Tiny().eval()), path)
+    ts = create_encoder("torchscript", path=path, dim=16, input_size=64, mean=(0.5,) * 3,
+                        std=(0.25,) * 3, name="my-encoder")
+    with pytest.raises(EncoderError, match="no registered encoder builds.*'my-encoder'"):
+        from_spec(ts.spec(), path=path)
+    back = from_spec(ts.spec(), using="torchscript", path=path)
+    assert back.spec() == ts.spec()
+    plain = create_encoder("torchscript", path=path, dim=16)
+    assert from_spec(plain.spec(), path=path).spec() == plain.spec()
+    with pytest.raises(EncoderError, match="needs its model file: give path=FILE"):
+        from_spec(plain.spec())
+    with pytest.raises(EncoderError, match="unknown encoder 'nope'"):
+        from_spec({"name": "x", "dim": 2}, using="nope")
+
+
+# ----------------------------------------------------------------------------- families
+
+
+def test_prefix_family_and_describe_encoders(tmp_path, monkeypatch):
+    from napari_ghanet.encoders import registry
+
+    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
+    built = []
+
+    @register_encoder("dummy:")
+    class Dummy(PatchEncoder):
+        name = "dummy:"
+        dim = 4
+        input_size = 32
+        target_mpp = 1.0
+
+        def __init__(self, arch: str, width: int = 4, patch_px: int = 256,
+                     target_mpp: float = 1.0):
+            super().__init__(input_size=32, patch_px=patch_px, target_mpp=target_mpp)
+            built.append(arch)
+            self.name, self.dim = f"dummy:{arch}", width
+
+        @classmethod
+        def find_weights(cls):
+            return tmp_path / "dummy.bin" if (tmp_path / "dummy.bin").exists() else None
+
+        def forward(self, x):
+            return x.mean((2, 3)).repeat(1, 2)[:, : self.dim]
+
+    enc = create_encoder("dummy:small_v2", width=6)
+    assert built == ["small_v2"] and enc.name == "dummy:small_v2" and enc.dim == 6
+    assert from_spec(enc.spec()).name == "dummy:small_v2" and built[-1] == "small_v2"
+    with pytest.raises(EncoderError, match="needs an architecture"):
+        create_encoder("dummy:")
+    rows = {r["name"]: r for r in describe_encoders()}
+    assert rows["dummy:"] == {"name": "dummy:", "dim": 4, "input_size": 32, "patch_px": 256,
+                              "target_mpp": 1.0, "weights": "missing"}
+    (tmp_path / "dummy.bin").write_bytes(b"w")
+    assert {r["name"]: r for r in describe_encoders()}["dummy:"]["weights"] == (
+        f"found: {tmp_path / 'dummy.bin'}"
+    )
+    assert rows["morphometric"]["weights"] == "none needed"
+    assert rows["resnet50_trunc"]["dim"] == 1024
+    assert rows["resnet50_trunc"]["weights"] in ("missing", f"found: {find_resnet50_weights()}")
+    assert rows["torchscript"]["dim"] is None
+    assert list(rows) == sorted(rows)
+
+
+def test_stain_vectors_are_defined_once():
+    from napari_ghanet.datasets import synthetic
+    from napari_ghanet.encoders import morphometric
+    from napari_ghanet.preprocessing import stain
+
+    assert synthetic.STAIN_VECTORS is stain.STAIN_VECTORS
+    assert morphometric.HEMATOXYLIN_OD is stain.HEMATOXYLIN_OD
+    assert morphometric.EOSIN_OD is stain.EOSIN_OD

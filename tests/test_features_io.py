@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from napari_ghanet._version import __version__
+from napari_ghanet.encoders import EncoderSpec
 from napari_ghanet.io.features import (
     FeaturesError,
     PatchFeatures,
@@ -58,6 +59,11 @@ def test_round_trip(tmp_path):
     with h5py.File(path) as h:  # the CLAM/TRIDENT layout, readable by other tools
         assert h["features"].shape == (5, 8) and h["coords"].shape == (5, 2)
         assert json.loads(h.attrs["encoder_spec"]) == SPEC
+    # an EncoderSpec is stored as the same JSON and read back equal
+    save_features(tmp_path / "b.h5", _feats(encoder_spec=EncoderSpec.from_dict(SPEC)))
+    with h5py.File(tmp_path / "b.h5") as h, h5py.File(path) as ref:
+        assert h.attrs["encoder_spec"] == ref.attrs["encoder_spec"]
+    assert EncoderSpec.from_dict(load_features(tmp_path / "b.h5").encoder_spec).to_dict() == SPEC
 
 
 def test_failed_write_keeps_the_old_file_and_leaves_no_temporary(tmp_path, monkeypatch):
@@ -165,6 +171,11 @@ def test_cache_hits_only_on_same_slide_encoder_and_grid(tmp_path, tiled_tiff, su
         assert hit is not None and len(hit) == len(grid)
         # another encoder spec, another grid or another slide: a miss
         assert load_cached_features(tmp_path, slide, {**SPEC, "version": 2}, grid) is None
+        # an EncoderSpec is the same key and the same check as its JSON dict
+        spec = EncoderSpec.from_dict(SPEC)
+        assert cached_features_path(tmp_path, slide, spec, grid) == path
+        assert load_cached_features(tmp_path, slide, spec, grid) is not None
+        assert load_cached_features(tmp_path, slide, spec.replace(resize=224), grid) is None
         grid2 = patch_grid(slide, tissue_mask(slide), min_tissue_fraction=0.9)
         assert len(grid2) != len(grid)
         assert load_cached_features(tmp_path, slide, SPEC, grid2) is None

@@ -48,6 +48,9 @@ from scipy.special import ndtri
 
 from napari_ghanet.io.atomic import atomic_path
 
+# unit optical-density vectors (R, G, B) of haematoxylin and eosin, defined once
+from napari_ghanet.preprocessing.stain import STAIN_VECTORS
+
 __all__ = [
     "ACTIVITY_TRAITS",
     "BACKGROUND_RGB",
@@ -62,13 +65,6 @@ __all__ = [
     "write_synthetic_slide",
 ]
 
-#: Unit optical-density vectors (R, G, B) of haematoxylin and eosin, measured on a real
-#: Aperio H&E scan at 20x (0.499 um/px): haematoxylin at the Macenko extreme angle,
-#: eosin as the median direction of the eosin-dominated tissue pixels.
-STAIN_VECTORS: dict[str, tuple[float, float, float]] = {
-    "hematoxylin": (0.8089, 0.5108, 0.2911),
-    "eosin": (0.2094, 0.8250, 0.5250),
-}
 
 #: Transmitted light through bare glass (the slide background), RGB.
 BACKGROUND_RGB: tuple[int, int, int] = (246, 243, 244)

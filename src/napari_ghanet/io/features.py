@@ -48,7 +48,7 @@ from typing import Any
 
 import numpy as np
 
-from napari_ghanet.errors import FeaturesError
+from napari_ghanet.errors import FeaturesError, GHANetError
 from napari_ghanet.io.atomic import atomic_path
 
 logger = logging.getLogger(__name__)
@@ -129,6 +129,8 @@ def json_default(obj: Any) -> Any:
         return obj.tolist()
     if isinstance(obj, Path):
         return str(obj)
+    if callable(getattr(obj, "to_dict", None)):  # an EncoderSpec
+        return obj.to_dict()
     raise TypeError(f"{type(obj).__name__} is not JSON serialisable")
 
 
@@ -186,6 +188,8 @@ def load_matching_features(
 
     A damaged file (digest mismatch, coordinates off the grid or outside the slide) is
     not reused: a warning is logged and, when ``notices`` is a list, appended to it.
+    ``encoder_spec`` (dict or EncoderSpec) is compared with the stored one by
+    :func:`napari_ghanet.encoders.base.encoder_mismatch`.
     """
     path = Path(path)
     if not path.is_file():
@@ -199,8 +203,14 @@ def load_matching_features(
     why = []
     if a.get("slide_fingerprint") != slide_fingerprint:
         why.append("slide fingerprint")
+    from napari_ghanet.encoders.base import encoder_mismatch  # encoders import torch
+
     stored = a.get("encoder_spec")
-    if not isinstance(stored, dict) or _canonical(stored) != _canonical(encoder_spec):
+    try:
+        spec_why = encoder_mismatch(encoder_spec, stored) if isinstance(stored, dict) else "?"
+    except GHANetError:  # a malformed stored spec
+        spec_why = "?"
+    if spec_why is not None:
         why.append("encoder spec")
     if grid is not None and a.get("grid_key") != grid_key(grid):
         why.append("patch grid")
@@ -365,6 +375,8 @@ def save_features(path: str | os.PathLike, feats: PatchFeatures) -> Path:
     attrs.setdefault("n_skipped", 0)
     attrs["package_version"] = __version__
     spec = attrs.get("encoder_spec")
+    if callable(getattr(spec, "to_dict", None)):  # an EncoderSpec: stored as its JSON dict
+        spec = attrs["encoder_spec"] = spec.to_dict()
     if isinstance(spec, dict):
         attrs.setdefault("encoder", spec.get("name", ""))
     coords = feats.coords if feats.coords is not None else np.zeros((len(feats), 2), np.int64)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +20,8 @@ import torch
 from torch import nn
 
 from napari_ghanet._version import __version__
-from napari_ghanet.errors import BundleError, EncoderMismatchError
+from napari_ghanet.encoders.base import EncoderSpec  # the one spec; bundle.EncoderSpec alias
+from napari_ghanet.errors import BundleError, EncoderError, EncoderMismatchError
 from napari_ghanet.io.atomic import atomic_path
 from napari_ghanet.models import bundle_schema as schema
 from napari_ghanet.models.ghanet import GHANet, GHANetConfig
@@ -48,62 +49,6 @@ REQUIRED_FIELDS = schema.REQUIRED_FIELDS
 
 
 
-
-
-@dataclass
-class EncoderSpec:
-    """The patch encoder a model expects.
-
-    ``patch_px`` is the patch side in pixels at ``target_mpp`` (um/px); ``resize`` the
-    side the patch is resized to before the network (None = fed as is).
-    """
-
-    name: str
-    dim: int
-    patch_px: int = 256
-    target_mpp: float = 0.5
-    resize: int | None = None
-    mean: list[float] | None = None
-    std: list[float] | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> EncoderSpec:
-        try:
-            known = {k: d[k] for k in ("name", "dim")}
-        except KeyError as e:
-            raise BundleError(f"encoder spec lacks the field {e.args[0]!r}") from None
-        opt = {
-            k: d[k] for k in ("patch_px", "target_mpp", "resize", "mean", "std") if k in d
-        }
-        extra = {k: v for k, v in d.items() if k not in {*known, *opt, "extra"}}
-        extra.update(d.get("extra") or {})
-        spec = cls(**known, **opt, extra=extra)
-        spec.dim = int(spec.dim)
-        spec.patch_px = int(spec.patch_px)
-        spec.target_mpp = float(spec.target_mpp)
-        spec.resize = None if spec.resize in (None, 0) else int(spec.resize)
-        return spec
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    def mismatch(self, other: EncoderSpec | dict[str, Any]) -> list[str]:
-        """Reasons why features made with ``other`` do not fit a model expecting self."""
-        if isinstance(other, dict):
-            other = EncoderSpec.from_dict(other)
-        why = []
-        if other.name != self.name:
-            why.append(f"encoder {other.name!r} instead of {self.name!r}")
-        if other.dim != self.dim:
-            why.append(f"feature dimension {other.dim} instead of {self.dim}")
-        if other.patch_px != self.patch_px:
-            why.append(f"patch size {other.patch_px} px instead of {self.patch_px} px")
-        if not math.isclose(other.target_mpp, self.target_mpp, rel_tol=0.05):
-            why.append(f"{other.target_mpp:g} um/px instead of {self.target_mpp:g} um/px")
-        if other.resize != self.resize:
-            why.append(f"resize {other.resize} instead of {self.resize}")
-        return why
 
 
 class EnsembleModel(nn.Module):
@@ -270,8 +215,9 @@ class ModelBundle:
         return labels[idx]
 
     def check_encoder(self, features_spec: EncoderSpec | dict[str, Any]) -> None:
-        """Raise EncoderMismatchError when features do not fit this model."""
-        why = self.encoder.mismatch(features_spec)
+        """Raise EncoderMismatchError when features do not fit this model (the checks of
+        :func:`~napari_ghanet.encoders.base.encoder_mismatch`)."""
+        why = self.encoder.differences(features_spec)
         if why:
             raise EncoderMismatchError(
                 f"the model {self.name!r} expects features from {self.encoder.name!r} "
@@ -284,9 +230,15 @@ class ModelBundle:
 def _validate_metadata(meta: dict[str, Any], where: str) -> None:
     """One BundleError listing every problem of the metadata (see bundle_schema)."""
     schema.validate_metadata(meta, where, __version__)
+    try:
+        EncoderSpec.from_dict(meta["encoder"])
+    except EncoderError as e:
+        raise BundleError(f"{where}: {e}") from None
 
 
 def _jsonable(obj: Any) -> Any:
+    if isinstance(obj, EncoderSpec):
+        return obj.to_dict()
     if isinstance(obj, dict):
         return {str(k): _jsonable(v) for k, v in obj.items()}
     if isinstance(obj, list | tuple):

@@ -301,3 +301,67 @@ def test_widget_and_sample_come_from_the_plugin_manifest(make_napari_viewer):
 
     # the bundled demonstration model is the default when it is installed
     assert (widget.bundle is not None) == demo_bundle_path().is_file()
+
+
+def _cut_widgets(widget) -> list[str]:
+    """Visible buttons and labels of the dock that do not fit its scroll viewport
+    horizontally, or that are narrower than their text needs."""
+    from qtpy.QtCore import QPoint
+    from qtpy.QtWidgets import QAbstractButton, QLabel
+
+    viewport = widget.scroll.viewport()
+    bad = []
+    for child in widget.findChildren((QAbstractButton, QLabel)):
+        if not child.isVisibleTo(widget) or child.height() == 0:
+            continue
+        x = child.mapTo(viewport, QPoint(0, 0)).x()
+        text = child.text()[:40]
+        if x < 0 or x + child.width() > viewport.width():
+            bad.append(f"{type(child).__name__} {text!r}: x {x}..{x + child.width()} "
+                       f"outside 0..{viewport.width()}")
+        elif isinstance(child, QAbstractButton) and \
+                child.width() < child.minimumSizeHint().width():
+            bad.append(f"button {text!r} squeezed to {child.width()} px")
+    return bad
+
+
+def test_dock_fits_360_px_at_every_stage_and_names_layers_short(
+    make_napari_viewer, qtbot, tmp_path, cmu_svs, notes
+):
+    from napari_ghanet.models.bundle import demo_bundle_path
+
+    viewer = make_napari_viewer(show=True)
+    viewer.window._qt_window.resize(1280, 800)
+    [slide_layer] = viewer.open(str(cmu_svs), plugin="napari-ghanet")
+    widget = PrognosisWidget(viewer, cache_dir=tmp_path / "cache",
+                             model_path=demo_bundle_path())
+    dock = viewer.window.add_dock_widget(widget, name="G-HANet prognosis", area="right")
+    widget.inputs.device_combo.setCurrentText("cpu")
+
+    def check(stage: str) -> None:
+        viewer.window._qt_window.resizeDocks([dock], [360], Qt.Orientation.Horizontal)
+        qtbot.wait(50)
+        assert widget.minimumSizeHint().width() <= 360, stage
+        assert 200 < widget.width() <= 360, (stage, widget.width())
+        assert _cut_widgets(widget) == [], stage
+
+    widget.inputs.advanced.expand(animate=False)
+    check("before")
+    widget.inputs.predict_button.click()
+    assert widget.running
+    check("during")
+    qtbot.waitUntil(lambda: not widget.running, timeout=TIMEOUT_MS)
+    assert widget.prediction is not None and errors(notes) == []
+    widget.results.pathway_tree.expandAll()
+    check("after")
+
+    # short, grouped layer names; the slide's name only when several slides are open
+    p = widget.prediction
+    expected = ["tissue", "morphology", *p.category_names, "top regions"]
+    assert [layer.name for layer in overlay_layers(viewer)] == [
+        f"G-HANet · {label}" for label in expected]
+    other = viewer.add_image(tissue_rgb(64, 64), name="second slide", rgb=True)
+    assert [layer.name for layer in overlay_layers(viewer)] == [
+        f"{slide_layer.name} · G-HANet · {label}" for label in expected]
+    viewer.layers.remove(other)
+    assert overlay_layers(viewer)[1].name == "G-HANet · morphology"

@@ -493,8 +493,10 @@ class PrognosisWidget(QWidget):
             canvas = getattr(self.viewer, "canvas", None)
             size = getattr(canvas, "size", None) or getattr(self.viewer, "_canvas_size", (600, 800))
             extent = 3.0 * max(r.width * scale[1], r.height * scale[0])  # patch + context
-            self.viewer.camera.center = (cy, cx)
-            self.viewer.camera.zoom = float(min(size)) / extent
+            scene = getattr(self.viewer, "scene", None)
+            camera = scene.camera if scene is not None else self.viewer.camera
+            camera.center = (cy, cx)
+            camera.zoom = float(min(size)) / extent
             shapes = self.result_layers.get("regions")
             if shapes is not None:
                 shapes.selected_data = {row}

@@ -83,7 +83,7 @@ def main() -> None:
     viewer.open(str(slide), plugin="napari-ghanet")
     widget = PrognosisWidget(viewer, cache_dir=tmp_dir / "cache", model_path=model)
     viewer.window.add_dock_widget(widget, name="G-HANet prognosis")
-    widget.device_combo.setCurrentText(args.device)
+    widget.inputs.device_combo.setCurrentText(args.device)
     for _ in range(20):
         app.processEvents()
         time.sleep(0.01)
@@ -152,8 +152,8 @@ def main() -> None:
     print(f"while the worker ran: longest stall {in_run.max():.0f} ms, 99th percentile "
           f"{np.percentile(in_run, 99):.0f} ms, stalls > 50 ms: {(in_run > 50).sum()}")
     if shown_at:
-        print(f"showing the result (numbers, plot, tables, 9 layers added one per event-loop "
-              f"turn): {(shown_at[0] - returned_at[0]) * 1000:.0f} ms")
+        print(f"showing the result (numbers, plot, tables, 9 layers added in one batch "
+              f"): {(shown_at[0] - returned_at[0]) * 1000:.0f} ms")
     if after.size:
         print(f"after the worker (result display and first draw): longest stall "
               f"{after.max():.0f} ms")

@@ -43,12 +43,12 @@ def errors(notes) -> list[str]:
 def make_widget(viewer, bundle_path, cache_dir):
     widget = PrognosisWidget(viewer, cache_dir=cache_dir, model_path=bundle_path)
     viewer.window.add_dock_widget(widget, name="G-HANet prognosis")
-    widget.device_combo.setCurrentText("cpu")
+    widget.inputs.device_combo.setCurrentText("cpu")
     return widget
 
 
 def run(widget, qtbot):
-    widget.predict_button.click()
+    widget.inputs.predict_button.click()
     qtbot.waitUntil(lambda: not widget.running, timeout=TIMEOUT_MS)
 
 
@@ -63,10 +63,10 @@ def test_prediction_through_the_widget_matches_predict_slide(
     [slide_layer] = viewer.open(str(cmu_slide_path()), plugin="napari-ghanet")
     widget = make_widget(viewer, fast_bundle_path, tmp_path / "cache")
     assert widget.selected_layer() is slide_layer
-    assert "0.499 um/px" in widget.slide_info.text()
-    assert not widget.mpp_spin.isVisibleTo(widget)
+    assert "0.499 um/px" in widget.inputs.slide_info.text()
+    assert not widget.inputs.mpp_spin.isVisibleTo(widget)
     # advanced settings default to the bundle's
-    assert widget.patch_spin.value() == 64 and widget.target_mpp_spin.value() == 2.0
+    assert widget.settings.patch_px.value == 64 and widget.settings.target_mpp.value == 2.0
     bundle = load_bundle(fast_bundle_path)
     assert bundle.intended_use in widget.intended_use_label.text()
 
@@ -85,16 +85,16 @@ def test_prediction_through_the_widget_matches_predict_slide(
     np.testing.assert_allclose(p.genome_attention, direct.genome_attention, atol=1e-7)
 
     # -- numbers in the widget
-    assert p.risk_group.capitalize() in widget.risk_label.text()
-    assert f"{p.risk:.3f}" in widget.risk_detail.text()
-    tree = widget.pathway_tree
+    assert p.risk_group.capitalize() in widget.results.risk_label.text()
+    assert f"{p.risk:.3f}" in widget.results.risk_detail.text()
+    tree = widget.results.pathway_tree
     assert tree.topLevelItemCount() == 6
     for i, cat in enumerate(p.categories):
         item = tree.topLevelItem(i)
         assert item.text(0).startswith(cat.name)
         assert item.childCount() == len(cat.top_genes)
         assert item.child(0).text(0) == cat.top_genes[0][0]
-    table = widget.regions_table
+    table = widget.results.regions_table
     assert table.rowCount() == 10
     assert [table.item(r, 2).text() for r in range(10)] == [r.category for r in p.top_regions]
     assert bundle.intended_use in widget.intended_use_label.text()
@@ -102,9 +102,8 @@ def test_prediction_through_the_widget_matches_predict_slide(
 
     # -- layers: the patch-grid arrays of predict_slide's numbers, aligned with the slide
     names = [layer.name for layer in overlay_layers(viewer)]
-    base = slide_layer.name
-    assert names == [f"{base} tissue", f"{base} morphology attention"] + [
-        f"{base} genome attention: {c}" for c in p.category_names] + [f"{base} top regions"]
+    assert names == ["G-HANet · tissue", "G-HANet · morphology"] + [
+        f"G-HANet · {c}" for c in p.category_names] + ["G-HANet · top regions"]
     lattice = overlays.patch_lattice(direct.coords, direct.patch_size_level0)
     morph = widget.result_layers["morphology"]
     np.testing.assert_allclose(
@@ -136,10 +135,10 @@ def test_prediction_through_the_widget_matches_predict_slide(
     assert list(shapes.properties["rank"]) == list(range(1, 11))
 
     # -- one genome-attention category visible at a time
-    widget.category_combo.setCurrentIndex(3)  # "none" is entry 0
+    widget.results.category_combo.setCurrentIndex(3)  # "none" is entry 0
     visible = [i for i in range(6) if widget.result_layers[f"genome:{i}"].visible]
     assert visible == [2]
-    widget.category_combo.setCurrentIndex(5)
+    widget.results.category_combo.setCurrentIndex(5)
     assert [i for i in range(6) if widget.result_layers[f"genome:{i}"].visible] == [4]
 
     # -- clicking a region row centres and zooms on it
@@ -169,7 +168,7 @@ def test_prediction_through_the_widget_matches_predict_slide(
     run(widget, qtbot)
     assert widget.prediction.features_cached
     assert widget.prediction.risk == p.risk
-    assert "cached features" in widget.status_label.text()
+    assert "cached features" in widget.inputs.status_label.text()
     assert len(overlay_layers(viewer)) == len(names)
     assert errors(notes) == []
 
@@ -186,14 +185,14 @@ def test_cancel_mid_run_leaves_no_layers_and_no_cache(
     viewer.open(str(path), plugin="napari-ghanet")
     cache = tmp_path / "cache"
     widget = make_widget(viewer, bundle, cache)
-    widget.batch_spin.setValue(16)
+    widget.settings.batch_size.value = 16
     progress = []
     widget._relay.progressed.connect(lambda stage, done, total: progress.append((stage, done, total)))
-    widget.predict_button.click()
-    assert widget.running and widget.cancel_button.isEnabled()
-    qtbot.waitUntil(lambda: "Embedding" in widget.status_label.text(), timeout=TIMEOUT_MS)
-    assert not widget.predict_button.isEnabled()
-    widget.cancel_button.click()
+    widget.inputs.predict_button.click()
+    assert widget.running and widget.inputs.cancel_button.isEnabled()
+    qtbot.waitUntil(lambda: "Embedding" in widget.inputs.status_label.text(), timeout=TIMEOUT_MS)
+    assert not widget.inputs.predict_button.isEnabled()
+    widget.inputs.cancel_button.click()
     qtbot.waitUntil(lambda: not widget.running, timeout=TIMEOUT_MS)
 
     embedded = [(done, total) for stage, done, total in progress if stage == "features"]
@@ -205,7 +204,7 @@ def test_cancel_mid_run_leaves_no_layers_and_no_cache(
     assert not cache.exists() or not [f for f in cache.rglob("*") if f.is_file()]
     assert any(s.lower() == "warning" and "cancelled" in m for s, m in notes())
     assert errors(notes) == []
-    assert widget.predict_button.isEnabled() and not widget.cancel_button.isEnabled()
+    assert widget.inputs.predict_button.isEnabled() and not widget.inputs.cancel_button.isEnabled()
     # and the next run goes through
     run(widget, qtbot)
     assert widget.prediction is not None and len(overlay_layers(viewer)) == 9
@@ -218,7 +217,7 @@ def test_no_model_is_an_error_notification(make_napari_viewer, qtbot, tmp_path,
     viewer.open(str(cmu_slide_path()), plugin="napari-ghanet")
     widget = make_widget(viewer, fast_bundle_path, tmp_path / "c")
     widget._set_bundle(None)  # as when the bundled demo model is absent
-    widget.predict_button.click()
+    widget.inputs.predict_button.click()
     assert not widget.running
     assert any("No model loaded" in m for m in errors(notes))
     bad = tmp_path / "bad.safetensors"
@@ -247,12 +246,12 @@ def test_slide_without_mpp_asks_for_it(make_napari_viewer, qtbot, tmp_path,
     viewer = make_napari_viewer()
     viewer.open(str(path), plugin="napari-ghanet")
     widget = make_widget(viewer, fast_bundle_path, tmp_path / "c")
-    assert widget.mpp_spin.isVisibleTo(widget)
-    assert "resolution unknown" in widget.slide_info.text()
-    widget.predict_button.click()
+    assert widget.inputs.mpp_spin.isVisibleTo(widget)
+    assert "resolution unknown" in widget.inputs.slide_info.text()
+    widget.inputs.predict_button.click()
     assert not widget.running
     assert any("does not record its resolution" in m for m in errors(notes))
-    widget.mpp_spin.setValue(1.0)
+    widget.inputs.mpp_spin.setValue(1.0)
     run(widget, qtbot)
     assert widget.prediction is not None and widget.prediction.slide["mpp"] == 1.0
     assert widget.prediction.patch_size_level0 == 128
@@ -285,7 +284,7 @@ def test_unreadable_slide_is_an_error_notification(make_napari_viewer, qtbot, tm
     # a layer without a file behind it
     viewer.add_image(tissue_rgb(64, 64), name="array", rgb=True)
     assert widget.selected_layer().name == "array"
-    widget.predict_button.click()
+    widget.inputs.predict_button.click()
     assert any("has no slide file" in m for m in errors(notes))
     assert overlay_layers(viewer) == []
 
@@ -297,8 +296,72 @@ def test_widget_and_sample_come_from_the_plugin_manifest(make_napari_viewer):
     _, widget = viewer.window.add_plugin_dock_widget("napari-ghanet", "G-HANet prognosis")
     assert isinstance(widget, PrognosisWidget)
     assert widget.selected_layer().name == layer.name
-    assert "0.499 um/px" in widget.slide_info.text()
+    assert "0.499 um/px" in widget.inputs.slide_info.text()
     from napari_ghanet.models.bundle import demo_bundle_path
 
     # the bundled demonstration model is the default when it is installed
     assert (widget.bundle is not None) == demo_bundle_path().is_file()
+
+
+def _cut_widgets(widget) -> list[str]:
+    """Visible buttons and labels of the dock that do not fit its scroll viewport
+    horizontally, or that are narrower than their text needs."""
+    from qtpy.QtCore import QPoint
+    from qtpy.QtWidgets import QAbstractButton, QLabel
+
+    viewport = widget.scroll.viewport()
+    bad = []
+    for child in widget.findChildren((QAbstractButton, QLabel)):
+        if not child.isVisibleTo(widget) or child.height() == 0:
+            continue
+        x = child.mapTo(viewport, QPoint(0, 0)).x()
+        text = child.text()[:40]
+        if x < 0 or x + child.width() > viewport.width():
+            bad.append(f"{type(child).__name__} {text!r}: x {x}..{x + child.width()} "
+                       f"outside 0..{viewport.width()}")
+        elif isinstance(child, QAbstractButton) and \
+                child.width() < child.minimumSizeHint().width():
+            bad.append(f"button {text!r} squeezed to {child.width()} px")
+    return bad
+
+
+def test_dock_fits_360_px_at_every_stage_and_names_layers_short(
+    make_napari_viewer, qtbot, tmp_path, cmu_svs, notes
+):
+    from napari_ghanet.models.bundle import demo_bundle_path
+
+    viewer = make_napari_viewer(show=True)
+    viewer.window._qt_window.resize(1280, 800)
+    [slide_layer] = viewer.open(str(cmu_svs), plugin="napari-ghanet")
+    widget = PrognosisWidget(viewer, cache_dir=tmp_path / "cache",
+                             model_path=demo_bundle_path())
+    dock = viewer.window.add_dock_widget(widget, name="G-HANet prognosis", area="right")
+    widget.inputs.device_combo.setCurrentText("cpu")
+
+    def check(stage: str) -> None:
+        viewer.window._qt_window.resizeDocks([dock], [360], Qt.Orientation.Horizontal)
+        qtbot.wait(50)
+        assert widget.minimumSizeHint().width() <= 360, stage
+        assert 200 < widget.width() <= 360, (stage, widget.width())
+        assert _cut_widgets(widget) == [], stage
+
+    widget.inputs.advanced.expand(animate=False)
+    check("before")
+    widget.inputs.predict_button.click()
+    assert widget.running
+    check("during")
+    qtbot.waitUntil(lambda: not widget.running, timeout=TIMEOUT_MS)
+    assert widget.prediction is not None and errors(notes) == []
+    widget.results.pathway_tree.expandAll()
+    check("after")
+
+    # short, grouped layer names; the slide's name only when several slides are open
+    p = widget.prediction
+    expected = ["tissue", "morphology", *p.category_names, "top regions"]
+    assert [layer.name for layer in overlay_layers(viewer)] == [
+        f"G-HANet · {label}" for label in expected]
+    other = viewer.add_image(tissue_rgb(64, 64), name="second slide", rgb=True)
+    assert [layer.name for layer in overlay_layers(viewer)] == [
+        f"{slide_layer.name} · G-HANet · {label}" for label in expected]
+    viewer.layers.remove(other)
+    assert overlay_layers(viewer)[1].name == "G-HANet · morphology"

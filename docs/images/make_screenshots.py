@@ -52,7 +52,7 @@ def main() -> None:
     widget.cache_dir = Path(tempfile.mkdtemp())
     if Path(model) != demo_bundle_path() or widget.bundle is None:
         widget.load_model(model, quiet=True)
-    widget.device_combo.setCurrentText("cpu")
+    widget.inputs.device_combo.setCurrentText("cpu")
     settle(1.0)
     viewer.window._qt_window.grab().save(str(args.out / "widget-before.jpg"), "JPG", 90)
 
@@ -61,7 +61,7 @@ def main() -> None:
         settle(0.1)
     if widget.prediction is None:
         raise SystemExit("the prediction failed")
-    tree = widget.pathway_tree
+    tree = widget.results.pathway_tree
     tree.topLevelItem(0).setExpanded(True)
     settle(1.0)
     viewer.window._qt_window.grab().save(str(args.out / "overview.jpg"), "JPG", 90)
@@ -71,11 +71,11 @@ def main() -> None:
     layers = widget.result_layers
     layers["morphology"].visible = False
     layers["regions"].visible = False
-    widget.category_combo.setCurrentIndex(args.category + 1)
+    widget.results.category_combo.setCurrentIndex(args.category + 1)
     settle(0.8)
     save_view("genome-attention.jpg")
 
-    widget.category_combo.setCurrentIndex(0)
+    widget.results.category_combo.setCurrentIndex(0)
     layers["tissue"].visible = True
     settle(0.8)
     save_view("tissue-mask.jpg")

@@ -1,0 +1,248 @@
+"""The results panel: risk, survival curve, pathway profile and top-attention regions.
+
+:meth:`ResultsPanel.show_prediction` fills every part from a Prediction, :meth:`clear`
+empties it; the panel only displays numbers. It tells the dock what the user picks
+through signals: ``category_selected`` (genome-attention category index or None) and
+``region_activated`` (row of a top region). :meth:`add_section` appends more widgets
+(exports, later QC or ROI summaries) below the regions table.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from qtpy.QtCore import QRectF, Qt, Signal
+from qtpy.QtGui import QColor, QFont, QPainter
+from qtpy.QtWidgets import (
+    QAbstractItemView,
+    QComboBox,
+    QHeaderView,
+    QLabel,
+    QStyledItemDelegate,
+    QTableWidget,
+    QTableWidgetItem,
+    QTreeWidget,
+    QTreeWidgetItem,
+    QVBoxLayout,
+    QWidget,
+)
+
+__all__ = ["ResultsPanel", "ordinal"]
+
+GROUP_COLOURS = {"low": "#2e7d32", "intermediate": "#ef6c00", "high": "#c62828"}
+BAR_ROLE = Qt.ItemDataRole.UserRole + 1
+
+
+def ordinal(value: float) -> str:
+    """1 -> "1st", 52.6 -> "53rd", 11 -> "11th"."""
+    n = int(round(value))
+    suffix = "th" if 10 <= n % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
+    return f"{n}{suffix}"
+
+
+def _wrapped(text: str) -> QLabel:
+    label = QLabel(text)
+    label.setWordWrap(True)
+    return label
+
+
+class DivergingBarDelegate(QStyledItemDelegate):
+    """Draws a z-score (item data ``BAR_ROLE``) as a bar left (blue) or right (red) of
+    the cohort mean, with its value."""
+
+    def __init__(self, parent=None, limit: float = 2.0):
+        super().__init__(parent)
+        self.limit = limit
+
+    def paint(self, painter: QPainter, option, index) -> None:
+        value = index.data(BAR_ROLE)
+        if value is None:
+            super().paint(painter, option, index)
+            return
+        painter.save()
+        rect = option.rect.adjusted(2, 3, -40, -3)
+        mid = rect.left() + rect.width() / 2
+        frac = max(-1.0, min(1.0, float(value) / self.limit))
+        width = frac * rect.width() / 2
+        colour = QColor("#c62828") if value >= 0 else QColor("#1565c0")
+        painter.fillRect(QRectF(min(mid, mid + width), rect.top(), abs(width), rect.height()),
+                         colour)
+        painter.setPen(option.palette.text().color())
+        painter.drawLine(int(mid), rect.top(), int(mid), rect.bottom())
+        text_rect = option.rect.adjusted(option.rect.width() - 38, 0, 0, 0)
+        painter.drawText(
+            text_rect, int(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter),
+            f"{value:+.2f}",
+        )
+        painter.restore()
+
+
+class ResultsPanel(QWidget):
+    """Risk, survival plot, pathway tree and regions table of one Prediction."""
+
+    category_selected = Signal(object)  # int category index, or None for "none"
+    region_activated = Signal(int)  # row of the top-regions table (0-based)
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        self.risk_label = _wrapped("")
+        font = QFont(self.risk_label.font())
+        font.setPointSizeF(font.pointSizeF() * 1.25)
+        font.setBold(True)
+        self.risk_label.setFont(font)
+        layout.addWidget(self.risk_label)
+        self.risk_detail = _wrapped("")
+        layout.addWidget(self.risk_detail)
+
+        from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
+        from matplotlib.figure import Figure
+
+        self.survival_figure = Figure(figsize=(3.6, 2.4), dpi=90, layout="constrained")
+        self.survival_canvas = FigureCanvasQTAgg(self.survival_figure)
+        self.survival_canvas.setMinimumSize(120, 190)
+        layout.addWidget(_wrapped("<b>Predicted survival</b>"))
+        layout.addWidget(self.survival_canvas)
+
+        layout.addWidget(_wrapped(
+            "<b>Reconstructed pathway profile</b> (mean z-score vs. the training cohort; "
+            "expand for the top genes)"))
+        self.pathway_tree = tree = QTreeWidget()
+        tree.setColumnCount(2)
+        tree.setHeaderLabels(["Category / gene", "vs. cohort"])
+        tree.setItemDelegateForColumn(1, DivergingBarDelegate(tree))
+        tree.header().setSectionResizeMode(0, QHeaderView.ResizeMode.Stretch)
+        tree.header().setSectionResizeMode(1, QHeaderView.ResizeMode.Fixed)
+        tree.header().resizeSection(1, 130)
+        tree.header().setStretchLastSection(False)
+        tree.setTextElideMode(Qt.TextElideMode.ElideMiddle)
+        tree.setMinimumHeight(170)
+        layout.addWidget(tree)
+
+        layout.addWidget(_wrapped("Genome attention layer"))
+        self.category_combo = QComboBox()
+        self.category_combo.setSizeAdjustPolicy(
+            QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+        self.category_combo.setMinimumContentsLength(12)
+        self.category_combo.setToolTip("Which category's genome-informed attention to show")
+        self.category_combo.currentIndexChanged.connect(
+            lambda i: self.category_selected.emit(i - 1 if i > 0 else None))
+        layout.addWidget(self.category_combo)
+
+        layout.addWidget(_wrapped("<b>Top attention regions</b> (click to go there)"))
+        self.regions_table = table = QTableWidget(0, 3)
+        table.setHorizontalHeaderLabels(["Rank", "Attention (pct.)", "Category"])
+        table.verticalHeader().setVisible(False)
+        table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
+        table.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
+        table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
+        header = table.horizontalHeader()
+        header.setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
+        header.setSectionResizeMode(2, QHeaderView.ResizeMode.Stretch)
+        table.setTextElideMode(Qt.TextElideMode.ElideRight)
+        table.setMinimumHeight(160)
+        table.cellClicked.connect(lambda row, _col: self.region_activated.emit(row))
+        layout.addWidget(table)
+        self._sections = layout
+
+    def add_section(self, widget: QWidget) -> None:
+        """Append ``widget`` at the bottom of the panel."""
+        self._sections.addWidget(widget)
+
+    # ------------------------------------------------------------------ filling
+
+    def show_prediction(self, p) -> None:
+        """Fill the panel from Prediction ``p`` (numbers, plot, tree, table) and show it."""
+        colour = GROUP_COLOURS.get(p.risk_group, "#444444")
+        self.risk_label.setText(
+            f"<span style='color:{colour}'>{p.risk_group.capitalize()} risk</span>"
+            f" &middot; {ordinal(p.percentile)} percentile"
+        )
+        self.risk_detail.setText(
+            f"Risk score {p.risk:.3f} (higher = worse), {ordinal(p.percentile)} percentile "
+            f"of the model's training cohort. {p.n_patches:,} patches of "
+            f"{p.settings.get('patch_px')} px at {p.settings.get('target_mpp'):g} um/px."
+        )
+        self.plot_survival(p)
+        self.fill_pathways(p)
+        self.category_combo.blockSignals(True)
+        self.category_combo.clear()
+        self.category_combo.addItems(["none"] + list(p.category_names))
+        self.category_combo.setCurrentIndex(0)
+        self.category_combo.blockSignals(False)
+        self.fill_regions(p)
+        self.setVisible(True)
+
+    def clear(self) -> None:
+        """Empty and hide the panel."""
+        self.pathway_tree.clear()
+        self.regions_table.setRowCount(0)
+        self.category_combo.blockSignals(True)
+        self.category_combo.clear()
+        self.category_combo.blockSignals(False)
+        self.setVisible(False)
+
+    def select_category(self, index: int | None) -> None:
+        """Show category ``index`` (None: "none") in the combo box, without a signal."""
+        self.category_combo.blockSignals(True)
+        self.category_combo.setCurrentIndex(0 if index is None else index + 1)
+        self.category_combo.blockSignals(False)
+
+    def plot_survival(self, p) -> None:
+        """Step plot of the predicted survival curve, in the viewer's theme colours."""
+        fig = self.survival_figure
+        fig.clear()
+        background = self.palette().color(self.backgroundRole()).name()
+        foreground = self.palette().color(self.foregroundRole()).name()
+        fig.set_facecolor(background)
+        ax = fig.add_subplot(111)
+        ax.set_facecolor(background)
+        for spine in ax.spines.values():
+            spine.set_color(foreground)
+        ax.tick_params(colors=foreground, labelsize=7)
+        ax.xaxis.label.set_color(foreground)
+        ax.yaxis.label.set_color(foreground)
+        months, surv = p.survival_curve()
+        # surv[k + 1] is the probability of surviving past the end of bin k.
+        ax.step(months, surv, where="post", color="#ef5350", lw=1.8)
+        ax.plot(months[1:], surv[1:], "o", color="#ef5350", ms=3)
+        ax.set_ylim(0, 1.02)
+        ax.set_xlim(0, months[-1])
+        ax.set_xlabel("months", fontsize=8)
+        ax.set_ylabel("survival probability", fontsize=8)
+        ax.grid(alpha=0.3)
+        if not np.isfinite(p.bin_edges_months[-1]):
+            ax.annotate("last bin open-ended", xy=(0.98, 0.95), xycoords="axes fraction",
+                        ha="right", va="top", fontsize=6, color="#666666")
+        self.survival_canvas.draw_idle()
+
+    def fill_pathways(self, p) -> None:
+        """One row per category (mean z-score bar), its top genes as children."""
+        tree = self.pathway_tree
+        tree.clear()
+        delegate = tree.itemDelegateForColumn(1)
+        if isinstance(delegate, DivergingBarDelegate):
+            limit = max((abs(c.score) for c in p.categories), default=1.0)
+            gene_max = max((abs(z) for c in p.categories for _, z in c.top_genes), default=1.0)
+            delegate.limit = max(limit, gene_max, 1.0)
+        for c in p.categories:
+            item = QTreeWidgetItem([f"{c.name} ({len(c.genes)} genes)", ""])
+            item.setData(1, BAR_ROLE, float(c.score))
+            item.setToolTip(0, f"{c.name}: mean reconstructed z-score {c.score:+.3f}")
+            for gene, z in c.top_genes:
+                child = QTreeWidgetItem([gene, ""])
+                child.setData(1, BAR_ROLE, float(z))
+                item.addChild(child)
+            tree.addTopLevelItem(item)
+
+    def fill_regions(self, p) -> None:
+        """One row per top-attention region: rank, attention (percentile), category."""
+        table = self.regions_table
+        table.setRowCount(len(p.top_regions))
+        for row, r in enumerate(p.top_regions):
+            cells = [str(r.rank), f"{r.attention:.4f} ({r.percentile:.0f})", r.category]
+            for col, text in enumerate(cells):
+                item = QTableWidgetItem(text)
+                item.setToolTip(f"x={r.x}, y={r.y}, {r.width} x {r.height} px (level 0); "
+                                f"{r.category}")
+                table.setItem(row, col, item)

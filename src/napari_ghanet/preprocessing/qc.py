@@ -27,7 +27,7 @@ import numpy as np
 
 __all__ = ["QCAccumulator", "QCParams", "QCResult", "REASONS", "patch_measures", "qc_patches"]
 
-#: Flag reasons, in the priority used for ``QCResult.reason`` (a pen stroke is also dark).
+#: Flag reasons (``QCResult.reason`` holds the one that flagged a patch most strongly).
 REASONS: tuple[str, ...] = ("pen", "fold", "blur")
 
 
@@ -83,10 +83,10 @@ class QCParams:
     blue_min_saturation: float = 0.6
     blue_min_value: float = 0.35
     black_max_value: float = 0.2
-    black_max_saturation: float = 0.4
+    black_max_saturation: float = 0.5
     pen_min_fraction: float = 0.05
     fold_od: float = 1.0
-    fold_min_fraction: float = 0.3
+    fold_min_fraction: float = 0.2
     blur_fraction: float = 0.15
     glass_grey: float = 0.85
     blur_min_tissue: float = 0.25
@@ -131,7 +131,8 @@ class QCResult:
     flags : dict of str -> ndarray of bool, shape (N,)
         One entry per reason in ``REASONS`` (all False for detectors not run).
     reason : ndarray of str, shape (N,)
-        The first flagged reason of each patch in ``REASONS`` order, "" when clean.
+        The reason that flagged each patch most strongly (its measure over its threshold:
+        a black pen stroke is also dark, a dark fold has near-black pixels), "" when clean.
     pen_fraction, dark_fraction : ndarray of float32, shape (N,)
         Fraction of ink / dark pixels.
     blur_ratio : ndarray of float32, shape (N,)
@@ -164,7 +165,7 @@ class QCResult:
 
     @property
     def counts(self) -> dict[str, int]:
-        """Patches per reason (a patch counts once, under its first reason) and total."""
+        """Patches per reason (a patch counts once, under its reason) and total."""
         out = {r: int((self.reason == r).sum()) for r in REASONS}
         out["total"] = int(self.flagged.sum())
         return out
@@ -325,9 +326,19 @@ class QCAccumulator:
                     f"blur not judged: {int(judged.sum())} patches with enough tissue, fewer "
                     f"than the {prm.blur_min_patches} a slide-relative threshold needs"
                 )
-        reason = np.full(n, "", dtype="<U4")
-        for r in reversed(REASONS):  # first reason in REASONS order wins
-            reason[flags[r]] = r
+        # Each patch's reason is the detector that flagged it most strongly (measure over
+        # threshold): a black pen stroke is dark too, a dark fold has near-black pixels.
+        with np.errstate(divide="ignore", invalid="ignore"):
+            strength = np.stack([
+                m["pen_fraction"] / max(prm.pen_min_fraction, 1e-9),
+                m["dark_fraction"] / max(prm.fold_min_fraction, 1e-9),
+                prm.blur_fraction / np.where(ratio > 0, ratio, 1e-9),
+            ])
+        strength = np.where(np.stack([flags[r] for r in REASONS]), strength, -np.inf)
+        best = np.argmax(strength, axis=0)
+        reason = np.where(np.isfinite(strength.max(axis=0)) if n else np.zeros(0, bool),
+                          np.asarray(REASONS, dtype="<U4")[best], "")
+        reason = reason.astype("<U4")
         return QCResult(
             flags=flags,
             reason=reason,

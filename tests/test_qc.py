@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import he_image
 from scipy import ndimage as ndi
 
+from conftest import he_image
 from napari_ghanet.io.slide import open_slide
 from napari_ghanet.preprocessing.patches import patch_grid
 from napari_ghanet.preprocessing.qc import QCAccumulator, QCParams, qc_patches

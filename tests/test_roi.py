@@ -136,7 +136,8 @@ def test_filter_grid_keeps_centres_inside_include_and_outside_exclude(tiled_tiff
     keep, rep = filter_grid(grid.coords, size, Regions([include], exclude), mpp=slide.mpp)
     centres = grid.coords + size / 2
     want = np.array([
-        include.geometry.contains(Point(c)) and not any(e.geometry.contains(Point(c)) for e in exclude)
+        include.geometry.contains(Point(c))
+        and not any(e.geometry.contains(Point(c)) for e in exclude)
         for c in centres
     ])
     assert keep.tolist() == want.tolist() and 0 < keep.sum() < len(grid)

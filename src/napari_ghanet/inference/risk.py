@@ -257,8 +257,11 @@ def survival_horizon(metadata: dict[str, Any]) -> tuple[float, str]:
     >>> meta = {"survival_bins_months": [0, 7.7, 27.0, 65.3, 651.2]}
     >>> survival_horizon(meta)[0]
     65.3
-    >>> survival_horizon({**meta, "followup_p90_months": 50.0})
-    (27.0, "Survival is shown to 27 months: the last survival-bin edge within the 90th percentile of the training cohort's follow-up (50 months); later times are too sparsely followed to estimate.")
+    >>> horizon, reason = survival_horizon({**meta, "followup_p90_months": 50.0})
+    >>> horizon
+    27.0
+    >>> print(reason[:72])
+    Survival is shown to 27 months: the last survival-bin edge within the 90
     """
     edges = metadata.get("survival_bins_months")
     if not isinstance(edges, list | tuple) or len(edges) < 2:

@@ -111,7 +111,8 @@ def _features(doc: Any, where: str) -> list[dict]:
     if kind == "Feature":
         return [doc]
     if kind == "GeometryCollection":
-        return [{"type": "Feature", "geometry": g, "properties": {}} for g in doc.get("geometries", [])]
+        geoms = doc.get("geometries", [])
+        return [{"type": "Feature", "geometry": g, "properties": {}} for g in geoms]
     return [{"type": "Feature", "geometry": doc, "properties": {}}]
 
 

@@ -14,8 +14,10 @@ Modes:
 The bundle holds the weights and JSON metadata: model config, the encoder spec read from
 the features' attributes, gene names per category, genomic normalisation statistics of
 the reconstructed genes, survival bin edges in months, the cohort's risk quantiles (the
-bundled model's risks on the run's patients, for percentiles), the run's metrics and
-provenance, and an intended-use text.
+bundled model's risks on the run's patients, for percentiles) and their tertiles (the
+low / intermediate / high risk groups), the 90th percentile of the patients' follow-up in
+months (the survival plot's horizon), the run's metrics and provenance, and an
+intended-use text.
 """
 
 from __future__ import annotations
@@ -48,6 +50,7 @@ from napari_ghanet.training.labels import survival_bin_edges
 from napari_ghanet.training.trainer import fit, predict, seed_everything
 
 from napari_ghanet._version import __version__
+from napari_ghanet.inference.risk import followup_p90, risk_groups_metadata
 from napari_ghanet.models.baselines import build_model, model_inputs
 from napari_ghanet.models.bundle import EncoderSpec, EnsembleModel, save_bundle
 
@@ -234,7 +237,8 @@ def make_bundle(
         "survival_bins_months": [float(e) for e in edges],
         "risk_quantiles": {**_quantiles(risks), "source": "the bundled model's risks on the "
                            f"run's {len(risks)} patients (mostly seen in training)"},
-        "risk_groups": {"cutoffs": [float(np.median(risks))], "labels": ["low", "high"]},
+        "risk_groups": risk_groups_metadata(risks),
+        "followup_p90_months": followup_p90(cohort.months[all_idx]),
         "intended_use": use,
         "metrics": metrics,
         "provenance": {

@@ -319,15 +319,26 @@ class CrossModalAssociatingBranch(nn.Module):
             ]
         )
 
-    def forward(self, x: Tensor, mask: Tensor) -> tuple[list[Tensor], Tensor, Tensor]:
-        """x (B, N, D), mask (B, N) -> (reconstructed [(B, size_i)], sim (B, T, N), tokens (B, T, W))."""
-        b = x.shape[0]
-        context = self.norm_context(self.patch_proj(x))
-        tokens = self.tokens.expand(b, -1, -1)
+    @property
+    def second_attention(self) -> Attention:
+        """The cross-attention block of the second round (whose logits are the similarity)."""
+        return self.cross_attn[0] if self.official_compat else self.cross_attn[1]
+
+    def context(self, x: Tensor) -> Tensor:
+        """Patch features x (B, N, D) -> the normalised context the tokens attend (B, N, W)."""
+        return self.norm_context(self.patch_proj(x))
+
+    def second_query(self, context: Tensor, mask: Tensor) -> Tensor:
+        """The second round's queries (B, T, W), after the first round over ``context``."""
+        tokens = self.tokens.expand(context.shape[0], -1, -1)
         h, _ = self.cross_attn[0](self.norm_query1(tokens), context, mask)
         h = self.ffn[0](self.norm_ffn1(h)) + h
-        second = self.cross_attn[0] if self.official_compat else self.cross_attn[1]
-        h, sim = second(self.norm_query2(tokens + h), context, mask)
+        return self.norm_query2(tokens + h)
+
+    def forward(self, x: Tensor, mask: Tensor) -> tuple[list[Tensor], Tensor, Tensor]:
+        """x (B, N, D), mask (B, N) -> (reconstructed [(B, size_i)], sim (B, T, N), tokens (B, T, W))."""
+        context = self.context(x)
+        h, sim = self.second_attention(self.second_query(context, mask), context, mask)
         h = self.ffn[1](self.norm_ffn2(h)) + h
         h = self.norm_out(h)
         reconstructed = [head(h[:, i]) for i, head in enumerate(self.reconstruct)]
@@ -438,6 +449,78 @@ class GHANet(SurvivalHeadMixin, nn.Module):
         if x.shape[0] == 0:
             raise ValueError("empty bag: a slide needs at least one patch to be scored")
         return self.forward_batch(x[None]).bag(0)
+
+    def score_patches(
+        self, bag: Tensor, extra: Tensor, chunk: int = 65536
+    ) -> tuple[Tensor, Tensor]:
+        """Score patches that are not in the bag, in the bag's context.
+
+        G-HANet's per-patch scores are a patch's gated-attention logit (morphology; it
+        depends on the patch alone) and its cross-attention similarity to each CAB token
+        in the second round (genome; the tokens' queries depend on the whole bag). This
+        scores ``extra`` patches exactly as the bag's own patches are scored, without
+        letting them change the bag's prediction: the overlapping-stride heatmaps
+        (:mod:`napari_ghanet.inference.heatmap`) score the extra patches of a grid shifted
+        by a fraction of a patch. Their cost is embedding them: about
+        ``1 / (1 - overlap)**2`` times the bag's patches (4x at 50 % overlap, 16x at 75 %);
+        the scoring here is one linear pass.
+
+        Parameters
+        ----------
+        bag : Tensor, shape (N, D)
+            The bag's patch features (the model's own grid).
+        extra : Tensor, shape (M, D)
+            Features of the patches to score (may include the bag's own).
+        chunk : int
+            Patches scored per pass (bounds memory to ``chunk x width`` floats).
+
+        Returns
+        -------
+        morphology_logits : Tensor, shape (M,)
+            Gated-attention logits; the bag's morphology attention is their softmax over
+            the bag, so ``exp(logit - logsumexp(bag logits))`` puts an extra patch on the
+            same scale.
+        genome_similarity : Tensor, shape (T, M)
+            Head-averaged second-round cross-attention logits, as ``BagOutput.similarity``.
+
+        Notes
+        -----
+        Call in eval mode (dropout off), under ``torch.no_grad()`` for inference.
+
+        Examples
+        --------
+        >>> model = GHANet(omic_sizes=(3, 4), num_tokens=2, input_dim=8, width=16, heads=2,
+        ...                dim_head=8, gate_dim=8, compress_dim=8).eval()
+        >>> bag = torch.randn(10, 8)
+        >>> with torch.no_grad():
+        ...     logits, sim = model.score_patches(bag, torch.randn(5, 8))
+        >>> tuple(logits.shape), tuple(sim.shape)
+        ((5,), (2, 5))
+        """
+        cfg = self.config
+        for name, t in (("bag", bag), ("extra", extra)):
+            if t.dim() != 2 or t.shape[-1] != cfg.input_dim:
+                raise ValueError(
+                    f"{name} must be patch features of shape (n, {cfg.input_dim}), "
+                    f"got {tuple(t.shape)}"
+                )
+        if bag.shape[0] == 0:
+            raise ValueError("empty bag: a slide needs at least one patch to be scored")
+        x = bag[None]
+        mask = valid_mask(x, None)
+        query = self.cab.second_query(self.cab.context(x), mask)  # (1, T, W)
+        attn = self.cab.second_attention
+        q = attn._split(attn.to_q(query))  # (1, H, T, d)
+        logits, sims = [], []
+        for a in range(0, extra.shape[0], max(1, int(chunk))):
+            e = extra[a : a + chunk][None]
+            k = attn._split(attn.to_k(self.cab.context(e)))  # (1, H, m, d)
+            sim = torch.matmul(q, k.transpose(-1, -2)) * attn.scale  # (1, H, T, m)
+            sims.append(sim.mean(dim=1)[0])
+            logits.append(self.gate(self.patch_proj(e))[0])
+        if not logits:
+            return extra.new_zeros(0), extra.new_zeros(cfg.num_tokens, 0)
+        return torch.cat(logits), torch.cat(sims, dim=1)
 
 
 # --------------------------------------------------------------------------------------

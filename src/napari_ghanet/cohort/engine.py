@@ -31,6 +31,7 @@ import threading
 import time
 import traceback
 import uuid
+from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -202,10 +203,7 @@ def open_client(
             yield client
         return
     # Worker deaths are retried by run_tasks (once), not by the scheduler.
-    # One task per worker thread at a time (saturation 1.0), so a dying worker takes only
-    # the task it was running with it.
-    with dask.config.set({"distributed.scheduler.allowed-failures": 0,
-                          "distributed.scheduler.worker-saturation": 1.0}):
+    with dask.config.set({"distributed.scheduler.allowed-failures": 0}):
         if kind == "local":
             threads = max(1, available_cores() // n)
             cm = LocalCluster(
@@ -397,13 +395,20 @@ def _run_distributed(client, fn, items, args, kwargs, kind, gpu, progress, unit,
         return client.submit(run_one, fn, items[i], args, kwargs, pure=False,
                              key=f"ghanet-{name}-{token}-{i}-{attempt}", resources=resources)
 
-    pending = {submit(i, 1): (i, 1) for i in range(len(items))}
+    # At most one task per worker thread is in flight: a dying worker then takes only the
+    # task it was running with it (the scheduler would otherwise hand it queued ones too).
+    queue = deque((i, 1) for i in range(len(items)))
+    pending: dict[Any, tuple[int, int]] = {}
     results: dict[int, TaskResult] = {}
     bar = _Progress(len(items), progress, unit)
     try:
-        while pending:
+        while queue or pending:
             if _cancelled(cancel):
                 raise Cancelled(f"cancelled after {len(results)} of {len(items)} task(s)")
+            cap = _capacity(client)
+            while queue and len(pending) < cap:
+                i, attempt = queue.popleft()
+                pending[submit(i, attempt)] = (i, attempt)
             try:
                 done, _ = wait(list(pending), timeout=0.5, return_when="FIRST_COMPLETED")
             except TimeoutError:
@@ -416,7 +421,7 @@ def _run_distributed(client, fn, items, args, kwargs, kind, gpu, progress, unit,
                     exc = fut.exception()
                     if attempt < MAX_ATTEMPTS and _worker_died(exc):
                         logger.warning("item %d: worker died (%s); retrying", i, exc)
-                        pending[submit(i, attempt + 1)] = (i, attempt + 1)
+                        queue.appendleft((i, attempt + 1))
                         fut.release()
                         continue
                     why = _describe(exc)
@@ -432,6 +437,14 @@ def _run_distributed(client, fn, items, args, kwargs, kind, gpu, progress, unit,
         if pending:
             client.cancel(list(pending))
     return [results[i] for i in range(len(items))]
+
+
+def _capacity(client) -> int:
+    """Task threads of the connected workers (at least 1)."""
+    try:
+        return max(1, sum(client.nthreads().values()))
+    except Exception:  # noqa: BLE001 - scheduler busy: be conservative
+        return 1
 
 
 def _worker_died(exc: BaseException | None) -> bool:

@@ -175,10 +175,13 @@ def open_client(
     cluster: str | None = None,
     scheduler: str | None = None,
     *,
+    threads: int | None = None,
     say: Callable[[str], None] | None = _say,
 ) -> Iterator[Any]:
     """A connected ``distributed.Client`` (a new local cluster, or an existing scheduler);
-    yields None for in-process runs. Everything it started is closed on exit."""
+    yields None for in-process runs. Everything it started is closed on exit.
+
+    ``threads``: torch/OpenMP threads per local worker (default: cores // workers)."""
     kind, n = parse_cluster(cluster)
     if scheduler is not None and kind != "inprocess":
         raise CohortError("give either --cluster or --scheduler, not both")
@@ -205,7 +208,7 @@ def open_client(
     # Worker deaths are retried by run_tasks (once), not by the scheduler.
     with dask.config.set({"distributed.scheduler.allowed-failures": 0}):
         if kind == "local":
-            threads = max(1, available_cores() // n)
+            threads = threads or max(1, available_cores() // n)
             cm = LocalCluster(
                 n_workers=n, threads_per_worker=1, processes=True, dashboard_address=":0",
                 env=_worker_env(threads), silence_logs=logging.ERROR,
@@ -218,7 +221,7 @@ def open_client(
                                   "use --cluster local:N for CPU workers")
             cm = SpecCluster(
                 scheduler={"cls": Scheduler, "options": {"dashboard_address": ":0"}},
-                workers=gpu_worker_specs(devices), silence_logs=logging.ERROR,
+                workers=gpu_worker_specs(devices, threads), silence_logs=logging.ERROR,
             )
             what = f"{len(devices)} GPU worker(s) (devices {', '.join(devices)})"
         with cm as local, Client(local) as client:

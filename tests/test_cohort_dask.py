@@ -116,10 +116,11 @@ def test_a_dying_worker_costs_only_its_slide(cluster, slides, tmp_path):
 
 
 def test_predict_cohort_table_and_validation(cluster, slides, tmp_path):
-    from napari_ghanet.inference.predict import predict_slide
     from napari_ghanet.training.metrics import harrell_c_index
     from sksurv.compare import compare_survival
     from sksurv.util import Surv
+
+    from napari_ghanet.inference.predict import predict_slide
 
     probe = make_bundle(tmp_path / "probe.safetensors", encoder=FAST_ENCODER)
     names = [f"s{i}" for i in range(4)]

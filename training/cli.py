@@ -73,7 +73,9 @@ def _add_cv(sub) -> None:
     p.add_argument("--splits", required=True, help="folder of splits_K.csv")
     p.add_argument("--features", default=None,
                    help="folder of per-slide .h5/.pt features (not needed for --model snn)")
-    p.add_argument("--model", required=True, choices=["ghanet", "abmil", "snn", "abmil_snn"])
+    p.add_argument("--model", required=True, nargs="+",
+                   choices=["ghanet", "abmil", "snn", "abmil_snn"],
+                   help="model(s); several are trained side by side into OUT/<model>/")
     p.add_argument("--out", required=True, help="run folder")
     p.add_argument("--folds", type=int, nargs="+", default=None, help="run only these folds")
     p.add_argument("--recon-genes", choices=["significant", "all"], default="significant",
@@ -88,6 +90,13 @@ def _add_cv(sub) -> None:
     p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
     p.add_argument("--overwrite", action="store_true", help="discard a previous run in --out")
     _add_train_options(p)
+    g = p.add_argument_group("execution (default: folds one after another in this process)")
+    m = g.add_mutually_exclusive_group()
+    m.add_argument("--cluster", default=None, metavar="local:N",
+                   help="train the folds (of every model) as parallel tasks on a Dask "
+                        "LocalCluster of N worker processes (local:gpus: one per GPU)")
+    m.add_argument("--scheduler", default=None, metavar="ADDRESS",
+                   help="train the folds as tasks on an existing Dask scheduler")
     p.set_defaults(func=_run_cv)
 
 
@@ -104,18 +113,28 @@ def train_config_from_args(args):
 
 
 def _run_cv(args) -> int:
-    from napari_ghanet.training.cv import RunConfig, run_cv
+    from pathlib import Path
 
-    cfg = RunConfig(
-        model=args.model, cohort=args.cohort, signatures=args.signatures, splits=args.splits,
+    from napari_ghanet.training.cv import RunConfig, run_cv_many
+
+    models = list(dict.fromkeys(args.model))
+    cfgs = [RunConfig(
+        model=model, cohort=args.cohort, signatures=args.signatures, splits=args.splits,
         features=args.features, recon_genes=args.recon_genes, p_threshold=args.p_threshold,
         n_bins=args.n_bins, inner_val=args.inner_val, allow_missing=args.allow_missing,
         folds=args.folds, cache_gb=args.cache_gb, model_config=args.model_config,
         train=train_config_from_args(args),
-    )
-    res = run_cv(cfg, args.out, resume=args.resume, overwrite=args.overwrite)
-    print(json.dumps({k: res[k] for k in ("model", "c_index_mean", "c_index_std",
-                                          "c_index_optimistic_mean", "uno_c_index_mean")}))
+    ) for model in models]
+    outs = [args.out] if len(models) == 1 else [str(Path(args.out) / m) for m in models]
+    if args.cluster is not None:
+        from napari_ghanet.cohort.engine import parse_cluster
+
+        parse_cluster(args.cluster)  # a CohortError (exit 2) for a bad value
+    results = run_cv_many(cfgs, outs, resume=args.resume, overwrite=args.overwrite,
+                          cluster=args.cluster, scheduler=args.scheduler)
+    for res in results:
+        print(json.dumps({k: res[k] for k in ("model", "c_index_mean", "c_index_std",
+                                              "c_index_optimistic_mean", "uno_c_index_mean")}))
     return 0
 
 

@@ -55,7 +55,8 @@ from napari_ghanet.errors import TrainingError
 from napari_ghanet.io.atomic import atomic_path
 from napari_ghanet.models.baselines import MODEL_NAMES, build_model, model_inputs
 
-__all__ = ["RunConfig", "FoldSetup", "prepare_fold", "run_cv", "load_fold_checkpoint", "RunError"]
+__all__ = ["RunConfig", "FoldSetup", "prepare_fold", "run_cv", "run_cv_many", "fold_task",
+           "load_fold_checkpoint", "RunError"]
 
 RUN_FILE = "run.json"
 RESULTS_FILE = "results.json"
@@ -305,9 +306,34 @@ def run_cv(
     progress: Callable[[dict], None] | None = default_progress,
     log: Callable[[str], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
+    *,
+    cluster: str | None = None,
+    scheduler: str | None = None,
 ) -> dict:
-    """Run (or resume) the cross-validation; returns and writes ``results.json``."""
-    log = log or (lambda s: print(s, file=sys.stderr, flush=True))
+    """Run (or resume) the cross-validation; returns and writes ``results.json``.
+
+    ``cluster`` ("local:N") or ``scheduler`` (a Dask scheduler address) train the folds as
+    parallel tasks (:func:`napari_ghanet.cohort.engine.run_tasks`); each fold is seeded
+    as in the serial run, so the results are the same.
+    """
+    return run_cv_many([cfg], [out_dir], resume=resume, overwrite=overwrite,
+                       progress=progress, log=log, should_stop=should_stop, cluster=cluster,
+                       scheduler=scheduler)[0]
+
+
+@dataclass
+class _Run:
+    cfg: RunConfig
+    out: Path
+    cohort: Cohort
+    features: FeatureStore | None
+    resolved: list
+    device: torch.device
+    folds: dict = field(default_factory=dict)
+    t_start: float = 0.0
+
+
+def _prepare_run(cfg: RunConfig, out_dir, resume: bool, overwrite: bool, log) -> _Run:
     if cfg.model not in MODEL_NAMES:
         raise ValueError(f"unknown model {cfg.model!r}; choose one of {list(MODEL_NAMES)}")
     if cfg.train.selection == "inner" and not cfg.inner_val > 0:
@@ -317,6 +343,22 @@ def run_cv(
     _check_out_dir(out, cfg, resume, overwrite)
 
     t_start = time.perf_counter()
+    cohort, features, resolved = _load_run_data(cfg)
+    M.atomic_write_text(out / RUN_FILE, json.dumps(cfg.to_dict(), indent=2))
+    device = resolve_device(cfg.train.device)
+    log(f"{cfg.model}: {len(cohort.patients)} patients, {len(cohort.gene_columns)} genomic "
+        f"features, {len(resolved)} fold(s), device {device}")
+    run = _Run(cfg, out, cohort, features, resolved, device, t_start=t_start)
+    for k, _fold in resolved:
+        fold_json = out / f"fold_{k}.json"
+        if resume and fold_json.exists() and (out / f"fold_{k}.safetensors").exists():
+            rec = json.loads(fold_json.read_text())
+            log(f"fold {k}: kept from the interrupted run (c-index {rec['c_index']:.4f})")
+            run.folds[k] = rec
+    return run
+
+
+def _load_run_data(cfg: RunConfig):
     cohort = read_cohort(cfg.cohort, cfg.signatures)
     splits = read_splits(cfg.splits)
     if cfg.folds:
@@ -334,75 +376,134 @@ def run_cv(
         features = FeatureStore(cohort, cfg.features, cache_bytes=int(cfg.cache_gb * (1 << 30)))
     # Validate every split before training anything: bad inputs fail fast.
     resolved = [(k, resolve_fold(cohort, s, features, cfg.allow_missing)) for k, s in chosen]
-    M.atomic_write_text(out / RUN_FILE, json.dumps(cfg.to_dict(), indent=2))
+    return cohort, features, resolved
 
-    device = resolve_device(cfg.train.device)
-    log(f"{cfg.model}: {len(cohort.patients)} patients, {len(cohort.gene_columns)} genomic "
-        f"features, {len(resolved)} fold(s), device {device}")
-    folds = []
-    for n_done, (k, fold) in enumerate(resolved):
-        fold_json = out / f"fold_{k}.json"
-        fold_ckpt = out / f"fold_{k}.safetensors"
-        if resume and fold_json.exists() and fold_ckpt.exists():
-            rec = json.loads(fold_json.read_text())
-            log(f"fold {k}: kept from the interrupted run (c-index {rec['c_index']:.4f})")
-            folds.append(rec)
-            continue
-        setup = prepare_fold(cohort, fold, cfg, features)
-        seed_everything(cfg.train.seed)
-        model = build_model(cfg.model, **setup.model_config)
-        label = f"fold {k} ({n_done + 1}/{len(resolved)})"
-        log(f"{label}: {len(setup.train)} training"
-            + (f" + {len(setup.inner)} inner-validation" if setup.inner else "")
-            + f", {len(setup.test)} held-out patients"
-            + (f"; reconstructed genes per category {setup.model_config['omic_sizes']}"
-               if cfg.model == "ghanet" else ""))
 
-        def row_progress(row, _label=label):
-            if progress is not None:
-                progress({**row, "fold_label": _label})
+def _train_fold(run: _Run, k: int, fold, label: str, progress, should_stop, log) -> dict:
+    cfg, out = run.cfg, run.out
+    setup = prepare_fold(run.cohort, fold, cfg, run.features)
+    seed_everything(cfg.train.seed)
+    model = build_model(cfg.model, **setup.model_config)
+    log(f"{label}: {len(setup.train)} training"
+        + (f" + {len(setup.inner)} inner-validation" if setup.inner else "")
+        + f", {len(setup.test)} held-out patients"
+        + (f"; reconstructed genes per category {setup.model_config['omic_sizes']}"
+           if cfg.model == "ghanet" else ""))
 
-        res = fit(model, setup.train, cfg.train, monitor=setup.test, inner=setup.inner,
-                  progress=row_progress, should_stop=should_stop)
-        pred = predict(model, setup.test, cfg.train, device)
-        fm = M.fold_metrics(
-            setup.train.times, setup.train.c == 0, setup.test.times, setup.test.c == 0,
-            pred["risk"], pred["survival"], setup.bin_edges,
-        )
-        test_curve = [r.get("test_c_index") for r in res.history]
-        valid = [(v, i) for i, v in enumerate(test_curve) if v is not None]
-        best = max(valid) if valid else (None, -1)
-        rec = {
-            "fold": k,
-            "split": fold.name,
-            "c_index": fm["c_index"],
-            "c_index_optimistic": best[0],
-            "optimistic_epoch": best[1] + 1 if best[0] is not None else None,
-            "selected_epoch": res.selected_epoch,
-            "n_train": len(setup.train),
-            "n_inner": 0 if setup.inner is None else len(setup.inner),
-            "n_test": len(setup.test),
-            "skipped": fold.skipped,
-            "bin_edges_months": setup.bin_edges.tolist(),
-            "recon_gene_counts": [int(m.sum()) for m in setup.recon_masks],
-            "metrics": fm,
-            "history": res.history,
-            "seconds": res.seconds,
-            "predictions": {
-                "case_id": setup.test.ids,
-                "time": setup.test.times.tolist(),
-                "event": (setup.test.c == 0).astype(int).tolist(),
-                "risk": pred["risk"].tolist(),
-                "survival": pred["survival"].tolist(),
-            },
-        }
-        _atomic_save_safetensors(fold_ckpt, model.state_dict(), _fold_header(cfg, setup, cohort, fold.name))
-        M.atomic_write_text(fold_json, json.dumps(rec))
-        log(f"{label}: held-out c-index {_f(rec['c_index'])} (optimistic best epoch "
-            f"{_f(rec['c_index_optimistic'])}), Uno {_f(fm['uno_c_index'])}, "
-            f"{res.seconds:.0f} s")
-        folds.append(rec)
+    def row_progress(row, _label=label):
+        if progress is not None:
+            progress({**row, "fold_label": _label})
 
+    res = fit(model, setup.train, cfg.train, monitor=setup.test, inner=setup.inner,
+              progress=row_progress, should_stop=should_stop)
+    pred = predict(model, setup.test, cfg.train, run.device)
+    fm = M.fold_metrics(
+        setup.train.times, setup.train.c == 0, setup.test.times, setup.test.c == 0,
+        pred["risk"], pred["survival"], setup.bin_edges,
+    )
+    test_curve = [r.get("test_c_index") for r in res.history]
+    valid = [(v, i) for i, v in enumerate(test_curve) if v is not None]
+    best = max(valid) if valid else (None, -1)
+    rec = {
+        "fold": k,
+        "split": fold.name,
+        "c_index": fm["c_index"],
+        "c_index_optimistic": best[0],
+        "optimistic_epoch": best[1] + 1 if best[0] is not None else None,
+        "selected_epoch": res.selected_epoch,
+        "n_train": len(setup.train),
+        "n_inner": 0 if setup.inner is None else len(setup.inner),
+        "n_test": len(setup.test),
+        "skipped": fold.skipped,
+        "bin_edges_months": setup.bin_edges.tolist(),
+        "recon_gene_counts": [int(m.sum()) for m in setup.recon_masks],
+        "metrics": fm,
+        "history": res.history,
+        "seconds": res.seconds,
+        "predictions": {
+            "case_id": setup.test.ids,
+            "time": setup.test.times.tolist(),
+            "event": (setup.test.c == 0).astype(int).tolist(),
+            "risk": pred["risk"].tolist(),
+            "survival": pred["survival"].tolist(),
+        },
+    }
+    _atomic_save_safetensors(out / f"fold_{k}.safetensors", model.state_dict(),
+                             _fold_header(cfg, setup, run.cohort, fold.name))
+    M.atomic_write_text(out / f"fold_{k}.json", json.dumps(rec))
+    return rec
+
+
+def _fold_done_line(label: str, rec: dict) -> str:
+    return (f"{label}: held-out c-index {_f(rec['c_index'])} (optimistic best epoch "
+            f"{_f(rec['c_index_optimistic'])}), Uno {_f(rec['metrics']['uno_c_index'])}, "
+            f"{rec['seconds']:.0f} s")
+
+
+def fold_task(task: tuple[dict, str, int, str]) -> dict:
+    """Train one fold on a Dask worker: ``task`` = (RunConfig dict, run folder, fold, label).
+    Reads the cohort itself and writes ``fold_K.json`` / ``fold_K.safetensors``; returns
+    ``{"status": "done", "record": ...}``."""
+    cfg_dict, out_dir, k, label = task
+    cfg = RunConfig.from_dict(cfg_dict)
+    cohort, features, resolved = _load_run_data(RunConfig.from_dict({**cfg_dict, "folds": [k]}))
+    run = _Run(cfg, Path(out_dir), cohort, features, resolved, resolve_device(cfg.train.device))
+    rec = _train_fold(run, k, resolved[0][1], label, None, None, lambda s: None)
+    return {"status": "done", "error": "", "record": rec, "seconds": rec["seconds"]}
+
+
+def run_cv_many(
+    cfgs: list[RunConfig],
+    out_dirs: list[str | os.PathLike],
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    progress: Callable[[dict], None] | None = default_progress,
+    log: Callable[[str], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+    cluster: str | None = None,
+    scheduler: str | None = None,
+) -> list[dict]:
+    """Cross-validate several runs (e.g. models); with ``cluster`` or ``scheduler`` every
+    (run, fold) is one parallel task, else they run one after another."""
+    log = log or (lambda s: print(s, file=sys.stderr, flush=True))
+    runs = [_prepare_run(c, o, resume, overwrite, log) for c, o in zip(cfgs, out_dirs)]
+    todo = []  # (run index, fold index, fold, label)
+    for ri, run in enumerate(runs):
+        name = f"{run.cfg.model} " if len(runs) > 1 else ""
+        for n, (k, fold) in enumerate(run.resolved):
+            if k not in run.folds:
+                todo.append((ri, k, fold, f"{name}fold {k} ({n + 1}/{len(run.resolved)})"))
+    if cluster is None and scheduler is None:
+        for ri, k, fold, label in todo:
+            rec = _train_fold(runs[ri], k, fold, label, progress, should_stop, log)
+            log(_fold_done_line(label, rec))
+            runs[ri].folds[k] = rec
+    elif todo:
+        from napari_ghanet.cohort.engine import run_tasks
+
+        tasks = [(runs[ri].cfg.to_dict(), str(runs[ri].out), k, label)
+                 for ri, k, _fold, label in todo]
+        log(f"training {len(tasks)} fold(s) as parallel tasks")
+        results = run_tasks(fold_task, tasks, cluster=cluster, scheduler=scheduler,
+                            gpu=False if runs[0].device.type == "cpu" else None,
+                            progress=False, unit="fold")
+        failed = []
+        for (ri, k, _fold, label), res in zip(todo, results):
+            if res.status != "done":
+                failed.append(f"{label}: {res.error}")
+                continue
+            runs[ri].folds[k] = res.row["record"]
+            log(_fold_done_line(label, res.row["record"]))
+        if failed:
+            raise RunError("training failed (finished folds are kept; continue with "
+                           "--resume): " + "; ".join(failed))
+    return [_finish_run(run, log) for run in runs]
+
+
+def _finish_run(run: _Run, log) -> dict:
+    cfg, out, cohort, device = run.cfg, run.out, run.cohort, run.device
+    folds = [run.folds[k] for k, _ in run.resolved]
     summary = M.summarize(folds)
     skipped_counts: dict[str, int] = {}
     for f in folds:
@@ -424,7 +525,7 @@ def run_cv(
         "package_version": __version__,
         "torch_version": torch.__version__,
         "device": str(device),
-        "seconds_this_session": time.perf_counter() - t_start,
+        "seconds_this_session": time.perf_counter() - run.t_start,
     }
     M.atomic_write_text(out / RESULTS_FILE, json.dumps(results, indent=1))
     M.atomic_write_text(out / "metrics.md", M.markdown_table(results))

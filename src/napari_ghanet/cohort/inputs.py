@@ -1,0 +1,266 @@
+"""Cohort inputs: slide files, folders, glob patterns and a manifest CSV -> slide items.
+
+A folder is searched recursively for files whose extension is one the plugin's reader
+accepts (the ``filename_patterns`` of ``napari.yaml``); hidden files (names starting with
+a dot, such as unfinished temporary files) are left out, and a DICOM slide, stored as many
+``.dcm`` files in one folder, counts once. A glob pattern (``*``, ``?``, ``[``; ``**``
+recursive) may match files or folders. A manifest CSV has a ``slide`` column (paths; a
+relative path is relative to the manifest's folder) and optional ``mpp`` (level-0 um/px)
+and ``case_id`` columns; slides sharing a ``case_id`` are one patient.
+
+The same file named twice is kept once (with a notice); two different files that would
+write the same output name (same stem) are an error, as is a name that matches nothing.
+"""
+
+from __future__ import annotations
+
+import csv
+import glob
+import math
+import os
+import re
+import sys
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+from napari_ghanet.errors import CohortError
+
+__all__ = ["SlideItem", "SlideInputError", "resolve_inputs", "slide_extensions"]
+
+
+class SlideInputError(CohortError):
+    """A cohort input (path, pattern, manifest) is missing, empty or ambiguous."""
+
+
+@dataclass(frozen=True)
+class SlideItem:
+    """One slide of a cohort.
+
+    Attributes
+    ----------
+    path : str
+        Absolute path of the slide file.
+    mpp : float or None
+        Level-0 microns per pixel from the manifest, for files that do not record it.
+    case_id : str or None
+        Patient identifier; slides sharing it are predicted together.
+    """
+
+    path: str
+    mpp: float | None = None
+    case_id: str | None = None
+
+    @property
+    def name(self) -> str:
+        """File name, e.g. ``slide1.svs``."""
+        return Path(self.path).name
+
+    @property
+    def stem(self) -> str:
+        """Output stem (``Path.stem``): ``OUT/<stem>.h5``, ``OUT/<stem>/``."""
+        return Path(self.path).stem
+
+
+_GLOB_CHARS = re.compile(r"[*?\[]")
+
+
+@lru_cache(maxsize=1)
+def slide_extensions() -> tuple[str, ...]:
+    """Lower-case slide file extensions (with the dot) the reader accepts, read from the
+    ``filename_patterns`` of the plugin manifest ``napari.yaml``.
+
+    Examples
+    --------
+    >>> from napari_ghanet.cohort.inputs import slide_extensions
+    >>> ".svs" in slide_extensions() and ".tif" in slide_extensions()
+    True
+    """
+    text = (Path(__file__).resolve().parents[1] / "napari.yaml").read_text(encoding="utf-8")
+    block = text.split("filename_patterns:", 1)[1]
+    exts = []
+    for line in block.splitlines()[1:]:
+        m = re.match(r'\s*-\s*["\']?\*(\.[A-Za-z0-9.]+)["\']?\s*$', line)
+        if not m:
+            break
+        exts.append(m.group(1).lower())
+    return tuple(dict.fromkeys(exts))
+
+
+def _is_slide_file(path: Path) -> bool:
+    name = path.name.lower()
+    return not name.startswith(".") and name.endswith(slide_extensions())
+
+
+def _search_folder(folder: Path) -> list[Path]:
+    found: list[Path] = []
+    dicom_dirs: set[Path] = set()
+    for root, dirs, files in os.walk(folder):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        for f in sorted(files):
+            p = Path(root) / f
+            if not _is_slide_file(p):
+                continue
+            if f.lower().endswith(".dcm"):  # one DICOM WSI = many .dcm files in one folder
+                if p.parent in dicom_dirs:
+                    continue
+                dicom_dirs.add(p.parent)
+            found.append(p)
+    return found
+
+
+def _expand(item: str | os.PathLike) -> list[Path]:
+    text = os.fspath(item)
+    p = Path(text).expanduser()
+    if p.is_dir():
+        found = _search_folder(p)
+        if not found:
+            raise SlideInputError(
+                f"{p}: folder holds no slide file ({', '.join(slide_extensions())})"
+            )
+        return found
+    if p.is_file():
+        return [p]
+    if _GLOB_CHARS.search(text):
+        hits = sorted(glob.glob(os.path.expanduser(text), recursive=True))
+        out: list[Path] = []
+        for h in hits:
+            hp = Path(h)
+            if hp.is_dir():
+                out += _search_folder(hp)
+            elif _is_slide_file(hp) or hp.is_file():
+                out.append(hp)
+        if not out:
+            raise SlideInputError(f"{text}: the pattern matches no slide file")
+        return out
+    raise SlideInputError(f"{text}: no such slide file or folder")
+
+
+def _parse_mpp(value: str | None, where: str) -> float | None:
+    if value is None or not str(value).strip():
+        return None
+    try:
+        mpp = float(value)
+    except ValueError:
+        raise SlideInputError(f"{where}: mpp {value!r} is not a number (um per pixel)") from None
+    if not (math.isfinite(mpp) and mpp > 0):
+        raise SlideInputError(f"{where}: mpp must be a positive number of um per pixel, got {mpp}")
+    return mpp
+
+
+def read_manifest(path: str | os.PathLike) -> list[SlideItem]:
+    """Slide items of a manifest CSV (``slide`` column; optional ``mpp``, ``case_id``)."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise SlideInputError(f"{path}: no such manifest file")
+    with open(path, newline="", encoding="utf-8-sig") as fh:
+        reader = csv.DictReader(fh)
+        cols = [c.strip() for c in (reader.fieldnames or [])]
+        if "slide" not in cols:
+            raise SlideInputError(
+                f"{path}: the manifest needs a 'slide' column with the slide paths "
+                f"(found: {', '.join(cols) or 'no header'}); optional columns: mpp, case_id"
+            )
+        rows = [{(k or "").strip(): (v or "").strip() for k, v in r.items()} for r in reader]
+    items, missing = [], []
+    for i, r in enumerate(rows, start=2):
+        if not r.get("slide"):
+            raise SlideInputError(f"{path}, line {i}: empty 'slide' value")
+        sp = Path(r["slide"]).expanduser()
+        if not sp.is_absolute():
+            sp = path.parent / sp
+        if not sp.is_file():
+            missing.append(f"line {i}: {sp}")
+            continue
+        items.append(
+            SlideItem(
+                str(sp.resolve()),
+                _parse_mpp(r.get("mpp"), f"{path}, line {i}"),
+                r.get("case_id") or None,
+            )
+        )
+    if missing:
+        more = f" (and {len(missing) - 5} more)" if len(missing) > 5 else ""
+        raise SlideInputError(
+            f"{path}: {len(missing)} slide(s) of the manifest do not exist: "
+            f"{'; '.join(missing[:5])}{more}"
+        )
+    if not items:
+        raise SlideInputError(f"{path}: the manifest lists no slide")
+    return items
+
+
+def resolve_inputs(
+    items: Iterable[str | os.PathLike] | None,
+    manifest: str | os.PathLike | None = None,
+    *,
+    notify: Callable[[str], None] | None = None,
+) -> list[SlideItem]:
+    """The cohort's slides, in order, each once.
+
+    Parameters
+    ----------
+    items : iterable of str or PathLike
+        Slide files, folders (searched recursively by extension) and glob patterns.
+    manifest : path, optional
+        CSV with a ``slide`` column and optional ``mpp`` and ``case_id`` columns; its
+        slides come first.
+    notify : callable(str), optional
+        Receives notices (duplicates dropped); default: print to stderr.
+
+    Returns
+    -------
+    list of SlideItem
+
+    Raises
+    ------
+    SlideInputError
+        A name that matches nothing, a manifest without a ``slide`` column or naming
+        missing files, two files with the same stem, or no slide at all.
+
+    Examples
+    --------
+    >>> import tempfile, pathlib
+    >>> d = pathlib.Path(tempfile.mkdtemp())
+    >>> for n in ("a.svs", "b.tif", "notes.txt"):
+    ...     _ = (d / n).write_bytes(b"x")
+    >>> [i.name for i in resolve_inputs([d, d / "a.svs"], notify=lambda s: None)]
+    ['a.svs', 'b.tif']
+    """
+    say = notify or (lambda s: print(s, file=sys.stderr, flush=True))
+    found: list[SlideItem] = []
+    if manifest is not None:
+        found += read_manifest(manifest)
+    for it in items or ():
+        found += [SlideItem(str(p.resolve())) for p in _expand(it)]
+    if not found:
+        raise SlideInputError("no slide given: name slide files, folders, patterns or --manifest")
+    seen: dict[str, SlideItem] = {}
+    stems: dict[str, str] = {}
+    dups = 0
+    for item in found:
+        key = os.path.normcase(item.path)
+        if key in seen:
+            dups += 1
+            continue
+        other = stems.get(item.stem)
+        if other is not None:
+            raise SlideInputError(
+                f"{other} and {item.path} would both write outputs named {item.stem!r}; "
+                "rename one, or process them into different output folders"
+            )
+        stems[item.stem] = item.path
+        seen[key] = item
+    if dups:
+        say(f"note: {dups} slide(s) named more than once; each is processed once")
+    return list(seen.values())
+
+
+def patient_groups(items: Iterable[SlideItem]) -> list[list[SlideItem]]:
+    """Slides grouped by ``case_id`` (order of first appearance); a slide without a
+    case_id is its own group."""
+    groups: dict[str, list[SlideItem]] = {}
+    for it in items:
+        groups.setdefault(it.case_id or f"\0{it.path}", []).append(it)
+    return list(groups.values())

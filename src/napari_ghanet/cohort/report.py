@@ -1,0 +1,233 @@
+"""Cohort prediction table and external-validation report.
+
+* ``OUT/cohort.csv``: one row per predicted slide (or patient): ``unit, slide, case_id,
+  n_patches, risk, percentile, risk_group``, ``survival_bin1..K`` (the predicted
+  probability of surviving beyond the end of each survival bin, as in the slide report's
+  ``survival_bins_months``) and one ``z_<pathway>`` column per functional category (the
+  mean reconstructed z-score).
+* With a survival table (``case_id`` or ``slide``, ``survival_months``, ``censorship``
+  with 1 = censored): ``OUT/validation.json`` (Harrell's and Uno's c-index of the predicted
+  risk, time-dependent AUC and integrated Brier score where computable, and the log-rank
+  test of the model's risk groups) and ``OUT/validation_km.png`` (Kaplan-Meier curves of
+  the predicted risk groups), computed with :mod:`napari_ghanet.training.metrics`.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from napari_ghanet.errors import CohortError
+from napari_ghanet.io.atomic import atomic_path, atomic_write
+
+__all__ = ["cohort_rows", "read_survival", "validation_report", "write_cohort_csv"]
+
+COHORT_FILE = "cohort.csv"
+VALIDATION_JSON = "validation.json"
+VALIDATION_PNG = "validation_km.png"
+
+
+def _col(name: str) -> str:
+    return "".join(c if c.isalnum() else "_" for c in name).strip("_")
+
+
+def cohort_rows(task_rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[float]]:
+    """Rows of ``cohort.csv`` from the prediction reports of the done/skipped tasks, and
+    the survival bin edges (months) of the model."""
+    rows, edges = [], []
+    for r in task_rows:
+        if r.get("status") not in ("done", "skipped") or not r.get("output"):
+            continue
+        rep = json.loads(Path(r["output"]).read_text())
+        p = rep["prediction"]
+        edges = p.get("survival_bins_months") or edges
+        row = {"unit": r.get("unit") or Path(r["output"]).parent.name,
+               "slide": ";".join(Path(s).name for s in str(r.get("slide", "")).split(";")),
+               "case_id": r.get("case_id") or "", "n_patches": r.get("n_patches"),
+               "risk": p["risk"], "percentile": p["percentile_in_training_cohort"],
+               "risk_group": p["risk_group"]}
+        for k, s in enumerate(p["survival"], start=1):
+            row[f"survival_bin{k}"] = s
+        for c in rep.get("pathways", []):
+            row[f"z_{_col(c['category'])}"] = c["score_z"]
+        rows.append(row)
+    return rows, [math.inf if v is None else float(v) for v in edges]
+
+
+def _fmt(v: Any) -> str:
+    if v is None:
+        return ""
+    if isinstance(v, float):
+        return repr(v)
+    return str(v)
+
+
+def write_cohort_csv(out_dir: str | os.PathLike, rows: list[dict[str, Any]]) -> Path:
+    """Write ``OUT/cohort.csv`` atomically (columns in first-seen order)."""
+    cols: list[str] = []
+    for r in rows:
+        cols += [c for c in r if c not in cols]
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(cols)
+    for r in rows:
+        w.writerow([_fmt(r.get(c)) for c in cols])
+    return atomic_write(Path(out_dir) / COHORT_FILE, buf.getvalue())
+
+
+def read_survival(path: str | os.PathLike) -> tuple[str, dict[str, tuple[float, int]]]:
+    """The survival table: (key column, {key: (survival_months, censorship)})."""
+    import pandas as pd
+
+    path = Path(path)
+    if not path.is_file():
+        raise CohortError(f"{path}: no such survival table")
+    table = pd.read_csv(path)
+    key = "case_id" if "case_id" in table.columns else "slide" if "slide" in table.columns else None
+    missing = [c for c in ("survival_months", "censorship") if c not in table.columns]
+    if key is None or missing:
+        raise CohortError(
+            f"{path}: the survival table needs a case_id or slide column, survival_months and "
+            f"censorship (1 = censored); missing: {', '.join(missing + ([] if key else ['case_id/slide']))}"
+        )
+    table = table.dropna(subset=[key, "survival_months", "censorship"])
+    bad = table[~table.censorship.isin([0, 1])]
+    if len(bad):
+        raise CohortError(f"{path}: censorship must be 0 (event) or 1 (censored), found "
+                          f"{sorted(set(bad.censorship))[:5]}")
+    out = {}
+    for k, t, c in zip(table[key].astype(str), table.survival_months, table.censorship):
+        out[k.strip()] = (float(t), int(c))
+    return key, out
+
+
+def _match(row: dict[str, Any], key: str, table: dict[str, tuple[float, int]]):
+    if key == "case_id":
+        return table.get(str(row.get("case_id") or row.get("unit")))
+    for s in str(row["slide"]).split(";"):
+        for k in (s, Path(s).stem):
+            if k in table:
+                return table[k]
+    return None
+
+
+def validation_report(
+    rows: list[dict[str, Any]],
+    survival_csv: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    bin_edges: list[float] | None = None,
+) -> dict[str, Any]:
+    """External validation of the cohort's predicted risks against observed survival.
+
+    Writes ``validation.json`` and ``validation_km.png`` into ``out_dir``; returns the
+    JSON dict: ``n``, ``n_events``, ``c_index`` (Harrell), ``uno_c_index`` (IPCW, the
+    censoring distribution estimated on this cohort, truncated at ``uno_tau_months``),
+    ``auc``/``ibs`` where computable, ``km`` (log-rank test of the model's risk groups:
+    ``chisq``, ``p_value``, ``groups`` {label: n}) and ``unmatched`` (rows without survival).
+    """
+    from napari_ghanet.training import metrics as M
+
+    key, table = read_survival(survival_csv)
+    times, events, risks, groups, surv, matched, unmatched = [], [], [], [], [], [], []
+    for r in rows:
+        hit = _match(r, key, table)
+        if hit is None:
+            unmatched.append(r["unit"])
+            continue
+        matched.append(r["unit"])
+        times.append(hit[0])
+        events.append(hit[1] == 0)
+        risks.append(float(r["risk"]))
+        groups.append(str(r["risk_group"]))
+        surv.append([float(r[c]) for c in sorted((c for c in r if c.startswith("survival_bin")),
+                                                 key=lambda c: int(c[12:]))])
+    if len(times) < 2:
+        raise CohortError(f"{survival_csv}: only {len(times)} predicted slide(s) have survival "
+                          f"data (matched on {key}); need at least 2")
+    t, e, rk = np.asarray(times), np.asarray(events, bool), np.asarray(risks)
+    if bin_edges:
+        edges = np.asarray(bin_edges, float)
+    else:
+        edges = np.linspace(0.0, float(t.max()), len(surv[0]) + 1)
+    if not np.isfinite(edges[-1]):  # open last bin: survival stays flat after the last knot
+        edges[-1] = 2.0 * max(float(edges[np.isfinite(edges)].max()), float(t.max()))
+    fm = M.fold_metrics(t, e, t, e, rk, np.asarray(surv), edges)
+    ga = np.asarray(groups)
+    labels = sorted(set(groups), key=lambda g: float(np.median(rk[ga == g])))
+    result = {
+        "n": int(len(t)),
+        "n_events": int(e.sum()),
+        "matched_on": key,
+        "c_index": fm["c_index"],
+        "uno_c_index": fm["uno_c_index"],
+        "uno_tau_months": fm.get("uno_tau_months"),
+        "auc_times_months": fm.get("auc_times_months"),
+        "auc": fm.get("auc"),
+        "auc_mean": fm.get("auc_mean"),
+        "ibs": fm.get("ibs"),
+        "ibs_km_reference": fm.get("ibs_km_reference"),
+        "notes": fm.get("notes", {}),
+        "km": {**M.logrank(t, e, np.asarray(groups)),
+               "groups": {g: int(sum(1 for x in groups if x == g)) for g in labels}},
+        "risk_definition": "higher risk = worse predicted prognosis; c-index 0.5 = chance",
+        "units": matched,
+        "unmatched": unmatched,
+    }
+    out_dir = Path(out_dir)
+    atomic_write(out_dir / VALIDATION_JSON,
+                 json.dumps(_finite(result), indent=1, allow_nan=False) + "\n")
+    _km_plot(t, e, groups, labels, result, out_dir / VALIDATION_PNG)
+    return result
+
+
+def _finite(obj):
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_finite(v) for v in obj]
+    return obj
+
+
+def _km_plot(t, e, groups, labels, result, path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from sksurv.nonparametric import kaplan_meier_estimator
+
+    colors = {"low": "tab:blue", "intermediate": "tab:orange", "high": "tab:red"}
+    g = np.asarray(groups)
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    try:
+        for label in labels:
+            sel = g == label
+            x, s = kaplan_meier_estimator(e[sel], t[sel])
+            ax.step(np.concatenate([[0], x]), np.concatenate([[1], s]), where="post",
+                    color=colors.get(label), label=f"{label} risk (n={int(sel.sum())})")
+        p = result["km"].get("p_value")
+        c = result.get("c_index")
+        title = "predicted risk groups"
+        if p is not None:
+            title += f", log-rank p = {p:.3g}"
+        if c is not None:
+            title += f", c-index {c:.3f}"
+        ax.set_title(title)
+        ax.set_xlabel("months")
+        ax.set_ylabel("survival probability")
+        ax.set_ylim(0, 1.02)
+        ax.legend()
+        fig.tight_layout()
+        with atomic_path(path, suffix=".png") as tmp:
+            fig.savefig(tmp, dpi=120)
+    finally:
+        plt.close(fig)
+    return path

@@ -38,7 +38,7 @@ def bundle_metadata(encoder: dict | None = None, **over) -> dict:
         "survival_bins_months": [0.0, 12.0, 24.0, 48.0, 120.0],
         "risk_quantiles": {"probs": np.linspace(0, 1, 11).tolist(),
                            "values": np.linspace(-4.0, 0.0, 11).tolist()},
-        "risk_groups": {"cutoffs": [-2.6667, -1.3333], "labels": ["low", "intermediate", "high"]},
+        "risk_groups": {"cutpoints": [-2.6667, -1.3333], "labels": ["low", "intermediate", "high"]},
         "provenance": {"data": "random weights for tests"},
         "intended_use": "Test model with random weights: for software tests only.",
     }

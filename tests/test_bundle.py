@@ -69,7 +69,10 @@ def test_percentile_and_risk_group(tmp_path):
     assert bundle.percentile(-2.0) == pytest.approx(50.0)
     assert bundle.percentile(-2.5) == pytest.approx(37.5)
     assert bundle.percentile(-10.0) == 0.0 and bundle.percentile(5.0) == 100.0
-    assert bundle.risk_group(-2.5) == "low" and bundle.risk_group(-1.5) == "high"
+    # groups are the training cohort's risk tertiles (interpolated from the quantiles here)
+    assert bundle.risk_group(-10.0) == "low" and bundle.risk_group(5.0) == "high"
+    assert bundle.risk_group(-2.5) == "intermediate"  # 37.5th percentile
+    assert bundle.risk_group(-2.0) == "intermediate"  # the median
 
 
 def test_encoder_mismatch_is_named(tmp_path):

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from napari_ghanet.errors import BundleError
-from napari_ghanet.inference.risk import (
+from napari_ghanet.models.bundle import demo_bundle_path, read_bundle_metadata
+from napari_ghanet.models.risk import (
     RISK_COLOURS,
     RISK_LABELS,
     followup_p90,
@@ -21,7 +22,6 @@ from napari_ghanet.inference.risk import (
     risk_text,
     survival_horizon,
 )
-from napari_ghanet.models.bundle import demo_bundle_path, read_bundle_metadata
 
 
 @pytest.fixture(scope="module")

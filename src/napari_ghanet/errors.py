@@ -32,6 +32,7 @@ __all__ = [
     "NoTissueError",
     "NotWritableError",
     "PredictionError",
+    "RegionError",
     "SlideError",
     "TrainingError",
 ]
@@ -71,6 +72,10 @@ class CohortError(GHANetError, ValueError):
 
 class NotWritableError(GHANetError, PermissionError):
     """An output folder cannot be created or written to."""
+
+
+class RegionError(GHANetError, ValueError):
+    """A region file (GeoJSON) or drawn shape cannot be used as a region of interest."""
 
 
 class PredictionError(GHANetError, ValueError):

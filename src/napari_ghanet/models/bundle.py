@@ -25,6 +25,7 @@ from napari_ghanet.errors import BundleError, EncoderError, EncoderMismatchError
 from napari_ghanet.io.atomic import atomic_path
 from napari_ghanet.models import bundle_schema as schema
 from napari_ghanet.models.ghanet import GHANet, GHANetConfig
+from napari_ghanet.models.risk import risk_group, risk_percentile
 
 __all__ = [
     "BUNDLE_FORMAT",
@@ -191,28 +192,13 @@ class ModelBundle:
 
     def percentile(self, risk: float) -> float:
         """Percentile (0-100) of ``risk`` among the training cohort's risks."""
-        q = self.risk_quantiles
-        probs = np.asarray(q["probs"], dtype=float)
-        values = np.asarray(q["values"], dtype=float)
-        order = np.argsort(values, kind="stable")
-        values, probs = values[order], probs[order]
-        # Tied quantile values (a flat stretch of risks) take their mean probability.
-        uniq, inverse = np.unique(values, return_inverse=True)
-        uprobs = np.bincount(inverse, weights=probs) / np.bincount(inverse)
-        return float(100.0 * np.interp(risk, uniq, uprobs, left=0.0, right=1.0))
+        return risk_percentile(risk, self.metadata)
 
     def risk_group(self, risk: float) -> str:
-        """'high' above the cohort's risk cut-offs, 'low' below (median split by default,
-        the split used for the training Kaplan-Meier curves)."""
-        groups = self.metadata.get("risk_groups") or {}
-        cutoffs = groups.get("cutoffs")
-        labels = groups.get("labels")
-        if not cutoffs:
-            q = self.risk_quantiles
-            cutoffs = [float(np.interp(0.5, q["probs"], q["values"]))]
-            labels = ["low", "high"]
-        idx = int(np.searchsorted(np.asarray(cutoffs, dtype=float), risk, side="right"))
-        return labels[idx]
+        """'low', 'intermediate' or 'high': the training cohort's risk tertiles (stored in
+        the bundle, or interpolated from its risk quantiles for older bundles); see
+        :func:`napari_ghanet.models.risk.risk_group`."""
+        return risk_group(risk, self.metadata)[0]
 
     def check_encoder(self, features_spec: EncoderSpec | dict[str, Any]) -> None:
         """Raise EncoderMismatchError when features do not fit this model (the checks of

@@ -431,22 +431,29 @@ def _check_groups(problems: list[str], groups: Any) -> None:
     if groups is None:
         return
     if not isinstance(groups, dict):
-        problems.append("'risk_groups' must be an object with 'cutoffs' and 'labels'")
+        problems.append("'risk_groups' must be an object with 'cutpoints' and 'labels'")
         return
-    cut, labels = groups.get("cutoffs"), groups.get("labels")
+    # 'cutpoints' (tertiles, since 0.2) or the older 'cutoffs' (a median split)
+    key = "cutpoints" if "cutpoints" in groups else "cutoffs"
+    cut, labels = groups.get(key), groups.get("labels")
     if cut is None or cut == []:
         return
     if not isinstance(cut, list) or len(cut) > 100 or not all(_is_num(c) for c in cut) or any(
         b <= a for a, b in zip(cut, cut[1:])
     ):
-        problems.append("'risk_groups.cutoffs' must be up to 100 increasing finite numbers")
+        problems.append(f"'risk_groups.{key}' must be up to 100 increasing finite numbers")
         return
     if not isinstance(labels, list) or len(labels) != len(cut) + 1 or not all(
         isinstance(s, str) and 0 < len(s) <= MAX_NAME for s in labels
     ):
         problems.append(
-            f"'risk_groups.labels' must be {len(cut) + 1} group names (one more than cutoffs)"
+            f"'risk_groups.labels' must be {len(cut) + 1} group names (one more than {key})"
         )
+
+
+def _check_followup(problems: list[str], value: Any) -> None:
+    if value is not None and not (_is_num(value) and 0 < value < 10_000):
+        problems.append("'followup_p90_months' must be a positive number of months")
 
 
 def _n_bins(model: Any) -> int | None:
@@ -500,6 +507,7 @@ def metadata_problems(meta: Any) -> list[str]:
     if "risk_quantiles" in meta:
         _check_quantiles(problems, meta["risk_quantiles"])
     _check_groups(problems, meta.get("risk_groups"))
+    _check_followup(problems, meta.get("followup_p90_months"))
     if "intended_use" in meta:
         _text(problems, "intended_use", meta["intended_use"], MAX_TEXT)
     if meta.get("name") is not None:

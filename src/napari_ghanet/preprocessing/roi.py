@@ -27,7 +27,7 @@ import numpy as np
 import shapely
 from shapely.geometry import MultiPolygon, Polygon, shape
 
-from napari_ghanet.errors import GHANetError
+from napari_ghanet.errors import RegionError
 
 logger = logging.getLogger(__name__)
 
@@ -43,10 +43,6 @@ __all__ = [
 ]
 
 _AREA_TYPES = ("Polygon", "MultiPolygon")
-
-
-class RegionError(GHANetError, ValueError):
-    """A region file or drawn shape cannot be used as a region of interest."""
 
 
 @dataclass

@@ -911,3 +911,6 @@ _MORPH_SCALES: tuple[float, ...] = (
     0.1346, 0.06347, 0.06335, 0.09939, 1.009, 4.56, 0.05824, 0.1665,
 )
 # fmt: on
+
+# foundation models (timm) register themselves on import
+from napari_ghanet.encoders import timm_models as _timm_models  # noqa: E402,F401

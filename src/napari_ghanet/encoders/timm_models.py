@@ -395,8 +395,10 @@ class TimmEncoder(PatchEncoder):
                 self.model = timm.create_model(arch, pretrained=False, **kwargs)
         self.model.eval()
         width = int(getattr(self.model, "num_features", 0))
-        self.dim = 2 * width if pool == "cls+mean" else int(
-            getattr(self.model, "head_hidden_size", None) or width
+        self.dim = (
+            2 * width
+            if pool == "cls+mean"
+            else int(getattr(self.model, "head_hidden_size", None) or width)
         )
         if pool == "cls+mean" and getattr(self.model, "cls_token", None) is None:
             raise EncoderError(f"timm:{arch}: pool='cls+mean' needs a class token")

@@ -43,7 +43,7 @@ from napari_ghanet.encoders import (
     PatchEncoder,
     register_encoder,
 )
-from napari_ghanet.encoders.weights import load_weights_into
+from napari_ghanet.encoders.weights import file_digest, load_checkpoint, match_state_dict
 
 __all__ = [
     "FOUNDATION_MODELS",
@@ -386,13 +386,14 @@ class TimmEncoder(PatchEncoder):
         self.pool = pool
         kwargs: dict[str, Any] = {"num_classes": 0, **(model_args or {})}
         meta = device is not None and torch.device(device).type == "meta"
-        if meta:
-            with torch.device("meta"):
-                self.model = timm.create_model(arch, pretrained=False, **kwargs)
-        else:
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(0)
-                self.model = timm.create_model(arch, pretrained=False, **kwargs)
+        if pretrained and not meta and weights is None:
+            raise EncoderError(
+                _missing() if _missing else f"timm:{arch}: give the weights file (weights=...)"
+            )
+        # built on the meta device first: no memory, no random initialisation of a billion
+        # parameters that the weights file replaces anyway
+        with torch.device("meta"):
+            self.model = timm.create_model(arch, pretrained=False, **kwargs)
         self.model.eval()
         width = int(getattr(self.model, "num_features", 0))
         self.dim = (
@@ -404,15 +405,27 @@ class TimmEncoder(PatchEncoder):
             raise EncoderError(f"timm:{arch}: pool='cls+mean' needs a class token")
         # a convolutional network profits from channels-last memory on CUDA, a ViT does not
         self.channels_last_ok = not hasattr(self.model, "patch_embed")
-        self._weights_desc = "random (untrained, for tests and speed benchmarks only)"
+        self._weights_desc = "none (meta device: architecture only)"
         if meta:
-            self._weights_desc = "none (meta device: architecture only)"
-        elif pretrained:
-            if weights is None:
-                raise EncoderError(
-                    _missing() if _missing else f"timm:{arch}: give the weights file (weights=...)"
-                )
-            self._weights_desc = load_weights_into(self.model, weights, what=self.name)
+            return
+        if pretrained:
+            path = Path(weights).expanduser()
+            state = match_state_dict(
+                load_checkpoint(path, self.name), self.model, source=str(path), what=self.name
+            )
+            # buffers that are not in a state dict must be computed by a real initialisation
+            transient = set(dict(self.model.named_buffers())) - set(self.model.state_dict())
+            if transient:
+                self.model = timm.create_model(arch, pretrained=False, **kwargs).eval()
+            else:
+                self.model.to_empty(device="cpu")
+            self.model.load_state_dict(state, strict=True)
+            self._weights_desc = f"{path.name} sha256:{file_digest(path)}"
+        else:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(0)
+                self.model = timm.create_model(arch, pretrained=False, **kwargs).eval()
+            self._weights_desc = "random (untrained, for tests and speed benchmarks only)"
 
     def weights_description(self) -> str:
         return self._weights_desc

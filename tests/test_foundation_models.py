@@ -210,3 +210,27 @@ def test_small_vit_runs_through_embed_slide_and_the_feature_cache(tiled_tiff, tm
     assert feats.attrs["backend"] == "torch"
     assert again is not None
     np.testing.assert_array_equal(again.features, feats.features)
+
+
+def test_encoders_command_lists_widths_and_weights(capsys, tmp_path, monkeypatch):
+    import argparse
+    import json
+
+    from napari_ghanet.cli import encoders as cli_encoders
+
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))
+    snap = tmp_path / "models--paige-ai--Virchow2" / "snapshots" / "r1"
+    snap.mkdir(parents=True)
+    (snap / "model.safetensors").write_bytes(b"x")
+    parser = argparse.ArgumentParser()
+    cli_encoders.add_parser(parser.add_subparsers())
+    args = parser.parse_args(["encoders", "--json"])
+    assert args.func(args) == 0
+    rows = {r["name"]: r for r in json.loads(capsys.readouterr().out)}
+    assert rows["virchow2"]["dim"] == 2560 and rows["virchow2"]["weights_found"] is True
+    assert rows["uni"]["weights_found"] is False and rows["uni"]["input_size"] == 224
+    assert rows["h-optimus-0"]["target_mpp"] == 0.5
+    args = parser.parse_args(["encoders"])
+    assert args.func(args) == 0
+    table = capsys.readouterr().out
+    assert "virchow2" in table and "2560" in table and "yes" in table

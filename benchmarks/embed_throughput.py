@@ -8,8 +8,10 @@ tissue patches of 256 px at 0.5 um/px, then prints patches per second for
   preprocessing included), repeated;
 * ``pipeline``: ``embed_slide`` end to end (reading overlapped with inference);
 
-for ``morphometric`` and ``resnet50_trunc`` on every device present (cpu, and cuda when
-available). ResNet50 runs with random weights (speed does not depend on them). The
+for ``morphometric`` and ``resnet50_trunc`` (or any registered encoder, e.g. ``uni``: a
+ViT-L/16) on every device present (cpu, and cuda when available). Networks run with
+random weights (speed does not depend on them). On the CPU the pipeline uses
+``embed_slide``'s default backend (ONNX Runtime when the encoder supports it). The
 pipeline's target is at least 90% of the slower of ``read`` and ``encode``.
 
 Usage::
@@ -128,6 +130,8 @@ def bench_encode(encoder, sample: np.ndarray, dev: torch.device, batch_size: int
     cuda = dev.type == "cuda"
     if cuda and encoder.channels_last_ok:
         encoder = encoder.to(memory_format=torch.channels_last)
+    if cuda and hasattr(encoder, "use_fused_attention"):
+        encoder.use_fused_attention(True)  # PyTorch SDPA, as embed_slide does
     amp = None
     if cuda and encoder.autocast_ok:
         amp = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
@@ -154,9 +158,19 @@ def bench_encode(encoder, sample: np.ndarray, dev: torch.device, batch_size: int
     return steps * batch_size / (time.perf_counter() - t0)
 
 
-def bench_pipeline(slide, grid, encoder, dev, batch_size: int, workers: int) -> float:
+def bench_pipeline(
+    slide, grid, encoder, dev, batch_size: int, workers: int, compile: bool = False
+) -> float:
     t0 = time.perf_counter()
-    feats = embed_slide(slide, grid, encoder, device=dev, batch_size=batch_size, workers=workers)
+    feats = embed_slide(
+        slide,
+        grid,
+        encoder,
+        device=dev,
+        batch_size=batch_size,
+        workers=workers,
+        compile=compile and dev.type == "cuda",
+    )
     _sync(dev)
     return len(feats) / (time.perf_counter() - t0)
 
@@ -176,6 +190,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-size", type=int, default=None, help="default: 64 cpu, 256 cuda")
     p.add_argument("--workers", type=int, default=None, help="reader threads (default: cores)")
     p.add_argument("--json", type=Path, default=None, help="also write the figures here")
+    p.add_argument("--compile", action="store_true", help="CUDA: torch.compile the network")
     args = p.parse_args(argv)
 
     if args.slide is None:
@@ -233,13 +248,13 @@ def main(argv: list[str] | None = None) -> int:
         read = bench_read(slide, grid, bs, workers)
         for name in args.encoders.split(","):
             enc = (
-                create_encoder(name, pretrained=False)
-                if name == "resnet50_trunc"
-                else create_encoder(name)
+                create_encoder(name)
+                if name in ("morphometric", "torchscript")
+                else create_encoder(name, pretrained=False)
             )
             n_enc = min(len(grid), 4096 if dev.type == "cuda" else 256)
             enc_rate = bench_encode(enc, sample, dev, bs, max(n_enc, bs))
-            pipe = bench_pipeline(slide, grid, enc, dev, bs, workers)
+            pipe = bench_pipeline(slide, grid, enc, dev, bs, workers, args.compile)
             ratio = pipe / min(read, enc_rate)
             row = {
                 "device": dev.type,

@@ -137,6 +137,17 @@ def write_pyramid(
     return path
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _private_user_cache(tmp_path_factory):
+    """Tests never write to the user's cache: ONNX exports, the generated demo slide and
+    cached features go to a session folder."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("NAPARI_GHANET_CACHE", str(tmp_path_factory.mktemp("user-cache")))
+    mp.delenv("NAPARI_GHANET_ONNX_CACHE", raising=False)
+    yield
+    mp.undo()
+
+
 @pytest.fixture(scope="session")
 def he_slide() -> tuple[np.ndarray, np.ndarray]:
     """(rgb, tissue mask) of the default :func:`he_image` at 0.5 um/px."""

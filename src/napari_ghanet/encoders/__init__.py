@@ -55,6 +55,7 @@ from napari_ghanet.encoders.registry import (
     register_encoder,
 )
 from napari_ghanet.encoders.resnet import ResNet50Trunc, find_resnet50_weights
+from napari_ghanet.encoders.timm_models import FOUNDATION_MODELS, TimmEncoder
 from napari_ghanet.encoders.torchscript import TorchScriptEncoder
 from napari_ghanet.errors import EncoderError
 
@@ -66,9 +67,11 @@ __all__ = [
     "MORPHOMETRIC_FEATURES",
     "EncoderError",
     "EncoderSpec",
+    "FOUNDATION_MODELS",
     "MorphometricEncoder",
     "PatchEncoder",
     "ResNet50Trunc",
+    "TimmEncoder",
     "TorchScriptEncoder",
     "create_encoder",
     "describe_encoders",

@@ -417,6 +417,8 @@ class PatchEncoder(nn.Module):
     #: whether bf16/fp16 autocast and channels-last memory suit the network on CUDA
     autocast_ok: bool = True
     channels_last_ok: bool = True
+    #: whether the network exports to ONNX for the ONNX Runtime CPU backend
+    onnx_ok: bool = False
 
     def __init__(
         self,

@@ -74,6 +74,8 @@ class ResNet50Trunc(PatchEncoder):
         False builds randomly initialised weights (seeded; for speed tests only).
     """
 
+    onnx_ok = True
+
     name = "resnet50_trunc"
     dim = 1024
 

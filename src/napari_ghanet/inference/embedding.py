@@ -2,9 +2,14 @@
 
 Reader threads read patches in grid order into a bounded queue (OpenSlide and the
 TIFF decoders release the GIL, so reading runs in parallel with inference); the main
-thread assembles batches, copies them to the device through pinned memory and runs the
-encoder under ``torch.inference_mode`` (bf16/fp16 autocast and channels-last on CUDA).
-While the device computes one batch, the host prepares the next. Memory stays bounded
+thread assembles batches and runs the encoder under ``torch.inference_mode``.
+
+On the CPU the encoder's network runs in ONNX Runtime when it supports it (``backend=
+"auto"``, see :mod:`napari_ghanet.encoders.onnx_backend`), else in torch. On CUDA: bf16
+(or fp16) autocast, channels-last memory for CNNs, PyTorch SDPA attention for ViTs,
+batches copied through a ring of reused pinned buffers, as many reader threads as cores,
+and ``torch.compile`` on request. While the device computes one batch, the host prepares
+the next. Memory stays bounded
 by ``prefetch`` batches whatever the slide size, the output keeps the grid's order, and
 the run can be cancelled between any two batches.
 """
@@ -14,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import os
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -23,7 +29,8 @@ import numpy as np
 import torch
 
 from napari_ghanet.encoders import PatchEncoder, create_encoder
-from napari_ghanet.errors import Cancelled
+from napari_ghanet.encoders.onnx_backend import BACKENDS, wrap_for_cpu
+from napari_ghanet.errors import Cancelled, EncoderError
 from napari_ghanet.io.features import PatchFeatures, grid_key
 from napari_ghanet.io.slide import Slide, SlideError
 from napari_ghanet.preprocessing.patches import PatchGrid
@@ -224,10 +231,12 @@ def embed_slide(
     *,
     device: str | torch.device = "auto",
     batch_size: int = 64,
-    workers: int = 4,
+    workers: int | None = None,
     prefetch: int | None = None,
     progress: Callable[[int, int], Any] | None = None,
     cancel: threading.Event | Callable[[], bool] | None = None,
+    backend: str = "auto",
+    compile: bool = False,
 ) -> PatchFeatures:
     """Embed every patch of ``grid``.
 
@@ -242,14 +251,23 @@ def embed_slide(
         ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda"``, ``"cuda:N"``.
     batch_size : int
         Patches per forward pass.
-    workers : int
-        Reader threads (0 reads on the calling thread).
+    workers : int, optional
+        Reader threads (0 reads on the calling thread). Default: 4 on the CPU; on CUDA
+        one per core (at least 4), enough decoding to keep the GPU busy.
     prefetch : int, optional
         Batches read ahead (default: 2, or ``workers`` / batch units if larger).
     progress : callable(done, total), optional
         Called with the number of patches embedded so far.
     cancel : threading.Event or callable returning bool, optional
         Checked between batches; when set, :class:`EmbeddingCancelled` is raised.
+    backend : {"auto", "onnx", "torch"}
+        CPU inference engine: ``auto`` runs the network in ONNX Runtime when the encoder
+        supports it (exported once and cached), torch otherwise or when that fails (one
+        logged warning); ``onnx`` insists on ONNX Runtime; ``torch`` never uses it. No
+        effect on CUDA. The features' spec is the same whichever runs.
+    compile : bool
+        CUDA only: run the network through ``torch.compile`` (slow first batch; pays off
+        on whole slides with large ViTs).
 
     Returns
     -------
@@ -269,9 +287,15 @@ def embed_slide(
         encoder = create_encoder(encoder)
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if backend not in BACKENDS:
+        raise EncoderError(f"unknown backend {backend!r}; use one of {', '.join(BACKENDS)}")
+    dev = resolve_device(device)
+    if workers is None:
+        workers = max(4, os.cpu_count() or 4) if dev.type == "cuda" else 4
     if workers < 0:
         raise ValueError(f"workers must be >= 0, got {workers}")
-    dev = resolve_device(device)
+    if backend == "onnx" and dev.type != "cpu":
+        raise EncoderError(f"backend 'onnx' runs on the CPU only, not on {dev}")
     n = len(grid)
     spec = _spec_for(encoder, grid)
     if encoder.target_mpp and abs(grid.target_mpp / encoder.target_mpp - 1) > 0.05:
@@ -292,6 +316,9 @@ def embed_slide(
         "n_patches": n,
         "device": str(dev),
     }
+    runner: Any = encoder
+    if dev.type == "cpu":
+        runner = wrap_for_cpu(encoder, backend)
     t0 = time.perf_counter()
     if progress is not None:
         progress(0, n)
@@ -311,16 +338,33 @@ def embed_slide(
     encoder.eval()
     encoder.to(dev)
     channels_last = cuda and getattr(encoder, "channels_last_ok", True)
-    if channels_last:
-        encoder.to(memory_format=torch.channels_last)
+    fused_saved: list[tuple[Any, bool]] = []
+    if cuda:
+        if channels_last:
+            encoder.to(memory_format=torch.channels_last)
+        # timm ViTs: PyTorch SDPA (flash / memory-efficient attention kernels)
+        for m in encoder.modules():
+            if hasattr(m, "fused_attn") and isinstance(m.fused_attn, bool):
+                fused_saved.append((m, m.fused_attn))
+                m.fused_attn = True
     amp_dtype = None
     if cuda and getattr(encoder, "autocast_ok", True):
         amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    forward: Callable[[torch.Tensor], torch.Tensor] = encoder
+    if cuda and compile:
+        forward = torch.compile(encoder, dynamic=False)
+    attrs["backend"] = getattr(runner, "backend", "torch")
     old_benchmark = torch.backends.cudnn.benchmark
     if cuda:
         torch.backends.cudnn.benchmark = True
     pending: tuple[int, int, torch.Tensor, torch.cuda.Event | None] | None = None
     done = 0
+    # CUDA: two pinned input and two pinned output buffers, reused batch after batch (an
+    # input buffer is refilled only once its copy to the device has completed)
+    pinned_in: list[torch.Tensor] = []
+    pinned_out: list[torch.Tensor] = []
+    copied: list[torch.cuda.Event | None] = [None, None]
+    step = 0
 
     def finish(item) -> None:
         nonlocal done
@@ -337,42 +381,50 @@ def embed_slide(
             for lo, hi, arr, ok in batches:
                 valid[lo:hi] = ok
                 host = torch.from_numpy(arr)
-                if cuda:
-                    pinned = torch.empty(host.shape, dtype=torch.uint8, pin_memory=True)
-                    pinned.copy_(host)
-                    batch = pinned.to(dev, non_blocking=True)
+                m = hi - lo
+                if not cuda:
+                    y = runner.encode(host)
                 else:
-                    batch = host.to(dev)
-                x = encoder.preprocess(batch)
-                if channels_last:
-                    x = x.contiguous(memory_format=torch.channels_last)
-                ctx = (
-                    torch.autocast(device_type="cuda", dtype=amp_dtype)
-                    if amp_dtype is not None
-                    else contextlib.nullcontext()
-                )
-                with ctx:
-                    y = encoder(x)
-                if y.shape != (hi - lo, encoder.dim):
+                    k = step % 2
+                    step += 1
+                    if not pinned_in:
+                        shape = (batch_size, *host.shape[1:])
+                        pinned_in = [torch.empty(shape, dtype=torch.uint8).pin_memory()]
+                        pinned_in.append(torch.empty_like(pinned_in[0]).pin_memory())
+                        out_shape = (batch_size, int(encoder.dim))
+                        pinned_out = [torch.empty(out_shape).pin_memory() for _ in range(2)]
+                    if copied[k] is not None:
+                        copied[k].synchronize()
+                    buf = pinned_in[k][:m]
+                    buf.copy_(host)
+                    batch = buf.to(dev, non_blocking=True)
+                    copied[k] = torch.cuda.Event()
+                    copied[k].record()
+                    x = encoder.preprocess(batch)
+                    if channels_last:
+                        x = x.contiguous(memory_format=torch.channels_last)
+                    ctx = (
+                        torch.autocast(device_type="cuda", dtype=amp_dtype)
+                        if amp_dtype is not None
+                        else contextlib.nullcontext()
+                    )
+                    with ctx:
+                        y = forward(x)
+                if y.shape != (m, encoder.dim):
                     raise RuntimeError(
                         f"encoder {encoder.name} returned shape {tuple(y.shape)} for a batch "
-                        f"of {hi - lo}, expected ({hi - lo}, {encoder.dim})"
+                        f"of {m}, expected ({m}, {encoder.dim})"
                     )
-                y = y.float()
                 if cuda:
-                    out = torch.empty(y.shape, dtype=torch.float32, pin_memory=True)
-                    out.copy_(y, non_blocking=True)
+                    out = pinned_out[k][:m]
+                    out.copy_(y.float(), non_blocking=True)
                     event = torch.cuda.Event()
                     event.record()
-                    item = (lo, hi, out, event)
+                    if pending is not None:
+                        finish(pending)
+                    pending = (lo, hi, out, event)
                 else:
-                    item = (lo, hi, y.cpu(), None)
-                if pending is not None:
-                    finish(pending)
-                pending = item
-                if not cuda:
-                    finish(pending)
-                    pending = None
+                    finish((lo, hi, y.float().cpu(), None))
             if pending is not None:
                 finish(pending)
                 pending = None
@@ -380,6 +432,10 @@ def embed_slide(
         batches.close()
         if cuda:
             torch.backends.cudnn.benchmark = old_benchmark
+            for mod, flag in fused_saved:
+                mod.fused_attn = flag
+            if channels_last:
+                encoder.to(memory_format=torch.contiguous_format)
         encoder.train(was_training)
 
     n_skipped = int((~valid).sum())

@@ -6,46 +6,25 @@ import argparse
 import json
 from typing import Any
 
+from napari_ghanet.encoders import describe_encoders
+
 __all__ = ["add_parser", "describe", "run"]
 
 
 def describe() -> list[dict[str, Any]]:
-    """One dict per registered encoder: name, dim, input_size, patch_px, target_mpp,
-    weights_found (True / False, or None when the encoder needs no weights or takes a
-    user file).
-
-    Uses the registry's ``describe_encoders()`` when it has one.
+    """One dict per registered encoder: the registry's listing (name, dim, input_size,
+    patch_px, target_mpp, weights) plus ``weights_found``: True / False, or None when the
+    encoder needs no weights or takes a file the user names.
 
     >>> rows = describe()
     >>> {"name": "uni", "dim": 1024} in [{k: r[k] for k in ("name", "dim")} for r in rows]
     True
     """
-    from napari_ghanet import encoders
-
-    if hasattr(encoders, "describe_encoders"):
-        rows = []
-        for r in encoders.describe_encoders():
-            rows.append(dict(r) if isinstance(r, dict) else dict(vars(r)))
-        return rows
     rows = []
-    for name in encoders.list_encoders():
-        ctor = encoders._REGISTRY[name]  # noqa: SLF001 - until the registry describes itself
-        find = getattr(ctor, "find_weights", None)
-        if name == "resnet50_trunc":
-            find = encoders.find_resnet50_weights
-        found = None
-        if callable(find) and not name.endswith(":"):
-            found = find() is not None
-        rows.append(
-            {
-                "name": name + ("<arch>" if name.endswith(":") else ""),
-                "dim": int(getattr(ctor, "dim", 0)) or None,
-                "input_size": getattr(ctor, "input_size", None),
-                "patch_px": getattr(ctor, "patch_px", None),
-                "target_mpp": getattr(ctor, "target_mpp", None),
-                "weights_found": found,
-            }
-        )
+    for row in describe_encoders():
+        status = str(row.get("weights", ""))
+        found = True if status.startswith("found") else False if status == "missing" else None
+        rows.append({**row, "weights_found": found})
     return rows
 
 

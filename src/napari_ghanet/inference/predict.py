@@ -240,6 +240,22 @@ def predict_patient(
         No slide given, or ``mpp`` does not give one value per slide.
     SlideError, BundleError, EncoderMismatchError, NoTissueError, PredictionCancelled
         As for :func:`predict_slide` (the first slide that fails stops the run).
+
+    Examples
+    --------
+    >>> import numpy as np, tempfile, tifffile
+    >>> from napari_ghanet.models.bundle import demo_bundle_path
+    >>> tmp = tempfile.mkdtemp()
+    >>> for k in range(2):  # two small H&E-coloured slides at 0.5 um/px
+    ...     rgb = np.full((768, 768, 3), 240, np.uint8); rgb[128:640, 128:640] = (190, 90, 160)
+    ...     tifffile.imwrite(f"{tmp}/s{k}.tif", rgb, resolution=(2e4, 2e4),
+    ...                      resolutionunit="CENTIMETER")
+    >>> p = predict_patient([f"{tmp}/s0.tif", f"{tmp}/s1.tif"], demo_bundle_path(),
+    ...                     patient="P1", device="cpu", use_cache=False)
+    >>> p.n_slides, np.bincount(p.slide_index).tolist()  # patches per slide
+    (2, [5, 5])
+    >>> bool(np.isclose(p.morphology_attention.sum(), 1.0, atol=1e-5))
+    True
     """
     t_start = time.perf_counter()
     timings: dict[str, float] = {}

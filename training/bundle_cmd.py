@@ -50,9 +50,9 @@ from napari_ghanet.training.labels import survival_bin_edges
 from napari_ghanet.training.trainer import fit, predict, seed_everything
 
 from napari_ghanet._version import __version__
-from napari_ghanet.models.risk import followup_p90, risk_groups_metadata
 from napari_ghanet.models.baselines import build_model, model_inputs
 from napari_ghanet.models.bundle import EncoderSpec, EnsembleModel, save_bundle
+from napari_ghanet.models.risk import followup_p90, risk_groups_metadata
 
 __all__ = ["make_bundle", "encoder_spec_from_attrs", "INTENDED_USE"]
 

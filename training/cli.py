@@ -12,6 +12,14 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
+
+from napari_ghanet.training import demo_recipe, synth
+from napari_ghanet.training.bundle_cmd import make_bundle
+from napari_ghanet.training.cv import RunConfig, run_cv_many
+from napari_ghanet.training.trainer import TrainConfig
+
+from napari_ghanet.errors import Cancelled, GHANetError
 
 __all__ = ["main", "build_parser"]
 
@@ -100,9 +108,7 @@ def _add_cv(sub) -> None:
     p.set_defaults(func=_run_cv)
 
 
-def train_config_from_args(args):
-    from napari_ghanet.training.trainer import TrainConfig
-
+def train_config_from_args(args) -> TrainConfig:
     return TrainConfig(
         epochs=args.epochs, lr=args.lr, weight_decay=args.weight_decay,
         accumulation=args.accumulation, batch_size=args.batch_size,
@@ -113,10 +119,6 @@ def train_config_from_args(args):
 
 
 def _run_cv(args) -> int:
-    from pathlib import Path
-
-    from napari_ghanet.training.cv import RunConfig, run_cv_many
-
     models = list(dict.fromkeys(args.model))
     cfgs = [RunConfig(
         model=model, cohort=args.cohort, signatures=args.signatures, splits=args.splits,
@@ -155,50 +157,34 @@ def _add_bundle(sub) -> None:
 
 
 def _run_bundle(args) -> int:
-    from napari_ghanet.training.bundle_cmd import make_bundle
-
     path = make_bundle(args.run_dir, args.out, mode=args.mode, fold=args.fold, name=args.name,
                        encoder=args.encoder, intended_use=args.intended_use)
     print(str(path))
     return 0
 
 
-def _add_synth(sub) -> None:
-    from napari_ghanet.training.synth import add_parser
-
-    add_parser(sub)
-
-
-def _add_demo(sub, argv) -> None:
-    # Imported only when asked for, so the other commands work without it.
-    if argv and argv[0] == "demo":
-        from napari_ghanet.training.demo_recipe import add_parser
-
-        add_parser(sub)
-    else:
-        sub.add_parser("demo", help="train the plugin's demonstration model (see `demo -h`)")
-
-
-def build_parser(argv=None) -> argparse.ArgumentParser:
+def build_parser(argv=None) -> argparse.ArgumentParser:  # argv: unused, kept for callers
     parser = argparse.ArgumentParser(prog="ghanet-train", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     _add_cv(sub)
     _add_bundle(sub)
-    _add_synth(sub)
-    _add_demo(sub, argv)
+    synth.add_parser(sub)
+    demo_recipe.add_parser(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    from napari_ghanet.training.cohort import CohortError
-    from napari_ghanet.training.cv import RunError
-
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser(argv).parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except (CohortError, RunError, ValueError, FileNotFoundError) as exc:
+    except Cancelled:
+        print(f"ghanet-train {args.command}: cancelled", file=sys.stderr)
+        return 130
+    # GHANetError covers the cohort, run and training errors; the training modules still
+    # raise ValueError / FileNotFoundError for some bad arguments.
+    except (GHANetError, ValueError, FileNotFoundError) as exc:
         print(f"ghanet-train {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

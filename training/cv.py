@@ -46,11 +46,11 @@ from napari_ghanet.training.trainer import (
     TrainConfig,
     fit,
     predict,
-    resolve_device,
     seed_everything,
 )
 
 from napari_ghanet._version import __version__
+from napari_ghanet.device import resolve_device
 from napari_ghanet.errors import TrainingError
 from napari_ghanet.io.atomic import atomic_path
 from napari_ghanet.models.baselines import MODEL_NAMES, build_model, model_inputs

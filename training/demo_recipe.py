@@ -7,11 +7,14 @@ way a researcher makes a real one:
    category k read activity k) and their survival (log-hazard linear in the activities);
 2. render one synthetic H&E-like slide per patient whose morphology follows the same
    activities (:func:`napari_ghanet.datasets.synthetic.write_synthetic_cohort_slides`);
-3. embed every slide with ``ghanet embed --encoder morphometric``;
-4. cross-validate G-HANet with ``ghanet-train cv`` on the cohort table, signatures and
-   patient-level splits, written in the TCGA formats;
-5. write the bundle with ``ghanet-train bundle`` (a final model on all patients), with an
-   intended-use text that says plainly that it is a synthetic demonstration model.
+3. embed every slide with the morphometric encoder
+   (:func:`napari_ghanet.inference.stages.embed_to_file`, what ``ghanet embed`` runs);
+4. cross-validate G-HANet (:func:`napari_ghanet.training.cv.run_cv`, what
+   ``ghanet-train cv`` runs) on the cohort table, signatures and patient-level splits,
+   written in the TCGA formats;
+5. write the bundle (:func:`napari_ghanet.training.bundle_cmd.make_bundle`, what
+   ``ghanet-train bundle`` runs: a final model on all patients), with an intended-use
+   text that says plainly that it is a synthetic demonstration model.
 
 Everything is seeded: the same recipe gives the same bundle up to floating-point noise of
 the CPU kernels.
@@ -29,8 +32,15 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from napari_ghanet.training.bundle_cmd import make_bundle
+from napari_ghanet.training.cv import RunConfig, run_cv
+from napari_ghanet.training.trainer import TrainConfig
 
-from napari_ghanet.datasets.synthetic import ACTIVITY_TRAITS
+from napari_ghanet.datasets.synthetic import ACTIVITY_TRAITS, write_synthetic_cohort_slides
+from napari_ghanet.encoders import create_encoder
+from napari_ghanet.errors import TrainingError
+from napari_ghanet.inference.stages import embed_to_file
+from napari_ghanet.io.atomic import atomic_write
 
 __all__ = ["DemoRecipe", "DEMO_INTENDED_USE", "make_demo_cohort", "run_demo_recipe", "add_parser"]
 
@@ -96,9 +106,6 @@ def make_demo_cohort(out: Path, recipe: DemoRecipe, *, device: str = "auto",
     Returns paths: ``cohort`` (CSV), ``signatures``, ``splits`` (folder), ``slides``,
     ``features`` (folder of per-slide .h5).
     """
-    from napari_ghanet.cli import main as ghanet_main
-    from napari_ghanet.datasets.synthetic import write_synthetic_cohort_slides
-
     rng = np.random.default_rng(recipe.seed)
     n = recipe.patients
     act = _activities(rng, n)
@@ -161,45 +168,48 @@ def make_demo_cohort(out: Path, recipe: DemoRecipe, *, device: str = "auto",
         seed=recipe.seed,
         progress=progress,
     )
-    slides = sorted(str(p) for p in paths["slides"].glob("*.tiff"))
-    code = ghanet_main(
-        ["embed", *slides, "--encoder", "morphometric", "--out", str(paths["features"]),
-         "--device", device, "--workers", str(workers)]
-    )
-    if code != 0:
-        raise RuntimeError("embedding the demo slides failed (see the messages above)")
+    slides = sorted(paths["slides"].glob("*.tiff"))
+    # 256 px patches at 0.5 um/px, 64 patches per batch: the ghanet embed defaults.
+    encoder = create_encoder("morphometric", patch_px=256, target_mpp=0.5)
+    failed = []
+    for k, slide in enumerate(slides):
+        outcome = embed_to_file(slide, paths["features"], encoder, device=device,
+                                batch_size=64, workers=workers)
+        if not outcome.ok:
+            log.error("%s", outcome.summary())
+            failed.append(slide.name)
+        elif (k + 1) % 10 == 0 or k + 1 == len(slides):
+            log.info("embedded %d/%d synthetic slides", k + 1, len(slides))
+    if failed:
+        raise TrainingError(f"embedding {len(failed)} demo slide(s) failed: {', '.join(failed)}")
     return paths
 
 
 def run_demo_recipe(out_bundle: Path, work_dir: Path, recipe: DemoRecipe | None = None, *,
                     device: str = "auto", workers: int = 2) -> Path:
     """Run the whole recipe; the run (metrics, plots, fold checkpoints) stays in work_dir."""
-    from napari_ghanet.training.cli import main as train_main
-
     recipe = recipe or DemoRecipe()
     work_dir.mkdir(parents=True, exist_ok=True)
-    (work_dir / "recipe.json").write_text(json.dumps(asdict(recipe), indent=2))
+    atomic_write(work_dir / "recipe.json", json.dumps(asdict(recipe), indent=2))
     paths = make_demo_cohort(work_dir / "cohort", recipe, device=device, workers=workers)
     run_dir = work_dir / "run"
-    args = [
-        "cv", "--cohort", str(paths["cohort"]), "--signatures", str(paths["signatures"]),
-        "--splits", str(paths["splits"]), "--features", str(paths["features"]),
-        "--model", "ghanet", "--out", str(run_dir), "--overwrite",
-        "--recon-genes", "all",
-        "--epochs", str(recipe.epochs), "--lr", str(recipe.lr),
-        "--accumulation", str(recipe.accumulation), "--batch-size", str(recipe.batch_size),
-        "--seed", str(recipe.seed), "--device", device,
-        "--model-config", json.dumps(recipe.model_config),
-    ]
-    if train_main(args) != 0:
-        raise RuntimeError("cross-validation of the demo model failed")
-    out_bundle.parent.mkdir(parents=True, exist_ok=True)
-    code = train_main(
-        ["bundle", str(run_dir), "--out", str(out_bundle), "--mode", "final",
-         "--name", "G-HANet demo model (synthetic data)", "--intended-use", DEMO_INTENDED_USE]
+    train = TrainConfig(
+        epochs=recipe.epochs, lr=recipe.lr, weight_decay=1e-5,
+        accumulation=recipe.accumulation, batch_size=recipe.batch_size, max_patches=None,
+        recon_weight=0.3, alpha_surv=0.0, seed=recipe.seed, device=device, amp=True,
+        selection="last", init_hazards=True,
     )
-    if code != 0:
-        raise RuntimeError("writing the demo bundle failed")
+    config = RunConfig(
+        model="ghanet", cohort=str(paths["cohort"]), signatures=str(paths["signatures"]),
+        splits=str(paths["splits"]), features=str(paths["features"]), recon_genes="all",
+        p_threshold=0.05, n_bins=4, inner_val=0.0, allow_missing=False, folds=None,
+        cache_gb=4.0, model_config=dict(recipe.model_config), train=train,
+    )
+    run_cv(config, run_dir, resume=False, overwrite=True)
+    out_bundle.parent.mkdir(parents=True, exist_ok=True)
+    make_bundle(run_dir, out_bundle, mode="final", fold=None,
+                name="G-HANet demo model (synthetic data)", encoder=None,
+                intended_use=DEMO_INTENDED_USE)
     return out_bundle
 
 

@@ -24,6 +24,7 @@ import torch
 from napari_ghanet.training.metrics import harrell_c_index
 from torch import nn
 
+from napari_ghanet.device import resolve_device
 from napari_ghanet.errors import Cancelled
 from napari_ghanet.models.baselines import model_inputs
 from napari_ghanet.models.losses import ghanet_loss, nll_loss
@@ -120,12 +121,6 @@ class FitResult:
     history: list[dict] = field(default_factory=list)
     selected_epoch: int = 0
     seconds: float = 0.0
-
-
-def resolve_device(name: str = "auto") -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 def seed_everything(seed: int) -> None:

@@ -1,4 +1,9 @@
-"""The ``ghanet`` command line: ``embed``, ``predict`` and ``demo``."""
+"""The ``ghanet`` command line: ``embed``, ``predict`` and ``demo``.
+
+One module per command, each a thin layer over library functions; the options they
+share and the error policy live in :mod:`._options`, the progress printer in
+:mod:`._progress`. Headless: napari is imported only by ``ghanet demo`` with a window.
+"""
 
 from __future__ import annotations
 
@@ -7,9 +12,13 @@ import logging
 import sys
 
 from napari_ghanet._version import __version__
+from napari_ghanet.cli import demo, embed, predict
+
+__all__ = ["build_parser", "main"]
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``ghanet`` argument parser with its sub-commands."""
     parser = argparse.ArgumentParser(
         prog="ghanet",
         description="G-HANet prognosis from whole-slide images (research use only).",
@@ -17,28 +26,20 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"napari-ghanet {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    from napari_ghanet.cli import demo as _cli_demo
-    from napari_ghanet.cli import embed as _cli_embed
-    from napari_ghanet.cli import predict as _cli_predict
-
-    _cli_embed.add_parser(sub)
-    _cli_predict.add_parser(sub)
-    _cli_demo.add_parser(sub)
+    embed.add_parser(sub)
+    predict.add_parser(sub)
+    demo.add_parser(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    """Run ``ghanet``; returns the exit code (see each command)."""
+    args = build_parser().parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(levelname)s %(name)s: %(message)s",
     )
-    try:
-        return int(args.func(args) or 0)
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    return int(args.func(args) or 0)
 
 
 if __name__ == "__main__":  # pragma: no cover

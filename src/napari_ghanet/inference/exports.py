@@ -1,0 +1,191 @@
+"""Exports of a :class:`~napari_ghanet.inference.result.Prediction`: the JSON report, the
+per-patch CSV and the QuPath GeoJSON, each written atomically.
+
+The dock widget and ``ghanet predict`` write the same files with :func:`export_all`.
+Coordinates are level-0 pixels, (x, y) top-left corners. A several-slide (patient)
+prediction adds a ``slide`` column to the CSV and a ``slide`` property to the GeoJSON.
+
+Examples
+--------
+>>> from napari_ghanet.inference.exports import _column_name
+>>> _column_name("Cytokines and Growth Factors")
+'Cytokines_and_Growth_Factors'
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+import uuid
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from napari_ghanet.inference.checks import check_prediction_finite
+from napari_ghanet.inference.overlays import percentile_normalise
+from napari_ghanet.inference.result import Prediction
+from napari_ghanet.io.atomic import atomic_write
+from napari_ghanet.io.features import json_default
+
+__all__ = [
+    "export_all",
+    "export_paths",
+    "geojson_dict",
+    "patch_table",
+    "write_geojson",
+    "write_patch_csv",
+    "write_report_json",
+]
+
+
+def _finite(obj):
+    """Replace non-finite floats (inf bin edges, NaN) by None: strict JSON."""
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_finite(v) for v in obj]
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
+
+
+def write_report_json(prediction: Prediction, path: str | os.PathLike) -> Path:
+    """The JSON report (all numbers, model provenance, intended use), written atomically."""
+    check_prediction_finite(prediction)  # refuse non-finite numbers before writing
+    report = json.loads(json.dumps(prediction.to_dict(), default=json_default))
+    text = json.dumps(_finite(report), indent=2, allow_nan=False)
+    return atomic_write(path, text + "\n")
+
+
+def patch_table(prediction: Prediction) -> tuple[list[str], np.ndarray]:
+    """Column names and a float64 (N, 5 + T) table: x, y, width, height, morphology
+    attention and one genome-informed attention column per category (and, for several
+    slides, the patch's slide index last)."""
+    names = ["x", "y", "width", "height", "morphology_attention"] + [
+        f"genome_attention_{_column_name(c)}" for c in prediction.category_names
+    ]
+    size = prediction.patch_sizes_level0()
+    columns = [
+        prediction.coords[:, 0],
+        prediction.coords[:, 1],
+        size,
+        size,
+        prediction.morphology_attention,
+        prediction.genome_attention.T,
+    ]
+    if prediction.n_slides > 1:
+        names.append("slide")
+        columns.append(prediction.slide_index)
+    return names, np.column_stack(columns).astype(np.float64)
+
+
+def _column_name(name: str) -> str:
+    out = "".join(ch if ch.isalnum() else "_" for ch in name.strip())
+    return "_".join(p for p in out.split("_") if p) or "category"
+
+
+def write_patch_csv(prediction: Prediction, path: str | os.PathLike) -> Path:
+    """Per-patch CSV: x, y, width, height (level-0 px), morphology attention and the
+    genome-informed attention of each category; written atomically."""
+    check_prediction_finite(prediction)  # refuse non-finite numbers before writing
+    names, table = patch_table(prediction)
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(names)
+    n_att = 1 + len(prediction.category_names)
+    for row in table:
+        writer.writerow(
+            [str(int(v)) for v in row[:4]]
+            + [f"{float(v):.9g}" for v in row[4 : 4 + n_att]]
+            + [str(int(v)) for v in row[4 + n_att :]]
+        )
+    return atomic_write(path, buf.getvalue())
+
+
+def geojson_dict(prediction: Prediction, object_type: str = "tile") -> dict[str, Any]:
+    """GeoJSON FeatureCollection of the patch tiles (level-0 pixel coordinates) with
+    their attentions as QuPath ``measurements`` (QuPath >= 0.4 layout)."""
+    if object_type not in ("tile", "detection", "annotation"):
+        raise ValueError(f"object_type must be tile, detection or annotation, got {object_type}")
+    names, table = patch_table(prediction)
+    measure_names = ["Morphology attention"] + [
+        f"Genome attention: {c}" for c in prediction.category_names
+    ]
+    pct = 100.0 * percentile_normalise(prediction.morphology_attention)
+    several = prediction.n_slides > 1
+    features = []
+    for i, row in enumerate(table):
+        x, y, w, h = (int(v) for v in row[:4])
+        ring = [[x, y], [x + w, y], [x + w, y + h], [x, y + h], [x, y]]
+        measurements = {m: float(v) for m, v in zip(measure_names, row[4:])}
+        measurements["Morphology attention percentile"] = float(pct[i])
+        extra = {}
+        if several:
+            s = int(prediction.slide_index[i])
+            extra = {"slide": s, "slideName": prediction.slides[s].get("name", str(s))}
+        features.append(
+            {
+                "type": "Feature",
+                "id": str(uuid.UUID(int=i + 1)),
+                "geometry": {"type": "Polygon", "coordinates": [ring]},
+                "properties": {
+                    "objectType": object_type,
+                    "isLocked": True,
+                    "name": f"patch {i}",
+                    "measurements": measurements,
+                }
+                | extra,
+            }
+        )
+    return {"type": "FeatureCollection", "features": features}
+
+
+def write_geojson(
+    prediction: Prediction, path: str | os.PathLike, object_type: str = "tile"
+) -> Path:
+    """GeoJSON of the patch tiles with attention measurements, which QuPath imports
+    (File > Import objects, or drag and drop) and shows as a measurement map
+    (Measure > Show measurement maps). Written atomically."""
+    check_prediction_finite(prediction)  # refuse non-finite numbers before writing
+    text = json.dumps(geojson_dict(prediction, object_type), allow_nan=False)
+    return atomic_write(path, text + "\n")
+
+
+def export_paths(prediction: Prediction, out_dir: str | os.PathLike) -> dict[str, Path]:
+    """Where :func:`export_all` writes: ``<slide stem>.ghanet.json``, ``.patches.csv``,
+    ``.patches.geojson`` in ``out_dir`` (the patient name instead of the slide stem for a
+    patient prediction that was given one).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from napari_ghanet.inference.result import Prediction
+    >>> p = Prediction(0.0, 50.0, "low", np.zeros(1), np.zeros(1), np.zeros(2), [],
+    ...                np.zeros((0, 2), np.int64), 256, 256, np.zeros(0), np.zeros((0, 0)),
+    ...                np.zeros((1, 1), bool), 16.0, [], {"name": "case.svs"}, {}, "", {},
+    ...                {}, False)
+    >>> sorted(v.name for v in export_paths(p, "out").values())
+    ['case.ghanet.json', 'case.patches.csv', 'case.patches.geojson']
+    """
+    patient = prediction.slide.get("patient")
+    stem = str(patient) if patient else Path(prediction.slide.get("name") or "slide").stem
+    out = Path(out_dir)
+    return {
+        "report": out / f"{stem}.ghanet.json",
+        "csv": out / f"{stem}.patches.csv",
+        "geojson": out / f"{stem}.patches.geojson",
+    }
+
+
+def export_all(prediction: Prediction, out_dir: str | os.PathLike) -> dict[str, Path]:
+    """Write the JSON report, per-patch CSV and GeoJSON into ``out_dir``."""
+    check_prediction_finite(prediction)  # refuse non-finite numbers before writing
+    paths = export_paths(prediction, out_dir)
+    write_report_json(prediction, paths["report"])
+    write_patch_csv(prediction, paths["csv"])
+    write_geojson(prediction, paths["geojson"])
+    return paths

@@ -1,0 +1,826 @@
+"""The stages of a prediction, each callable on its own.
+
+slide -> :func:`open_stage` -> :func:`grid_stage` (tissue mask + patch grid) ->
+:func:`features_stage` (cached features, or embed and cache) -> :func:`model_stage`
+(model bundle on the bag of features) -> :func:`assemble_stage` (a
+:class:`~napari_ghanet.inference.result.Prediction`).
+
+:func:`napari_ghanet.inference.predict.predict_slide` and ``predict_patient`` compose
+them; ``ghanet embed`` and cohort runners use :func:`embed_to_file`, the grid and feature
+stages writing one slide's features file. Stages report progress as
+``progress(stage, done, total)`` and stop with :class:`~napari_ghanet.errors.Cancelled`
+when ``cancel`` (a :class:`threading.Event`) is set. No napari or Qt import here.
+
+Units: coordinates are level-0 pixels, (x, y) top-left; ``patch_px`` pixels at
+``target_mpp`` um/px; times in seconds.
+
+Examples
+--------
+>>> from napari_ghanet.inference.stages import check_cancel
+>>> import threading
+>>> check_cancel(threading.Event())  # not set: nothing happens
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from napari_ghanet.datasets.demo import cache_dir as _user_cache_dir
+from napari_ghanet.device import DeviceError, resolve_device
+from napari_ghanet.encoders import PatchEncoder, create_encoder
+from napari_ghanet.errors import (
+    Cancelled,
+    EncoderError,
+    EncoderMismatchError,
+    GHANetError,
+    NoTissueError,
+    PredictionError,
+    SlideError,
+)
+from napari_ghanet.inference.embedding import embed_slide
+from napari_ghanet.inference.overlays import percentile_normalise
+from napari_ghanet.inference.result import CategoryResult, Prediction, Region
+from napari_ghanet.io.features import PatchFeatures, load_matching_features, save_features
+from napari_ghanet.io.slide import Slide, open_slide
+from napari_ghanet.models.bundle import EncoderSpec, ModelBundle
+from napari_ghanet.preprocessing.patches import PatchGrid, patch_grid
+from napari_ghanet.preprocessing.tissue import TissueMask, TissueParams, tissue_mask
+
+__all__ = [
+    "EmbedOutcome",
+    "ModelOutputs",
+    "ProgressCallback",
+    "SlideFeatures",
+    "SlideRun",
+    "assemble_stage",
+    "build_encoder",
+    "check_cancel",
+    "default_cache_dir",
+    "embed_to_file",
+    "features_stage",
+    "feature_spec",
+    "grid_stage",
+    "model_stage",
+    "open_stage",
+    "prediction_device",
+    "slide_info",
+]
+
+#: Signature of progress callbacks: (stage, done, total). Stages, in order: "slide",
+#: "tissue", "patches", "features" (done/total = patches embedded), "model", "done".
+#: A patient's slides each go through "slide" ... "features" before "model".
+ProgressCallback = Callable[[str, int, int], None]
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def default_cache_dir() -> Path:
+    """The patch-feature cache: ``<user cache>/napari-ghanet/features`` (the user cache is
+    ``$NAPARI_GHANET_CACHE`` when set, else ``$XDG_CACHE_HOME`` or ~/.cache)."""
+    return _user_cache_dir() / "features"
+
+
+def check_cancel(cancel: threading.Event | None, what: str = "prediction cancelled") -> None:
+    """Raise :class:`~napari_ghanet.errors.Cancelled` when ``cancel`` is set."""
+    if cancel is not None and cancel.is_set():
+        raise Cancelled(what)
+
+
+def prediction_device(device: str | None = "auto") -> str:
+    """The device name a prediction runs on ("auto" -> "cuda" or "cpu"), checked.
+
+    Raises :class:`~napari_ghanet.errors.PredictionError` for a device this machine lacks.
+
+    Examples
+    --------
+    >>> prediction_device("cpu")
+    'cpu'
+    """
+    try:
+        return str(resolve_device(device or "auto"))
+    except DeviceError as e:
+        raise PredictionError(f"{e}; use device 'auto' or 'cpu'") from None
+
+
+def _report(progress: ProgressCallback | None, stage: str, done: int = 0, total: int = 0) -> None:
+    if progress is not None:
+        progress(stage, int(done), int(total))
+
+
+class _Clock:
+    """Adds the seconds since the last lap to ``timings[name]`` (summed over slides)."""
+
+    def __init__(self, timings: dict[str, float] | None):
+        self.timings = timings
+        self.t0 = time.perf_counter()
+
+    def lap(self, name: str) -> None:
+        now = time.perf_counter()
+        if self.timings is not None:
+            self.timings[name] = round(self.timings.get(name, 0.0) + now - self.t0, 4)
+        self.t0 = now
+
+
+def slide_info(slide: Slide) -> dict[str, Any]:
+    """JSON-able description of an open slide (path, name, fingerprint, level-0 size in
+    pixels, mpp in um/px and where it came from, objective power, vendor)."""
+    return {
+        "path": str(slide.path),
+        "name": Path(slide.path).name,
+        "fingerprint": slide.fingerprint(),
+        "dimensions_level0": [int(v) for v in slide.dimensions],
+        "mpp": slide.mpp,
+        "mpp_source": slide.mpp_source,
+        "objective_power": slide.objective_power,
+        "vendor": slide.vendor,
+    }
+
+
+def _model_info(bundle: ModelBundle) -> dict[str, Any]:
+    meta = bundle.metadata
+    return {
+        "name": bundle.name,
+        "path": str(bundle.path) if bundle.path is not None else None,
+        "architecture": meta.get("model", {}).get("name"),
+        "encoder": bundle.encoder.to_dict(),
+        "provenance": bundle.provenance,
+        "package_version": meta.get("package_version"),
+    }
+
+
+# ------------------------------------------------------- encoder spec <-> encoder (private)
+# These two are the only places that map a bundle's EncoderSpec onto the encoder registry;
+# the encoders package may take them over (from_spec / one mismatch check).
+
+
+def _encoder_kwargs(spec: EncoderSpec, overrides: dict[str, Any] | None) -> tuple[str, dict]:
+    """Registry name and constructor arguments that rebuild the bundle's encoder."""
+    kw: dict[str, Any] = {"patch_px": spec.patch_px, "target_mpp": spec.target_mpp}
+    name = spec.name
+    if name == "resnet50_trunc":
+        kw["resize_to"] = spec.resize
+    elif name == "morphometric":
+        if "standardize" in spec.extra:
+            kw["standardize"] = bool(spec.extra["standardize"])
+    elif name.startswith("torchscript"):
+        kw.update(dim=spec.dim, input_size=spec.resize, name=name)
+        if spec.mean is not None:
+            kw["mean"] = spec.mean
+        if spec.std is not None:
+            kw["std"] = spec.std
+        name = "torchscript"
+    kw.update(overrides or {})
+    if name == "torchscript" and "path" not in kw:
+        raise PredictionError(
+            f"the model expects features from the user encoder {spec.name!r}: give its "
+            "TorchScript file with encoder_kwargs={'path': ...}"
+        )
+    return name, kw
+
+
+def _encoder_mismatch(expected: dict[str, Any], actual: dict[str, Any]) -> list[str]:
+    """Differences (beyond name/dim/geometry/resize) that make features incompatible."""
+    why = []
+    for key in ("version", "standardize", "mean", "std"):
+        if key in expected and key in actual and expected[key] is not None:
+            a, b = expected[key], actual[key]
+            if isinstance(a, list | tuple) and isinstance(b, list | tuple):
+                same = len(a) == len(b) and all(
+                    math.isclose(float(x), float(y), rel_tol=1e-4, abs_tol=1e-6)
+                    for x, y in zip(a, b)
+                )
+            else:
+                same = a == b
+            if not same:
+                why.append(f"{key} {b!r} instead of {a!r}")
+    return why
+
+
+def feature_spec(encoder: PatchEncoder, patch_px: int, target_mpp: float) -> dict[str, Any]:
+    """The encoder spec stored with features: the encoder's, at the grid's geometry
+    (``patch_px`` pixels at ``target_mpp`` um/px)."""
+    spec = encoder.spec()
+    spec["patch_px"], spec["target_mpp"] = int(patch_px), float(target_mpp)
+    return spec
+
+
+def build_encoder(
+    bundle: ModelBundle,
+    *,
+    patch_px: int,
+    target_mpp: float,
+    encoder_kwargs: dict[str, Any] | None = None,
+) -> tuple[PatchEncoder, dict[str, Any], list[str]]:
+    """The patch encoder a bundle was trained with, at this patch geometry.
+
+    Returns the encoder, the spec its features carry (:func:`feature_spec`) and warnings
+    (other encoder weights than the model's). Raises
+    :class:`~napari_ghanet.errors.EncoderMismatchError` when its features cannot fit the
+    model, :class:`~napari_ghanet.errors.PredictionError` when it cannot be built.
+    """
+    spec = bundle.encoder
+    enc_name, enc_kw = _encoder_kwargs(spec, encoder_kwargs)
+    enc_kw["patch_px"], enc_kw["target_mpp"] = int(patch_px), float(target_mpp)
+    try:
+        encoder = create_encoder(enc_name, **enc_kw)
+    except EncoderError as e:
+        raise PredictionError(f"cannot build the model's patch encoder: {e}") from e
+    enc_spec = feature_spec(encoder, patch_px, target_mpp)
+    expected = replace(spec, patch_px=int(patch_px), target_mpp=float(target_mpp))
+    why = expected.mismatch(EncoderSpec.from_dict(enc_spec)) + _encoder_mismatch(
+        spec.to_dict() | spec.extra, enc_spec
+    )
+    if why:
+        raise EncoderMismatchError(
+            f"the model {bundle.name!r} expects features from {spec.name!r} "
+            f"({spec.dim}-d) but this encoder gives " + ", ".join(why)
+        )
+    warnings = []
+    trained = str(spec.extra.get("weights", ""))
+    if "sha256:" in trained and "sha256:" in str(enc_spec.get("weights", "")):
+        if trained.split("sha256:")[-1] != str(enc_spec["weights"]).split("sha256:")[-1]:
+            warnings.append(
+                f"the encoder weights ({enc_spec['weights']}) differ from those the model "
+                f"was trained with ({trained}): features may not match"
+            )
+    return encoder, enc_spec, warnings
+
+
+# --------------------------------------------------------------------------- stages
+
+
+def open_stage(
+    slide_or_path: Slide | str | os.PathLike,
+    *,
+    mpp: float | None = None,
+    progress: ProgressCallback | None = None,
+    cancel: threading.Event | None = None,
+    timings: dict[str, float] | None = None,
+) -> tuple[Slide, bool]:
+    """Open a slide (or take an open one) and check that it knows its pixel size.
+
+    Returns ``(slide, opened)``: close the slide when ``opened`` is True. ``mpp`` (level-0
+    um/px) is used for slide files that do not record it. Raises
+    :class:`~napari_ghanet.errors.SlideError`.
+    """
+    _report(progress, "slide")
+    clock = _Clock(timings)
+    opened = not isinstance(slide_or_path, Slide)
+    slide = open_slide(slide_or_path, mpp=mpp) if opened else slide_or_path
+    try:
+        if slide.mpp is None:
+            raise SlideError(
+                f"{slide.path}: the slide records no microns per pixel; give the level-0 "
+                "resolution (mpp), e.g. 0.25 for 40x or 0.5 for 20x scans"
+            )
+        clock.lap("open")
+        check_cancel(cancel)
+    except BaseException:
+        if opened:
+            slide.close()
+        raise
+    return slide, opened
+
+
+def grid_stage(
+    slide: Slide,
+    *,
+    patch_px: int = 256,
+    target_mpp: float = 0.5,
+    tissue_params: TissueParams | dict | None = None,
+    min_tissue_fraction: float = 0.5,
+    progress: ProgressCallback | None = None,
+    cancel: threading.Event | None = None,
+    timings: dict[str, float] | None = None,
+    purpose: str = "predict from",
+) -> tuple[TissueMask, PatchGrid]:
+    """Tissue mask and the patch grid on it: patches of ``patch_px`` pixels at
+    ``target_mpp`` um/px that are at least ``min_tissue_fraction`` tissue.
+
+    Raises :class:`~napari_ghanet.errors.NoTissueError` when no patch qualifies (its
+    message ends "Nothing to <purpose>.").
+
+    Examples
+    --------
+    >>> import numpy as np, tempfile, tifffile
+    >>> from napari_ghanet.io.slide import open_slide
+    >>> rgb = np.full((512, 512, 3), 240, np.uint8); rgb[128:384, 128:384] = (180, 90, 160)
+    >>> path = tempfile.mkdtemp() + "/s.tif"
+    >>> tifffile.imwrite(path, rgb, resolution=(1e4, 1e4), resolutionunit="CENTIMETER")
+    >>> with open_slide(path) as s:
+    ...     mask, grid = grid_stage(s, patch_px=64, target_mpp=2.0)
+    >>> len(grid), grid.patch_size_level0
+    (4, 128)
+    """
+    _report(progress, "tissue")
+    clock = _Clock(timings)
+    if isinstance(tissue_params, dict):
+        tissue_params = TissueParams(**tissue_params)
+    mask = tissue_mask(slide, tissue_params)
+    clock.lap("tissue")
+    check_cancel(cancel)
+    if mask.empty:
+        raise NoTissueError(
+            f"{slide.path.name}: no tissue found. Check that this is a brightfield H&E "
+            "slide, or lower the tissue threshold in the advanced settings"
+        )
+    _report(progress, "patches")
+    grid = patch_grid(
+        slide,
+        mask,
+        patch_px=int(patch_px),
+        target_mpp=float(target_mpp),
+        min_tissue_fraction=min_tissue_fraction,
+    )
+    clock.lap("patches")
+    if grid.empty:
+        raise NoTissueError(
+            (grid.message or f"{slide.path.name}: no patch holds enough tissue")
+            + f". Nothing to {purpose}."
+        )
+    check_cancel(cancel)
+    return mask, grid
+
+
+@dataclass
+class SlideFeatures:
+    """One slide's patch features and where they came from.
+
+    ``cached``: read from ``path`` rather than computed; ``path``: the features file
+    (None when nothing was read or written); ``warnings``: e.g. the cache was not writable.
+    """
+
+    features: PatchFeatures
+    cached: bool
+    path: str | None = None
+    warnings: list[str] = field(default_factory=list)
+
+
+def features_stage(
+    slide: Slide,
+    grid: PatchGrid,
+    encoder: PatchEncoder,
+    *,
+    cache_path: str | os.PathLike | None = None,
+    reuse: bool = True,
+    strict_save: bool = False,
+    device: str = "auto",
+    batch_size: int | None = None,
+    workers: int | None = None,
+    progress: ProgressCallback | None = None,
+    cancel: threading.Event | None = None,
+    timings: dict[str, float] | None = None,
+) -> SlideFeatures:
+    """The grid's patch features: from ``cache_path`` when it holds features of this slide,
+    encoder and grid (and ``reuse``), else embedded and then saved there (atomically).
+
+    A failed save is a warning, or an ``OSError`` with ``strict_save``. Cancelling leaves
+    no file behind. ``batch_size`` / ``workers``: encoder batch and reader threads
+    (:func:`~napari_ghanet.inference.embedding.embed_slide` defaults when None).
+    """
+    clock = _Clock(timings)
+    spec = feature_spec(encoder, grid.patch_px, grid.target_mpp)
+    cache_warnings: list[str] = []
+    if cache_path is not None and reuse:
+        notices: list[str] = []  # a damaged cache is recomputed, never trusted: say so
+        hit = load_matching_features(
+            cache_path,
+            slide_fingerprint=slide.fingerprint(),
+            encoder_spec=spec,
+            grid=grid,
+            notices=notices,
+        )
+        if hit is None and notices:
+            cache_warnings.extend(notices)
+        if hit is not None:
+            _report(progress, "features", len(hit), len(hit))
+            clock.lap("features")
+            return SlideFeatures(hit, True, str(cache_path))
+    _report(progress, "features", 0, len(grid))
+    embed_kw: dict[str, Any] = {}
+    if batch_size is not None:
+        embed_kw["batch_size"] = int(batch_size)
+    if workers is not None:
+        embed_kw["workers"] = int(workers)
+    try:
+        feats = embed_slide(
+            slide,
+            grid,
+            encoder,
+            device=device,
+            progress=lambda done, total: _report(progress, "features", done, total),
+            cancel=cancel,
+            **embed_kw,
+        )
+    except Cancelled as e:
+        raise Cancelled("prediction cancelled during embedding") from e
+    check_cancel(cancel)
+    result = SlideFeatures(feats, False, warnings=cache_warnings)
+    if cache_path is not None:
+        try:
+            result.path = str(save_features(cache_path, feats))
+        except OSError as e:
+            if strict_save:
+                raise
+            result.warnings.append(f"could not cache the patch features in {cache_path}: {e}")
+    clock.lap("features")
+    return result
+
+
+@dataclass
+class ModelOutputs:
+    """A model's outputs on one bag of N patches, as numpy (T categories, K bins).
+
+    risk: float; hazards, survival float32 (K,); morphology_attention float32 (N,);
+    genome_attention float32 (T, N); similarity float (T, N) or None; reconstructed:
+    T float32 arrays, one per category's genes.
+    """
+
+    risk: float
+    hazards: np.ndarray
+    survival: np.ndarray
+    morphology_attention: np.ndarray
+    genome_attention: np.ndarray
+    similarity: np.ndarray | None
+    reconstructed: list[np.ndarray]
+
+
+def model_stage(
+    bundle: ModelBundle,
+    features: np.ndarray,
+    *,
+    device: str = "cpu",
+    progress: ProgressCallback | None = None,
+    timings: dict[str, float] | None = None,
+) -> ModelOutputs:
+    """Run the bundle's model on a bag of patch features, float32 (N, D), on ``device``
+    (the model returns to its own device afterwards)."""
+    import torch
+
+    _report(progress, "model", 0, 1)
+    clock = _Clock(timings)
+    model = bundle.model
+    model_device = next(model.parameters()).device
+    try:
+        if str(model_device) != device:
+            model.to(device)
+        x = torch.from_numpy(np.ascontiguousarray(features)).to(device)
+        with torch.inference_mode():
+            out = model.forward_bag(x)
+    finally:
+        if str(model_device) != device:
+            model.to(model_device)
+
+    def npy(t) -> np.ndarray:
+        return t.detach().float().cpu().numpy()
+
+    result = ModelOutputs(
+        risk=float(npy(out.risk)),
+        hazards=npy(out.hazards).astype(np.float32),
+        survival=npy(out.survival).astype(np.float32),
+        morphology_attention=npy(out.morphology_attention).astype(np.float32),
+        genome_attention=npy(out.genome_attention).astype(np.float32),
+        similarity=npy(out.similarity) if out.similarity is not None else None,
+        reconstructed=[npy(r).astype(np.float32).ravel() for r in out.reconstructed],
+    )
+    _report(progress, "model", 1, 1)
+    clock.lap("model")
+    return result
+
+
+@dataclass
+class SlideRun:
+    """What the per-slide stages produced for one slide of a bag."""
+
+    info: dict[str, Any]
+    mask: TissueMask
+    grid: PatchGrid
+    features: SlideFeatures
+
+
+def _top_genes(genes: list[str], values: np.ndarray, n: int) -> list[tuple[str, float]]:
+    order = np.argsort(-np.abs(values), kind="stable")[: max(0, n)]
+    return [(genes[i], float(values[i])) for i in order]
+
+
+def _strongest_category(genome_attention: np.ndarray, similarity: np.ndarray | None) -> np.ndarray:
+    """Index (N,) of the category whose attention is strongest on each patch.
+
+    Genome-informed attention is zero outside each category's top-k patches; where a
+    patch is in no category's top-k, the category with the highest softmaxed similarity
+    (the attention before the top-k cut) decides.
+    """
+    best = np.argmax(genome_attention, axis=0)
+    none = genome_attention.max(axis=0) <= 0
+    if none.any() and similarity is not None:
+        s = similarity - similarity.max(axis=1, keepdims=True)
+        soft = np.exp(s)
+        soft /= soft.sum(axis=1, keepdims=True)
+        best[none] = np.argmax(soft[:, none], axis=0)
+    return best
+
+
+def assemble_stage(
+    bundle: ModelBundle,
+    outputs: ModelOutputs,
+    runs: Sequence[SlideRun],
+    *,
+    settings: dict[str, Any],
+    timings: dict[str, float],
+    warnings: list[str],
+    top_k: int = 10,
+    top_genes: int = 10,
+    patient: str | None = None,
+) -> Prediction:
+    """The :class:`~napari_ghanet.inference.result.Prediction` of a bag made of ``runs``'
+    patches (in that order) from the model's ``outputs``."""
+    edges = np.asarray(
+        [float("inf") if v is None else float(v) for v in bundle.bin_edges_months],
+        dtype=np.float64,
+    )
+    survival = outputs.survival
+    if edges.size != survival.size + 1:
+        raise PredictionError(
+            f"the bundle has {edges.size} survival bin edges for {survival.size} bins "
+            f"(needs {survival.size + 1})"
+        )
+    names = bundle.category_names
+    gene_names = bundle.gene_names
+    categories = []
+    for i, values in enumerate(outputs.reconstructed):
+        genes = list(gene_names[i]) if i < len(gene_names) else []
+        if len(genes) != values.size:
+            genes = [f"{names[i] if i < len(names) else i}_{j}" for j in range(values.size)]
+        categories.append(
+            CategoryResult(
+                name=names[i] if i < len(names) else f"category {i + 1}",
+                score=float(values.mean()) if values.size else 0.0,
+                genes=genes,
+                values=values,
+                top_genes=_top_genes(genes, values, top_genes),
+            )
+        )
+
+    coords = np.concatenate(
+        [np.asarray(r.features.features.coords, dtype=np.int64) for r in runs]
+    )
+    slide_index = np.concatenate(
+        [np.full(len(r.features.features), k, np.int64) for k, r in enumerate(runs)]
+    )
+    sizes = np.array([int(r.grid.patch_size_level0) for r in runs], np.int64)
+    morph = outputs.morphology_attention
+    genome = outputs.genome_attention
+    strongest = _strongest_category(genome, outputs.similarity)
+    pct = 100.0 * percentile_normalise(morph)
+    order = np.argsort(-morph, kind="stable")[: min(top_k, len(morph))]
+    regions = [
+        Region(
+            rank=r + 1,
+            index=int(i),
+            x=int(coords[i, 0]),
+            y=int(coords[i, 1]),
+            width=int(sizes[slide_index[i]]),
+            height=int(sizes[slide_index[i]]),
+            attention=float(morph[i]),
+            percentile=float(pct[i]),
+            category=categories[int(strongest[i])].name,
+            category_index=int(strongest[i]),
+            slide=int(slide_index[i]),
+        )
+        for r, i in enumerate(order)
+    ]
+    first = runs[0]
+    slide = dict(first.info)
+    if patient:
+        slide["patient"] = str(patient)
+    slides = [
+        dict(r.info)
+        | {
+            "patch_size_level0": int(r.grid.patch_size_level0),
+            "step_level0": int(r.grid.step_level0),
+            "n_patches": len(r.features.features),
+            "tissue": r.mask.describe(),
+            "features_path": r.features.path,
+            "features_cached": r.features.cached,
+        }
+        for r in runs
+    ]
+    risk = outputs.risk
+    return Prediction(
+        risk=risk,
+        percentile=float(bundle.percentile(risk)),
+        risk_group=str(bundle.risk_group(risk)),
+        hazards=outputs.hazards,
+        survival=survival,
+        bin_edges_months=edges,
+        categories=categories,
+        coords=coords,
+        patch_size_level0=int(first.grid.patch_size_level0),
+        step_level0=int(first.grid.step_level0),
+        morphology_attention=morph,
+        genome_attention=genome,
+        tissue_mask=np.asarray(first.mask.mask, dtype=bool),
+        tissue_downsample=float(first.mask.downsample),
+        top_regions=regions,
+        slide=slide,
+        model=_model_info(bundle),
+        intended_use=bundle.intended_use,
+        settings=settings,
+        timings=timings,
+        features_cached=all(r.features.cached for r in runs),
+        features_path=first.features.path,
+        warnings=warnings,
+        slide_index=slide_index,
+        slides=slides,
+        tissue_masks=[np.asarray(r.mask.mask, dtype=bool) for r in runs],
+    )
+
+
+# --------------------------------------------------------------------------- embed to file
+
+
+@dataclass
+class EmbedOutcome:
+    """What :func:`embed_to_file` did with one slide.
+
+    status: "done" (features computed and written), "skipped" (``path`` already held
+    features of this slide, encoder and grid) or "failed" (``error`` says why; nothing
+    written). n_patches: patches in the file; seconds: wall time; n_skipped: unreadable
+    patches left out; rate: patches embedded per second.
+    """
+
+    slide: str
+    status: str
+    n_patches: int = 0
+    seconds: float = 0.0
+    path: str | None = None
+    error: str | None = None
+    dim: int = 0
+    n_skipped: int = 0
+    rate: float = 0.0
+    encoder: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.status != "failed"
+
+    def summary(self) -> str:
+        """One line for a terminal, naming the slide."""
+        name = Path(self.slide).name
+        if self.status == "failed":
+            return f"{name}: FAILED: {self.error}"
+        if self.status == "skipped":
+            return (
+                f"{name}: {self.n_patches} patches, {self.dim}-d features already in "
+                f"{self.path} (same slide, encoder and grid)"
+            )
+        skip = f" ({self.n_skipped} unreadable skipped)" if self.n_skipped else ""
+        return (
+            f"{name}: {self.n_patches} patches{skip}, {self.dim}-d {self.encoder} features, "
+            f"{self.rate:.1f} patches/s, {self.seconds:.1f} s -> {self.path}"
+        )
+
+
+def embed_to_file(
+    slide_path: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    encoder: PatchEncoder | str,
+    *,
+    encoder_kwargs: dict[str, Any] | None = None,
+    mpp: float | None = None,
+    patch_px: int | None = None,
+    target_mpp: float | None = None,
+    tissue_params: TissueParams | dict | None = None,
+    min_tissue_fraction: float = 0.5,
+    device: str = "auto",
+    batch_size: int = 64,
+    workers: int = 4,
+    overwrite: bool = False,
+    progress: ProgressCallback | None = None,
+    cancel: threading.Event | None = None,
+) -> EmbedOutcome:
+    """Embed one slide's tissue patches into ``out_dir/<slide stem>.h5`` (CLAM layout).
+
+    The same grid and feature stages as a prediction. A file already made from this
+    slide with this encoder and grid is kept (status "skipped"); one made otherwise is
+    replaced only with ``overwrite``. Failures (unreadable slide, no tissue, unwritable
+    folder) come back as status "failed" with the reason, never as an exception;
+    cancelling raises :class:`~napari_ghanet.errors.Cancelled`. A plain function of
+    picklable arguments (give ``encoder`` as a registry name with ``encoder_kwargs``), so a
+    process pool or Dask can run it per slide.
+
+    Parameters
+    ----------
+    slide_path : path
+        The slide file.
+    out_dir : path
+        Output folder (created).
+    encoder : PatchEncoder or str
+        An encoder, or its registry name (built with ``encoder_kwargs``).
+    mpp : float, optional
+        Level-0 um/px for slides that do not record it.
+    patch_px, target_mpp : optional
+        Patch side (px) at this resolution (um/px); default: the encoder's.
+    tissue_params, min_tissue_fraction
+        Tissue detection and the least tissue fraction of a kept patch.
+    device, batch_size, workers
+        Where and how the encoder runs (see ``embed_slide``).
+    progress : callable(stage, done, total), optional
+    cancel : threading.Event, optional
+
+    Returns
+    -------
+    EmbedOutcome
+
+    Examples
+    --------
+    >>> import numpy as np, tempfile, tifffile
+    >>> rgb = np.full((512, 512, 3), 240, np.uint8); rgb[128:384, 128:384] = (180, 90, 160)
+    >>> tmp = tempfile.mkdtemp()
+    >>> tifffile.imwrite(tmp + "/s.tif", rgb, resolution=(1e4, 1e4), resolutionunit="CENTIMETER")
+    >>> kw = dict(encoder_kwargs={"patch_px": 64, "target_mpp": 2.0}, device="cpu", workers=0)
+    >>> out = embed_to_file(tmp + "/s.tif", tmp + "/out", "morphometric", **kw)
+    >>> out.status, out.n_patches, out.dim
+    ('done', 4, 64)
+    >>> embed_to_file(tmp + "/s.tif", tmp + "/out", "morphometric", **kw).status
+    'skipped'
+    """
+    t0 = time.perf_counter()
+    slide_path = Path(slide_path)
+    out = Path(out_dir) / f"{slide_path.stem}.h5"
+    outcome = EmbedOutcome(slide=str(slide_path), status="failed", path=str(out))
+    try:
+        if isinstance(encoder, str):
+            encoder = create_encoder(encoder, **(encoder_kwargs or {}))
+        outcome.encoder = encoder.name
+        spec = encoder.spec()
+        px = int(patch_px) if patch_px is not None else int(spec["patch_px"])
+        um = float(target_mpp) if target_mpp is not None else float(spec["target_mpp"])
+        slide, opened = open_stage(slide_path, mpp=mpp, progress=progress, cancel=cancel)
+        try:
+            _mask, grid = grid_stage(
+                slide,
+                patch_px=px,
+                target_mpp=um,
+                tissue_params=tissue_params,
+                min_tissue_fraction=min_tissue_fraction,
+                progress=progress,
+                cancel=cancel,
+                purpose="embed",
+            )
+            if out.exists() and not overwrite:
+                hit = load_matching_features(
+                    out,
+                    slide_fingerprint=slide.fingerprint(),
+                    encoder_spec=feature_spec(encoder, grid.patch_px, grid.target_mpp),
+                    grid=grid,
+                )
+                if hit is None:
+                    outcome.error = (
+                        f"{out} exists but was made from another slide, encoder or grid; "
+                        "pass --overwrite to replace it"
+                    )
+                    return outcome
+                outcome.status, outcome.n_patches, outcome.dim = "skipped", len(hit), hit.dim
+                return outcome
+            Path(out_dir).mkdir(parents=True, exist_ok=True)
+            result = features_stage(
+                slide,
+                grid,
+                encoder,
+                cache_path=out,
+                reuse=False,
+                strict_save=True,
+                device=device,
+                batch_size=batch_size,
+                workers=workers,
+                progress=progress,
+                cancel=cancel,
+            )
+        finally:
+            if opened:
+                slide.close()
+    except Cancelled:
+        raise
+    except (GHANetError, ValueError, OSError, RuntimeError) as exc:
+        outcome.error = str(exc)
+        outcome.seconds = time.perf_counter() - t0
+        return outcome
+    feats = result.features
+    outcome.seconds = time.perf_counter() - t0
+    outcome.status = "done"
+    outcome.n_patches, outcome.dim = len(feats), feats.dim
+    outcome.n_skipped = int(feats.attrs.get("n_skipped", 0))
+    outcome.rate = len(feats) / max(float(feats.attrs.get("seconds", outcome.seconds)), 1e-9)
+    return outcome
+

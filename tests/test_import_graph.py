@@ -1,0 +1,148 @@
+"""Import rules as tests: no import circle inside the package (module- and function-level
+imports alike), and the headless modules and command lines never import napari or Qt."""
+
+from __future__ import annotations
+
+import ast
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGES = {"napari_ghanet": ROOT / "src" / "napari_ghanet",
+            "napari_ghanet.training": ROOT / "training"}
+GUI_MODULES = ("napari_ghanet._reader", "napari_ghanet._sample_data", "napari_ghanet._widget")
+GUI_PACKAGES = ("napari_ghanet._qt",)
+FORBIDDEN = ("napari", "qtpy", "PyQt5", "PyQt6", "PySide2", "PySide6")
+
+
+def _modules() -> dict[str, Path]:
+    """Module name -> file, with training/ under its installed name."""
+    found = {}
+    for pkg, folder in PACKAGES.items():
+        for path in sorted(folder.rglob("*.py")):
+            parts = list(path.relative_to(folder).with_suffix("").parts)
+            if parts[-1] == "__init__":
+                parts = parts[:-1]
+            name = ".".join([pkg, *parts])
+            if pkg == "napari_ghanet" and name.startswith("napari_ghanet.training"):
+                continue
+            found[name] = path
+    return found
+
+
+def _is_type_checking(node: ast.If) -> bool:
+    t = node.test
+    return (isinstance(t, ast.Name) and t.id == "TYPE_CHECKING") or (
+        isinstance(t, ast.Attribute) and t.attr == "TYPE_CHECKING")
+
+
+def _imports(name: str, path: Path, modules: dict[str, Path]) -> set[str]:
+    """Package modules ``name`` imports anywhere in its file (not under TYPE_CHECKING)."""
+    tree = ast.parse(path.read_text(), str(path))
+    skip = {id(n) for node in ast.walk(tree) if isinstance(node, ast.If)
+            and _is_type_checking(node) for b in node.body for n in ast.walk(b)}
+    is_pkg = path.name == "__init__.py"
+    out = set()
+    for node in ast.walk(tree):
+        if id(node) in skip:
+            continue
+        targets = []
+        if isinstance(node, ast.Import):
+            targets = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                here = name.split(".") if is_pkg else name.split(".")[:-1]
+                here = here[: len(here) - (node.level - 1)]
+                base = ".".join([*here, base] if base else here)
+            targets = [f"{base}.{a.name}" if f"{base}.{a.name}" in modules else base
+                       for a in node.names]
+        for t in targets:
+            while t and t not in modules:
+                t = t.rpartition(".")[0]
+            if t and t != name:
+                out.add(t)
+    return out
+
+
+def _cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """One import circle, or None (iterative depth-first search)."""
+    state: dict[str, int] = {}
+    for start in sorted(graph):
+        if state.get(start):
+            continue
+        stack = [(start, iter(sorted(graph[start])))]
+        path = [start]
+        state[start] = 1
+        while stack:
+            node, children = stack[-1]
+            child = next(children, None)
+            if child is None:
+                state[node] = 2
+                stack.pop()
+                path.pop()
+            elif state.get(child) == 1:
+                return path[path.index(child):] + [child]
+            elif not state.get(child):
+                state[child] = 1
+                stack.append((child, iter(sorted(graph.get(child, ())))))
+                path.append(child)
+    return None
+
+
+def test_the_import_graph_has_no_circle():
+    modules = _modules()
+    graph = {m: _imports(m, p, modules) for m, p in modules.items()}
+    # the graph is real: the layers the data flow goes through are linked
+    assert "napari_ghanet.inference.stages" in graph["napari_ghanet.inference.predict"]
+    assert "napari_ghanet.inference.stages" in graph["napari_ghanet.cli.embed"]
+    assert "napari_ghanet.inference.stages" in graph["napari_ghanet.training.demo_recipe"]
+    assert not any(m.startswith("napari_ghanet.cli") for m in
+                   set().union(*(graph[t] for t in graph if ".training" in t)))
+    assert _cycle(graph) is None, " -> ".join(_cycle(graph))
+    assert _cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]  # it can fail
+
+
+def _fresh(code: str) -> dict:
+    """Run ``code`` in a new interpreter; it prints a JSON dict on its last line."""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=300, cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+_REPORT = ("import json, sys; print(json.dumps({'gui': sorted(m for m in sys.modules "
+           f"if m.split('.')[0] in {FORBIDDEN!r}), 'n': len(sys.modules)}}))")
+
+
+def test_headless_modules_and_ghanet_predict_import_no_gui():
+    headless = sorted(m for m in _modules() if m not in GUI_MODULES
+                      and not m.startswith(GUI_PACKAGES))
+    assert "napari_ghanet.inference.stages" in headless and "napari_ghanet.cli" in headless
+    code = "\n".join([
+        "import contextlib, importlib, io",
+        f"for m in {headless!r}: importlib.import_module(m)",
+        "from napari_ghanet.cli import main",
+        "for argv in (['predict', '--help'], ['embed', '--help'], ['demo', '--help']):",
+        "    with contextlib.redirect_stdout(io.StringIO()), contextlib.suppress(SystemExit):",
+        "        main(argv)",
+        _REPORT,
+    ])
+    result = _fresh(code)
+    assert result["gui"] == [] and result["n"] > 100
+
+
+def test_ghanet_train_imports_no_gui():
+    code = "\n".join([
+        "import contextlib, io",
+        "from napari_ghanet.training.cli import main",
+        "for argv in (['cv', '--help'], ['demo', '--help']):",
+        "    with contextlib.redirect_stdout(io.StringIO()), contextlib.suppress(SystemExit):",
+        "        main(argv)",
+        _REPORT,
+    ])
+    assert _fresh(code)["gui"] == []
+    # the check sees a GUI import when there is one
+    assert _fresh("import qtpy\n" + _REPORT)["gui"]

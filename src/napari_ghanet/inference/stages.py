@@ -23,12 +23,11 @@ Examples
 
 from __future__ import annotations
 
-import math
 import os
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +35,7 @@ import numpy as np
 
 from napari_ghanet.datasets.demo import cache_dir as _user_cache_dir
 from napari_ghanet.device import DeviceError, resolve_device
-from napari_ghanet.encoders import PatchEncoder, create_encoder
+from napari_ghanet.encoders import EncoderSpec, PatchEncoder, create_encoder, from_spec
 from napari_ghanet.errors import (
     Cancelled,
     EncoderError,
@@ -51,7 +50,7 @@ from napari_ghanet.inference.overlays import percentile_normalise
 from napari_ghanet.inference.result import CategoryResult, Prediction, Region
 from napari_ghanet.io.features import PatchFeatures, load_matching_features, save_features
 from napari_ghanet.io.slide import Slide, open_slide
-from napari_ghanet.models.bundle import EncoderSpec, ModelBundle
+from napari_ghanet.models.bundle import ModelBundle
 from napari_ghanet.preprocessing.patches import PatchGrid, patch_grid
 from napari_ghanet.preprocessing.tissue import TissueMask, TissueParams, tissue_mask
 
@@ -163,55 +162,10 @@ def _model_info(bundle: ModelBundle) -> dict[str, Any]:
 # the encoders package may take them over (from_spec / one mismatch check).
 
 
-def _encoder_kwargs(spec: EncoderSpec, overrides: dict[str, Any] | None) -> tuple[str, dict]:
-    """Registry name and constructor arguments that rebuild the bundle's encoder."""
-    kw: dict[str, Any] = {"patch_px": spec.patch_px, "target_mpp": spec.target_mpp}
-    name = spec.name
-    if name == "resnet50_trunc":
-        kw["resize_to"] = spec.resize
-    elif name == "morphometric":
-        if "standardize" in spec.extra:
-            kw["standardize"] = bool(spec.extra["standardize"])
-    elif name.startswith("torchscript"):
-        kw.update(dim=spec.dim, input_size=spec.resize, name=name)
-        if spec.mean is not None:
-            kw["mean"] = spec.mean
-        if spec.std is not None:
-            kw["std"] = spec.std
-        name = "torchscript"
-    kw.update(overrides or {})
-    if name == "torchscript" and "path" not in kw:
-        raise PredictionError(
-            f"the model expects features from the user encoder {spec.name!r}: give its "
-            "TorchScript file with encoder_kwargs={'path': ...}"
-        )
-    return name, kw
-
-
-def _encoder_mismatch(expected: dict[str, Any], actual: dict[str, Any]) -> list[str]:
-    """Differences (beyond name/dim/geometry/resize) that make features incompatible."""
-    why = []
-    for key in ("version", "standardize", "mean", "std"):
-        if key in expected and key in actual and expected[key] is not None:
-            a, b = expected[key], actual[key]
-            if isinstance(a, list | tuple) and isinstance(b, list | tuple):
-                same = len(a) == len(b) and all(
-                    math.isclose(float(x), float(y), rel_tol=1e-4, abs_tol=1e-6)
-                    for x, y in zip(a, b)
-                )
-            else:
-                same = a == b
-            if not same:
-                why.append(f"{key} {b!r} instead of {a!r}")
-    return why
-
-
-def feature_spec(encoder: PatchEncoder, patch_px: int, target_mpp: float) -> dict[str, Any]:
+def feature_spec(encoder: PatchEncoder, patch_px: int, target_mpp: float) -> EncoderSpec:
     """The encoder spec stored with features: the encoder's, at the grid's geometry
     (``patch_px`` pixels at ``target_mpp`` um/px)."""
-    spec = encoder.spec()
-    spec["patch_px"], spec["target_mpp"] = int(patch_px), float(target_mpp)
-    return spec
+    return encoder.spec().with_geometry(int(patch_px), float(target_mpp))
 
 
 def build_encoder(
@@ -220,39 +174,48 @@ def build_encoder(
     patch_px: int,
     target_mpp: float,
     encoder_kwargs: dict[str, Any] | None = None,
-) -> tuple[PatchEncoder, dict[str, Any], list[str]]:
+) -> tuple[PatchEncoder, EncoderSpec, list[str]]:
     """The patch encoder a bundle was trained with, at this patch geometry.
 
-    Returns the encoder, the spec its features carry (:func:`feature_spec`) and warnings
-    (other encoder weights than the model's). Raises
-    :class:`~napari_ghanet.errors.EncoderMismatchError` when its features cannot fit the
-    model, :class:`~napari_ghanet.errors.PredictionError` when it cannot be built.
+    The encoder is rebuilt from the bundle's spec by
+    :func:`~napari_ghanet.encoders.from_spec`; ``encoder_kwargs`` add what a spec only
+    names (``weights=PATH``, a TorchScript ``path=FILE``). Returns the encoder, the spec
+    its features carry (:func:`feature_spec`) and warnings (other encoder weights than
+    the model's). Raises :class:`~napari_ghanet.errors.EncoderMismatchError` when its
+    features cannot fit the model, :class:`~napari_ghanet.errors.PredictionError` when it
+    cannot be built.
     """
     spec = bundle.encoder
-    enc_name, enc_kw = _encoder_kwargs(spec, encoder_kwargs)
-    enc_kw["patch_px"], enc_kw["target_mpp"] = int(patch_px), float(target_mpp)
+    expected = spec.with_geometry(int(patch_px), float(target_mpp))
+    overrides = dict(encoder_kwargs or {})
+    if spec.name.startswith("torchscript") and "path" not in overrides:
+        raise PredictionError(
+            f"the model expects features from the user encoder {spec.name!r}: give its "
+            "TorchScript file with encoder_kwargs={'path': ...}"
+        )
     try:
-        encoder = create_encoder(enc_name, **enc_kw)
+        encoder = from_spec(
+            expected, using="torchscript" if spec.name.startswith("torchscript") else None,
+            **overrides,
+        )
     except EncoderError as e:
         raise PredictionError(f"cannot build the model's patch encoder: {e}") from e
     enc_spec = feature_spec(encoder, patch_px, target_mpp)
-    expected = replace(spec, patch_px=int(patch_px), target_mpp=float(target_mpp))
-    why = expected.mismatch(EncoderSpec.from_dict(enc_spec)) + _encoder_mismatch(
-        spec.to_dict() | spec.extra, enc_spec
-    )
+    # other weights only warn (a re-trained copy of the same network); anything else refuses
+    why = expected.replace(weights=None).differences(enc_spec.replace(weights=None))
     if why:
         raise EncoderMismatchError(
             f"the model {bundle.name!r} expects features from {spec.name!r} "
             f"({spec.dim}-d) but this encoder gives " + ", ".join(why)
         )
     warnings = []
-    trained = str(spec.extra.get("weights", ""))
-    if "sha256:" in trained and "sha256:" in str(enc_spec.get("weights", "")):
-        if trained.split("sha256:")[-1] != str(enc_spec["weights"]).split("sha256:")[-1]:
-            warnings.append(
-                f"the encoder weights ({enc_spec['weights']}) differ from those the model "
-                f"was trained with ({trained}): features may not match"
-            )
+    if spec.weights_digest and enc_spec.weights_digest and (
+        spec.weights_digest != enc_spec.weights_digest
+    ):
+        warnings.append(
+            f"the encoder weights ({enc_spec.weights}) differ from those the model "
+            f"was trained with ({spec.weights}): features may not match"
+        )
     return encoder, enc_spec, warnings
 
 
@@ -764,8 +727,8 @@ def embed_to_file(
             encoder = create_encoder(encoder, **(encoder_kwargs or {}))
         outcome.encoder = encoder.name
         spec = encoder.spec()
-        px = int(patch_px) if patch_px is not None else int(spec["patch_px"])
-        um = float(target_mpp) if target_mpp is not None else float(spec["target_mpp"])
+        px = int(patch_px) if patch_px is not None else spec.patch_px
+        um = float(target_mpp) if target_mpp is not None else spec.target_mpp
         slide, opened = open_stage(slide_path, mpp=mpp, progress=progress, cancel=cancel)
         try:
             _mask, grid = grid_stage(

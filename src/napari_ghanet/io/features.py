@@ -48,6 +48,7 @@ from typing import Any
 
 import numpy as np
 
+from napari_ghanet.encoders.spec import EncoderSpec, encoder_mismatch
 from napari_ghanet.errors import FeaturesError, GHANetError
 from napari_ghanet.io.atomic import atomic_path
 
@@ -171,7 +172,7 @@ def cached_features_path(
     key = hashlib.sha256(
         "|".join((slide.fingerprint(), _spec_key(encoder_spec), grid_key(grid))).encode()
     ).hexdigest()[:16]
-    name = _safe_name(str(encoder_spec.get("name", "encoder")))
+    name = _safe_name(EncoderSpec.from_dict(encoder_spec).name or "encoder")
     return Path(cache_dir) / name / f"{_safe_name(Path(slide.path).stem)}.{key}.h5"
 
 
@@ -189,7 +190,7 @@ def load_matching_features(
     A damaged file (digest mismatch, coordinates off the grid or outside the slide) is
     not reused: a warning is logged and, when ``notices`` is a list, appended to it.
     ``encoder_spec`` (dict or EncoderSpec) is compared with the stored one by
-    :func:`napari_ghanet.encoders.base.encoder_mismatch`.
+    :func:`napari_ghanet.encoders.spec.encoder_mismatch`.
     """
     path = Path(path)
     if not path.is_file():
@@ -203,7 +204,6 @@ def load_matching_features(
     why = []
     if a.get("slide_fingerprint") != slide_fingerprint:
         why.append("slide fingerprint")
-    from napari_ghanet.encoders.base import encoder_mismatch  # encoders import torch
 
     stored = a.get("encoder_spec")
     try:

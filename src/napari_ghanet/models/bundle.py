@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from napari_ghanet._version import __version__
-from napari_ghanet.encoders.base import EncoderSpec  # the one spec; bundle.EncoderSpec alias
+from napari_ghanet.encoders.spec import EncoderSpec  # the one spec; bundle.EncoderSpec alias
 from napari_ghanet.errors import BundleError, EncoderError, EncoderMismatchError
 from napari_ghanet.io.atomic import atomic_path
 from napari_ghanet.models import bundle_schema as schema
@@ -202,7 +202,7 @@ class ModelBundle:
 
     def check_encoder(self, features_spec: EncoderSpec | dict[str, Any]) -> None:
         """Raise EncoderMismatchError when features do not fit this model (the checks of
-        :func:`~napari_ghanet.encoders.base.encoder_mismatch`)."""
+        :func:`~napari_ghanet.encoders.spec.encoder_mismatch`)."""
         why = self.encoder.differences(features_spec)
         if why:
             raise EncoderMismatchError(

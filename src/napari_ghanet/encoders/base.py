@@ -1,4 +1,4 @@
-"""The encoder base class, the one :class:`EncoderSpec` and weight-file helpers.
+"""The encoder base class (preprocessing + network), re-exporting the one :class:`EncoderSpec`.
 
 An :class:`EncoderSpec` describes how patch features were made: encoder name, feature
 dimension ``dim``, patch geometry (``patch_px`` pixels at ``target_mpp`` um/px), the side

@@ -1,4 +1,4 @@
-"""The ``ghanet`` command line: ``embed``, ``predict`` and ``demo``.
+"""The ``ghanet`` command line: ``embed``, ``predict``, ``encoders`` and ``demo``.
 
 One module per command, each a thin layer over library functions; the options they
 share and the error policy live in :mod:`._options`, the progress printer in
@@ -12,7 +12,7 @@ import logging
 import sys
 
 from napari_ghanet._version import __version__
-from napari_ghanet.cli import demo, embed, predict
+from napari_ghanet.cli import demo, embed, encoders, predict
 
 __all__ = ["build_parser", "main"]
 
@@ -28,6 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     embed.add_parser(sub)
     predict.add_parser(sub)
+    encoders.add_parser(sub)
     demo.add_parser(sub)
     return parser
 

@@ -196,9 +196,8 @@ def predict_cohort(
         dict) and ``validation_json``/``validation_png`` paths when ``survival`` is given.
     """
     from napari_ghanet.cohort.report import cohort_rows, validation_report, write_cohort_csv
-    from napari_ghanet.models.bundle import demo_bundle_path, load_bundle
-
     from napari_ghanet.io.atomic import check_writable_dir
+    from napari_ghanet.models.bundle import demo_bundle_path, load_bundle
 
     items = _items(inputs, manifest, notify)
     out = check_writable_dir(out_dir)

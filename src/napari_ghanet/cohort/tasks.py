@@ -149,10 +149,12 @@ def embed_task(
             opts["mpp"] = item.mpp
         res = embed_to_file(item.path, out_dir, encoder, progress=clock, **opts)
     except Exception as exc:  # noqa: BLE001 - one bad slide never stops the cohort
-        return _failed(row, _why(exc), clock.t0)
+        return _failed({**row, "output": ""}, _why(exc), clock.t0)
     seconds = time.perf_counter() - clock.t0
     t_grid = (clock.t_features or time.perf_counter()) - clock.t0
     t_embed = res.n_patches / res.rate if res.status == "done" and res.rate > 0 else 0.0
+    if res.status == "failed":
+        row["output"] = ""  # nothing written
     return {**row, "status": res.status, "error": res.error or "",
             "n_patches": res.n_patches if res.status != "failed" else None, "dim": res.dim,
             "n_unreadable": res.n_skipped, "message": res.summary(),

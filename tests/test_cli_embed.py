@@ -112,3 +112,13 @@ def test_embed_usage_errors(tmp_path, tiled_tiff, monkeypatch, capsys):
     assert rc == 1 and "is a file, not a folder" in capsys.readouterr().err
     rc = main(["embed", "--out", str(tmp_path)])
     assert rc == 2 and "no slide given" in capsys.readouterr().err
+
+
+def test_embed_backend_reaches_the_encoder(tmp_path, tiled_tiff, capsys):
+    # the morphometric encoder stays in torch: insisting on ONNX Runtime fails that slide
+    rc = main(["embed", str(tiled_tiff), "--out", str(tmp_path), *FAST, "--backend", "onnx"])
+    assert rc == 1
+    err = capsys.readouterr().err
+    assert "does not run in ONNX Runtime" in err and err.strip().endswith("0 done, 0 skipped, 1 failed")
+    assert main(["embed", str(tiled_tiff), "--out", str(tmp_path), *FAST, "--backend", "torch"]) == 0
+    assert load_features(tmp_path / "tiled.h5").attrs["backend"] == "torch"

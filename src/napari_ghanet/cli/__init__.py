@@ -14,7 +14,7 @@ import sys
 from napari_ghanet._version import __version__
 from napari_ghanet.cli import demo, embed, encoders, predict
 
-__all__ = ["build_parser", "main"]
+__all__ = ["build_parser", "main", "quiet_dask"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -33,6 +33,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def quiet_dask() -> None:
+    """Keep Dask's INFO chatter (a local scheduler runs in this process) off the terminal;
+    warnings and errors still show. Imports distributed first: it sets its levels then."""
+    import distributed  # noqa: F401
+
+    for name in list(logging.root.manager.loggerDict):
+        if name == "distributed" or name.startswith(("distributed.", "bokeh", "tornado")):
+            logging.getLogger(name).setLevel(logging.WARNING)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run ``ghanet``; returns the exit code (see each command)."""
     args = build_parser().parse_args(argv)
@@ -40,6 +50,8 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(levelname)s %(name)s: %(message)s",
     )
+    if not args.verbose and (getattr(args, "cluster", None) or getattr(args, "scheduler", None)):
+        quiet_dask()
     return int(args.func(args) or 0)
 
 

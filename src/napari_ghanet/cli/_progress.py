@@ -161,6 +161,10 @@ class CohortProgress:
         else:
             print(text, file=stream, flush=True)
 
+    def say(self, text: str) -> None:
+        """Print a line on stderr without breaking the bar (e.g. the Dask dashboard)."""
+        self._write(text, self.stream)
+
     def __call__(self, done: int, total: int, result) -> None:
         row = result.row
         name = self._name(row)

@@ -189,7 +189,7 @@ def run(args: argparse.Namespace) -> int:
                 min_tissue=args.min_tissue, device=args.device, batch_size=args.batch_size,
                 workers=args.workers, overwrite=args.overwrite, backend=args.backend,
                 compile=args.compile, cluster=args.cluster, scheduler=args.scheduler,
-                progress=progress,
+                progress=progress, say=progress.say,
             )
         except EncoderError as exc:
             raise UsageError(str(exc)) from exc

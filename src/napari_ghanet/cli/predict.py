@@ -125,7 +125,7 @@ def run_cohort(args: argparse.Namespace) -> int:
                 items, args.out, args.model, survival=args.survival, mpp=args.mpp,
                 device=args.device, batch_size=args.batch_size, workers=args.workers,
                 cache_dir=args.cache_dir, use_cache=not args.no_cache, top_k=args.top_k,
-                cluster=args.cluster, scheduler=args.scheduler, progress=progress,
+                cluster=args.cluster, scheduler=args.scheduler, progress=progress, say=progress.say,
                 **predict_options(args),
             )
         except BundleError as e:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 import time
@@ -35,13 +36,14 @@ def main(argv=None) -> int:
     from conftest import he_image, write_pyramid
     from napari_ghanet.cohort.engine import available_cores, open_client, run_tasks
     from napari_ghanet.cohort.inputs import resolve_inputs
-    from napari_ghanet.cohort.tasks import embed_task
+    from napari_ghanet.cohort.tasks import embed_task, encoder_recipe
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--slides", type=int, default=12)
     ap.add_argument("--encoder", default="morphometric",
                     choices=["morphometric", "resnet50_trunc"])
     ap.add_argument("--size", type=int, nargs=2, default=(1536, 2048), metavar=("H", "W"))
+    ap.add_argument("--backend", default="auto", choices=["auto", "onnx", "torch"])
     ap.add_argument("--noop-tasks", type=int, default=60)
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args(argv)
@@ -57,7 +59,7 @@ def main(argv=None) -> int:
           f"{time.perf_counter() - t0:.1f} s", file=sys.stderr)
     items = resolve_inputs([src], notify=lambda s: None)
     warm, cohort = items[:2], items[2:]
-    recipe = {"name": args.encoder, "patch_px": 256, "target_mpp": 0.5}
+    kwargs = {"patch_px": 256, "target_mpp": 0.5}
     if args.encoder == "resnet50_trunc":
         import torch
         from torchvision.models import resnet50
@@ -65,10 +67,13 @@ def main(argv=None) -> int:
         torch.manual_seed(0)
         w = tmp / "resnet50-random.pth"
         torch.save(resnet50(weights=None).state_dict(), w)
-        recipe["weights"] = str(w)
+        kwargs["weights"] = str(w)
+    recipe = encoder_recipe(args.encoder, kwargs)  # what embed_cohort sends to the workers
     options = {"patch_px": 256, "target_mpp": 0.5, "device": "cpu", "workers": 2,
-               "overwrite": True}
-    figures: dict = {"cores": available_cores(), "slides": args.slides,
+               "overwrite": True, "backend": args.backend}
+    load = os.getloadavg()
+    figures: dict = {"cores": available_cores(), "load_avg_1_5_15": [round(x, 2) for x in load],
+                     "slides": args.slides, "backend": args.backend,
                      "encoder": args.encoder, "size": list(args.size)}
     for n in (1, 2):
         out = tmp / f"out{n}"

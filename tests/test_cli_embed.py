@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import numpy as np
-import pytest
 
 from conftest import write_pyramid
 from napari_ghanet.cli import main
@@ -23,8 +22,8 @@ def test_embed_writes_features_and_names_failures(tmp_path, tiled_tiff, capsys):
     rc = main(["embed", str(tiled_tiff), str(bad), "--out", str(out), *FAST])
     captured = capsys.readouterr()
     assert rc == 1
-    assert "1 of 2 slide(s) failed" in captured.err and str(bad) in captured.err
-    assert "notes.svs: FAILED" in captured.err
+    assert captured.err.strip().splitlines()[-1] == "1 done, 0 skipped, 1 failed"
+    assert "notes.svs: FAILED" in captured.err and str(bad) in captured.err
     assert "tiled.tif:" in captured.out and "patches" in captured.out
     feats = load_features(out / "tiled.h5")
     with open_slide(tiled_tiff) as s:
@@ -35,7 +34,8 @@ def test_embed_writes_features_and_names_failures(tmp_path, tiled_tiff, capsys):
     assert feats.attrs["patch_size"] == 64 and feats.attrs["patch_size_level0"] == 256
     assert feats.attrs["encoder_spec"]["target_mpp"] == 2.0
     assert not (out / "notes.h5").exists()
-    assert sorted(p.name for p in out.iterdir()) == ["tiled.h5"]  # no temporaries
+    # no temporaries
+    assert sorted(p.name for p in out.iterdir()) == ["summary.csv", "tiled.h5"]
 
 
 def test_embed_reuses_matching_outputs(tmp_path, tiled_tiff, capsys):
@@ -103,6 +103,22 @@ def test_embed_usage_errors(tmp_path, tiled_tiff, monkeypatch, capsys):
     other.parent.mkdir()
     other.write_bytes(tiled_tiff.read_bytes())
     rc = main(["embed", str(tiled_tiff), str(other), "--out", str(tmp_path), *FAST])
-    assert rc == 2 and "both write tiled.h5" in capsys.readouterr().err
-    with pytest.raises(SystemExit):
-        main(["embed", "--out", str(tmp_path)])  # no slide given
+    assert rc == 2 and "would both write outputs named 'tiled'" in capsys.readouterr().err
+    rc = main(["embed", str(tmp_path / "missing.svs"), "--out", str(tmp_path), *FAST])
+    assert rc == 2 and "missing.svs: no such slide file" in capsys.readouterr().err
+    ro = tmp_path / "ro"
+    ro.write_text("a file")
+    rc = main(["embed", str(tiled_tiff), "--out", str(ro), *FAST])
+    assert rc == 1 and "is a file, not a folder" in capsys.readouterr().err
+    rc = main(["embed", "--out", str(tmp_path)])
+    assert rc == 2 and "no slide given" in capsys.readouterr().err
+
+
+def test_embed_backend_reaches_the_encoder(tmp_path, tiled_tiff, capsys):
+    # the morphometric encoder stays in torch: insisting on ONNX Runtime fails that slide
+    rc = main(["embed", str(tiled_tiff), "--out", str(tmp_path), *FAST, "--backend", "onnx"])
+    assert rc == 1
+    err = capsys.readouterr().err
+    assert "does not run in ONNX Runtime" in err and err.strip().endswith("0 done, 0 skipped, 1 failed")
+    assert main(["embed", str(tiled_tiff), "--out", str(tmp_path), *FAST, "--backend", "torch"]) == 0
+    assert load_features(tmp_path / "tiled.h5").attrs["backend"] == "torch"

@@ -20,7 +20,7 @@ from conftest import he_image, write_pyramid
 from napari_ghanet.cohort import embed_cohort, predict_cohort, resolve_inputs, run_tasks
 from napari_ghanet.cohort.engine import open_client
 from napari_ghanet.cohort.summary import read_summary
-from napari_ghanet.cohort.tasks import embed_task
+from napari_ghanet.cohort.tasks import embed_task, encoder_recipe
 from napari_ghanet.io.features import load_features
 
 # 64 px patches at 2 um/px (the CLAM field of view, 16x cheaper to embed)
@@ -99,7 +99,7 @@ def test_a_dying_worker_costs_only_its_slide(cluster, slides, tmp_path):
     for name in ("crash_once", "crash_always"):
         (d / f"{name}.tif").write_bytes((slides / "s0.tif").read_bytes())
     items = resolve_inputs([d, slides / "s1.tif"])
-    recipe = {"name": "morphometric", "patch_px": 64, "target_mpp": 2.0}
+    recipe = encoder_recipe("morphometric", {"patch_px": 64, "target_mpp": 2.0})
     options = {"patch_px": 64, "target_mpp": 2.0, "workers": 1}
     marks = tmp_path / "marks"
     marks.mkdir()

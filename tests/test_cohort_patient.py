@@ -1,9 +1,6 @@
 """A patient made of several slides (same manifest case_id) is predicted from the union of
-their patches, through ``inference.predict.predict_patient``.
-
-Written by the cohort branch for the integrator: it needs ``predict_patient`` from the
-pipeline branch and fails (ImportError inside the task, recorded as a failed row) until
-that function is merged.
+their patches, through ``inference.predict.predict_patient`` (the same risk as calling it
+directly), in ``OUT/<case_id>/``, and a re-run skips both units.
 """
 
 from __future__ import annotations

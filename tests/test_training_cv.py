@@ -89,6 +89,16 @@ def test_cv_resume_bundle_end_to_end(synth, tmp_path, capsys):
     err = capsys.readouterr().err
     assert "epoch   3/3" in err and "held-out c-index" in err
 
+    # The same folds as parallel tasks on a local Dask cluster: the same results.
+    assert _cv(synth, tmp_path / "dask", "--cluster", "local:2") == 0
+    assert "Dask local cluster: 2 worker process(es)" in capsys.readouterr().err
+    par = json.loads((tmp_path / "dask" / "results.json").read_text())
+    assert par["c_index_mean"] == res["c_index_mean"]
+    for a, b in zip(res["folds"], par["folds"]):
+        assert a["predictions"] == b["predictions"] and a["c_index"] == b["c_index"]
+    assert _cv(synth, tmp_path / "bad", "--cluster", "remote:9") == 2
+    assert "use local:N" in capsys.readouterr().err
+
     # A fold checkpoint reproduces its held-out predictions.
     model, header = load_fold_checkpoint(run / "fold_0.safetensors")
     assert header["model_config"]["omic_sizes"] == f0["recon_gene_counts"]

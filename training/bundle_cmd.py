@@ -132,7 +132,7 @@ def make_bundle(
                "has no reconstruction or genome-informed attention, which the plugin shows")
         raise RunError(f"model {cfg.model!r} {why}: only ghanet runs can be bundled")
     if mode not in ("final", "fold", "ensemble"):
-        raise ValueError(f"unknown bundle mode {mode!r}")
+        raise RunError(f"unknown bundle mode {mode!r}")
 
     cohort = read_cohort(cfg.cohort, cfg.signatures)
     features = FeatureStore(cohort, cfg.features, cache_bytes=int(cfg.cache_gb * (1 << 30)))

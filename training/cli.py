@@ -182,9 +182,9 @@ def main(argv: list[str] | None = None) -> int:
     except Cancelled:
         print(f"ghanet-train {args.command}: cancelled", file=sys.stderr)
         return 130
-    # GHANetError covers the cohort, run and training errors; the training modules still
-    # raise ValueError / FileNotFoundError for some bad arguments.
-    except (GHANetError, ValueError, FileNotFoundError) as exc:
+    # GHANetError covers every bad input (cohort, run, training, bundle errors); OSError
+    # a file that cannot be read or written.
+    except (GHANetError, OSError) as exc:
         print(f"ghanet-train {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -335,9 +335,9 @@ class _Run:
 
 def _prepare_run(cfg: RunConfig, out_dir, resume: bool, overwrite: bool, log) -> _Run:
     if cfg.model not in MODEL_NAMES:
-        raise ValueError(f"unknown model {cfg.model!r}; choose one of {list(MODEL_NAMES)}")
+        raise RunError(f"unknown model {cfg.model!r}; choose one of {list(MODEL_NAMES)}")
     if cfg.train.selection == "inner" and not cfg.inner_val > 0:
-        raise ValueError("selection 'inner' needs --inner-val > 0")
+        raise RunError("selection 'inner' needs --inner-val > 0")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     _check_out_dir(out, cfg, resume, overwrite)
@@ -364,7 +364,7 @@ def _load_run_data(cfg: RunConfig):
     if cfg.folds:
         bad = [k for k in cfg.folds if not 0 <= k < len(splits)]
         if bad:
-            raise ValueError(f"fold(s) {bad} do not exist: {len(splits)} splits in {cfg.splits}")
+            raise RunError(f"fold(s) {bad} do not exist: {len(splits)} splits in {cfg.splits}")
         chosen = [(k, splits[k]) for k in cfg.folds]
     else:
         chosen = list(enumerate(splits))

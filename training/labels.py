@@ -14,6 +14,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import stats
 
+from napari_ghanet.errors import CohortError
+
 __all__ = [
     "survival_bin_edges",
     "discretize",
@@ -32,7 +34,7 @@ def survival_bin_edges(months: np.ndarray, censorship: np.ndarray, n_bins: int =
     months = np.asarray(months, np.float64)
     events = np.asarray(censorship) == 0
     if events.sum() < n_bins:
-        raise ValueError(
+        raise CohortError(
             f"only {int(events.sum())} uncensored patient(s) to place {n_bins} survival bins; "
             "use fewer bins or more patients"
         )
@@ -117,7 +119,7 @@ def reconstruction_masks(
     its columns and the float64 p-values (ones for ``"all"``).
     """
     if mode not in ("significant", "all"):
-        raise ValueError(f"unknown reconstruction gene mode {mode!r}: use 'significant' or 'all'")
+        raise CohortError(f"unknown reconstruction gene mode {mode!r}: use 'significant' or 'all'")
     if mode == "all":
         return (
             [np.ones(len(ix), bool) for ix in category_index],
@@ -125,7 +127,7 @@ def reconstruction_masks(
         )
     low, high = risk_groups_for_masks(labels, censorship, n_bins)
     if low.sum() < 2 or high.sum() < 2:
-        raise ValueError(
+        raise CohortError(
             f"gene selection needs >= 2 low-risk and >= 2 high-risk training patients, got "
             f"{int(low.sum())} and {int(high.sum())}; use --recon-genes all"
         )

@@ -36,6 +36,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from napari_ghanet.errors import CohortError
 from napari_ghanet.io.atomic import atomic_path
 
 __all__ = ["SynthConfig", "write_synthetic_cohort", "add_parser", "SYNTH_RECIPE"]
@@ -113,11 +114,15 @@ def write_synthetic_cohort(out_dir: str | os.PathLike, cfg: SynthConfig | None =
     """
     cfg = cfg or SynthConfig()
     if len(cfg.genes_per_category) != N_CATEGORIES or len(cfg.beta) != N_CATEGORIES:
-        raise ValueError(f"genes_per_category and beta need {N_CATEGORIES} entries")
+        raise CohortError(f"genes_per_category and beta need {N_CATEGORIES} entries")
     if not 0 < cfg.pathway_patch_fraction * N_CATEGORIES < 1:
-        raise ValueError("pathway_patch_fraction x 6 must be in (0, 1)")
+        raise CohortError("pathway_patch_fraction x 6 must be in (0, 1)")
+    if cfg.feature_dim < 2 * N_CATEGORIES + 2:
+        raise CohortError(f"feature_dim {cfg.feature_dim} is too small: the synthetic feature "
+                          f"space needs at least {2 * N_CATEGORIES + 2} dimensions (6 pathway "
+                          "signals, 6 pathway and 2 background tissue types)")
     if cfg.patients < 5 * cfg.folds:
-        raise ValueError(f"{cfg.patients} patients are too few for {cfg.folds} folds")
+        raise CohortError(f"{cfg.patients} patients are too few for {cfg.folds} folds")
     rng = np.random.default_rng(cfg.seed)
     out = Path(out_dir)
     feat_dir = out / "features"

@@ -6,6 +6,12 @@ A thin layer over :func:`~napari_ghanet.inference.predict.predict_slide` (one sl
 interest (``--roi`` / ``--exclude`` QuPath GeoJSON), artifact QC (``--qc`` / ``--no-qc`` and
 its thresholds) and overlapping heatmaps (``--heatmap-overlap``) map onto the library's
 ``regions``, ``qc`` and ``heatmap_overlap`` arguments.
+
+Several slides (without ``--patient``), folders, glob patterns, ``--manifest`` or any cohort
+option (``--cluster``, ``--scheduler``, ``--survival``) make a cohort run:
+:func:`~napari_ghanet.cohort.predict_cohort`, each slide's (or patient's) exports in
+``OUT/<name>/`` plus ``OUT/summary.csv``, ``OUT/cohort.csv`` and, with ``--survival``, the
+external-validation report. QC and heatmap options apply there too.
 """
 
 from __future__ import annotations
@@ -16,8 +22,9 @@ import sys
 import threading
 from pathlib import Path
 
+from napari_ghanet.cli._cohort import add_cohort_options
 from napari_ghanet.cli._options import UsageError, add_shared_options, at_least, command
-from napari_ghanet.cli._progress import TerminalProgress
+from napari_ghanet.cli._progress import CohortProgress, TerminalProgress
 from napari_ghanet.errors import BundleError, PredictionError
 from napari_ghanet.inference.exports import export_all
 from napari_ghanet.inference.predict import predict_patient, predict_slide
@@ -35,7 +42,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     """Register ``ghanet predict`` on an ``argparse`` sub-parser collection."""
     p = subparsers.add_parser(
         "predict",
-        help="predict prognosis for one whole-slide image, or one patient's slides "
+        help="predict prognosis for a whole-slide image, one patient's slides or a cohort "
              "(research use only)",
         description=(
             "Predict the risk, survival curve and reconstructed pathway profile of a slide "
@@ -44,9 +51,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         ),
     )
     p.add_argument(
-        "slides", type=Path, nargs="+", metavar="SLIDE",
-        help="whole-slide image (.svs, .ndpi, .tif, ...); several slides of one patient "
-             "with --patient",
+        "slides", nargs="*", metavar="SLIDE",
+        help="whole-slide image(s) (.svs, .ndpi, .tif, ...), folders (searched recursively) "
+             "or glob patterns; several slides of one patient with --patient",
     )
     p.add_argument(
         "--patient", default=None, metavar="NAME",
@@ -74,6 +81,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     )
     add_region_qc_options(p)
     add_shared_options(p)
+    add_cohort_options(p, predict=True)
     p.set_defaults(func=run)
     return p
 
@@ -207,6 +215,57 @@ def write_exports(prediction, out: Path) -> dict[str, Path]:
         raise PredictionError(f"cannot write the results to {out}: {e}") from e
 
 
+def is_cohort(args: argparse.Namespace) -> bool:
+    """Whether the command line asks for a cohort run: several inputs, a folder or glob
+    pattern, ``--manifest``, ``--cluster``, ``--scheduler`` or ``--survival``."""
+    from napari_ghanet.cohort.inputs import _GLOB_CHARS
+
+    if any(getattr(args, k, None) is not None
+           for k in ("manifest", "cluster", "scheduler", "survival")):
+        return True
+    if len(args.slides) != 1:
+        return True
+    one = Path(args.slides[0])
+    return one.is_dir() or (not one.exists() and bool(_GLOB_CHARS.search(args.slides[0])))
+
+
+def predict_options(args: argparse.Namespace) -> dict:
+    """Keyword arguments of ``predict_slide`` / ``predict_patient`` beyond the ones both
+    paths pass explicitly: QC and heatmap overlap, for the cohort path's
+    ``predict_cohort(**predict_options)``. Regions are in one slide's level-0 pixels, so a
+    cohort run takes none."""
+    return {"qc": qc_params(args), "heatmap_overlap": args.heatmap_overlap}
+
+
+def run_cohort(args: argparse.Namespace) -> int:
+    """The cohort path of ``ghanet predict`` (see the module docstring)."""
+    from napari_ghanet.cli.embed import resolve_slides
+    from napari_ghanet.cohort import predict_cohort
+    from napari_ghanet.device import resolve_device
+
+    items = resolve_slides(args)
+    resolve_device(args.device)
+    if args.model is None:
+        load_model(None)  # names the missing demo model
+    with CohortProgress(len(items), quiet=args.quiet) as progress:
+        try:
+            summary = predict_cohort(
+                items, args.out, args.model, survival=args.survival, mpp=args.mpp,
+                device=args.device, batch_size=args.batch_size, workers=args.workers,
+                cache_dir=args.cache_dir, use_cache=not args.no_cache, top_k=args.top_k,
+                cluster=args.cluster, scheduler=args.scheduler, progress=progress, say=progress.say,
+                **predict_options(args),
+            )
+        except BundleError as e:
+            raise BundleError(f"cannot load the model: {e}") from e
+    for key in ("cohort", "validation_json", "validation_png"):
+        if key in summary.extra:
+            print(summary.extra[key])
+    print(f"summary: {summary.summary_path}", file=sys.stderr)
+    print(summary.line, file=sys.stderr, flush=True)
+    return summary.exit_code
+
+
 @command
 def run(args: argparse.Namespace) -> int:
     """Run ``ghanet predict``; returns the exit code (0 ok, 1 failed, 2 bad option,
@@ -214,11 +273,14 @@ def run(args: argparse.Namespace) -> int:
     at_least("--batch-size", args.batch_size, 1)
     at_least("--workers", args.workers, 0)
     at_least("--top-k", args.top_k, 0)
-    if len(args.slides) > 1 and not args.patient:
-        raise UsageError(
-            f"{len(args.slides)} slides given: add --patient NAME to score them as one "
-            "patient (one bag, one report), or run one command per slide"
-        )
+    if not args.slides and args.manifest is None:
+        raise UsageError("give a slide (or folders, glob patterns, or --manifest FILE)")
+    if not args.patient and is_cohort(args):
+        if args.roi or args.exclude:
+            raise UsageError(
+                "--roi / --exclude are in one slide's level-0 pixels: give them with one slide"
+            )
+        return run_cohort(args)
     if len(args.slides) > 1 and (args.roi or args.exclude):
         raise UsageError(
             "--roi / --exclude are in one slide's level-0 pixels: give them with one slide"

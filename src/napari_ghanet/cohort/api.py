@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-from napari_ghanet.cohort.engine import run_tasks
+from napari_ghanet.cohort.engine import _say, run_tasks
 from napari_ghanet.cohort.inputs import SlideItem, patient_groups, resolve_inputs
 from napari_ghanet.cohort.summary import CohortSummary, write_summary
 from napari_ghanet.cohort.tasks import bundle_digest, embed_task, predict_task
@@ -42,62 +42,102 @@ def _summary(out: Path, results, extra=None) -> CohortSummary:
 def embed_cohort(
     inputs: Iterable[str | os.PathLike | SlideItem] | None,
     out_dir: str | os.PathLike,
-    encoder: str = "resnet50_trunc",
+    encoder: str | Any = "resnet50_trunc",
     *,
     encoder_kwargs: dict[str, Any] | None = None,
     manifest: str | os.PathLike | None = None,
     mpp: float | None = None,
-    patch_px: int = 256,
-    target_mpp: float = 0.5,
+    patch_px: int | None = 256,
+    target_mpp: float | None = 0.5,
     min_tissue: float = 0.5,
+    tissue_params: Any = None,
     device: str = "auto",
     batch_size: int = 64,
     workers: int = 4,
     overwrite: bool = False,
+    backend: str = "auto",
+    compile: bool = False,
     cluster: str | None = None,
     scheduler: str | None = None,
     progress: bool | Callable | None = True,
     cancel: threading.Event | None = None,
     notify: Callable[[str], None] | None = None,
+    say: Callable[[str], None] | None = _say,
 ) -> CohortSummary:
-    """Embed every slide into ``out_dir/<slide stem>.h5``, one task per slide.
+    """Embed every slide into ``out_dir/<slide stem>.h5``, one task per slide, each through
+    :func:`~napari_ghanet.inference.stages.embed_to_file` (the pipeline ``ghanet embed``
+    and predictions share).
 
     Parameters
     ----------
     inputs : iterable
         Slide files, folders, glob patterns (or :class:`SlideItem`).
     out_dir : path
-    encoder : str
-        Registered encoder name; ``encoder_kwargs`` are passed to ``create_encoder``
-        (``patch_px`` and ``target_mpp`` are added).
+        Checked writable before any work.
+    encoder : str or PatchEncoder
+        Registered encoder name built with ``create_encoder(encoder, **encoder_kwargs)``
+        (an :class:`~napari_ghanet.errors.EncoderError` before any work when it cannot
+        be), or an encoder. Workers rebuild it from its spec
+        (:func:`~napari_ghanet.cohort.tasks.encoder_recipe`).
     manifest : path, optional
         CSV with ``slide`` and optional ``mpp``, ``case_id`` columns.
-    mpp, patch_px, target_mpp, min_tissue, device, batch_size, workers, overwrite
-        As ``ghanet embed`` (um/px, pixels, fraction...).
+    mpp : float, optional
+        Level-0 um/px for slides that do not record it (a manifest's ``mpp`` wins).
+    patch_px, target_mpp : optional
+        Patch side (px) at this resolution (um/px); None: the encoder's.
+    min_tissue, tissue_params
+        Least tissue fraction of a kept patch; tissue detection parameters.
+    device, batch_size, workers, backend, compile
+        Encoder device, patches per batch, reader threads per slide, CPU engine
+        (``auto``, ``onnx``, ``torch``) and ``torch.compile`` on CUDA (see
+        :func:`~napari_ghanet.inference.embedding.embed_slide`).
+    overwrite : bool
+        Replace outputs made from another slide, encoder or grid.
     cluster, scheduler
         Where to run: see :func:`~napari_ghanet.cohort.engine.run_tasks`.
     progress, cancel
         tqdm bar (True) or callable(done, total, TaskResult); threading.Event.
+    say : callable(str), optional
+        Receives the cluster line (workers, dashboard address); default: stderr.
 
     Returns
     -------
     CohortSummary
         Rows also written to ``out_dir/summary.csv``. A slide whose features file exists
         for the same slide, encoder and grid is ``skipped``.
+
+    Examples
+    --------
+    >>> import numpy as np, tempfile, tifffile
+    >>> tmp = tempfile.mkdtemp()
+    >>> rgb = np.full((512, 512, 3), 240, np.uint8); rgb[128:384, 128:384] = (180, 90, 160)
+    >>> tifffile.imwrite(tmp + "/s.tif", rgb, resolution=(1e4, 1e4), resolutionunit="CENTIMETER")
+    >>> s = embed_cohort([tmp + "/s.tif"], tmp + "/out", "morphometric", patch_px=64,
+    ...                  target_mpp=2.0, device="cpu", workers=0, progress=False)
+    >>> s.line, s.rows[0]["n_patches"]
+    ('1 done, 0 skipped, 0 failed', 4)
     """
+    from napari_ghanet.cohort.tasks import encoder_recipe
+    from napari_ghanet.io.atomic import check_writable_dir
+
     items = _items(inputs, manifest, notify)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    recipe = {"name": encoder, **{k: (str(v) if isinstance(v, Path) else v)
-                                  for k, v in (encoder_kwargs or {}).items()}}
-    if encoder in ("resnet50_trunc", "torchscript", "morphometric"):
-        recipe.update(patch_px=patch_px, target_mpp=target_mpp)
+    out = check_writable_dir(out_dir)
+    kwargs = dict(encoder_kwargs or {})
+    if isinstance(encoder, str):
+        if encoder in ("resnet50_trunc", "torchscript", "morphometric"):
+            for k, v in (("patch_px", patch_px), ("target_mpp", target_mpp)):
+                if v is not None:
+                    kwargs.setdefault(k, v)
+        recipe = encoder_recipe(encoder, kwargs)
+    else:
+        recipe = encoder_recipe(None, kwargs, encoder=encoder)
     options = {"mpp": mpp, "patch_px": patch_px, "target_mpp": target_mpp,
-               "min_tissue": min_tissue, "device": device, "batch_size": batch_size,
-               "workers": workers, "overwrite": overwrite}
+               "min_tissue_fraction": min_tissue, "tissue_params": tissue_params,
+               "device": device, "batch_size": batch_size, "workers": workers,
+               "overwrite": overwrite, "backend": backend, "compile": compile}
     results = run_tasks(embed_task, items, args=(str(out), recipe, options), cluster=cluster,
                         scheduler=scheduler, gpu=None if device != "cpu" else False,
-                        progress=progress, cancel=cancel)
+                        progress=progress, cancel=cancel, say=say)
     return _summary(out, results)
 
 
@@ -121,6 +161,8 @@ def predict_cohort(
     progress: bool | Callable | None = True,
     cancel: threading.Event | None = None,
     notify: Callable[[str], None] | None = None,
+    say: Callable[[str], None] | None = _say,
+    **predict_options: Any,
 ) -> CohortSummary:
     """Predict every slide (or every patient: slides sharing a manifest ``case_id``) with
     a model bundle, one task each.
@@ -128,7 +170,24 @@ def predict_cohort(
     Writes each unit's exports into ``out_dir/<slide stem>/`` (or ``<case_id>/``),
     ``out_dir/summary.csv``, ``out_dir/cohort.csv`` and, with ``survival`` (CSV with
     ``case_id`` or ``slide``, ``survival_months``, ``censorship``), the external-validation
-    report ``validation.json`` + ``validation_km.png``.
+    report ``validation.json`` + ``validation_km.png``. ``out_dir`` and the model are
+    checked before any work.
+
+    Parameters
+    ----------
+    inputs, manifest, mpp, cluster, scheduler, progress, cancel, notify, say
+        As :func:`embed_cohort`.
+    bundle_path : path, optional
+        Model bundle (default: the bundled demonstration model).
+    survival : path, optional
+        Observed survival table for the external-validation report.
+    device, batch_size, workers, cache_dir, use_cache, top_k, overwrite
+        As ``ghanet predict``.
+    **predict_options
+        Further keywords of :func:`~napari_ghanet.inference.predict.predict_slide` /
+        :func:`~napari_ghanet.inference.predict.predict_patient` (e.g. ``regions``,
+        ``qc``, ``heatmap_overlap``, ``patch_px``), passed to every task (picklable
+        values); they are part of the resume key.
 
     Returns
     -------
@@ -137,16 +196,16 @@ def predict_cohort(
         dict) and ``validation_json``/``validation_png`` paths when ``survival`` is given.
     """
     from napari_ghanet.cohort.report import cohort_rows, validation_report, write_cohort_csv
+    from napari_ghanet.io.atomic import check_writable_dir
     from napari_ghanet.models.bundle import demo_bundle_path, load_bundle
 
     items = _items(inputs, manifest, notify)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = check_writable_dir(out_dir)
     bundle_path = Path(bundle_path) if bundle_path is not None else demo_bundle_path()
     load_bundle(bundle_path)  # a bad model is a usage error, not N failed slides
     options: dict[str, Any] = {"bundle_digest": bundle_digest(bundle_path), "device": device,
                                "mpp": mpp, "top_k": top_k, "use_cache": use_cache,
-                               "overwrite": overwrite}
+                               "overwrite": overwrite, **predict_options}
     if batch_size is not None:
         options["batch_size"] = batch_size
     if workers is not None:
@@ -157,7 +216,8 @@ def predict_cohort(
     results = run_tasks(predict_task, groups, args=(str(out), str(bundle_path), options),
                         cluster=cluster, scheduler=scheduler,
                         gpu=None if device != "cpu" else False, progress=progress,
-                        cancel=cancel, unit="slide" if len(groups) == len(items) else "patient")
+                        cancel=cancel, say=say,
+                        unit="slide" if len(groups) == len(items) else "patient")
     summary = _summary(out, results)
     rows, edges = cohort_rows(summary.rows)
     summary.extra["cohort"] = write_cohort_csv(out, rows)

@@ -2,7 +2,8 @@
 and return a row for ``summary.csv``. They run in this process or on Dask workers and
 never raise for a bad slide: the failure becomes the row's ``error``.
 
-* :func:`embed_task` writes ``OUT/<slide stem>.h5`` (features + coordinates), or skips the
+* :func:`embed_task` writes ``OUT/<slide stem>.h5`` (features + coordinates) through the
+  pipeline's ``inference.stages.embed_to_file``, or skips the
   slide when that file already holds features of the same slide (fingerprint), encoder
   (spec) and patch grid.
 * :func:`predict_task` writes the prediction exports of one slide into
@@ -28,7 +29,8 @@ from napari_ghanet.cohort.inputs import SlideItem
 from napari_ghanet.errors import GHANetError
 from napari_ghanet.io.atomic import atomic_write
 
-__all__ = ["bundle_digest", "embed_task", "embed_to_file", "predict_task", "unit_name"]
+__all__ = ["build_encoder", "bundle_digest", "embed_task", "encoder_recipe", "predict_task",
+           "unit_name"]
 
 MARKER_SUFFIX = ".cohort.json"
 MARKER_FORMAT = "napari-ghanet-cohort-task"
@@ -42,15 +44,52 @@ def _key(d: dict) -> str:
     return json.dumps(d, sort_keys=True, default=str)
 
 
-def _encoder(recipe: dict[str, Any]):
-    """The encoder ``create_encoder(recipe["name"], **rest)``, built once per process."""
+def encoder_recipe(name: str, kwargs: dict[str, Any] | None = None, encoder=None) -> dict:
+    """A picklable recipe of an encoder: its :class:`~napari_ghanet.encoders.EncoderSpec`
+    (as a dict), the registry constructor ``using`` and the ``overrides`` a spec only names
+    (weights or TorchScript files). Workers rebuild it with
+    :func:`~napari_ghanet.encoders.from_spec`; ``encoder`` is the already-built encoder
+    (built here from ``name`` and ``kwargs`` when None).
+
+    Examples
+    --------
+    >>> r = encoder_recipe("morphometric", {"patch_px": 64, "target_mpp": 2.0})
+    >>> r["using"], r["spec"]["dim"], r["spec"]["patch_px"]
+    ('morphometric', 64, 64)
+    >>> build_encoder(r).spec().to_dict() == r["spec"]
+    True
+    """
     from napari_ghanet.encoders import create_encoder
+
+    kwargs = {k: (os.fspath(v) if isinstance(v, os.PathLike) else v)
+              for k, v in (kwargs or {}).items()}
+    if encoder is None:
+        encoder = create_encoder(name, **kwargs)
+    recipe = {"spec": encoder.spec().to_dict(), "using": name, "overrides": kwargs}
+    with _CACHE_LOCK:  # this process already has it
+        _ENCODERS.setdefault(_key(recipe), encoder)
+    return recipe
+
+
+def build_encoder(recipe: dict[str, Any]):
+    """The encoder of a recipe (:func:`encoder_recipe`), built once per process.
+
+    Raises EncoderError when the rebuilt encoder does not give the recipe's features
+    (another weights file on this worker, say)."""
+    from napari_ghanet.encoders import EncoderSpec, from_spec
+    from napari_ghanet.errors import EncoderError
 
     k = _key(recipe)
     with _CACHE_LOCK:
         if k not in _ENCODERS:
-            rest = {n: v for n, v in recipe.items() if n != "name"}
-            _ENCODERS[k] = create_encoder(recipe["name"], **rest)
+            spec = EncoderSpec.from_dict(recipe["spec"])
+            enc = from_spec(spec, using=recipe.get("using"), **recipe.get("overrides", {}))
+            why = spec.differences(enc.spec())
+            if why:
+                raise EncoderError(
+                    f"encoder {spec.name} rebuilt on this worker differs: {', '.join(why)}"
+                )
+            _ENCODERS[k] = enc
         return _ENCODERS[k]
 
 
@@ -63,98 +102,66 @@ def _why(exc: BaseException) -> str:
     return str(exc) if isinstance(exc, GHANetError) else f"{type(exc).__name__}: {exc}"
 
 
-def embed_to_file(
-    item: SlideItem,
-    out_path: str | os.PathLike,
-    encoder,
-    *,
-    mpp: float | None = None,
-    patch_px: int = 256,
-    target_mpp: float = 0.5,
-    min_tissue: float = 0.5,
-    device: str = "auto",
-    batch_size: int = 64,
-    workers: int = 4,
-    overwrite: bool = False,
-) -> dict[str, Any]:
-    """Embed one slide into ``out_path`` (HDF5) unless a matching file is there.
+class _StageClock:
+    """Progress callback noting when the features stage starts (grid time) ."""
 
-    Built only from the library's stages (open_slide, tissue_mask, patch_grid,
-    embed_slide, save_features) as ``ghanet embed`` does; the pipeline's
-    ``inference.stages.embed_to_file`` will replace it.
+    def __init__(self):
+        self.t0 = time.perf_counter()
+        self.t_features: float | None = None
 
-    Returns
-    -------
-    dict
-        ``status`` ("done" or "skipped"), ``n_patches``, ``dim`` and the stage times
-        ``t_grid``, ``t_embed``, ``t_write`` (seconds).
-
-    Raises
-    ------
-    SlideError, NoTissueError, FeaturesError
-        Unreadable slide, no tissue patch, or an existing file made from another slide,
-        encoder or grid (without ``overwrite``).
-    """
-    from napari_ghanet.errors import FeaturesError, NoTissueError
-    from napari_ghanet.inference.embedding import embed_slide
-    from napari_ghanet.io.features import load_matching_features, save_features
-    from napari_ghanet.io.slide import open_slide
-    from napari_ghanet.preprocessing.patches import patch_grid
-    from napari_ghanet.preprocessing.tissue import tissue_mask
-
-    out = Path(out_path)
-    t0 = time.perf_counter()
-    with open_slide(item.path, mpp=item.mpp if item.mpp is not None else mpp) as slide:
-        grid = patch_grid(slide, tissue_mask(slide), patch_px=patch_px, target_mpp=target_mpp,
-                          min_tissue_fraction=min_tissue)
-        if grid.empty:
-            raise NoTissueError(f"{item.name}: {grid.message}")
-        spec = encoder.spec().with_geometry(int(grid.patch_px), float(grid.target_mpp))
-        t1 = time.perf_counter()
-        if out.exists() and not overwrite:
-            hit = load_matching_features(out, slide_fingerprint=slide.fingerprint(),
-                                         encoder_spec=spec, grid=grid)
-            if hit is not None:
-                return {"status": "skipped", "n_patches": len(hit), "dim": hit.dim,
-                        "t_grid": round(t1 - t0, 3), "t_embed": 0.0, "t_write": 0.0}
-            raise FeaturesError(f"{out} exists but was made from another slide, encoder or "
-                                "grid; pass overwrite (--overwrite) to replace it")
-        feats = embed_slide(slide, grid, encoder, device=device, batch_size=batch_size,
-                            workers=workers)
-        t2 = time.perf_counter()
-        save_features(out, feats)
-        t3 = time.perf_counter()
-    return {"status": "done", "n_patches": len(feats), "dim": feats.dim,
-            "n_unreadable": int(feats.attrs.get("n_skipped", 0) or 0),
-            "t_grid": round(t1 - t0, 3), "t_embed": round(t2 - t1, 3),
-            "t_write": round(t3 - t2, 3)}
+    def __call__(self, stage: str, done: int, total: int) -> None:
+        if stage == "features" and self.t_features is None:
+            self.t_features = time.perf_counter()
 
 
 def embed_task(
-    item: SlideItem, out_dir: str, encoder_recipe: dict[str, Any], options: dict[str, Any]
+    item: SlideItem, out_dir: str, recipe: dict[str, Any], options: dict[str, Any]
 ) -> dict[str, Any]:
-    """Embed one slide of a cohort into ``out_dir/<stem>.h5``; returns its summary row.
+    """Embed one slide of a cohort into ``out_dir/<stem>.h5`` with the pipeline's
+    :func:`~napari_ghanet.inference.stages.embed_to_file`; returns its summary row.
 
     Parameters
     ----------
     item : SlideItem
     out_dir : str
-    encoder_recipe : dict
-        ``{"name": registered encoder, **create_encoder keyword arguments}``, e.g.
-        ``{"name": "morphometric", "patch_px": 64, "target_mpp": 2.0}``.
+    recipe : dict
+        The encoder (:func:`encoder_recipe`).
     options : dict
-        ``embed_to_file`` keywords: mpp, patch_px, target_mpp, min_tissue, device,
-        batch_size, workers, overwrite.
+        ``embed_to_file`` keywords: mpp, patch_px, target_mpp, min_tissue_fraction,
+        tissue_params, device, batch_size, workers, overwrite, backend, compile.
+
+    Returns
+    -------
+    dict
+        ``slide, case_id, output, status, n_patches, dim, n_unreadable, seconds, error,
+        message`` (the one-line outcome) and the stage times ``t_grid`` (open + tissue +
+        grid), ``t_embed`` (reading and encoding patches), ``t_write`` (seconds).
     """
-    t0 = time.perf_counter()
-    out = Path(out_dir) / f"{item.stem}.h5"
-    row = {"slide": item.path, "case_id": item.case_id, "output": str(out)}
+    from napari_ghanet.inference.stages import embed_to_file
+
+    clock = _StageClock()
+    row = {"slide": item.path, "case_id": item.case_id,
+           "output": str(Path(out_dir) / f"{item.stem}.h5")}
     try:
-        encoder = _encoder(encoder_recipe)
-        res = embed_to_file(item, out, encoder, **options)
+        encoder = build_encoder(recipe)
+        opts = dict(options)
+        if item.mpp is not None:
+            opts["mpp"] = item.mpp
+        res = embed_to_file(item.path, out_dir, encoder, progress=clock, **opts)
     except Exception as exc:  # noqa: BLE001 - one bad slide never stops the cohort
-        return _failed(row, _why(exc), t0)
-    return {**row, **res, "error": "", "seconds": round(time.perf_counter() - t0, 3)}
+        return _failed({**row, "output": ""}, _why(exc), clock.t0)
+    seconds = time.perf_counter() - clock.t0
+    t_grid = (clock.t_features or time.perf_counter()) - clock.t0
+    t_embed = res.n_patches / res.rate if res.status == "done" and res.rate > 0 else 0.0
+    if res.status == "failed":
+        row["output"] = ""  # nothing written
+    return {**row, "status": res.status, "error": res.error or "",
+            "n_patches": res.n_patches if res.status != "failed" else None, "dim": res.dim,
+            "n_unreadable": res.n_skipped, "message": res.summary(),
+            "seconds": round(seconds, 3), "t_grid": round(t_grid, 3),
+            "t_embed": round(t_embed, 3),
+            "t_write": round(max(seconds - t_grid - t_embed, 0.0), 3)
+            if res.status == "done" else 0.0}
 
 
 # --------------------------------------------------------------------------- predict
@@ -196,7 +203,29 @@ def _fingerprints(items: list[SlideItem], mpp: float | None) -> list[str]:
     return out
 
 
-_PREDICT_SETTINGS = ("mpp", "top_k", "min_tissue_fraction", "patch_px", "target_mpp")
+#: predict options that do not change the outputs (everything else is a setting)
+_NOT_SETTINGS = ("device", "batch_size", "workers", "cache_dir", "use_cache")
+
+
+def _plain(value: Any) -> Any:
+    """JSON form of an option value (dataclasses such as QCParams or Regions included),
+    for the resume marker."""
+    import dataclasses
+
+    def default(v):
+        if dataclasses.is_dataclass(v) and not isinstance(v, type):
+            return {f.name: getattr(v, f.name) for f in dataclasses.fields(v)}
+        if hasattr(v, "tolist"):
+            return v.tolist()
+        if isinstance(v, set | frozenset):
+            return sorted(v, key=repr)
+        return repr(v)
+
+    return json.loads(json.dumps(value, default=default, sort_keys=True))
+
+
+def _settings(opts: dict[str, Any]) -> dict[str, Any]:
+    return _plain({k: v for k, v in opts.items() if k not in _NOT_SETTINGS and v is not None})
 
 
 def predict_task(
@@ -206,8 +235,12 @@ def predict_task(
     the exports into ``out_dir/<name>/`` (see :func:`unit_name`); returns its summary row.
 
     ``options``: ``bundle_digest`` (see :func:`bundle_digest`; computed when absent),
-    ``overwrite``, and :func:`~napari_ghanet.inference.predict.predict_slide` keywords
-    (device, mpp, batch_size, workers, cache_dir, use_cache, top_k...).
+    ``overwrite``, and keywords of :func:`~napari_ghanet.inference.predict.predict_slide`
+    (one slide) or :func:`~napari_ghanet.inference.predict.predict_patient` (several:
+    ``patient`` is the case_id, ``mpp`` one value per slide): device, mpp, batch_size,
+    workers, cache_dir, use_cache, top_k and any others (regions, qc, heatmap_overlap...).
+    Every option but device, batch_size, workers, cache_dir and use_cache is part of the
+    resume key: a re-run with other settings predicts again.
     """
     t0 = time.perf_counter()
     items = list(items)
@@ -219,7 +252,7 @@ def predict_task(
     opts = dict(options)
     digest = opts.pop("bundle_digest", None)
     overwrite = bool(opts.pop("overwrite", False))
-    settings = {k: opts.get(k) for k in _PREDICT_SETTINGS if opts.get(k) is not None}
+    settings = _settings(opts)
     try:
         from napari_ghanet.inference.predict import export_all
 
@@ -248,7 +281,8 @@ def predict_task(
 
             default = opts.pop("mpp", None)
             mpps = [it.mpp if it.mpp is not None else default for it in items]
-            pred = predict_patient([it.path for it in items], bundle, mpp=mpps, **opts)
+            pred = predict_patient([it.path for it in items], bundle, patient=name,
+                                   mpp=mpps, **opts)
         written = export_all(pred, folder)
         report = Path(written["report"])
         atomic_write(marker, json.dumps({

@@ -390,13 +390,16 @@ def features_stage(
     progress: ProgressCallback | None = None,
     cancel: threading.Event | None = None,
     timings: dict[str, float] | None = None,
+    backend: str = "auto",
+    compile: bool = False,
 ) -> SlideFeatures:
     """The grid's patch features: from ``cache_path`` when it holds features of this slide,
     encoder and grid (and ``reuse``), else embedded and then saved there (atomically).
 
     A failed save is a warning, or an ``OSError`` with ``strict_save``. Cancelling leaves
     no file behind. ``batch_size`` / ``workers``: encoder batch and reader threads
-    (:func:`~napari_ghanet.inference.embedding.embed_slide` defaults when None).
+    (:func:`~napari_ghanet.inference.embedding.embed_slide` defaults when None);
+    ``backend`` / ``compile``: passed to ``embed_slide``.
 
     With ``qc`` (:class:`~napari_ghanet.preprocessing.qc.QCParams`), the features also
     carry each patch's artifact-QC *measures* (``features.qc_measures``, float32 (N, 3)),
@@ -462,6 +465,8 @@ def features_stage(
             progress=lambda done, total: _report(progress, "features", done, total),
             cancel=cancel,
             on_batch=(lambda batch, _index: acc.update(batch)) if acc is not None else None,
+            backend=backend,
+            compile=compile,
             **embed_kw,
         )
     except Cancelled as e:
@@ -966,6 +971,8 @@ def embed_to_file(
     overwrite: bool = False,
     progress: ProgressCallback | None = None,
     cancel: threading.Event | None = None,
+    backend: str = "auto",
+    compile: bool = False,
 ) -> EmbedOutcome:
     """Embed one slide's tissue patches into ``out_dir/<slide stem>.h5`` (CLAM layout).
 
@@ -991,7 +998,7 @@ def embed_to_file(
         Patch side (px) at this resolution (um/px); default: the encoder's.
     tissue_params, min_tissue_fraction
         Tissue detection and the least tissue fraction of a kept patch.
-    device, batch_size, workers
+    device, batch_size, workers, backend, compile
         Where and how the encoder runs (see ``embed_slide``).
     progress : callable(stage, done, total), optional
     cancel : threading.Event, optional
@@ -1064,6 +1071,8 @@ def embed_to_file(
                 workers=workers,
                 progress=progress,
                 cancel=cancel,
+                backend=backend,
+                compile=compile,
             )
         finally:
             if opened:

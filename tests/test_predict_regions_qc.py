@@ -249,9 +249,14 @@ def test_patient_of_two_slides_writes_one_report(cmu_svs, pen_slide, bundle, tmp
                           cache_dir=tmp_path / "c")
     assert lib.risk == pytest.approx(report["prediction"]["risk"], abs=1e-6)
     assert set(lib.qc_slide_index.tolist()) == {1} and set(lib.qc_reasons.tolist()) == {"pen"}
-    # several slides without --patient are refused with a hint
-    assert main(["predict", str(cmu_svs), str(pen_slide), "--out", str(out)]) == 2
-    assert "--patient" in capsys.readouterr().err
+    # several slides without --patient are a cohort: one report per slide, QC on in each
+    cohort = tmp_path / "cohort"
+    assert main(["predict", str(cmu_svs), str(pen_slide), "--out", str(cohort), "--quiet",
+                 "--device", "cpu", "--cache-dir", str(tmp_path / "c")]) == 0
+    pen_report = json.loads((cohort / "pen" / "pen.ghanet.json").read_text())
+    assert pen_report["qc"]["flagged"]["pen"] > 0
+    assert (cohort / "cmu_small_region" / "cmu_small_region.ghanet.json").is_file()
+    assert "2 done, 0 skipped, 0 failed" in capsys.readouterr().err
 
 
 def test_report_has_horizon_and_tertile_group(cmu_svs, bundle, tmp_path):

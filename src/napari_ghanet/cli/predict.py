@@ -274,7 +274,7 @@ def run(args: argparse.Namespace) -> int:
     at_least("--workers", args.workers, 0)
     at_least("--top-k", args.top_k, 0)
     if not args.slides and args.manifest is None:
-        raise UsageError("give a slide (or folders, glob patterns, or --manifest FILE)")
+        raise UsageError("no slide given: give a slide (or folders, glob patterns, or --manifest FILE)")
     if not args.patient and is_cohort(args):
         if args.roi or args.exclude:
             raise UsageError(

@@ -51,8 +51,10 @@ def check_prediction_finite(prediction: Any) -> None:
     """Check every number a :class:`~napari_ghanet.inference.predict.Prediction` reports.
 
     Risk, percentile, hazards, survival, both attentions, each category's score and
-    reconstructed values, and the top regions' attention must be finite (the bin edges
-    may end with inf: an open last bin).
+    reconstructed values, the top regions' attention and the heatmaps' scores must be
+    finite (the bin edges may end with inf: an open last bin). Heatmap cells that no
+    patch covers are NaN by design ("no data") and are not checked; every other cell
+    must be finite.
 
     Raises
     ------
@@ -73,3 +75,11 @@ def check_prediction_finite(prediction: Any) -> None:
         require_finite(f"{c.name!r} score", c.score, cause)
         require_finite(f"{c.name!r} reconstructed values", c.values, cause)
     require_finite("top-region attention", [r.attention for r in p.top_regions], cause)
+    for k, maps in enumerate(getattr(p, "heatmaps_by_slide", None) or []):
+        for name, hm in maps.items():
+            image = np.asarray(hm.image, dtype=np.float64)
+            covered = np.asarray(hm.count) > 0
+            label = f"{name!r} heatmap" + (f" of slide {k}" if k else "")
+            require_finite(label, image[covered], cause)
+            if getattr(hm, "scores", None) is not None:
+                require_finite(f"{label} scores", hm.scores, cause)

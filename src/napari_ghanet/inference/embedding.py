@@ -206,6 +206,7 @@ def embed_slide(
     cancel: threading.Event | Callable[[], bool] | None = None,
     backend: str = "auto",
     compile: bool = False,
+    on_batch: Callable[[np.ndarray, np.ndarray], Any] | None = None,
 ) -> PatchFeatures:
     """Embed every patch of ``grid``.
 
@@ -237,6 +238,12 @@ def embed_slide(
     compile : bool
         CUDA only: run the network through ``torch.compile`` (slow first batch; pays off
         on whole slides with large ViTs).
+    on_batch : callable(patches, index), optional
+        Called on this thread with each batch of readable patches as read, before they
+        are encoded: uint8 (B, patch_px, patch_px, 3) RGB and int64 (B,) their indices in
+        ``grid`` (unreadable patches left out), in grid order. E.g. artifact QC
+        (:class:`~napari_ghanet.preprocessing.qc.QCAccumulator`) measures the patches
+        the encoder sees without reading them twice.
 
     Returns
     -------
@@ -349,6 +356,9 @@ def embed_slide(
         with torch.inference_mode():
             for lo, hi, arr, ok in batches:
                 valid[lo:hi] = ok
+                if on_batch is not None:
+                    index = np.arange(lo, hi, dtype=np.int64)
+                    on_batch(arr if ok.all() else arr[ok], index if ok.all() else index[ok])
                 host = torch.from_numpy(arr)
                 m = hi - lo
                 if not cuda:

@@ -165,6 +165,10 @@ class Heatmap:
     scale, translate : (float, float)
         (row, col) transform that lays ``image`` over the slide layer (given its level-0
         transform), cell (r, c) centred on the middle of the level-0 area it covers.
+    coords : ndarray of int64, shape (N, 2), optional
+        The scored patches behind the map (level-0 top-left x, y), when kept.
+    scores : ndarray of float32, shape (N,), optional
+        Their scores: ``overlap_heatmap(coords, patch, scores, overlap)`` gives ``image``.
     """
 
     image: np.ndarray
@@ -173,6 +177,8 @@ class Heatmap:
     origin: tuple[int, int]
     scale: tuple[float, float]
     translate: tuple[float, float]
+    coords: np.ndarray | None = None
+    scores: np.ndarray | None = None
 
 
 def overlap_heatmap(

@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from napari_ghanet._version import __version__
+from napari_ghanet.models.risk import risk_text
 
 __all__ = ["REPORT_FORMAT", "REPORT_FORMAT_VERSION", "CategoryResult", "Prediction", "Region"]
 
@@ -94,6 +95,22 @@ class Prediction:
     first slide's description (plus the patient name when given), ``tissue_mask`` the
     first slide's mask and ``tissue_masks`` every slide's. A one-slide prediction has
     S = 1 and ``slide_index`` all zeros.
+
+    What the model did not see: ``regions_report`` (the include/exclude regions and the
+    patches they removed, :meth:`RegionReport.to_dict
+    <napari_ghanet.preprocessing.roi.RegionReport.to_dict>`; a list with one entry per
+    slide when S > 1; None without regions) and ``qc_report`` (artifact-QC counts by
+    reason and the thresholds used, :meth:`QCResult.to_dict
+    <napari_ghanet.preprocessing.qc.QCResult.to_dict>`, summed over slides with a
+    ``slides`` list when S > 1; None when QC was off). The flagged patches: ``qc_coords``
+    int64 (M, 2) level-0 top-left, ``qc_reasons`` str (M,) "pen" | "fold" | "blur",
+    ``qc_slide_index`` int64 (M,).
+
+    ``heatmaps``: smooth attention maps from overlapping patches (empty when the overlap
+    is 0), one :class:`~napari_ghanet.inference.heatmap.Heatmap` per attention:
+    "morphology" and each category name; the first slide's, and ``heatmaps_by_slide``
+    every slide's. ``horizon_months`` / ``horizon_note``: how far the survival curve is
+    meaningful and why (:func:`napari_ghanet.models.risk.survival_horizon`).
     """
 
     risk: float
@@ -122,10 +139,29 @@ class Prediction:
     slide_index: np.ndarray | None = None
     slides: list[dict[str, Any]] = field(default_factory=list)
     tissue_masks: list[np.ndarray] = field(default_factory=list)
+    regions_report: dict[str, Any] | list[dict[str, Any] | None] | None = None
+    qc_report: dict[str, Any] | None = None
+    qc_coords: np.ndarray | None = None
+    qc_reasons: np.ndarray | None = None
+    qc_slide_index: np.ndarray | None = None
+    heatmaps: dict[str, Any] = field(default_factory=dict)
+    heatmaps_by_slide: list[dict[str, Any]] = field(default_factory=list)
+    horizon_months: float | None = None
+    horizon_note: str = ""
 
     def __post_init__(self) -> None:
         if self.slide_index is None:
             self.slide_index = np.zeros(int(self.coords.shape[0]), np.int64)
+        if self.qc_coords is None:
+            self.qc_coords = np.zeros((0, 2), np.int64)
+        if self.qc_reasons is None:
+            self.qc_reasons = np.zeros(0, "<U4")
+        if self.qc_slide_index is None:
+            self.qc_slide_index = np.zeros(len(self.qc_reasons), np.int64)
+        if self.heatmaps and not self.heatmaps_by_slide:
+            self.heatmaps_by_slide = [self.heatmaps]
+        if self.heatmaps_by_slide and not self.heatmaps:
+            self.heatmaps = self.heatmaps_by_slide[0]
         if not self.slides:
             self.slides = [dict(self.slide)]
         if not self.tissue_masks:
@@ -196,6 +232,9 @@ class Prediction:
                 "bins; higher means worse prognosis",
                 "percentile_in_training_cohort": self.percentile,
                 "risk_group": self.risk_group,
+                "risk_group_text": risk_text(self.risk_group, self.percentile),
+                "risk_group_definition": "tertiles of the training cohort's risks (low: "
+                "below the 33rd percentile, high: above the 67th)",
                 "survival_bins_months": months,
                 "hazards": [float(v) for v in self.hazards],
                 "survival": [float(v) for v in self.survival],
@@ -234,6 +273,10 @@ class Prediction:
                 "downsample": self.tissue_downsample,
                 "fraction": float(self.tissue_mask.mean()) if self.tissue_mask.size else 0.0,
             },
+            "horizon_months": self.horizon_months,
+            "horizon_note": self.horizon_note,
+            "regions": self.regions_report,
+            "qc": self.qc_report,
             "settings": self.settings,
             "timings_s": self.timings,
             "features_cached": self.features_cached,

@@ -27,7 +27,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -45,13 +45,23 @@ from napari_ghanet.errors import (
     PredictionError,
     SlideError,
 )
-from napari_ghanet.inference.embedding import embed_slide
+from napari_ghanet.inference.embedding import embed_slide, iter_patch_batches
+from napari_ghanet.inference.heatmap import Heatmap, overlap_factor, overlap_heatmap
 from napari_ghanet.inference.overlays import percentile_normalise
 from napari_ghanet.inference.result import CategoryResult, Prediction, Region
 from napari_ghanet.io.features import PatchFeatures, load_matching_features, save_features
 from napari_ghanet.io.slide import Slide, open_slide
 from napari_ghanet.models.bundle import ModelBundle
+from napari_ghanet.models.risk import survival_horizon
 from napari_ghanet.preprocessing.patches import PatchGrid, patch_grid
+from napari_ghanet.preprocessing.qc import (
+    QCAccumulator,
+    QCParams,
+    QCResult,
+    measure_key,
+    measure_params,
+)
+from napari_ghanet.preprocessing.roi import RegionReport, Regions, filter_grid
 from napari_ghanet.preprocessing.tissue import TissueMask, TissueParams, tissue_mask
 
 __all__ = [
@@ -68,9 +78,14 @@ __all__ = [
     "features_stage",
     "feature_spec",
     "grid_stage",
+    "heatmap_stage",
     "model_stage",
+    "patch_scorers",
+    "score_patches_stage",
     "open_stage",
     "prediction_device",
+    "qc_stage",
+    "regions_stage",
     "slide_info",
 ]
 
@@ -321,12 +336,43 @@ class SlideFeatures:
 
     ``cached``: read from ``path`` rather than computed; ``path``: the features file
     (None when nothing was read or written); ``warnings``: e.g. the cache was not writable.
+    ``qc_source``: where ``features.qc_measures`` came from: "embedding" (measured on the
+    patches as they were embedded), "cache" (stored with the cached features), "qc pass"
+    (the cache had none, or other QC measuring settings: the patches were read once more
+    for QC only), or None when QC was not asked for.
     """
 
     features: PatchFeatures
     cached: bool
     path: str | None = None
     warnings: list[str] = field(default_factory=list)
+    qc_source: str | None = None
+
+
+def _qc_pass(
+    slide: Slide,
+    grid: PatchGrid,
+    coords: np.ndarray,
+    qc: QCParams,
+    *,
+    batch_size: int | None,
+    workers: int | None,
+    cancel: threading.Event | None,
+) -> np.ndarray:
+    """QC measures (N, 3) of the patches at ``coords`` (rows of ``grid``), read once."""
+    lookup = {tuple(c): i for i, c in enumerate(np.asarray(grid.coords).tolist())}
+    index = np.array([lookup[tuple(c)] for c in np.asarray(coords).tolist()], np.int64)
+    sub = grid.select(index)
+    acc = QCAccumulator(measure_params(qc))
+    for _lo, _hi, batch, _ok in iter_patch_batches(
+        slide,
+        sub,
+        batch_size=int(batch_size or 64),
+        workers=4 if workers is None else int(workers),
+        cancel=cancel,
+    ):
+        acc.update(batch)
+    return acc.measures()
 
 
 def features_stage(
@@ -340,6 +386,7 @@ def features_stage(
     device: str = "auto",
     batch_size: int | None = None,
     workers: int | None = None,
+    qc: QCParams | None = None,
     progress: ProgressCallback | None = None,
     cancel: threading.Event | None = None,
     timings: dict[str, float] | None = None,
@@ -350,10 +397,18 @@ def features_stage(
     A failed save is a warning, or an ``OSError`` with ``strict_save``. Cancelling leaves
     no file behind. ``batch_size`` / ``workers``: encoder batch and reader threads
     (:func:`~napari_ghanet.inference.embedding.embed_slide` defaults when None).
+
+    With ``qc`` (:class:`~napari_ghanet.preprocessing.qc.QCParams`), the features also
+    carry each patch's artifact-QC *measures* (``features.qc_measures``, float32 (N, 3)),
+    taken on the patches as they are embedded and cached with the features, so thresholds
+    can change later without re-embedding. Cached features without measures (older
+    files), or measured with other colour/density settings (:func:`measure_key`), get them
+    from one QC-only read of the patches, and the cache file is rewritten with them.
     """
     clock = _Clock(timings)
     spec = feature_spec(encoder, grid.patch_px, grid.target_mpp)
     cache_warnings: list[str] = []
+    key = measure_key(qc) if qc is not None else None
     if cache_path is not None and reuse:
         notices: list[str] = []  # a damaged cache is recomputed, never trusted: say so
         hit = load_matching_features(
@@ -367,14 +422,37 @@ def features_stage(
             cache_warnings.extend(notices)
         if hit is not None:
             _report(progress, "features", len(hit), len(hit))
+            result = SlideFeatures(hit, True, str(cache_path))
+            if qc is not None:
+                if hit.qc_measures is not None and hit.attrs.get("qc_measure_key") == key:
+                    result.qc_source = "cache"
+                else:
+                    _report(progress, "qc", 0, len(hit))
+                    hit.qc_measures = _qc_pass(
+                        slide, grid, hit.coords, qc,
+                        batch_size=batch_size, workers=workers, cancel=cancel,
+                    )
+                    hit.attrs["qc_measure_key"] = key
+                    result.qc_source = "qc pass"
+                    _report(progress, "qc", len(hit), len(hit))
+                    # files of version 0.1 (no digest) are not rewritten: a read never
+                    # blesses data whose integrity cannot be checked
+                    if hit.attrs.get("content_sha256"):
+                        try:
+                            save_features(cache_path, hit)
+                        except OSError as e:
+                            result.warnings.append(
+                                f"could not add the QC measures to the cache {cache_path}: {e}"
+                            )
             clock.lap("features")
-            return SlideFeatures(hit, True, str(cache_path))
+            return result
     _report(progress, "features", 0, len(grid))
     embed_kw: dict[str, Any] = {}
     if batch_size is not None:
         embed_kw["batch_size"] = int(batch_size)
     if workers is not None:
         embed_kw["workers"] = int(workers)
+    acc = QCAccumulator(measure_params(qc)) if qc is not None else None
     try:
         feats = embed_slide(
             slide,
@@ -383,12 +461,18 @@ def features_stage(
             device=device,
             progress=lambda done, total: _report(progress, "features", done, total),
             cancel=cancel,
+            on_batch=(lambda batch, _index: acc.update(batch)) if acc is not None else None,
             **embed_kw,
         )
     except Cancelled as e:
         raise Cancelled("prediction cancelled during embedding") from e
     check_cancel(cancel)
-    result = SlideFeatures(feats, False, warnings=cache_warnings)
+    if acc is not None:
+        feats.qc_measures = acc.measures()
+        feats.attrs["qc_measure_key"] = key
+        feats.__post_init__()  # check the measures' shape
+    result = SlideFeatures(feats, False, warnings=cache_warnings,
+                           qc_source="embedding" if acc is not None else None)
     if cache_path is not None:
         try:
             result.path = str(save_features(cache_path, feats))
@@ -398,6 +482,45 @@ def features_stage(
             result.warnings.append(f"could not cache the patch features in {cache_path}: {e}")
     clock.lap("features")
     return result
+
+
+def regions_stage(
+    slide: Slide,
+    grid: PatchGrid,
+    regions: Regions | None,
+    *,
+    purpose: str = "predict from",
+) -> tuple[PatchGrid, RegionReport | None]:
+    """The patches of ``grid`` the regions keep (centre inside an include region, or any
+    when there is none, and outside every exclude region), before anything is embedded.
+
+    Returns the kept grid and the :class:`~napari_ghanet.preprocessing.roi.RegionReport`
+    (areas in mm^2 from the slide's mpp); ``(grid, None)`` without regions. Raises
+    :class:`~napari_ghanet.errors.NoTissueError` when no patch is left.
+    """
+    if regions is None or regions.empty:
+        return grid, None
+    keep, report = filter_grid(grid.coords, grid.patch_size_level0, regions, mpp=slide.mpp)
+    if not keep.any():
+        where = "outside the include regions" if regions.include else "inside exclude regions"
+        if regions.include and report.n_outside_include < report.n_patches:
+            where = "outside the include regions or inside exclude regions"
+        raise NoTissueError(
+            f"{slide.path.name}: all {len(grid)} patches were {where}. Nothing to {purpose}: "
+            "draw the regions over tissue (level-0 pixel coordinates)"
+        )
+    return grid.select(np.flatnonzero(keep)), report
+
+
+def qc_stage(features: PatchFeatures, qc: QCParams) -> QCResult:
+    """Artifact flags of a slide's patches from their measures (``features.qc_measures``,
+    see :func:`features_stage`) and the thresholds of ``qc``; blur is judged against the
+    median of these patches."""
+    if features.qc_measures is None:
+        raise PredictionError("these features carry no QC measures: run features_stage with qc")
+    acc = QCAccumulator(qc)
+    acc.add_measures(features.qc_measures)
+    return acc.result()
 
 
 @dataclass
@@ -463,12 +586,126 @@ def model_stage(
 
 @dataclass
 class SlideRun:
-    """What the per-slide stages produced for one slide of a bag."""
+    """What the per-slide stages produced for one slide of a bag.
+
+    ``features`` hold only the patches in the bag (kept by the regions and QC); ``grid``
+    is the grid after the regions; ``regions`` / ``qc`` what the regions and artifact QC
+    did (None when not used); ``qc_coords`` / ``qc_reasons`` the flagged patches;
+    ``extra`` the features of the overlapping heatmap patches (None at overlap 0).
+    """
 
     info: dict[str, Any]
     mask: TissueMask
     grid: PatchGrid
     features: SlideFeatures
+    regions: RegionReport | None = None
+    qc: QCResult | None = None
+    qc_coords: np.ndarray | None = None
+    qc_reasons: np.ndarray | None = None
+    extra: PatchFeatures | None = None
+
+
+def patch_scorers(model: Any) -> list[Any] | None:
+    """The G-HANet models whose ``score_patches`` score patches outside a bag (the
+    members of an ensemble); None for models without it (baselines)."""
+    if callable(getattr(model, "score_patches", None)):
+        return [model]
+    members = getattr(model, "members", None)
+    if members is not None and all(callable(getattr(m, "score_patches", None)) for m in members):
+        return list(members)
+    return None
+
+
+def score_patches_stage(
+    bundle: ModelBundle,
+    bag: np.ndarray,
+    patches: np.ndarray,
+    *,
+    device: str = "cpu",
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """Attention-scale scores of ``patches`` (M, D) in the context of ``bag`` (N, D).
+
+    Returns ``morphology`` float32 (M,) = ``exp(logit - logsumexp(bag logits))`` (for a
+    bag patch this is its morphology attention) and ``genome`` float32 (T, M) = each
+    category's softmax over the bag of the second-round cross-attention similarity, before
+    the top-k cut (a smooth map; the reported genome attention keeps only the top-k
+    patches); members of an ensemble are averaged. None for models without
+    ``score_patches``.
+    """
+    import torch
+
+    scorers = patch_scorers(bundle.model)
+    if scorers is None:
+        return None
+    b = torch.from_numpy(np.ascontiguousarray(bag, np.float32))
+    x = torch.from_numpy(np.ascontiguousarray(patches, np.float32))
+    morph = np.zeros(len(patches), np.float64)
+    genome = None
+    model_device = next(bundle.model.parameters()).device
+    try:
+        if str(model_device) != device:
+            bundle.model.to(device)
+        b, x = b.to(device), x.to(device)
+        with torch.inference_mode():
+            for m in scorers:
+                lb, sb = m.score_patches(b, b)
+                lx, sx = m.score_patches(b, x)
+                mo = torch.exp(lx - torch.logsumexp(lb, dim=0))
+                ge = torch.exp(sx - torch.logsumexp(sb, dim=1, keepdim=True))
+                morph += mo.double().cpu().numpy()
+                g = ge.double().cpu().numpy()
+                genome = g if genome is None else genome + g
+    finally:
+        if str(model_device) != device:
+            bundle.model.to(model_device)
+    n = len(scorers)
+    return (morph / n).astype(np.float32), (genome / n).astype(np.float32)
+
+
+def heatmap_stage(
+    bundle: ModelBundle,
+    bag: np.ndarray,
+    runs: Sequence[SlideRun],
+    overlap: float,
+    *,
+    device: str = "cpu",
+    timings: dict[str, float] | None = None,
+) -> list[dict[str, Heatmap]]:
+    """One dict of smooth attention maps per slide ("morphology" and each category
+    name): the bag's patches and the slide's overlapping extra patches (``run.extra``),
+    all scored by :func:`score_patches_stage`, averaged per cell of pitch
+    ``patch * (1 - overlap)`` (:func:`~napari_ghanet.inference.heatmap.overlap_heatmap`).
+    Empty dicts when ``overlap`` is 0 or the model cannot score patches."""
+    clock = _Clock(timings)
+    out: list[dict[str, Heatmap]] = []
+    if not overlap_factor(overlap) > 1:
+        return [{} for _ in runs]
+    names = bundle.category_names
+    for run in runs:
+        own = run.features.features
+        parts = [own.features]
+        coords = [np.asarray(own.coords, np.int64)]
+        if run.extra is not None and len(run.extra):
+            parts.append(run.extra.features)
+            coords.append(np.asarray(run.extra.coords, np.int64))
+        feats = np.concatenate(parts)
+        scored = score_patches_stage(bundle, bag, feats, device=device)
+        if scored is None or len(feats) == 0:
+            out.append({})
+            continue
+        morph, genome = scored
+        xy = np.concatenate(coords)
+        size = int(run.grid.patch_size_level0)
+        maps = {"morphology": (morph, "morphology")}
+        for t in range(genome.shape[0]):
+            name = names[t] if t < len(names) else f"category {t + 1}"
+            maps[name] = (genome[t], name)
+        out.append({
+            key: replace(overlap_heatmap(xy, size, sc, overlap), coords=xy, scores=sc)
+            for key, (sc, _n) in maps.items()
+        })
+    clock.lap("heatmap")
+    return out
 
 
 def _top_genes(genes: list[str], values: np.ndarray, n: int) -> list[tuple[str, float]]:
@@ -504,9 +741,12 @@ def assemble_stage(
     top_k: int = 10,
     top_genes: int = 10,
     patient: str | None = None,
+    qc: QCParams | None = None,
+    heatmaps: Sequence[dict[str, Heatmap]] | None = None,
 ) -> Prediction:
     """The :class:`~napari_ghanet.inference.result.Prediction` of a bag made of ``runs``'
-    patches (in that order) from the model's ``outputs``."""
+    patches (in that order) from the model's ``outputs``; ``qc`` the QC thresholds used
+    (None: QC off), ``heatmaps`` one dict per slide from :func:`heatmap_stage`."""
     edges = np.asarray(
         [float("inf") if v is None else float(v) for v in bundle.bin_edges_months],
         dtype=np.float64,
@@ -575,9 +815,55 @@ def assemble_stage(
             "tissue": r.mask.describe(),
             "features_path": r.features.path,
             "features_cached": r.features.cached,
+            "qc_measures": r.features.qc_source,
         }
         for r in runs
     ]
+    several = len(runs) > 1
+    region_dicts = [r.regions.to_dict() if r.regions is not None else None for r in runs]
+    regions_report = (
+        region_dicts if several and any(d is not None for d in region_dicts)
+        else region_dicts[0] if not several else None
+    )
+    qc_report = None
+    if qc is not None:
+        per = [r.qc.to_dict() if r.qc is not None else None for r in runs]
+        if not several:
+            qc_report = per[0]
+        else:
+            flagged: dict[str, int] = {}
+            by_det: dict[str, int] = {}
+            for d in per:
+                for k, v in (d or {}).get("flagged", {}).items():
+                    flagged[k] = flagged.get(k, 0) + int(v)
+                for k, v in (d or {}).get("flagged_by_detector", {}).items():
+                    by_det[k] = by_det.get(k, 0) + int(v)
+            qc_report = {
+                "n_patches": sum((d or {}).get("n_patches", 0) for d in per),
+                "flagged": flagged,
+                "flagged_by_detector": by_det,
+                "params": qc.to_dict(),
+                "note": "; ".join(
+                    f"{r.info.get('name')}: {d['note']}" for r, d in zip(runs, per)
+                    if d and d.get("note")
+                ),
+                "slides": per,
+            }
+    empty_xy = np.zeros((0, 2), np.int64)
+    qc_coords = np.concatenate(
+        [r.qc_coords if r.qc_coords is not None else empty_xy for r in runs]
+    ).astype(np.int64)
+    qc_reasons = np.concatenate(
+        [r.qc_reasons if r.qc_reasons is not None else np.zeros(0, "<U4") for r in runs]
+    ).astype("<U4")
+    qc_slide_index = np.concatenate([
+        np.full(0 if r.qc_reasons is None else len(r.qc_reasons), k, np.int64)
+        for k, r in enumerate(runs)
+    ])
+    by_slide = [dict(h) for h in heatmaps] if heatmaps is not None else []
+    if not any(by_slide):
+        by_slide = []
+    horizon, note = survival_horizon(bundle.metadata)
     risk = outputs.risk
     return Prediction(
         risk=risk,
@@ -606,6 +892,15 @@ def assemble_stage(
         slide_index=slide_index,
         slides=slides,
         tissue_masks=[np.asarray(r.mask.mask, dtype=bool) for r in runs],
+        regions_report=regions_report,
+        qc_report=qc_report,
+        qc_coords=qc_coords,
+        qc_reasons=qc_reasons,
+        qc_slide_index=qc_slide_index,
+        heatmaps=by_slide[0] if by_slide else {},
+        heatmaps_by_slide=by_slide,
+        horizon_months=float(horizon),
+        horizon_note=note,
     )
 
 

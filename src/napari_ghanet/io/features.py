@@ -4,6 +4,9 @@ File layout written by :func:`save_features` (HDF5):
 
 * dataset ``features``: float32, shape (N, D), one row per patch;
 * dataset ``coords``: int64, shape (N, 2), top-left corner (x, y) in level-0 pixels;
+* optional dataset ``qc_measures``: float32, shape (N, 3), the artifact-QC measures of each
+  patch (:data:`QC_MEASURES`), with attributes ``qc_measure_key`` (the QC settings they
+  were measured with) and ``qc_sha256`` (their digest, checked on load);
 * root attributes: ``encoder`` (name), ``encoder_spec`` (JSON), ``feature_dim``,
   ``patch_size`` (pixels at the target mpp), ``patch_size_level0``, ``target_mpp``,
   ``slide_mpp``, ``slide_fingerprint``, ``slide_path``, ``grid_key``, ``n_skipped``,
@@ -57,6 +60,7 @@ logger = logging.getLogger(__name__)
 __all__ = [
     "FeaturesError",
     "PatchFeatures",
+    "QC_MEASURES",
     "cached_features_path",
     "check_coords",
     "features_digest",
@@ -67,7 +71,8 @@ __all__ = [
     "save_features",
 ]
 
-
+#: Columns of ``PatchFeatures.qc_measures`` (dataset ``qc_measures`` of a cache file).
+QC_MEASURES: tuple[str, ...] = ("pen_fraction", "dark_fraction", "lap_energy")
 
 
 @dataclass
@@ -81,11 +86,17 @@ class PatchFeatures:
         Top-left (x, y) of each patch in level-0 pixels; None for files without them.
     attrs : dict
         Provenance (encoder, encoder_spec dict, patch geometry, slide fingerprint...).
+    qc_measures : ndarray of float32, shape (N, 3), or None
+        Artifact-QC measures of each patch (``QC_MEASURES``: ink fraction, dark fraction,
+        Laplacian energy; see :mod:`napari_ghanet.preprocessing.qc`), measured with the
+        settings in ``attrs["qc_measure_key"]``; None when not measured. Measures, not
+        decisions: QC thresholds are applied at prediction time.
     """
 
     features: np.ndarray
     coords: np.ndarray | None = None
     attrs: dict[str, Any] = field(default_factory=dict)
+    qc_measures: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         f = np.asarray(self.features)
@@ -102,8 +113,26 @@ class PatchFeatures:
                 np.int64, copy=False
             )
 
+        if self.qc_measures is not None:
+            m = np.ascontiguousarray(self.qc_measures, dtype=np.float32)
+            if m.shape != (f.shape[0], len(QC_MEASURES)):
+                raise FeaturesError(
+                    f"qc_measures must have shape ({f.shape[0]}, {len(QC_MEASURES)}), "
+                    f"got {m.shape}"
+                )
+            self.qc_measures = m
+
     def __len__(self) -> int:
         return int(self.features.shape[0])
+
+    def select(self, index: np.ndarray) -> PatchFeatures:
+        """The rows ``index`` (int indices or a bool mask) as new PatchFeatures."""
+        return PatchFeatures(
+            self.features[index],
+            None if self.coords is None else self.coords[index],
+            dict(self.attrs),
+            None if self.qc_measures is None else self.qc_measures[index],
+        )
 
     @property
     def dim(self) -> int:
@@ -284,6 +313,14 @@ def features_digest(features: np.ndarray, coords: np.ndarray | None) -> str:
     return h.hexdigest()
 
 
+def qc_digest(measures: np.ndarray, key: str) -> str:
+    """SHA-256 (hex) of the float32 QC measures (little-endian) and their settings key."""
+    h = hashlib.sha256()
+    h.update(np.ascontiguousarray(measures, dtype="<f4").tobytes())
+    h.update(b"|qc|" + str(key).encode())
+    return h.hexdigest()
+
+
 def check_coords(
     coords: np.ndarray | None,
     *,
@@ -390,6 +427,13 @@ def save_features(path: str | os.PathLike, feats: PatchFeatures) -> Path:
             chunks=(max(1, min(n, 1024)), feats.dim) if n else None,
         )
         f.create_dataset("coords", data=coords)
+        if feats.qc_measures is not None:
+            key = str(attrs.get("qc_measure_key", ""))
+            f.create_dataset("qc_measures", data=feats.qc_measures)
+            attrs["qc_sha256"] = qc_digest(feats.qc_measures, key)
+        else:
+            attrs.pop("qc_measure_key", None)
+            attrs.pop("qc_sha256", None)
         if feats.coords is None:
             f.attrs["coords_missing"] = True
         for key, value in attrs.items():
@@ -454,6 +498,18 @@ def _load_h5(path: Path) -> PatchFeatures:
                 else {}
             )
             attrs.update({k: _decode_attr(k, v) for k, v in f.attrs.items()})
+            qc = None
+            if "qc_measures" in f:
+                qc = np.asarray(f["qc_measures"][()])
+                key = str(attrs.get("qc_measure_key", ""))
+                if attrs.get("qc_sha256") != qc_digest(qc, key) or qc.shape != (
+                    raw_feats.shape[0], len(QC_MEASURES)
+                ):
+                    raise FeaturesError(
+                        f"{path}: damaged feature file: the QC measures no longer match the "
+                        "digest stored when they were written; delete it (a cache file is "
+                        "recomputed)"
+                    )
             digest = attrs.get("content_sha256")
             if digest is not None:
                 if features_digest(raw_feats, raw_coords) != digest:
@@ -471,7 +527,7 @@ def _load_h5(path: Path) -> PatchFeatures:
         raise FeaturesError(
             f"{path}: {feats.shape[0]} feature rows but {coords.shape[0]} coordinates"
         )
-    return PatchFeatures(feats.astype(np.float32, copy=False), coords, attrs)
+    return PatchFeatures(feats.astype(np.float32, copy=False), coords, attrs, qc)
 
 
 def _load_pt(path: Path) -> PatchFeatures:

@@ -22,11 +22,21 @@ pen strokes, Gaussian blur (sigma >= 1.5 px) and dark fold bands on H&E-like tis
 from __future__ import annotations
 
 import functools
-from dataclasses import asdict, dataclass, field
+import json
+from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 
-__all__ = ["QCAccumulator", "QCParams", "QCResult", "REASONS", "patch_measures", "qc_patches"]
+__all__ = [
+    "QCAccumulator",
+    "QCParams",
+    "QCResult",
+    "REASONS",
+    "measure_key",
+    "measure_params",
+    "patch_measures",
+    "qc_patches",
+]
 
 #: Flag reasons (``QCResult.reason`` holds the one that flagged a patch most strongly).
 REASONS: tuple[str, ...] = ("pen", "fold", "blur")
@@ -251,6 +261,33 @@ def patch_measures(patches: np.ndarray, params: QCParams | None = None) -> dict[
     return {"pen_fraction": pen, "dark_fraction": dark, "lap_energy": energy}
 
 
+def measure_params(params: QCParams) -> QCParams:
+    """``params`` with every detector on: the settings per-patch measures are taken with,
+    so that any later choice of detectors and thresholds can be applied to them."""
+    return replace(params, detect=REASONS)
+
+
+def measure_key(params: QCParams) -> str:
+    """The settings that change the per-patch measures themselves (colour ranges, the
+    fold optical density, the glass grey level and the blur tissue floor), as text.
+
+    Measures stored with one key can be re-decided with any ``pen_min_fraction``,
+    ``fold_min_fraction``, ``blur_fraction``, ``blur_min_patches`` or ``detect``; another
+    key needs the patches measured again.
+
+    Examples
+    --------
+    >>> measure_key(QCParams()) == measure_key(QCParams(pen_min_fraction=0.2))
+    True
+    >>> measure_key(QCParams()) == measure_key(QCParams(fold_od=1.2))
+    False
+    """
+    key = (*_lut_key(params), params.glass_grey, params.blur_min_tissue)
+    return "qc-measures-v1 " + json.dumps(
+        [list(v) if isinstance(v, tuple) else float(v) for v in key]
+    )
+
+
 def _lut_key(params: QCParams) -> tuple:
     return (
         tuple(params.green_hue_deg), params.green_min_saturation, params.green_min_value,
@@ -326,6 +363,24 @@ class QCAccumulator:
     def update(self, patches: np.ndarray) -> None:
         """Measure a batch of RGB uint8 patches (B, H, W, 3), in grid order."""
         self._parts.append(patch_measures(patches, self.params))
+
+    def add_measures(self, measures: dict[str, np.ndarray] | np.ndarray) -> None:
+        """Add patches measured before (e.g. stored with cached features): a dict as
+        :func:`patch_measures` returns, or a float32 (B, 3) array of its three columns
+        (pen_fraction, dark_fraction, lap_energy), measured with settings of the same
+        :func:`measure_key`."""
+        keys = ("pen_fraction", "dark_fraction", "lap_energy")
+        if not isinstance(measures, dict):
+            a = np.asarray(measures, np.float32).reshape(-1, 3)
+            measures = {k: a[:, i] for i, k in enumerate(keys)}
+        self._parts.append({k: np.asarray(measures[k], np.float32) for k in keys})
+
+    def measures(self) -> np.ndarray:
+        """float32 (N, 3): every patch's pen_fraction, dark_fraction, lap_energy so far."""
+        keys = ("pen_fraction", "dark_fraction", "lap_energy")
+        if not self._parts:
+            return np.zeros((0, 3), np.float32)
+        return np.stack([np.concatenate([p[k] for p in self._parts]) for k in keys], axis=1)
 
     def result(self) -> QCResult:
         """Flags of every patch seen so far (blur judged against their median)."""

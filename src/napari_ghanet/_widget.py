@@ -553,7 +553,7 @@ class PrognosisWidget(QWidget):
             return
         self._batch = qt_layers.LayerBatch(self.viewer, layers, active=slide_layers[0])
         if incremental:
-            QTimer.singleShot(0, self._insert_layers)
+            QTimer.singleShot(1, self._insert_layers)
         else:
             while self._batch is not None:
                 self._insert_layers(budget_s=float("inf"))
@@ -563,11 +563,17 @@ class PrognosisWidget(QWidget):
         if batch is None:
             return  # cancelled meanwhile
         try:
-            if not batch.insert_some(budget_s):
+            if not batch.done:
+                batch.insert_some(budget_s)
                 self.result_layers = dict(batch.inserted)
-                QTimer.singleShot(0, self._insert_layers)
+                if budget_s != float("inf"):
+                    QTimer.singleShot(1, self._insert_layers)  # a timer: paints go first
+                    return
+            if budget_s == float("inf"):
+                batch.reveal()
+            elif not batch.reveal_next():  # one layer's first draw per turn
+                QTimer.singleShot(1, self._insert_layers)
                 return
-            batch.reveal()
             self.result_layers = dict(batch.inserted)
         except Exception as e:  # noqa: BLE001 - never half-made layers, never a traceback
             logger.exception("adding the result layers failed")

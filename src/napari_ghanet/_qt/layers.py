@@ -419,11 +419,23 @@ class LayerBatch:
 
     def reveal(self) -> None:
         """Show the layers meant to be visible and select ``active`` again."""
+        while not self.reveal_next():
+            pass
+
+    def reveal_next(self) -> bool:
+        """Show the next layer meant to be visible (one per call: its first draw compiles
+        its GL shaders, 60-150 ms on a software renderer, so that the dock can spread the
+        first draws over turns of the event loop); returns True when all are shown (and
+        ``active`` is selected again)."""
         for layer in self.inserted.values():
-            if self._visible.get(id(layer)):
+            if self._visible.pop(id(layer), False):
                 layer.visible = True
+                if any(self._visible.get(id(other)) for other in self.inserted.values()):
+                    return False
+                break
         if self.active is not None and self.active in self.viewer.layers:
             self.viewer.layers.selection.active = self.active
+        return True
 
     def remove(self) -> None:
         """Take the inserted layers out of the viewer again."""

@@ -362,7 +362,6 @@ def test_dock_fits_360_px_at_every_stage_and_names_layers_short(
     check("after")
 
     # short, grouped layer names; the slide's name only when several slides are open
-    p = widget.prediction
     expected = ["tissue", "morphology", "genome attention", "top regions"]
     assert [layer.name for layer in overlay_layers(viewer)] == [
         f"G-HANet · {label}" for label in expected]

@@ -295,7 +295,7 @@ def test_unreadable_slide_is_an_error_notification(make_napari_viewer, qtbot, tm
     assert overlay_layers(viewer) == []
 
 
-def test_widget_and_sample_come_from_the_plugin_manifest(make_napari_viewer):
+def test_widget_and_sample_come_from_the_plugin_manifest(make_napari_viewer, tmp_path):
     viewer = make_napari_viewer()
     [layer] = viewer.open_sample("napari-ghanet", "ghanet_demo")
     assert layer.metadata["path"] == str(cmu_slide_path())
@@ -307,6 +307,15 @@ def test_widget_and_sample_come_from_the_plugin_manifest(make_napari_viewer):
 
     # the bundled demonstration model is the default when it is installed
     assert (widget.bundle is not None) == demo_bundle_path().is_file()
+    # napari hands plugin widgets a proxy of the viewer: layers are matched by equality
+    path = tmp_path / "roi.geojson"
+    path.write_text(json.dumps({"type": "Polygon", "coordinates": [
+        [[0, 0], [500, 0], [500, 500], [0, 0]]]}))
+    shapes = widget.import_geojson(path, kind="exclude")
+    assert widget.inputs.exclude_layer() == shapes == viewer.layers["roi (exclude)"]
+    viewer.add_image(tissue_rgb(64, 64), name="second", rgb=True)
+    assert widget.inputs.exclude_layer() == shapes  # kept when the layer list changes
+    assert widget.regions(layer).exclude[0].geometry.area == pytest.approx(500 * 500 / 2)
 
 
 def _cut_widgets(widget) -> list[str]:

@@ -168,7 +168,7 @@ class PrognosisWidget(QWidget):
         for key, layer in list(self.result_layers.items()):
             if layer is removed:
                 del self.result_layers[key]
-        if removed is not None and any(removed is layer for layer in self._slide_layers):
+        if removed is not None and any(removed == layer for layer in self._slide_layers):
             self._clear_result_layers()
             self._slide_layers = []
         self._on_layers_changed()

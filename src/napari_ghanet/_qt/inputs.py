@@ -222,7 +222,7 @@ class InputsPanel(QWidget):
         """Choose ``layer`` as the "include" or "exclude" regions (None: none)."""
         combo = self.include_combo if kind == "include" else self.exclude_combo
         for i in range(combo.count()):
-            if combo.itemData(i) is layer:
+            if combo.itemData(i) == layer:  # == : napari may hand out proxies
                 combo.setCurrentIndex(i)
                 return
 
@@ -235,29 +235,29 @@ class InputsPanel(QWidget):
         for i in range(self.patient_list.count()):
             item = self.patient_list.item(i)
             layer = item.data(Qt.ItemDataRole.UserRole)
-            if item.checkState() == Qt.CheckState.Checked and layer is not first:
+            if item.checkState() == Qt.CheckState.Checked and layer != first:
                 out.append(layer)
         return out
 
     def set_patient_layers(self, layers) -> None:
         """Tick ``layers`` (other slide layers) as slides of the same patient."""
-        wanted = [id(layer) for layer in layers]
+        wanted = list(layers)
         for i in range(self.patient_list.count()):
             item = self.patient_list.item(i)
-            on = id(item.data(Qt.ItemDataRole.UserRole)) in wanted
+            on = item.data(Qt.ItemDataRole.UserRole) in wanted
             item.setCheckState(Qt.CheckState.Checked if on else Qt.CheckState.Unchecked)
 
     def _refresh_patient_list(self, layers: list) -> None:
-        ticked = {id(layer) for layer in self.patient_layers()[1:]}
+        ticked = self.patient_layers()[1:]
         first = self.selected_layer()
         self.patient_list.clear()
         for layer in layers:
-            if layer is first:
+            if layer == first:
                 continue
             item = QListWidgetItem(layer.name)
             item.setData(Qt.ItemDataRole.UserRole, layer)
             item.setFlags(item.flags() | Qt.ItemFlag.ItemIsUserCheckable)
-            item.setCheckState(Qt.CheckState.Checked if id(layer) in ticked
+            item.setCheckState(Qt.CheckState.Checked if layer in ticked
                                else Qt.CheckState.Unchecked)
             self.patient_list.addItem(item)
         several = self.patient_list.count() > 0
@@ -304,7 +304,7 @@ class InputsPanel(QWidget):
             self.layer_combo.blockSignals(False)
             self._refresh_patient_list(layers)
             self._refresh_shapes()
-            if self.selected_layer() is not previous or not layers:
+            if self.selected_layer() != previous or not layers:
                 self._on_layer_changed()
         except Exception as e:  # noqa: BLE001 - a Qt slot must not raise
             logger.exception("refreshing the layer list failed: %s", e)

@@ -214,6 +214,11 @@ def test_patient_with_two_slides_and_the_qc_layer(
     morph1 = widget.result_layers["morphology@1"]
     assert morph1.metadata["ghanet_slide"] == 1
     assert np.count_nonzero(morph1.data) == len(p.slide_patches(1))
+    tissue1 = widget.result_layers["tissue@1"]
+    assert tissue1.data.shape == p.tissue_masks[1].shape
+    # the mask covers the pen slide: its last pixel ends at the slide's far corner
+    corner = tissue1.data_to_world(np.array(tissue1.data.shape) - 0.5)
+    np.testing.assert_allclose(corner, (1024 * 0.5, 1536 * 0.5 + 1500.0), rtol=0.02)
     # every patch of the pen slide lands on a lit cell of its layer (moved with the slide)
     c1 = centres(p, 1)
     world = np.stack([c1[:, 1] * 0.5, c1[:, 0] * 0.5 + 1500.0], axis=1)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from napari_ghanet.cli._options import UsageError, add_shared_options, command
 from napari_ghanet.cli._progress import TerminalProgress
-from napari_ghanet.cli.predict import load_model, write_exports
+from napari_ghanet.cli.predict import load_model, output_folder, report_lines, write_exports
 from napari_ghanet.datasets.demo import demo_slide_path
 from napari_ghanet.inference.predict import predict_slide
 from napari_ghanet.models.bundle import demo_bundle_path
@@ -68,6 +68,11 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run_headless(slide: Path, model: Path, args) -> int:
+    with output_folder(args.out):
+        return _headless(slide, model, args)
+
+
+def _headless(slide: Path, model: Path, args) -> int:
     bundle = load_model(model)
     with TerminalProgress(quiet=args.quiet) as progress:
         prediction = predict_slide(
@@ -79,6 +84,8 @@ def _run_headless(slide: Path, model: Path, args) -> int:
             workers=args.workers,
             progress=progress,
         )
+    for w in prediction.warnings:
+        print(f"warning: {' '.join(str(w).split())}", file=sys.stderr)
     for path in write_exports(prediction, args.out).values():
         print(path, file=sys.stderr)
     print(format_report(prediction.to_dict()))
@@ -93,15 +100,15 @@ def format_report(r: dict) -> str:
         "G-HANet prognosis report",
         f"  slide   {r.get('slide', {}).get('path', '')}",
         f"  model   {r.get('model', {}).get('name', '')}",
-        f"  risk    {p.get('risk', float('nan')):.4f} (percentile "
-        f"{p.get('percentile_in_training_cohort', float('nan')):.0f} in the training cohort, "
-        f"{p.get('risk_group', '?')} risk)",
     ]
+    lines += [f"  {line}" for line in report_lines(r)]
     edges = p.get("survival_bins_months") or []
+    horizon = r.get("horizon_months")
     for k, s in enumerate(p.get("survival") or []):
         end = edges[k + 1] if k + 1 < len(edges) else None
-        end_txt = "the end of follow-up" if end is None else f"{end:.1f} months"
-        lines.append(f"  P(survival beyond {end_txt}) = {s:.3f}")
+        if end is None or (horizon is not None and end > horizon * (1 + 1e-9)):
+            break  # beyond the horizon the cohort is too sparsely followed
+        lines.append(f"  P(survival beyond {end:.1f} months) = {s:.3f}")
     lines.append("  reconstructed pathway profile (z-score relative to the training cohort):")
     for c in r.get("pathways", []):
         z = c.get("score_z")

@@ -102,8 +102,8 @@ def test_prediction_through_the_widget_matches_predict_slide(
 
     # -- layers: the patch-grid arrays of predict_slide's numbers, aligned with the slide
     names = [layer.name for layer in overlay_layers(viewer)]
-    assert names == ["G-HANet · tissue", "G-HANet · morphology"] + [
-        f"G-HANet · {c}" for c in p.category_names] + ["G-HANet · top regions"]
+    assert names == ["G-HANet · tissue", "G-HANet · morphology", "G-HANet · genome attention",
+                     "G-HANet · top regions"]  # the CMU slide loses no patch to QC
     lattice = overlays.patch_lattice(direct.coords, direct.patch_size_level0)
     morph = widget.result_layers["morphology"]
     np.testing.assert_allclose(
@@ -121,8 +121,7 @@ def test_prediction_through_the_widget_matches_predict_slide(
     # non-tissue cells are 0 (transparent in the colormap)
     assert morph.colormap.map(np.array([0.0]))[0, 3] == 0
     assert np.count_nonzero(morph.data) == p.n_patches
-    for i in range(6):
-        assert not widget.result_layers[f"genome:{i}"].visible
+    assert not widget.result_layers["genome"].visible
     tissue = widget.result_layers["tissue"]
     np.testing.assert_array_equal(tissue.data, overlays.mask_outline(p.tissue_mask))
     assert tissue.data.sum() < p.tissue_mask.sum()  # an outline, not the filled mask
@@ -134,12 +133,18 @@ def test_prediction_through_the_widget_matches_predict_slide(
             np.array([[top.x, top.y, top.width, top.height]]), (0.499, 0.499))[0])
     assert list(shapes.properties["rank"]) == list(range(1, 11))
 
-    # -- one genome-attention category visible at a time
+    # -- one genome-attention layer shows the category picked in the dock, named after it
+    genome = widget.result_layers["genome"]
     widget.results.category_combo.setCurrentIndex(3)  # "none" is entry 0
-    visible = [i for i in range(6) if widget.result_layers[f"genome:{i}"].visible]
-    assert visible == [2]
+    assert genome.visible and genome.name == f"G-HANet · {p.category_names[2]}"
+    np.testing.assert_allclose(
+        genome.data, overlays.attention_image(direct.genome_attention[2], lattice), atol=1e-6)
     widget.results.category_combo.setCurrentIndex(5)
-    assert [i for i in range(6) if widget.result_layers[f"genome:{i}"].visible] == [4]
+    assert genome.name == f"G-HANet · {p.category_names[4]}"
+    np.testing.assert_allclose(
+        genome.data, overlays.attention_image(direct.genome_attention[4], lattice), atol=1e-6)
+    widget.results.category_combo.setCurrentIndex(0)
+    assert not genome.visible
 
     # -- clicking a region row centres and zooms on it
     rect = table.visualItemRect(table.item(2, 0))
@@ -207,7 +212,8 @@ def test_cancel_mid_run_leaves_no_layers_and_no_cache(
     assert widget.inputs.predict_button.isEnabled() and not widget.inputs.cancel_button.isEnabled()
     # and the next run goes through
     run(widget, qtbot)
-    assert widget.prediction is not None and len(overlay_layers(viewer)) == 9
+    assert widget.prediction is not None
+    assert len(overlay_layers(viewer)) == len(widget.result_layers) >= 4
     assert len([f for f in cache.rglob("*.h5")]) == 1
 
 
@@ -289,7 +295,7 @@ def test_unreadable_slide_is_an_error_notification(make_napari_viewer, qtbot, tm
     assert overlay_layers(viewer) == []
 
 
-def test_widget_and_sample_come_from_the_plugin_manifest(make_napari_viewer):
+def test_widget_and_sample_come_from_the_plugin_manifest(make_napari_viewer, tmp_path):
     viewer = make_napari_viewer()
     [layer] = viewer.open_sample("napari-ghanet", "ghanet_demo")
     assert layer.metadata["path"] == str(cmu_slide_path())
@@ -301,6 +307,15 @@ def test_widget_and_sample_come_from_the_plugin_manifest(make_napari_viewer):
 
     # the bundled demonstration model is the default when it is installed
     assert (widget.bundle is not None) == demo_bundle_path().is_file()
+    # napari hands plugin widgets a proxy of the viewer: layers are matched by equality
+    path = tmp_path / "roi.geojson"
+    path.write_text(json.dumps({"type": "Polygon", "coordinates": [
+        [[0, 0], [500, 0], [500, 500], [0, 0]]]}))
+    shapes = widget.import_geojson(path, kind="exclude")
+    assert widget.inputs.exclude_layer() == shapes == viewer.layers["roi (exclude)"]
+    viewer.add_image(tissue_rgb(64, 64), name="second", rgb=True)
+    assert widget.inputs.exclude_layer() == shapes  # kept when the layer list changes
+    assert widget.regions(layer).exclude[0].geometry.area == pytest.approx(500 * 500 / 2)
 
 
 def _cut_widgets(widget) -> list[str]:
@@ -356,8 +371,7 @@ def test_dock_fits_360_px_at_every_stage_and_names_layers_short(
     check("after")
 
     # short, grouped layer names; the slide's name only when several slides are open
-    p = widget.prediction
-    expected = ["tissue", "morphology", *p.category_names, "top regions"]
+    expected = ["tissue", "morphology", "genome attention", "top regions"]
     assert [layer.name for layer in overlay_layers(viewer)] == [
         f"G-HANet · {label}" for label in expected]
     other = viewer.add_image(tissue_rgb(64, 64), name="second slide", rgb=True)

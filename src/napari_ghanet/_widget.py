@@ -1,7 +1,9 @@
 """The "G-HANet prognosis" dock widget.
 
 The widget gathers the inputs (slide layer, model bundle, device, advanced settings),
-runs :func:`napari_ghanet.inference.predict.predict_slide` in a worker thread (progress, Cancel;
+runs :func:`napari_ghanet.inference.predict.predict_slide` (or ``predict_patient`` for
+several slides of one patient) with the chosen regions of interest, artifact QC and heatmap
+overlap in a worker thread (progress, Cancel;
 the viewer stays responsive) and shows the result: risk, percentile and risk group,
 the survival curve, the reconstructed pathway profile, the top-attention regions and
 attention layers aligned with the slide. Every number comes from the Prediction; this
@@ -82,8 +84,8 @@ class PrognosisWidget(QWidget):
         self.bundle = None
         self.prediction = None
         self.result_layers: dict[str, Any] = {}
-        self._slide_layer = None  # layer the current result belongs to
-        self._run_layer = None  # layer the running prediction is for
+        self._slide_layers: list = []  # layers the current result belongs to (per slide)
+        self._run_layers: list = []  # layers the running prediction is for
         self._worker = None
         self._batch: qt_layers.LayerBatch | None = None  # result layers being added
         self._cancel: threading.Event | None = None
@@ -112,6 +114,7 @@ class PrognosisWidget(QWidget):
         self.inputs.predict_requested.connect(self.predict)
         self.inputs.cancel_requested.connect(self.cancel)
         self.inputs.model_requested.connect(self._choose_model)
+        self.inputs.geojson_requested.connect(self._choose_geojson)
 
         # intended use: always visible with the model and its result
         self.intended_use_label = QLabel("")
@@ -165,10 +168,15 @@ class PrognosisWidget(QWidget):
         for key, layer in list(self.result_layers.items()):
             if layer is removed:
                 del self.result_layers[key]
-        if removed is not None and removed is self._slide_layer:
+        if removed is not None and any(removed == layer for layer in self._slide_layers):
             self._clear_result_layers()
-            self._slide_layer = None
+            self._slide_layers = []
         self._on_layers_changed()
+
+    @property
+    def _slide_layer(self):
+        """The (first) slide layer the current result belongs to."""
+        return self._slide_layers[0] if self._slide_layers else None
 
     def _layer_prefix(self, slide_layer) -> str | None:
         """The slide's name, when several slide layers are open (else no prefix)."""
@@ -177,8 +185,11 @@ class PrognosisWidget(QWidget):
 
     def _rename_result_layers(self) -> None:
         try:
-            qt_layers.rename_result_layers(self.result_layers.values(),
-                                               self._layer_prefix(self._slide_layer))
+            for k, slide_layer in enumerate(self._slide_layers):
+                qt_layers.rename_result_layers(
+                    [layer for layer in self.result_layers.values()
+                     if layer.metadata.get("ghanet_slide", 0) == k],
+                    self._layer_prefix(slide_layer))
         except Exception:  # noqa: BLE001 - only names
             logger.exception("renaming the result layers failed")
 
@@ -249,8 +260,9 @@ class PrognosisWidget(QWidget):
             self._finish_run()
             notify("error", f"Prediction failed to start: {e}")
 
-    def _check_inputs(self) -> tuple[Any, str, float | None] | None:
-        """(layer, slide path, mpp override) when a run can start, else a notification."""
+    def _check_inputs(self) -> tuple[list, list[str], list[float | None]] | None:
+        """(layers, slide paths, mpp overrides) of the patient's slides when a run can
+        start, else a notification."""
         if self.bundle is None:
             notify("error", "No model loaded: use 'Load model...' to choose a G-HANet model "
                             "bundle (.safetensors)")
@@ -260,11 +272,14 @@ class PrognosisWidget(QWidget):
             notify("error", "No slide layer: open a slide first (File > Open, or the demo "
                             "slide from File > Open Sample)")
             return None
-        path = layer_path(layer)
-        if not path:
-            notify("error", f"Layer {layer.name!r} has no slide file behind it: open the slide "
-                            "from its file so that G-HANet can read it at full resolution")
-            return None
+        layers = self.inputs.patient_layers()
+        paths = [layer_path(lay) for lay in layers]
+        for lay, path in zip(layers, paths):
+            if not path:
+                notify("error", f"Layer {lay.name!r} has no slide file behind it: open the "
+                                "slide from its file so that G-HANet can read it at full "
+                                "resolution")
+                return None
         mpp = None
         if self.inputs.slide_mpp is None:
             if self.inputs.mpp_spin.value() <= 0:
@@ -274,7 +289,95 @@ class PrognosisWidget(QWidget):
                                 "and predict again")
                 return None
             mpp = float(self.inputs.mpp_spin.value())
-        return layer, path, mpp
+        return layers, paths, [mpp] + [None] * (len(layers) - 1)
+
+    # ------------------------------------------------------------------ regions of interest
+
+    def regions(self, layer=None):
+        """The include/exclude Shapes layers chosen in the widget as a
+        :class:`~napari_ghanet.preprocessing.roi.Regions` in level-0 pixels of slide layer
+        ``layer`` (default: the selected slide), or None when none is chosen.
+
+        Raises
+        ------
+        RegionError
+            A chosen layer has no shape with an area.
+        """
+        from napari_ghanet.preprocessing.roi import Regions
+
+        layer = layer if layer is not None else self.selected_layer()
+        include, exclude = self.inputs.include_layer(), self.inputs.exclude_layer()
+        if layer is None or (include is None and exclude is None):
+            return None
+        return Regions(
+            include=self._shapes_regions(include, layer) if include is not None else [],
+            exclude=self._shapes_regions(exclude, layer) if exclude is not None else [],
+        )
+
+    def _shapes_regions(self, shapes, layer) -> list:
+        from napari_ghanet.preprocessing.roi import level0_transform, polygons_from_shapes
+
+        scale, translate = self._level0_transform(layer)
+        to_level0 = level0_transform(scale, translate, shapes.scale[-2:], shapes.translate[-2:])
+        return polygons_from_shapes(shapes.data, to_level0, shapes.shape_type,
+                                    source=f"shapes layer {shapes.name!r}")
+
+    @staticmethod
+    def _level0_transform(layer):
+        """World (scale, translate) of slide layer ``layer``'s level-0 pixels."""
+        geometry = qt_layers.SlideGeometry.of(layer)
+        dims = (layer.metadata.get("level_dimensions") or [None])[0]
+        if not dims:
+            dims = (geometry.shape[1], geometry.shape[0])
+        return geometry.level0_transform(tuple(int(v) for v in dims))
+
+    def _choose_geojson(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(
+            self, "Import QuPath annotations (GeoJSON)", "",
+            "GeoJSON (*.geojson *.json);;All files (*)")
+        if path:
+            self.import_geojson(path)
+
+    def import_geojson(self, path: str | os.PathLike, kind: str = "include"):
+        """Read QuPath GeoJSON annotations (level-0 pixels) into a Shapes layer laid over
+        the selected slide, and choose it as the ``kind`` ("include" or "exclude")
+        regions. Returns the layer (None, with a notification, on failure).
+
+        Polygons keep their outer ring (napari shapes have no holes); each part of a
+        MultiPolygon becomes one shape.
+        """
+        from napari_ghanet.preprocessing.roi import read_geojson
+
+        layer = self.selected_layer()
+        if layer is None:
+            notify("error", "Open the slide first: the annotations are laid over it")
+            return None
+        try:
+            regions = read_geojson(path)
+        except GHANetError as e:
+            notify("error", f"Cannot import the regions: {e}")
+            return None
+        import shapely
+
+        polygons, names = [], []
+        for region in regions:
+            for part in shapely.get_parts(region.geometry):
+                xy = shapely.get_coordinates(part.exterior)[:-1]
+                polygons.append(xy[:, ::-1].astype(float))  # (row, col) = (y, x)
+                names.append(region.name)
+        scale, translate = self._level0_transform(layer)
+        colour = "#00c853" if kind == "include" else "#ff1744"
+        shapes = self.viewer.add_shapes(
+            polygons, shape_type="polygon", scale=scale, translate=translate,
+            edge_color=colour, face_color="transparent",
+            edge_width=max(abs(scale[0]), 1e-9) * 20, features={"name": names},
+            name=f"{Path(path).stem} ({kind})", units=getattr(layer, "units", None),
+        )
+        self.inputs.set_region_layer(kind, shapes)
+        self.viewer.layers.selection.active = shapes
+        notify("info", f"{len(polygons)} region(s) imported from {Path(path).name} as "
+                       f"{kind} regions")
+        return shapes
 
     def _start_prediction(self) -> None:
         if self.running:
@@ -283,9 +386,19 @@ class PrognosisWidget(QWidget):
         checked = self._check_inputs()
         if checked is None:
             return
-        layer, path, mpp = checked
+        layers, paths, mpps = checked
+        try:
+            regions = self.regions(layers[0])
+        except GHANetError as e:
+            notify("error", f"Cannot use the regions of interest: {e}")
+            return
         kwargs = self.prediction_settings()
-        kwargs.update(mpp=mpp, cache_dir=self.cache_dir, top_k=10)
+        kwargs.update(cache_dir=self.cache_dir, top_k=10)
+        if len(layers) > 1:
+            kwargs.update(mpp=mpps, regions=[regions] + [None] * (len(layers) - 1),
+                          patient=layers[0].name)
+        else:
+            kwargs.update(mpp=mpps[0], regions=regions)
         self._cancel = kwargs["cancel"] = threading.Event()
         relay = self._relay
 
@@ -293,8 +406,8 @@ class PrognosisWidget(QWidget):
             relay.progressed.emit(stage, done, total)
 
         kwargs["progress"] = progress
-        geometry = qt_layers.SlideGeometry.of(layer, self._layer_prefix(layer))
-        self._run_layer = layer
+        geometry = [qt_layers.SlideGeometry.of(lay, self._layer_prefix(lay)) for lay in layers]
+        self._run_layers = list(layers)
         self.inputs.set_running(True)
         self._start_napari_progress()
 
@@ -302,7 +415,7 @@ class PrognosisWidget(QWidget):
 
         # Errors go to _on_errored (a clear notification), not re-raised in the GUI thread.
         self._worker = create_worker(
-            _predict_in_background, path, self.bundle, geometry,
+            _predict_in_background, paths, self.bundle, geometry,
             _start_thread=False, _ignore_errors=True,
             _connect={"returned": self._on_returned, "errored": self._on_errored,
                       "finished": self._finish_run},
@@ -359,7 +472,7 @@ class PrognosisWidget(QWidget):
             self._on_errored(Cancelled("prediction cancelled"))
             return
         try:
-            self.show_prediction(prediction, self._run_layer, layers=layers, incremental=True)
+            self.show_prediction(prediction, self._run_layers, layers=layers, incremental=True)
             for w in prediction.warnings:
                 notify("warning", w)
         except Exception as e:  # noqa: BLE001
@@ -406,7 +519,8 @@ class PrognosisWidget(QWidget):
 
     def show_prediction(self, prediction, layer=None, layers: list | None = None,
                         incremental: bool = False) -> None:
-        """Display a Prediction: numbers, plots, tables and layers over ``layer``.
+        """Display a Prediction: numbers, plots, tables and layers over ``layer`` (the
+        slide layer, or one per slide of a several-slide prediction).
 
         ``layers`` are the result layers already built (in the worker thread) as
         :func:`napari_ghanet._qt.layers.build_result_layers` makes them; they are built
@@ -414,27 +528,32 @@ class PrognosisWidget(QWidget):
         redraw); with ``incremental`` a few per turn of the event loop, so the viewer
         never freezes for the whole batch.
         """
-        layer = layer if layer is not None else self.selected_layer()
+        if layer is None:
+            slide_layers = self.inputs.patient_layers()[: prediction.n_slides]
+        else:
+            slide_layers = list(layer) if isinstance(layer, list | tuple) else [layer]
+        slide_layers = [lay if lay in self.viewer.layers else None for lay in slide_layers]
         self._clear_result_layers()
         self.prediction = prediction
-        self._slide_layer = layer
+        self._slide_layers = slide_layers
         self.results.show_prediction(prediction)
         self._show_intended_use(prediction.intended_use)
-        if layer is None or layer not in self.viewer.layers:
+        if not any(lay is not None for lay in slide_layers):
             self._on_shown()
             return
         try:
             if layers is None:
-                geometry = qt_layers.SlideGeometry.of(layer, self._layer_prefix(layer))
+                geometry = [qt_layers.SlideGeometry.of(lay, self._layer_prefix(lay))
+                            if lay is not None else None for lay in slide_layers]
                 layers = qt_layers.build_result_layers(prediction, geometry)
         except Exception as e:  # noqa: BLE001 - no layers, never a traceback
             logger.exception("building the result layers failed")
             notify("error", f"Could not show the prediction layers: {e}")
             self._on_shown()
             return
-        self._batch = qt_layers.LayerBatch(self.viewer, layers, active=layer)
+        self._batch = qt_layers.LayerBatch(self.viewer, layers, active=slide_layers[0])
         if incremental:
-            QTimer.singleShot(0, self._insert_layers)
+            QTimer.singleShot(1, self._insert_layers)
         else:
             while self._batch is not None:
                 self._insert_layers(budget_s=float("inf"))
@@ -444,11 +563,17 @@ class PrognosisWidget(QWidget):
         if batch is None:
             return  # cancelled meanwhile
         try:
-            if not batch.insert_some(budget_s):
+            if not batch.done:
+                batch.insert_some(budget_s)
                 self.result_layers = dict(batch.inserted)
-                QTimer.singleShot(0, self._insert_layers)
+                if budget_s != float("inf"):
+                    QTimer.singleShot(1, self._insert_layers)  # a timer: paints go first
+                    return
+            if budget_s == float("inf"):
+                batch.reveal()
+            elif not batch.reveal_next():  # one layer's first draw per turn
+                QTimer.singleShot(1, self._insert_layers)
                 return
-            batch.reveal()
             self.result_layers = dict(batch.inserted)
         except Exception as e:  # noqa: BLE001 - never half-made layers, never a traceback
             logger.exception("adding the result layers failed")
@@ -471,22 +596,27 @@ class PrognosisWidget(QWidget):
             logger.exception("switching the genome attention layer failed")
 
     def show_category(self, index: int | None) -> None:
-        """Show the genome-informed attention layer of category ``index`` (None: none)."""
+        """Show category ``index``'s genome-informed attention on the "genome" layer of
+        each slide (None: hide it); the layer is named after the category."""
+        names = self.prediction.category_names if self.prediction is not None else []
         for key, layer in self.result_layers.items():
-            if key.startswith("genome:"):
-                layer.visible = index is not None and key == f"genome:{index}"
+            if key.split("@")[0] == "genome":
+                qt_layers.show_genome_category(layer, index, names)
         self.results.select_category(index)
 
     def go_to_region(self, row: int) -> None:
         """Centre and zoom the view on top region ``row`` (0-based)."""
         try:
-            p, layer = self.prediction, self._slide_layer
+            p = self.prediction
             if p is None or not 0 <= row < len(p.top_regions):
                 return
             r = p.top_regions[row]
+            k = getattr(r, "slide", 0)
+            layer = self._slide_layers[k] if k < len(self._slide_layers) else None
             if layer is not None and layer in self.viewer.layers:
                 geometry = qt_layers.SlideGeometry.of(layer)
-                scale, translate = geometry.level0_transform(p.slide["dimensions_level0"])
+                dims = (p.slides[k] if k < len(p.slides) else p.slide)["dimensions_level0"]
+                scale, translate = geometry.level0_transform(dims)
             else:
                 scale, translate = (1.0, 1.0), (0.0, 0.0)
             cy, cx = overlays.region_centre(r.x, r.y, r.width, r.height, scale, translate)
@@ -497,9 +627,11 @@ class PrognosisWidget(QWidget):
             camera = scene.camera if scene is not None else self.viewer.camera
             camera.center = (cy, cx)
             camera.zoom = float(min(size)) / extent
-            shapes = self.result_layers.get("regions")
+            shapes = self.result_layers.get(qt_layers.slide_key("regions", k))
             if shapes is not None:
-                shapes.selected_data = {row}
+                ranks = list(shapes.properties.get("rank", []))
+                if r.rank in ranks:
+                    shapes.selected_data = {ranks.index(r.rank)}
         except Exception:  # noqa: BLE001
             logger.exception("going to region %s failed", row)
 
@@ -514,13 +646,17 @@ class PrognosisWidget(QWidget):
         super().closeEvent(event)
 
 
-def _predict_in_background(path, bundle, geometry, **kwargs):
-    """predict_slide, then its result layers (napari models, no Qt objects until they are
-    added to a viewer), so that only their insertion is left to the GUI thread.
+def _predict_in_background(paths, bundle, geometry, **kwargs):
+    """predict_slide (one slide) or predict_patient (several), then the result layers
+    (napari models, no Qt objects until they are added to a viewer), so that only their
+    insertion is left to the GUI thread.
     Returns (prediction, [(key, layer), ...] or None when building them failed)."""
-    from napari_ghanet.inference.predict import predict_slide
+    from napari_ghanet.inference.predict import predict_patient, predict_slide
 
-    prediction = predict_slide(path, bundle, **kwargs)
+    if len(paths) > 1:
+        prediction = predict_patient(paths, bundle, **kwargs)
+    else:
+        prediction = predict_slide(paths[0], bundle, **kwargs)
     try:
         layers = qt_layers.build_result_layers(prediction, geometry)
     except Exception:  # noqa: BLE001 - built again (with a notification) in the GUI thread

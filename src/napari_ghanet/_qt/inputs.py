@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 
-from qtpy.QtCore import Signal
+from qtpy.QtCore import Qt, Signal
 from qtpy.QtWidgets import (
     QComboBox,
     QDoubleSpinBox,
@@ -19,6 +19,8 @@ from qtpy.QtWidgets import (
     QGroupBox,
     QHBoxLayout,
     QLabel,
+    QListWidget,
+    QListWidgetItem,
     QProgressBar,
     QPushButton,
     QSizePolicy,
@@ -79,6 +81,7 @@ class InputsPanel(QWidget):
     predict_requested = Signal()
     cancel_requested = Signal()
     model_requested = Signal()
+    geojson_requested = Signal()
 
     def __init__(self, viewer, settings: QWidget | None = None, parent=None) -> None:
         super().__init__(parent)
@@ -97,6 +100,15 @@ class InputsPanel(QWidget):
         form.addRow("Slide layer", self.layer_combo)
         self.slide_info = _wrapped()
         form.addRow(self.slide_info)
+        self.patient_label = _wrapped(
+            "Same patient (predicted as one bag with the slide above):")
+        self.patient_list = QListWidget()
+        self.patient_list.setToolTip(
+            "Tick the other slides of this patient: their patches form one bag, as in "
+            "training; attention layers appear on every slide")
+        self.patient_list.setMaximumHeight(90)
+        form.addRow(self.patient_label)
+        form.addRow(self.patient_list)
         self.mpp_label = QLabel("Microns per pixel")
         self.mpp_spin = QDoubleSpinBox()
         self.mpp_spin.setDecimals(4)
@@ -122,6 +134,28 @@ class InputsPanel(QWidget):
         self._disable_missing_cuda()
         form.addRow("Device", self.device_combo)
         layout.addWidget(box)
+
+        roi = QGroupBox("Regions of interest")
+        roi_form = QFormLayout(roi)
+        roi_form.setRowWrapPolicy(QFormLayout.RowWrapPolicy.WrapLongRows)
+        roi_form.setFieldGrowthPolicy(QFormLayout.FieldGrowthPolicy.AllNonFixedFieldsGrow)
+        self.include_combo = _narrow_combo()
+        self.include_combo.setToolTip(
+            "A Shapes layer drawn on the slide: only patches whose centre lies inside one "
+            "of its shapes are used (none: all tissue)")
+        self.exclude_combo = _narrow_combo()
+        self.exclude_combo.setToolTip(
+            "A Shapes layer drawn on the slide: patches whose centre lies inside one of its "
+            "shapes are left out (pen marks, necrosis, folds)")
+        roi_form.addRow("Include", self.include_combo)
+        roi_form.addRow("Exclude", self.exclude_combo)
+        self.geojson_button = QPushButton("Import GeoJSON...")
+        self.geojson_button.setToolTip(
+            "QuPath annotations (File > Export objects as GeoJSON, level-0 pixels): "
+            "become a Shapes layer on the slide, used as include regions")
+        self.geojson_button.clicked.connect(self.geojson_requested)
+        roi_form.addRow(self.geojson_button)
+        layout.addWidget(roi)
 
         if settings is not None:
             from superqt import QCollapsible
@@ -169,6 +203,80 @@ class InputsPanel(QWidget):
         return [layer for layer in self.viewer.layers
                 if isinstance(layer, Image) and OVERLAY_KEY not in layer.metadata]
 
+    def shapes_layers(self) -> list:
+        """The viewer's Shapes layers that can be regions (not the plugin's result layers)."""
+        from napari.layers import Shapes
+
+        return [layer for layer in self.viewer.layers
+                if isinstance(layer, Shapes) and OVERLAY_KEY not in layer.metadata]
+
+    def include_layer(self):
+        """The Shapes layer chosen as include regions (None: all tissue)."""
+        return self.include_combo.currentData()
+
+    def exclude_layer(self):
+        """The Shapes layer chosen as exclude regions (None: none)."""
+        return self.exclude_combo.currentData()
+
+    def set_region_layer(self, kind: str, layer) -> None:
+        """Choose ``layer`` as the "include" or "exclude" regions (None: none)."""
+        combo = self.include_combo if kind == "include" else self.exclude_combo
+        for i in range(combo.count()):
+            if combo.itemData(i) == layer:  # == : napari may hand out proxies
+                combo.setCurrentIndex(i)
+                return
+
+    def patient_layers(self) -> list:
+        """The slide layer chosen above, then the other slides ticked as the same patient."""
+        first = self.selected_layer()
+        if first is None:
+            return []
+        out = [first]
+        for i in range(self.patient_list.count()):
+            item = self.patient_list.item(i)
+            layer = item.data(Qt.ItemDataRole.UserRole)
+            if item.checkState() == Qt.CheckState.Checked and layer != first:
+                out.append(layer)
+        return out
+
+    def set_patient_layers(self, layers) -> None:
+        """Tick ``layers`` (other slide layers) as slides of the same patient."""
+        wanted = list(layers)
+        for i in range(self.patient_list.count()):
+            item = self.patient_list.item(i)
+            on = item.data(Qt.ItemDataRole.UserRole) in wanted
+            item.setCheckState(Qt.CheckState.Checked if on else Qt.CheckState.Unchecked)
+
+    def _refresh_patient_list(self, layers: list) -> None:
+        ticked = self.patient_layers()[1:]
+        first = self.selected_layer()
+        self.patient_list.clear()
+        for layer in layers:
+            if layer == first:
+                continue
+            item = QListWidgetItem(layer.name)
+            item.setData(Qt.ItemDataRole.UserRole, layer)
+            item.setFlags(item.flags() | Qt.ItemFlag.ItemIsUserCheckable)
+            item.setCheckState(Qt.CheckState.Checked if layer in ticked
+                               else Qt.CheckState.Unchecked)
+            self.patient_list.addItem(item)
+        several = self.patient_list.count() > 0
+        self.patient_label.setVisible(several)
+        self.patient_list.setVisible(several)
+
+    def _refresh_shapes(self) -> None:
+        shapes = self.shapes_layers()
+        for combo in (self.include_combo, self.exclude_combo):
+            current = combo.currentData()
+            combo.blockSignals(True)
+            combo.clear()
+            combo.addItem("none", None)
+            for layer in shapes:
+                combo.addItem(layer.name, layer)
+            if current in shapes:
+                combo.setCurrentIndex(shapes.index(current) + 1)
+            combo.blockSignals(False)
+
     def selected_layer(self):
         """The slide layer chosen in the panel (None when there is none)."""
         if self.layer_combo.count() == 0:
@@ -194,13 +302,16 @@ class InputsPanel(QWidget):
             elif layers:
                 self.layer_combo.setCurrentIndex(len(layers) - 1)
             self.layer_combo.blockSignals(False)
-            if self.selected_layer() is not previous or not layers:
+            self._refresh_patient_list(layers)
+            self._refresh_shapes()
+            if self.selected_layer() != previous or not layers:
                 self._on_layer_changed()
         except Exception as e:  # noqa: BLE001 - a Qt slot must not raise
             logger.exception("refreshing the layer list failed: %s", e)
 
     def _on_layer_changed(self, index: int | None = None) -> None:
         try:
+            self._refresh_patient_list(self.slide_layers())
             self.describe_layer()
         except Exception as e:  # noqa: BLE001 - a Qt slot must not raise
             logger.exception("reading the selected layer failed")
@@ -271,6 +382,8 @@ class InputsPanel(QWidget):
         self.cancel_button.setEnabled(on)
         self.load_model_button.setEnabled(not on)
         self.layer_combo.setEnabled(not on)
+        self.patient_list.setEnabled(not on)
+        self.geojson_button.setEnabled(not on)
         if on:
             self.progress_bar.setRange(0, 0)
             self.status_label.setText("Starting...")

@@ -11,6 +11,7 @@ Names are short and grouped ("G-HANet · morphology", "G-HANet · Oncogenesis", 
 
 from __future__ import annotations
 
+import gc
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -23,9 +24,14 @@ __all__ = [
     "GROUP",
     "OVERLAY_KEY",
     "SlideGeometry",
+    "QC_COLOURS",
     "build_result_layers",
     "LayerBatch",
+    "heatmap_display",
     "layer_name",
+    "qc_points",
+    "show_genome_category",
+    "slide_key",
 ]
 
 #: metadata key marking the plugin's result layers (its value: the layer's kind)
@@ -126,57 +132,210 @@ class SlideGeometry:
         return (float(scale[0]), float(scale[1])), self.translate
 
 
-def build_result_layers(prediction, geometry: SlideGeometry) -> list[tuple[str, Any]]:
-    """The result layers of ``prediction`` over the slide, as (key, layer) in display order.
+#: colour of each QC reason (the QC layer's legend: features "reason", and the panel)
+QC_COLOURS = {"pen": "#2962ff", "blur": "#ffd600", "fold": "#d500f9"}
 
-    Keys: "tissue" (outline, hidden), "morphology", "genome:{i}" (one per category,
-    hidden) and "regions" (top-k boxes with rank labels, when there are regions).
-    Attention maps hold one pixel per patch-lattice cell; 0 (no patch) is transparent.
+
+def slide_key(base: str, slide: int = 0) -> str:
+    """Key of a result layer in :attr:`PrognosisWidget.result_layers`: ``base`` for the
+    first slide, ``base@k`` for slide ``k`` of a several-slide prediction.
+
+    Examples
+    --------
+    >>> slide_key("morphology"), slide_key("morphology", 2)
+    ('morphology', 'morphology@2')
     """
+    return base if slide == 0 else f"{base}@{slide}"
+
+
+def heatmap_display(heatmap, level0_scale=(1.0, 1.0), level0_translate=(0.0, 0.0)):
+    """An overlapping-stride :class:`~napari_ghanet.inference.heatmap.Heatmap` ready for
+    an Image layer: (image, scale, translate).
+
+    The image holds each cell's percentile rank among the covered cells in (0.02, 1]; cells
+    no patch covers (NaN) become 0, which the attention colormap leaves transparent. The
+    transform is made from the heatmap's own ``origin`` and ``cell_level0`` (level-0
+    pixels) and the slide layer's level-0 transform, cell (r, c) centred on the middle of
+    the level-0 area it covers.
+
+    Examples
+    --------
+    >>> from napari_ghanet.inference.heatmap import overlap_heatmap
+    >>> hm = overlap_heatmap(np.array([[0, 0], [128, 0], [256, 0]]), 256,
+    ...                      np.array([0.0, 1.0, 2.0]), overlap=0.5)
+    >>> image, scale, translate = heatmap_display(hm, (0.5, 0.5))
+    >>> image.shape, scale, translate
+    ((2, 4), (64.0, 64.0), (31.75, 31.75))
+    >>> float(image.min()) > 0
+    True
+    """
+    raw = np.asarray(heatmap.image, np.float64)
+    image = np.zeros(raw.shape, np.float32)
+    finite = np.isfinite(raw)
+    if finite.any():
+        image[finite] = 0.02 + 0.98 * overlays.percentile_normalise(raw[finite])
+    sy, sx = (float(v) for v in level0_scale)
+    ty, tx = (float(v) for v in level0_translate)
+    cell = float(heatmap.cell_level0)
+    ox, oy = (float(v) for v in heatmap.origin)
+    half = cell / 2.0 - 0.5
+    return image, (cell * sy, cell * sx), (ty + (oy + half) * sy, tx + (ox + half) * sx)
+
+
+def slide_heatmaps(prediction, slide: int) -> dict:
+    """The overlapping-stride heatmaps of slide ``slide`` ({} when there are none)."""
+    by_slide = getattr(prediction, "heatmaps_by_slide", None) or []
+    if slide < len(by_slide) and by_slide[slide]:
+        return dict(by_slide[slide])
+    if slide == 0:
+        return dict(getattr(prediction, "heatmaps", None) or {})
+    return {}
+
+
+def qc_points(coords, reasons, patch_size_level0, level0_scale=(1.0, 1.0),
+              level0_translate=(0.0, 0.0)) -> tuple[np.ndarray, np.ndarray, float]:
+    """Flagged patches as napari points: (M, 2) world (row, col) centres, (M,) reasons and
+    the point size (the patch side in world units).
+
+    Examples
+    --------
+    >>> pts, why, size = qc_points([[0, 0], [512, 256]], ["pen", "blur"], 256, (0.5, 0.5))
+    >>> pts.tolist(), why.tolist(), size
+    ([[63.75, 63.75], [191.75, 319.75]], ['pen', 'blur'], 128.0)
+    """
+    xy = np.asarray(coords, np.float64).reshape(-1, 2)
+    reasons = np.asarray(reasons, dtype=str).reshape(-1)
+    sy, sx = (float(v) for v in level0_scale)
+    ty, tx = (float(v) for v in level0_translate)
+    size = float(patch_size_level0)
+    rows = ty + (xy[:, 1] + size / 2 - 0.5) * sy
+    cols = tx + (xy[:, 0] + size / 2 - 0.5) * sx
+    return np.stack([rows, cols], axis=1), reasons, size * sy
+
+
+def qc_layer(points: np.ndarray, reasons: np.ndarray, size: float, **kwargs):
+    """One Points layer of flagged patches (hollow squares), coloured by reason; the
+    reason of each point is in ``layer.features["reason"]``."""
+    from napari.layers import Points
+
+    colours = [QC_COLOURS.get(str(r), "#ffffff") for r in reasons]
+    return Points(
+        points, symbol="square", size=size, face_color="transparent",
+        border_color=colours if len(colours) else "#ffffff", border_width=0.08,
+        border_width_is_relative=True, features={"reason": reasons}, opacity=0.9,
+        **kwargs,
+    )
+
+
+def build_result_layers(prediction, geometry) -> list[tuple[str, Any]]:
+    """The result layers of ``prediction`` over the slide(s), as (key, layer) in display
+    order.
+
+    ``geometry`` is the slide layer's :class:`SlideGeometry`, or one per slide of a
+    several-slide prediction (None for a slide without a layer: no layers for it). Per
+    slide (keys from :func:`slide_key`): "tissue" (outline, hidden), "morphology",
+    "genome" (one layer, hidden, showing the category picked in the dock; every
+    category's image is in its ``metadata["ghanet_images"]``), "qc" (flagged patches, when
+    QC flagged some) and "regions" (top-k boxes with rank labels, when there are regions).
+    Attention maps hold one pixel per patch-lattice cell, or the overlapping-stride
+    heatmap's cells when the prediction has heatmaps; 0 (no patch) is transparent.
+    """
+    geometries = list(geometry) if isinstance(geometry, list | tuple) else [geometry]
+    layers: list[tuple[str, Any]] = []
+    for k, geom in enumerate(geometries[: prediction.n_slides]):
+        if geom is not None:
+            layers.extend(_slide_layers(prediction, k, geom))
+    return layers
+
+
+def _slide_layers(p, k: int, geometry: SlideGeometry) -> list[tuple[str, Any]]:
     from napari.layers import Image, Shapes
 
-    p = prediction
     prefix = geometry.slide_name
-    level0_scale, level0_translate = geometry.level0_transform(p.slide["dimensions_level0"])
-    lattice = overlays.patch_lattice(p.coords, p.patch_size_level0, p.step_level0)
+    info = p.slides[k] if k < len(p.slides) else p.slide
+    dims = info.get("dimensions_level0") or p.slide["dimensions_level0"]
+    size0 = int(info.get("patch_size_level0", p.patch_size_level0))
+    step0 = int(info.get("step_level0", p.step_level0 if k == 0 else size0))
+    level0_scale, level0_translate = geometry.level0_transform(dims)
+    coords, morph, genome = p.slide_attention(k)
+    lattice = overlays.patch_lattice(coords, size0, step0)
     grid_scale, grid_translate = overlays.lattice_transform(lattice, level0_scale, level0_translate)
+    mask = p.tissue_masks[k] if k < len(p.tissue_masks) else p.tissue_mask
+    downsample = (info.get("tissue") or {}).get("downsample") if k else None
     mask_scale, mask_translate = overlays.mask_transform(
-        p.tissue_downsample, level0_scale, level0_translate
-    )
+        float(downsample or p.tissue_downsample), level0_scale, level0_translate)
     common: dict[str, Any] = {"units": geometry.units} if geometry.units is not None else {}
-    attention = {
-        "scale": grid_scale, "translate": grid_translate, "colormap": attention_colormap(),
-        "contrast_limits": (0.0, 1.0), "opacity": 0.55, "blending": "translucent",
-        "interpolation2d": "nearest", **common,
-    }
+    style = {"colormap": attention_colormap(), "contrast_limits": (0.0, 1.0), "opacity": 0.55,
+             "blending": "translucent", "interpolation2d": "nearest", **common}
+    heatmaps = slide_heatmaps(p, k)
+
+    def attention(label: str, values: np.ndarray) -> tuple[np.ndarray, dict]:
+        hm = heatmaps.get(label)
+        if hm is not None and np.asarray(hm.image).size:
+            image, scale, translate = heatmap_display(hm, level0_scale, level0_translate)
+            return image, {"scale": scale, "translate": translate, **style}
+        return (overlays.attention_image(values, lattice),
+                {"scale": grid_scale, "translate": grid_translate, **style})
 
     def meta(kind: str, label: str, **extra) -> dict[str, Any]:
         return {"name": layer_name(label, prefix),
-                "metadata": {OVERLAY_KEY: kind, LABEL_KEY: label, **extra}}
+                "metadata": {OVERLAY_KEY: kind, LABEL_KEY: label, "ghanet_slide": k, **extra}}
 
+    morph_image, morph_kw = attention("morphology", morph)
     layers: list[tuple[str, Any]] = [
-        ("tissue", Image(
-            overlays.mask_outline(p.tissue_mask, width=2), scale=mask_scale,
+        (slide_key("tissue", k), Image(
+            overlays.mask_outline(mask, width=2), scale=mask_scale,
             translate=mask_translate, colormap=mask_colormap(), contrast_limits=(0, 1),
             opacity=0.9, blending="translucent", interpolation2d="nearest", visible=False,
             **meta("tissue", "tissue"), **common)),
-        ("morphology", Image(overlays.attention_image(p.morphology_attention, lattice),
-                             **meta("morphology", "morphology"), **attention)),
+        (slide_key("morphology", k), Image(morph_image, **meta("morphology", "morphology"),
+                                          **morph_kw)),
     ]
-    for i, name in enumerate(p.category_names):
-        layers.append((f"genome:{i}", Image(
-            overlays.attention_image(p.genome_attention[i], lattice), visible=False,
-            **meta("genome", name, category=name, category_index=i), **attention)))
-    if p.top_regions:
-        xywh = np.array([[r.x, r.y, r.width, r.height] for r in p.top_regions])
-        layers.append(("regions", Shapes(
+    if p.category_names:
+        made = [attention(name, genome[i]) for i, name in enumerate(p.category_names)]
+        images = [image for image, _ in made]
+        layers.append((slide_key("genome", k), Image(
+            images[0], visible=False, **made[0][1],
+            **meta("genome", "genome attention", category=None, ghanet_images=images))))
+    qc_coords = getattr(p, "qc_coords", None)
+    if qc_coords is not None and len(qc_coords):
+        which = np.asarray(getattr(p, "qc_slide_index", None)
+                           if getattr(p, "qc_slide_index", None) is not None
+                           else np.zeros(len(qc_coords), np.int64))
+        sel = which == k
+        if sel.any():
+            pts, why, size = qc_points(np.asarray(qc_coords)[sel],
+                                       np.asarray(p.qc_reasons)[sel], size0,
+                                       level0_scale, level0_translate)
+            layers.append((slide_key("qc", k), qc_layer(pts, why, size, **meta("qc", "QC"),
+                                                        **common)))
+    regions = [r for r in p.top_regions if getattr(r, "slide", 0) == k]
+    if regions:
+        xywh = np.array([[r.x, r.y, r.width, r.height] for r in regions])
+        layers.append((slide_key("regions", k), Shapes(
             overlays.region_rectangles(xywh, level0_scale, level0_translate),
             shape_type="rectangle", edge_color="#00e5ff", face_color="transparent",
-            edge_width=0.04 * p.patch_size_level0 * level0_scale[0],
-            properties={"rank": np.array([r.rank for r in p.top_regions]),
-                        "category": np.array([r.category for r in p.top_regions])},
+            edge_width=0.04 * size0 * level0_scale[0],
+            properties={"rank": np.array([r.rank for r in regions]),
+                        "category": np.array([r.category for r in regions])},
             text=dict(RANK_TEXT), **meta("regions", "top regions"), **common)))
     return layers
+
+
+def show_genome_category(layer, index: int | None, names: list[str]) -> None:
+    """Show category ``index`` (None: hide) on a "genome" result layer, named after it."""
+    images = layer.metadata.get("ghanet_images") or []
+    if index is None or not 0 <= index < len(images):
+        layer.visible = False
+        return
+    if layer.metadata.get("category") != names[index]:
+        layer.data = images[index]
+        layer.metadata["category"] = names[index]
+        layer.metadata["category_index"] = index
+        layer.metadata[LABEL_KEY] = names[index]
+        slide_name = layer.name.rsplit(f"{GROUP} · ", 1)[0].removesuffix(" · ") or None
+        layer.name = layer_name(names[index], slide_name)
+    layer.visible = True
 
 
 def rename_result_layers(layers, slide_name: str | None) -> None:
@@ -187,6 +346,20 @@ def rename_result_layers(layers, slide_name: str | None) -> None:
             name = layer_name(label, slide_name)
             if layer.name != name:
                 layer.name = name
+
+
+def freeze_gc() -> None:
+    """Move every object alive now into Python's permanent GC generation.
+
+    A full (generation 2) collection of a napari process with a slide open scans a few
+    million objects: 250-300 ms with the GIL held, i.e. a frozen viewer. The vispy visuals
+    of new layers allocate enough to trigger one, so the stall used to land in the middle
+    of adding the result layers. After :func:`gc.freeze` a full collection only scans the
+    objects made since (a few ms). The frozen objects (the viewer, the slide, the plugin)
+    live for the session anyway; a result layer replaced later is left to reference
+    counting (napari releases its GL resources on removal).
+    """
+    gc.freeze()
 
 
 class LayerBatch:
@@ -223,6 +396,8 @@ class LayerBatch:
         """Insert layers (at least one) until ``budget_s`` seconds have passed; returns
         :attr:`done`."""
         start = time.perf_counter()
+        if not self.inserted:
+            freeze_gc()
         selection = self.viewer.layers.selection
         selected, active = set(selection), selection.active
         # napari makes each new layer the selected one (switching the layer controls,
@@ -244,11 +419,23 @@ class LayerBatch:
 
     def reveal(self) -> None:
         """Show the layers meant to be visible and select ``active`` again."""
+        while not self.reveal_next():
+            pass
+
+    def reveal_next(self) -> bool:
+        """Show the next layer meant to be visible (one per call: its first draw compiles
+        its GL shaders, 60-150 ms on a software renderer, so that the dock can spread the
+        first draws over turns of the event loop); returns True when all are shown (and
+        ``active`` is selected again)."""
         for layer in self.inserted.values():
-            if self._visible.get(id(layer)):
+            if self._visible.pop(id(layer), False):
                 layer.visible = True
+                if any(self._visible.get(id(other)) for other in self.inserted.values()):
+                    return False
+                break
         if self.active is not None and self.active in self.viewer.layers:
             self.viewer.layers.selection.active = self.active
+        return True
 
     def remove(self) -> None:
         """Take the inserted layers out of the viewer again."""

@@ -4,7 +4,6 @@ embed_to_file (what `ghanet embed` and cohort runners call per slide)."""
 from __future__ import annotations
 
 import csv
-import pickle
 import threading
 
 import numpy as np
@@ -156,13 +155,19 @@ def test_stages_run_one_by_one(bundle, two_slides, tmp_path):
         open_stage(nompp)
 
 
+def _dask_round_trip(obj):
+    from distributed.protocol import deserialize, serialize
+
+    return deserialize(*serialize(obj))
+
+
 def test_embed_to_file_done_skipped_failed(two_slides, tmp_path):
     kw = dict(encoder_kwargs={"patch_px": 64, "target_mpp": 2.0}, device="cpu", workers=0)
     out = tmp_path / "feats"
-    # plain, picklable arguments: what a process pool or Dask sends to a worker
-    assert pickle.loads(pickle.dumps(embed_to_file)) is embed_to_file
+    # plain, serialisable arguments and results: what Dask sends to and from a worker
+    assert _dask_round_trip(embed_to_file) is embed_to_file
     done = embed_to_file(two_slides[0], out, "morphometric", **kw)
-    assert isinstance(pickle.loads(pickle.dumps(done)), EmbedOutcome)
+    assert isinstance(_dask_round_trip(done), EmbedOutcome)
     assert done.status == "done" and done.error is None and done.dim == 64
     feats = load_features(out / "case-A.h5")
     with open_stage(two_slides[0])[0] as s:

@@ -122,7 +122,7 @@ def test_resnet50_bad_weights(tmp_path):
         create_encoder("resnet50_trunc", weights=tmp_path / "r18.pth")
     with open(tmp_path / "obj.pth", "wb") as fh:
         pickle.dump({"conv1.weight": object()}, fh)
-    with pytest.raises(EncoderError, match=r"obj\.pth: cannot load"):
+    with pytest.raises(EncoderError, match=r"obj\.pth: cannot read the ResNet50 weights"):
         create_encoder("resnet50_trunc", weights=tmp_path / "obj.pth")
     with pytest.raises(EncoderError, match="not found"):
         create_encoder("resnet50_trunc", weights=tmp_path / "missing.pth")

@@ -10,7 +10,6 @@ torch's hub cache ``<torch.hub.get_dir()>/checkpoints/resnet50-*.pth`` and are l
 from __future__ import annotations
 
 import os
-import pickle
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +24,7 @@ from napari_ghanet.encoders.base import (
     file_digest,
 )
 from napari_ghanet.encoders.registry import register_encoder
+from napari_ghanet.encoders.weights import load_checkpoint
 from napari_ghanet.errors import EncoderError
 
 __all__ = ["ResNet50Trunc", "find_resnet50_weights"]
@@ -143,23 +143,8 @@ class ResNet50Trunc(PatchEncoder):
 
     @staticmethod
     def _load_state(path: Path) -> dict[str, torch.Tensor]:
-        try:
-            obj = torch.load(path, map_location="cpu", weights_only=True)
-        except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError) as exc:
-            raise EncoderError(
-                f"{path}: cannot load as a tensor state dict (only plain tensors are "
-                f"accepted): {exc}"
-            ) from exc
-        for key in ("state_dict", "model", "model_state_dict"):
-            if isinstance(obj, dict) and isinstance(obj.get(key), dict):
-                obj = obj[key]
-        if not isinstance(obj, dict):
-            raise EncoderError(f"{path}: holds a {type(obj).__name__}, not a state dict")
-        return {
-            k.removeprefix("module.").removeprefix("model."): v
-            for k, v in obj.items()
-            if isinstance(v, torch.Tensor)
-        }
+        state = load_checkpoint(path, what="ResNet50")  # plain tensors only, never unpickled
+        return {k.removeprefix("module.").removeprefix("model."): v for k, v in state.items()}
 
     def weights_description(self) -> str:
         return self._weights_desc

@@ -11,7 +11,8 @@ module only displays it. Errors become napari notifications, never exceptions.
 
 It composes the parts in :mod:`napari_ghanet._qt`: :class:`~._qt.inputs.InputsPanel`
 (inputs and run controls), :class:`~._qt.settings.AdvancedSettings` (magicgui form),
-:class:`~._qt.results.ResultsPanel`, :class:`~._qt.exports.ExportPanel`, and the layer
+:class:`~._qt.results.ResultsPanel`, :class:`~._qt.exports.ExportPanel`,
+:class:`~._qt.result_layers.ResultLayers` (the result layers on the viewer) and the layer
 factories of :mod:`~._qt.layers` (napari only).
 """
 
@@ -23,17 +24,18 @@ import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from qtpy.QtCore import QObject, Qt, QTimer, Signal
+from qtpy.QtCore import QObject, Qt, Signal
 from qtpy.QtWidgets import QFileDialog, QFrame, QLabel, QScrollArea, QVBoxLayout, QWidget
 
 from napari_ghanet._qt import layers as qt_layers
+from napari_ghanet._qt import regions as qt_regions
 from napari_ghanet._qt.exports import ExportPanel
 from napari_ghanet._qt.inputs import InputsPanel, layer_path
 from napari_ghanet._qt.notify import error_message, notify
+from napari_ghanet._qt.result_layers import ResultLayers
 from napari_ghanet._qt.results import ResultsPanel
 from napari_ghanet._qt.settings import AdvancedSettings
 from napari_ghanet.errors import Cancelled, GHANetError
-from napari_ghanet.inference import overlays
 
 if TYPE_CHECKING:
     import napari
@@ -66,6 +68,8 @@ class PrognosisWidget(QWidget):
     settings : AdvancedSettings
     results : ResultsPanel
     exports : ExportPanel
+    shown_layers : ResultLayers
+        The result layers on the viewer (:attr:`result_layers` by key).
     prediction_shown : Signal(Prediction)
         Emitted once a prediction's numbers and layers are on screen.
     """
@@ -83,11 +87,11 @@ class PrognosisWidget(QWidget):
         self.cache_dir = Path(cache_dir) if cache_dir is not None else None
         self.bundle = None
         self.prediction = None
-        self.result_layers: dict[str, Any] = {}
-        self._slide_layers: list = []  # layers the current result belongs to (per slide)
+        # the result layers on the viewer; _on_shown looked up at call time
+        self.shown_layers = ResultLayers(viewer, lambda: self.inputs.slide_layers(),
+                                         lambda: self._on_shown())
         self._run_layers: list = []  # layers the running prediction is for
         self._worker = None
-        self._batch: qt_layers.LayerBatch | None = None  # result layers being added
         self._cancel: threading.Event | None = None
         self._pbar = None
         self._last_done = 0
@@ -161,37 +165,16 @@ class PrognosisWidget(QWidget):
 
     def _on_layers_changed(self, event=None) -> None:
         self.inputs.refresh_layers(event, running=self.running)
-        self._rename_result_layers()
+        self.shown_layers.rename()
 
     def _on_layer_removed(self, event=None) -> None:
-        removed = getattr(event, "value", None)
-        for key, layer in list(self.result_layers.items()):
-            if layer is removed:
-                del self.result_layers[key]
-        if removed is not None and any(removed == layer for layer in self._slide_layers):
-            self._clear_result_layers()
-            self._slide_layers = []
+        self.shown_layers.layer_removed(getattr(event, "value", None))
         self._on_layers_changed()
 
     @property
-    def _slide_layer(self):
-        """The (first) slide layer the current result belongs to."""
-        return self._slide_layers[0] if self._slide_layers else None
-
-    def _layer_prefix(self, slide_layer) -> str | None:
-        """The slide's name, when several slide layers are open (else no prefix)."""
-        several = len(self.inputs.slide_layers()) > 1
-        return slide_layer.name if several and slide_layer is not None else None
-
-    def _rename_result_layers(self) -> None:
-        try:
-            for k, slide_layer in enumerate(self._slide_layers):
-                qt_layers.rename_result_layers(
-                    [layer for layer in self.result_layers.values()
-                     if layer.metadata.get("ghanet_slide", 0) == k],
-                    self._layer_prefix(slide_layer))
-        except Exception:  # noqa: BLE001 - only names
-            logger.exception("renaming the result layers failed")
+    def result_layers(self) -> dict[str, Any]:
+        """The result layers in the viewer, by key ("genome", "morphology@1", ...)."""
+        return self.shown_layers.layers
 
     def selected_layer(self):
         """The slide layer chosen in the widget (None when there is none)."""
@@ -244,7 +227,7 @@ class PrognosisWidget(QWidget):
     @property
     def running(self) -> bool:
         """True from "Predict" until the result is on screen (or the run ended)."""
-        return self._worker is not None or self._batch is not None
+        return self._worker is not None or self.shown_layers.busy
 
     def prediction_settings(self) -> dict[str, Any]:
         """Keyword arguments for predict_slide from the widget's fields."""
@@ -303,33 +286,9 @@ class PrognosisWidget(QWidget):
         RegionError
             A chosen layer has no shape with an area.
         """
-        from napari_ghanet.preprocessing.roi import Regions
-
         layer = layer if layer is not None else self.selected_layer()
-        include, exclude = self.inputs.include_layer(), self.inputs.exclude_layer()
-        if layer is None or (include is None and exclude is None):
-            return None
-        return Regions(
-            include=self._shapes_regions(include, layer) if include is not None else [],
-            exclude=self._shapes_regions(exclude, layer) if exclude is not None else [],
-        )
-
-    def _shapes_regions(self, shapes, layer) -> list:
-        from napari_ghanet.preprocessing.roi import level0_transform, polygons_from_shapes
-
-        scale, translate = self._level0_transform(layer)
-        to_level0 = level0_transform(scale, translate, shapes.scale[-2:], shapes.translate[-2:])
-        return polygons_from_shapes(shapes.data, to_level0, shapes.shape_type,
-                                    source=f"shapes layer {shapes.name!r}")
-
-    @staticmethod
-    def _level0_transform(layer):
-        """World (scale, translate) of slide layer ``layer``'s level-0 pixels."""
-        geometry = qt_layers.SlideGeometry.of(layer)
-        dims = (layer.metadata.get("level_dimensions") or [None])[0]
-        if not dims:
-            dims = (geometry.shape[1], geometry.shape[0])
-        return geometry.level0_transform(tuple(int(v) for v in dims))
+        return qt_regions.shapes_regions(
+            self.inputs.include_layer(), self.inputs.exclude_layer(), layer)
 
     def _choose_geojson(self) -> None:
         path, _ = QFileDialog.getOpenFileName(
@@ -346,36 +305,12 @@ class PrognosisWidget(QWidget):
         Polygons keep their outer ring (napari shapes have no holes); each part of a
         MultiPolygon becomes one shape.
         """
-        from napari_ghanet.preprocessing.roi import read_geojson
-
-        layer = self.selected_layer()
-        if layer is None:
-            notify("error", "Open the slide first: the annotations are laid over it")
+        shapes = qt_regions.import_geojson(self.viewer, self.selected_layer(), path, kind)
+        if shapes is None:
             return None
-        try:
-            regions = read_geojson(path)
-        except GHANetError as e:
-            notify("error", f"Cannot import the regions: {e}")
-            return None
-        import shapely
-
-        polygons, names = [], []
-        for region in regions:
-            for part in shapely.get_parts(region.geometry):
-                xy = shapely.get_coordinates(part.exterior)[:-1]
-                polygons.append(xy[:, ::-1].astype(float))  # (row, col) = (y, x)
-                names.append(region.name)
-        scale, translate = self._level0_transform(layer)
-        colour = "#00c853" if kind == "include" else "#ff1744"
-        shapes = self.viewer.add_shapes(
-            polygons, shape_type="polygon", scale=scale, translate=translate,
-            edge_color=colour, face_color="transparent",
-            edge_width=max(abs(scale[0]), 1e-9) * 20, features={"name": names},
-            name=f"{Path(path).stem} ({kind})", units=getattr(layer, "units", None),
-        )
         self.inputs.set_region_layer(kind, shapes)
         self.viewer.layers.selection.active = shapes
-        notify("info", f"{len(polygons)} region(s) imported from {Path(path).name} as "
+        notify("info", f"{len(shapes.data)} region(s) imported from {Path(path).name} as "
                        f"{kind} regions")
         return shapes
 
@@ -406,7 +341,7 @@ class PrognosisWidget(QWidget):
             relay.progressed.emit(stage, done, total)
 
         kwargs["progress"] = progress
-        geometry = [qt_layers.SlideGeometry.of(lay, self._layer_prefix(lay)) for lay in layers]
+        geometry = [self.shown_layers.geometry(lay) for lay in layers]
         self._run_layers = list(layers)
         self.inputs.set_running(True)
         self._start_napari_progress()
@@ -429,11 +364,9 @@ class PrognosisWidget(QWidget):
             self._cancel.set()
             self.inputs.status_label.setText("Cancelling...")
             self.inputs.cancel_button.setEnabled(False)
-        elif self._batch is not None:
+        elif self.shown_layers.busy:
             # Cancelled while the result layers were being added: take them all away.
-            self._batch.remove()
-            self._batch = None
-            self.result_layers = {}
+            self.shown_layers.cancel()
             self.prediction = None
             self.results.clear()
             self.inputs.status_label.setText("Cancelled")
@@ -477,7 +410,7 @@ class PrognosisWidget(QWidget):
                 notify("warning", w)
         except Exception as e:  # noqa: BLE001
             logger.exception("showing the prediction failed")
-            self._clear_result_layers()
+            self.shown_layers.clear()
             notify("error", f"Could not show the prediction: {e}")
 
     def _on_errored(self, exc: BaseException) -> None:
@@ -501,7 +434,7 @@ class PrognosisWidget(QWidget):
             except Exception:  # noqa: BLE001
                 pass
             self._pbar = None
-        if self._batch is None:
+        if not self.shown_layers.busy:
             self.inputs.set_idle(done=self.prediction is not None)
 
     def _on_shown(self) -> None:
@@ -533,61 +466,12 @@ class PrognosisWidget(QWidget):
         else:
             slide_layers = list(layer) if isinstance(layer, list | tuple) else [layer]
         slide_layers = [lay if lay in self.viewer.layers else None for lay in slide_layers]
-        self._clear_result_layers()
+        self.shown_layers.clear()
         self.prediction = prediction
-        self._slide_layers = slide_layers
+        self.shown_layers.slide_layers = slide_layers
         self.results.show_prediction(prediction)
         self._show_intended_use(prediction.intended_use)
-        if not any(lay is not None for lay in slide_layers):
-            self._on_shown()
-            return
-        try:
-            if layers is None:
-                geometry = [qt_layers.SlideGeometry.of(lay, self._layer_prefix(lay))
-                            if lay is not None else None for lay in slide_layers]
-                layers = qt_layers.build_result_layers(prediction, geometry)
-        except Exception as e:  # noqa: BLE001 - no layers, never a traceback
-            logger.exception("building the result layers failed")
-            notify("error", f"Could not show the prediction layers: {e}")
-            self._on_shown()
-            return
-        self._batch = qt_layers.LayerBatch(self.viewer, layers, active=slide_layers[0])
-        if incremental:
-            QTimer.singleShot(1, self._insert_layers)
-        else:
-            while self._batch is not None:
-                self._insert_layers(budget_s=float("inf"))
-
-    def _insert_layers(self, budget_s: float = 0.04) -> None:
-        batch = self._batch
-        if batch is None:
-            return  # cancelled meanwhile
-        try:
-            if not batch.done:
-                batch.insert_some(budget_s)
-                self.result_layers = dict(batch.inserted)
-                if budget_s != float("inf"):
-                    QTimer.singleShot(1, self._insert_layers)  # a timer: paints go first
-                    return
-            if budget_s == float("inf"):
-                batch.reveal()
-            elif not batch.reveal_next():  # one layer's first draw per turn
-                QTimer.singleShot(1, self._insert_layers)
-                return
-            self.result_layers = dict(batch.inserted)
-        except Exception as e:  # noqa: BLE001 - never half-made layers, never a traceback
-            logger.exception("adding the result layers failed")
-            batch.remove()
-            self.result_layers = {}
-            notify("error", f"Could not show the prediction layers: {e}")
-        self._batch = None
-        self._on_shown()
-
-    def _clear_result_layers(self) -> None:
-        for layer in list(self.result_layers.values()):
-            if layer in self.viewer.layers:
-                self.viewer.layers.remove(layer)
-        self.result_layers = {}
+        self.shown_layers.add(prediction, layers, incremental=incremental)
 
     def _on_category_selected(self, index: int | None) -> None:
         try:
@@ -599,41 +483,12 @@ class PrognosisWidget(QWidget):
         """Show category ``index``'s genome-informed attention on the "genome" layer of
         each slide (None: hide it); the layer is named after the category."""
         names = self.prediction.category_names if self.prediction is not None else []
-        for key, layer in self.result_layers.items():
-            if key.split("@")[0] == "genome":
-                qt_layers.show_genome_category(layer, index, names)
+        self.shown_layers.show_category(index, names)
         self.results.select_category(index)
 
     def go_to_region(self, row: int) -> None:
         """Centre and zoom the view on top region ``row`` (0-based)."""
-        try:
-            p = self.prediction
-            if p is None or not 0 <= row < len(p.top_regions):
-                return
-            r = p.top_regions[row]
-            k = getattr(r, "slide", 0)
-            layer = self._slide_layers[k] if k < len(self._slide_layers) else None
-            if layer is not None and layer in self.viewer.layers:
-                geometry = qt_layers.SlideGeometry.of(layer)
-                dims = (p.slides[k] if k < len(p.slides) else p.slide)["dimensions_level0"]
-                scale, translate = geometry.level0_transform(dims)
-            else:
-                scale, translate = (1.0, 1.0), (0.0, 0.0)
-            cy, cx = overlays.region_centre(r.x, r.y, r.width, r.height, scale, translate)
-            canvas = getattr(self.viewer, "canvas", None)
-            size = getattr(canvas, "size", None) or getattr(self.viewer, "_canvas_size", (600, 800))
-            extent = 3.0 * max(r.width * scale[1], r.height * scale[0])  # patch + context
-            scene = getattr(self.viewer, "scene", None)
-            camera = scene.camera if scene is not None else self.viewer.camera
-            camera.center = (cy, cx)
-            camera.zoom = float(min(size)) / extent
-            shapes = self.result_layers.get(qt_layers.slide_key("regions", k))
-            if shapes is not None:
-                ranks = list(shapes.properties.get("rank", []))
-                if r.rank in ranks:
-                    shapes.selected_data = {ranks.index(r.rank)}
-        except Exception:  # noqa: BLE001
-            logger.exception("going to region %s failed", row)
+        self.shown_layers.go_to_region(self.prediction, row)
 
     def export(self, kind: str, path: str | os.PathLike) -> Path | None:
         """Write the current result: kind "json", "csv", "geojson" or "png" (a snapshot

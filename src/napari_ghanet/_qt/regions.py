@@ -1,0 +1,93 @@
+"""Regions of interest of the dock: napari Shapes layers <-> level-0 polygons.
+
+The include/exclude Shapes layers chosen in the dock become a
+:class:`~napari_ghanet.preprocessing.roi.Regions` in level-0 pixels of a slide layer, and
+QuPath GeoJSON annotations (level-0 pixels) become a Shapes layer laid over the slide.
+napari only, no Qt.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from napari_ghanet._qt import layers as qt_layers
+from napari_ghanet._qt.notify import notify
+from napari_ghanet.errors import GHANetError
+
+__all__ = ["import_geojson", "level0_transform", "shapes_regions"]
+
+
+def level0_transform(layer) -> tuple[tuple[float, float], tuple[float, float]]:
+    """World (scale, translate) of slide layer ``layer``'s level-0 pixels."""
+    geometry = qt_layers.SlideGeometry.of(layer)
+    dims = (layer.metadata.get("level_dimensions") or [None])[0]
+    if not dims:
+        dims = (geometry.shape[1], geometry.shape[0])
+    return geometry.level0_transform(tuple(int(v) for v in dims))
+
+
+def _polygons(shapes, layer) -> list:
+    from napari_ghanet.preprocessing.roi import level0_transform as to_level0_of
+    from napari_ghanet.preprocessing.roi import polygons_from_shapes
+
+    scale, translate = level0_transform(layer)
+    to_level0 = to_level0_of(scale, translate, shapes.scale[-2:], shapes.translate[-2:])
+    return polygons_from_shapes(shapes.data, to_level0, shapes.shape_type,
+                                source=f"shapes layer {shapes.name!r}")
+
+
+def shapes_regions(include, exclude, layer):
+    """Shapes layers ``include`` / ``exclude`` (either may be None) as a
+    :class:`~napari_ghanet.preprocessing.roi.Regions` in level-0 pixels of slide layer
+    ``layer``; None when there is no slide layer or no Shapes layer.
+
+    Raises
+    ------
+    RegionError
+        A layer has no shape with an area.
+    """
+    from napari_ghanet.preprocessing.roi import Regions
+
+    if layer is None or (include is None and exclude is None):
+        return None
+    return Regions(
+        include=_polygons(include, layer) if include is not None else [],
+        exclude=_polygons(exclude, layer) if exclude is not None else [],
+    )
+
+
+def import_geojson(viewer, layer, path: str | os.PathLike, kind: str = "include"):
+    """Read QuPath GeoJSON annotations (level-0 pixels) into a Shapes layer of ``viewer``
+    laid over slide layer ``layer`` (green for "include", red for "exclude"). Returns the
+    layer (None, with a notification, on failure).
+
+    Polygons keep their outer ring (napari shapes have no holes); each part of a
+    MultiPolygon becomes one shape.
+    """
+    from napari_ghanet.preprocessing.roi import read_geojson
+
+    if layer is None:
+        notify("error", "Open the slide first: the annotations are laid over it")
+        return None
+    try:
+        regions = read_geojson(path)
+    except GHANetError as e:
+        notify("error", f"Cannot import the regions: {e}")
+        return None
+    import shapely
+
+    polygons, names = [], []
+    for region in regions:
+        for part in shapely.get_parts(region.geometry):
+            xy = shapely.get_coordinates(part.exterior)[:-1]
+            polygons.append(xy[:, ::-1].astype(float))  # (row, col) = (y, x)
+            names.append(region.name)
+    scale, translate = level0_transform(layer)
+    colour = "#00c853" if kind == "include" else "#ff1744"
+    return viewer.add_shapes(
+        polygons, shape_type="polygon", scale=scale, translate=translate,
+        edge_color=colour, face_color="transparent",
+        edge_width=max(abs(scale[0]), 1e-9) * 20, features={"name": names},
+        name=f"{Path(path).stem} ({kind})", units=getattr(layer, "units", None),
+    )

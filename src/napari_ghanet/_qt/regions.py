@@ -14,11 +14,13 @@ from pathlib import Path
 from napari_ghanet._qt import layers as qt_layers
 from napari_ghanet._qt.notify import notify
 from napari_ghanet.errors import GHANetError
+from napari_ghanet.preprocessing.roi import Regions, polygons_from_shapes, read_geojson
+from napari_ghanet.preprocessing.roi import level0_transform as shapes_to_level0
 
-__all__ = ["import_geojson", "level0_transform", "shapes_regions"]
+__all__ = ["import_geojson", "slide_level0_transform", "shapes_regions"]
 
 
-def level0_transform(layer) -> tuple[tuple[float, float], tuple[float, float]]:
+def slide_level0_transform(layer) -> tuple[tuple[float, float], tuple[float, float]]:
     """World (scale, translate) of slide layer ``layer``'s level-0 pixels."""
     geometry = qt_layers.SlideGeometry.of(layer)
     dims = (layer.metadata.get("level_dimensions") or [None])[0]
@@ -28,11 +30,8 @@ def level0_transform(layer) -> tuple[tuple[float, float], tuple[float, float]]:
 
 
 def _polygons(shapes, layer) -> list:
-    from napari_ghanet.preprocessing.roi import level0_transform as to_level0_of
-    from napari_ghanet.preprocessing.roi import polygons_from_shapes
-
-    scale, translate = level0_transform(layer)
-    to_level0 = to_level0_of(scale, translate, shapes.scale[-2:], shapes.translate[-2:])
+    scale, translate = slide_level0_transform(layer)
+    to_level0 = shapes_to_level0(scale, translate, shapes.scale[-2:], shapes.translate[-2:])
     return polygons_from_shapes(shapes.data, to_level0, shapes.shape_type,
                                 source=f"shapes layer {shapes.name!r}")
 
@@ -47,7 +46,6 @@ def shapes_regions(include, exclude, layer):
     RegionError
         A layer has no shape with an area.
     """
-    from napari_ghanet.preprocessing.roi import Regions
 
     if layer is None or (include is None and exclude is None):
         return None
@@ -65,7 +63,6 @@ def import_geojson(viewer, layer, path: str | os.PathLike, kind: str = "include"
     Polygons keep their outer ring (napari shapes have no holes); each part of a
     MultiPolygon becomes one shape.
     """
-    from napari_ghanet.preprocessing.roi import read_geojson
 
     if layer is None:
         notify("error", "Open the slide first: the annotations are laid over it")
@@ -83,7 +80,7 @@ def import_geojson(viewer, layer, path: str | os.PathLike, kind: str = "include"
             xy = shapely.get_coordinates(part.exterior)[:-1]
             polygons.append(xy[:, ::-1].astype(float))  # (row, col) = (y, x)
             names.append(region.name)
-    scale, translate = level0_transform(layer)
+    scale, translate = slide_level0_transform(layer)
     colour = "#00c853" if kind == "include" else "#ff1744"
     return viewer.add_shapes(
         polygons, shape_type="polygon", scale=scale, translate=translate,

@@ -23,6 +23,8 @@ Examples
 
 from __future__ import annotations
 
+import contextlib
+import math
 import os
 import threading
 import time
@@ -46,10 +48,15 @@ from napari_ghanet.errors import (
     SlideError,
 )
 from napari_ghanet.inference.embedding import embed_slide, iter_patch_batches
-from napari_ghanet.inference.heatmap import Heatmap, overlap_factor, overlap_heatmap
+from napari_ghanet.inference.heatmap import Heatmap, overlap_factor, overlap_grid, overlap_heatmap
 from napari_ghanet.inference.overlays import percentile_normalise
 from napari_ghanet.inference.result import CategoryResult, Prediction, Region
-from napari_ghanet.io.features import PatchFeatures, load_matching_features, save_features
+from napari_ghanet.io.features import (
+    PatchFeatures,
+    cached_features_path,
+    load_matching_features,
+    save_features,
+)
 from napari_ghanet.io.slide import Slide, open_slide
 from napari_ghanet.models.bundle import ModelBundle
 from napari_ghanet.models.risk import survival_horizon
@@ -65,28 +72,39 @@ from napari_ghanet.preprocessing.roi import RegionReport, Regions, filter_grid
 from napari_ghanet.preprocessing.tissue import TissueMask, TissueParams, tissue_mask
 
 __all__ = [
+    "BagEncoder",
+    "BagOptions",
     "EmbedOutcome",
     "ModelOutputs",
     "ProgressCallback",
     "SlideFeatures",
     "SlideRun",
     "assemble_stage",
+    "bag_heatmap_stage",
+    "bag_settings",
+    "bag_stage",
     "build_encoder",
     "check_cancel",
+    "check_counts",
+    "check_qc_overlap",
     "default_cache_dir",
     "embed_to_file",
-    "features_stage",
     "feature_spec",
+    "features_stage",
     "grid_stage",
     "heatmap_stage",
     "model_stage",
-    "patch_scorers",
-    "score_patches_stage",
     "open_stage",
+    "patch_geometry",
+    "patch_scorers",
+    "patient_slides",
     "prediction_device",
     "qc_stage",
     "regions_stage",
+    "score_patches_stage",
     "slide_info",
+    "slide_regions",
+    "slide_stage",
 ]
 
 #: Signature of progress callbacks: (stage, done, total). Stages, in order: "slide",
@@ -596,7 +614,8 @@ class SlideRun:
     ``features`` hold only the patches in the bag (kept by the regions and QC); ``grid``
     is the grid after the regions; ``regions`` / ``qc`` what the regions and artifact QC
     did (None when not used); ``qc_coords`` / ``qc_reasons`` the flagged patches;
-    ``extra`` the features of the overlapping heatmap patches (None at overlap 0).
+    ``extra`` the features of the overlapping heatmap patches (None at overlap 0) and
+    ``n_extra`` how many were embedded or read (before QC).
     """
 
     info: dict[str, Any]
@@ -608,6 +627,7 @@ class SlideRun:
     qc_coords: np.ndarray | None = None
     qc_reasons: np.ndarray | None = None
     extra: PatchFeatures | None = None
+    n_extra: int = 0
 
 
 def patch_scorers(model: Any) -> list[Any] | None:
@@ -907,6 +927,398 @@ def assemble_stage(
         horizon_months=float(horizon),
         horizon_note=note,
     )
+
+
+# --------------------------------------------------------------------------- a patient's bag
+# predict_patient = checks below -> slide_stage per slide -> bag_stage -> model_stage ->
+# bag_heatmap_stage -> assemble_stage (with bag_settings).
+
+
+def patient_slides(
+    slides: Sequence[Slide | str | os.PathLike] | Slide | str | os.PathLike,
+    mpp: float | Sequence[float | None] | None,
+) -> tuple[list[Any], list[float | None]]:
+    """The slides of a bag as a list (one slide or path alone is a list of one) and one
+    level-0 ``mpp`` (um/px, or None) per slide. Raises
+    :class:`~napari_ghanet.errors.PredictionError` for no slide or a wrong count of mpp.
+
+    Examples
+    --------
+    >>> patient_slides("a.svs", 0.25)
+    (['a.svs'], [0.25])
+    """
+    if isinstance(slides, str | os.PathLike | Slide):
+        slides = [slides]
+    slides = list(slides)
+    if not slides:
+        raise PredictionError("no slide given: a patient needs at least one slide")
+    if mpp is None or isinstance(mpp, int | float):
+        return slides, [mpp] * len(slides)
+    mpps = list(mpp)
+    if len(mpps) != len(slides):
+        raise PredictionError(f"{len(mpps)} mpp values for {len(slides)} slides")
+    return slides, mpps
+
+
+def check_counts(*, top_k: int, batch_size: int | None) -> None:
+    """Raise :class:`~napari_ghanet.errors.PredictionError` for ``top_k < 0`` or a batch
+    size under 1."""
+    if top_k < 0:
+        raise PredictionError(f"top_k must be >= 0, got {top_k}")
+    if batch_size is not None and int(batch_size) < 1:
+        raise PredictionError(f"batch size must be >= 1, got {batch_size}")
+
+
+def patch_geometry(
+    spec: EncoderSpec, patch_px: int | None, target_mpp: float | None
+) -> tuple[int, float, str | None]:
+    """The patch side (px) and resolution (um/px) to use (default: the model's ``spec``)
+    and a warning when they differ from the model's (None when they do not)."""
+    px = int(patch_px) if patch_px is not None else spec.patch_px
+    um = float(target_mpp) if target_mpp is not None else spec.target_mpp
+    if px == spec.patch_px and math.isclose(um, spec.target_mpp, rel_tol=0.05):
+        return px, um, None
+    return px, um, (
+        f"patches of {px} px at {um:g} um/px differ from the "
+        f"{spec.patch_px} px at {spec.target_mpp:g} um/px the model was trained on: "
+        "results are outside the model's validated use"
+    )
+
+
+def slide_regions(
+    regions: Regions | Sequence[Regions | None] | None, n_slides: int
+) -> list[Regions | None]:
+    """One Regions (or None) per slide; a single Regions only for a single slide. Raises
+    :class:`~napari_ghanet.errors.PredictionError` otherwise."""
+    if regions is None or isinstance(regions, Regions):
+        if isinstance(regions, Regions) and n_slides > 1:
+            raise PredictionError(
+                f"one Regions for {n_slides} slides: give one Regions (or None) per slide"
+            )
+        return [regions] * n_slides
+    region_list = list(regions)
+    if len(region_list) != n_slides:
+        raise PredictionError(f"{len(region_list)} region sets for {n_slides} slides")
+    return region_list
+
+
+def check_qc_overlap(qc: QCParams | None, heatmap_overlap: float) -> int:
+    """Check the QC thresholds and the heatmap overlap; returns the overlap's patch factor
+    (1 at overlap 0). Raises :class:`~napari_ghanet.errors.PredictionError`."""
+    if qc is not None:
+        try:
+            qc.validate()
+        except ValueError as e:
+            raise PredictionError(f"invalid QC settings: {e}") from None
+    try:
+        return overlap_factor(heatmap_overlap)
+    except ValueError as e:
+        raise PredictionError(f"heatmap overlap: {e}") from None
+
+
+@dataclass
+class BagOptions:
+    """What every slide of one bag shares (see ``predict_patient`` for each setting).
+
+    ``patch_px`` / ``target_mpp``: the patch geometry used; ``cache_root``: the feature
+    cache folder (None: no cache read or written); ``several``: the bag has several slides
+    (warnings then name their slide, and a slide emptied by QC is a warning, not an error).
+    """
+
+    bundle: ModelBundle
+    device: str
+    patch_px: int
+    target_mpp: float
+    tissue_params: TissueParams | dict | None = None
+    min_tissue_fraction: float = 0.5
+    batch_size: int | None = None
+    workers: int | None = None
+    cache_root: Path | None = None
+    encoder_kwargs: dict[str, Any] | None = None
+    qc: QCParams | None = None
+    heatmap_overlap: float = 0.0
+    several: bool = False
+    progress: ProgressCallback | None = None
+    cancel: threading.Event | None = None
+
+    def stage_kw(self) -> dict[str, Any]:
+        """The keyword arguments of :func:`features_stage` that come from these options."""
+        return dict(device=self.device, batch_size=self.batch_size, workers=self.workers,
+                    qc=self.qc, cancel=self.cancel)
+
+
+class BagEncoder:
+    """The bag's patch encoder, built once by :func:`build_encoder` on first use (after
+    the first slide's grid, so slide problems are reported first).
+
+    ``note``: a warning (the geometry note) added to the run's warnings just before the
+    encoder's own notes; ``spec``: the spec its features carry, once built.
+    """
+
+    def __init__(self, options: BagOptions, note: str | None = None):
+        self.options = options
+        self.note = note
+        self.encoder: PatchEncoder | None = None
+        self.spec: EncoderSpec | None = None
+
+    def get(self, warnings: list[str]) -> tuple[PatchEncoder, EncoderSpec]:
+        if self.note is not None:
+            warnings.append(self.note)
+            self.note = None
+        if self.encoder is None:
+            o = self.options
+            self.encoder, self.spec, notes = build_encoder(
+                o.bundle, patch_px=o.patch_px, target_mpp=o.target_mpp,
+                encoder_kwargs=o.encoder_kwargs,
+            )
+            warnings.extend(notes)
+        return self.encoder, self.spec
+
+
+def slide_stage(
+    source: Slide | str | os.PathLike,
+    options: BagOptions,
+    encoder: BagEncoder,
+    *,
+    mpp: float | None = None,
+    regions: Regions | None = None,
+    warnings: list[str],
+    timings: dict[str, float],
+) -> SlideRun:
+    """One slide of a bag through open -> tissue/grid -> regions -> features (and QC
+    measures) -> QC decision -> overlapping heatmap patches, as a :class:`SlideRun`.
+
+    ``mpp``: level-0 um/px when the slide records none; ``regions``: this slide's.
+    Appends this slide's warnings to ``warnings`` and adds its seconds to ``timings``
+    ("open", "tissue", "patches", "features", "qc", "heatmap"). A slide opened here is
+    closed before returning. Raises as the stages it runs; also
+    :class:`~napari_ghanet.errors.NoTissueError` when no patch could be read (or, alone in
+    its bag, QC flags them all) and :class:`~napari_ghanet.errors.EncoderMismatchError`
+    when the features do not fit the model.
+    """
+    o = options
+    spec = o.bundle.encoder
+    with contextlib.ExitStack() as stack:
+        slide, opened = open_stage(
+            source, mpp=mpp, progress=o.progress, cancel=o.cancel, timings=timings
+        )
+        if opened:
+            stack.callback(slide.close)
+        info = slide_info(slide)
+        name = f"{slide.path.name}: " if o.several else ""
+        mask, grid = grid_stage(
+            slide,
+            patch_px=o.patch_px,
+            target_mpp=o.target_mpp,
+            tissue_params=o.tissue_params,
+            min_tissue_fraction=o.min_tissue_fraction,
+            progress=o.progress,
+            cancel=o.cancel,
+            timings=timings,
+        )
+        grid, region_report = regions_stage(slide, grid, regions)
+        t0 = time.perf_counter()
+        enc, enc_spec = encoder.get(warnings)
+        dt = time.perf_counter() - t0
+        timings["features"] = round(timings.get("features", 0.0) + dt, 4)
+        feats = features_stage(
+            slide,
+            grid,
+            enc,
+            cache_path=cached_features_path(o.cache_root, slide, enc_spec, grid)
+            if o.cache_root is not None
+            else None,
+            progress=o.progress,
+            timings=timings,
+            **o.stage_kw(),
+        )
+        warnings.extend(feats.warnings)
+        check_cancel(o.cancel)
+        if len(feats.features) == 0:
+            raise NoTissueError(f"{slide.path.name}: no patch could be read; nothing to score")
+        if feats.features.dim != spec.dim:
+            raise EncoderMismatchError(
+                f"the features have dimension {feats.features.dim} but the model "
+                f"{o.bundle.name!r} expects {spec.dim} ({spec.name})"
+            )
+        n_skipped = len(grid) - len(feats.features)
+        if n_skipped:
+            warnings.append(f"{name}{n_skipped} unreadable patch(es) were skipped")
+        run = SlideRun(info=info, mask=mask, grid=grid, features=feats, regions=region_report)
+        if o.qc is not None:
+            t0 = time.perf_counter()
+            _qc_decision(run, o, slide.path.name, name, warnings)
+            timings["qc"] = round(timings.get("qc", 0.0) + time.perf_counter() - t0, 4)
+        if overlap_factor(o.heatmap_overlap) > 1:
+            t0 = time.perf_counter()
+            run.extra, run.n_extra = _overlap_features(
+                slide, run, mask, regions, enc, enc_spec, o,
+                own_measures=feats.features.qc_measures,
+            )
+            timings["heatmap"] = round(
+                timings.get("heatmap", 0.0) + time.perf_counter() - t0, 4
+            )
+        warnings.extend(f"{name}{w}" for w in slide.warnings)
+        return run
+
+
+def _qc_decision(
+    run: SlideRun, options: BagOptions, slide_name: str, prefix: str, warnings: list[str]
+) -> None:
+    """Judge ``run``'s patches with QC: flagged ones leave ``run.features`` and are listed
+    in ``run.qc_coords`` / ``qc_reasons``. A slide losing every patch is an error alone,
+    a warning in a bag of several."""
+    feats = run.features
+    run.qc = qc_stage(feats.features, options.qc)
+    keep = run.qc.keep
+    run.qc_coords = np.asarray(feats.features.coords, np.int64)[~keep]
+    run.qc_reasons = run.qc.reason[~keep]
+    if not keep.all():
+        run.features = replace(feats, features=feats.features.select(keep))
+    if keep.any():
+        return
+    counts = ", ".join(f"{r} {n}" for r, n in run.qc.counts.items() if n and r != "total")
+    if not options.several:
+        raise NoTissueError(
+            f"{slide_name}: all {len(keep)} patches were flagged by QC "
+            f"({counts}). Nothing to predict from: check the slide, or relax "
+            "the QC thresholds or switch QC off"
+        )
+    warnings.append(
+        f"{prefix}all {len(keep)} patches were flagged by QC ({counts}): the "
+        "slide adds nothing to the patient's bag"
+    )
+
+
+def _overlap_features(
+    slide: Slide,
+    run: SlideRun,
+    mask: TissueMask,
+    regions: Regions | None,
+    encoder: PatchEncoder,
+    enc_spec: EncoderSpec,
+    options: BagOptions,
+    own_measures: np.ndarray | None = None,
+) -> tuple[PatchFeatures | None, int]:
+    """Features of the overlapping heatmap patches of one slide (regions applied, and QC
+    flags judged with the slide's bag patches), and how many were embedded or read."""
+    ogrid = overlap_grid(run.grid, options.heatmap_overlap, mask)
+    if regions is not None and not regions.empty and len(ogrid):
+        keep, _ = filter_grid(ogrid.coords, ogrid.patch_size_level0, regions, mpp=slide.mpp)
+        ogrid = ogrid.select(np.flatnonzero(keep))
+    if len(ogrid) == 0:
+        return None, 0
+    progress = options.progress
+
+    def relay(stage: str, done: int, total: int) -> None:
+        if progress is not None and stage == "features":
+            progress("heatmap", done, total)
+
+    extra = features_stage(
+        slide,
+        ogrid,
+        encoder,
+        cache_path=cached_features_path(options.cache_root, slide, enc_spec, ogrid)
+        if options.cache_root is not None
+        else None,
+        progress=relay,
+        **options.stage_kw(),
+    )
+    feats = extra.features
+    qc = options.qc
+    if qc is not None and len(feats) and feats.qc_measures is not None:
+        acc = QCAccumulator(qc)
+        if own_measures is not None:
+            acc.add_measures(own_measures)  # the slide's bag patches set the blur median
+        n_ref = len(acc)
+        acc.add_measures(feats.qc_measures)
+        feats = feats.select(acc.result().keep[n_ref:])
+    return feats, len(ogrid)
+
+
+def bag_stage(runs: Sequence[SlideRun]) -> np.ndarray:
+    """The bag: the features of ``runs``' kept patches in slide order, float32 (N, D).
+    Raises :class:`~napari_ghanet.errors.NoTissueError` when QC left it empty."""
+    bag = np.concatenate([r.features.features.features for r in runs])
+    if len(bag) == 0:
+        raise NoTissueError(
+            f"all {sum(len(r.qc_reasons) for r in runs)} patches of the {len(runs)} slides "
+            "were flagged by QC. Nothing to predict from: check the slides, or relax the QC "
+            "thresholds or switch QC off"
+        )
+    return bag
+
+
+def bag_heatmap_stage(
+    options: BagOptions,
+    bag: np.ndarray,
+    runs: Sequence[SlideRun],
+    *,
+    warnings: list[str],
+    timings: dict[str, float],
+) -> list[dict[str, Heatmap]]:
+    """:func:`heatmap_stage` with progress ("heatmap") and a warning when the model cannot
+    score patches outside its bag."""
+    _report(options.progress, "heatmap", 0, 1)
+    heatmaps = heatmap_stage(
+        options.bundle, bag, runs, options.heatmap_overlap, device=options.device,
+        timings=timings,
+    )
+    if patch_scorers(options.bundle.model) is None:
+        warnings.append(
+            f"the model {options.bundle.name!r} cannot score patches outside its bag: no "
+            "overlapping heatmaps"
+        )
+    return heatmaps
+
+
+def bag_settings(
+    options: BagOptions,
+    runs: Sequence[SlideRun],
+    enc_spec: EncoderSpec | None,
+    region_list: Sequence[Regions | None],
+    *,
+    top_k: int,
+) -> dict[str, Any]:
+    """What ``Prediction.settings`` records of a bag's run (the first slide's grid and
+    tissue mask; regions per slide, see :func:`_regions_settings`)."""
+    first = runs[0]
+    qc = options.qc
+    return {
+        "device": options.device,
+        "patch_px": options.patch_px,
+        "target_mpp": options.target_mpp,
+        "patch_size_level0": int(first.grid.patch_size_level0),
+        "min_tissue_fraction": float(options.min_tissue_fraction),
+        "tissue": first.mask.describe(),
+        "batch_size": options.batch_size,
+        "encoder": enc_spec,
+        "top_k": int(top_k),
+        "regions": _regions_settings(region_list, runs),
+        "qc": qc.to_dict() if qc is not None else None,
+        "heatmap_overlap": float(options.heatmap_overlap),
+        "heatmap_extra_patches": int(sum(r.n_extra for r in runs)),
+    }
+
+
+def _regions_settings(
+    region_list: Sequence[Regions | None], runs: Sequence[SlideRun]
+) -> list[dict[str, Any]] | dict[str, Any] | None:
+    """What ``settings["regions"]`` records: the regions used per slide (names, sources,
+    areas in mm^2), None without regions."""
+    out = []
+    for regs, run in zip(region_list, runs):
+        if regs is None or regs.empty or run.regions is None:
+            out.append(None)
+            continue
+        out.append({
+            "include": [r["name"] for r in run.regions.regions if r["kind"] == "include"],
+            "exclude": [r["name"] for r in run.regions.regions if r["kind"] == "exclude"],
+            "sources": sorted({r["source"] for r in run.regions.regions}),
+        })
+    if all(o is None for o in out):
+        return None
+    return out[0] if len(out) == 1 else out
 
 
 # --------------------------------------------------------------------------- embed to file

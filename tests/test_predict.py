@@ -307,3 +307,16 @@ def test_mask_outline_keeps_the_edge_of_each_region():
     assert out[2, 2:10].all() and out[9, 2:10].all()  # outer edge
     assert out[4, 5] and out[7, 6]  # around the hole
     assert not out[3, 3] and not out[~mask].any()
+
+
+def test_predict_slide_takes_the_keywords_of_predict_patient():
+    # predict_slide forwards its keywords to predict_patient: the two must stay in step
+    import inspect
+
+    from napari_ghanet.inference.predict import predict_patient
+
+    one = inspect.signature(predict_slide).parameters
+    many = inspect.signature(predict_patient).parameters
+    keywords = {k: p.default for k, p in one.items() if k != "slide_or_path"}
+    assert keywords.keys() <= many.keys()
+    assert all(many[k].default == d for k, d in keywords.items())

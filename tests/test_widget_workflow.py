@@ -81,9 +81,10 @@ def test_regions_from_shapes_and_geojson_and_the_settings_form(
 
     # QuPath GeoJSON in level-0 pixels: a Shapes layer that overlays the slide
     square = [[1000, 500], [1600, 500], [1600, 1100], [1000, 1100], [1000, 500]]
+    hole = [[1200, 700], [1400, 700], [1400, 900], [1200, 900], [1200, 700]]
     doc = {"type": "FeatureCollection", "features": [
         {"type": "Feature", "properties": {"name": "tumour A"},
-         "geometry": {"type": "Polygon", "coordinates": [square]}},
+         "geometry": {"type": "Polygon", "coordinates": [square, hole]}},
         {"type": "Feature", "properties": {},
          "geometry": {"type": "MultiPolygon", "coordinates": [
              [[[0, 0], [100, 0], [100, 100], [0, 0]]], [[[200, 0], [300, 0], [300, 80],
@@ -97,9 +98,15 @@ def test_regions_from_shapes_and_geojson_and_the_settings_form(
     # level-0 (x, y) = (1600, 1100) lands on the same world point as the slide's pixel
     world = imported.data_to_world(imported.data[0][np.argmax(imported.data[0].sum(1))])
     np.testing.assert_allclose(world[-2:], slide.data_to_world([1100, 1600])[-2:], rtol=1e-9)
+    # unedited, the annotations are used as read: the hole stays a hole
     inc = widget.regions().include
-    assert shapely.equals(inc[0].geometry, shapely.Polygon(square))
-    assert len(inc) == 3
+    assert len(inc) == 2 and shapely.equals(inc[0].geometry, shapely.Polygon(square, [hole]))
+    assert inc[1].geometry.geom_type == "MultiPolygon"
+    # edited (a shape removed), the shapes themselves are the regions (outer rings only)
+    imported.selected_data = {2}
+    imported.remove_selected()
+    inc = widget.regions().include
+    assert len(inc) == 2 and shapely.equals(inc[0].geometry, shapely.Polygon(square))
     bad = tmp_path / "points.geojson"
     bad.write_text(json.dumps({"type": "Point", "coordinates": [1, 2]}))
     assert widget.import_geojson(bad) is None

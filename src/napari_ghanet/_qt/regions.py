@@ -11,6 +11,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import numpy as np
+
 from napari_ghanet._qt import layers as qt_layers
 from napari_ghanet._qt.notify import notify
 from napari_ghanet.errors import GHANetError
@@ -29,7 +31,27 @@ def slide_level0_transform(layer) -> tuple[tuple[float, float], tuple[float, flo
     return geometry.level0_transform(tuple(int(v) for v in dims))
 
 
+def _imported(shapes) -> list | None:
+    """The regions a GeoJSON import made this layer from (holes included), while its
+    shapes and transform are as imported; None once the user edited them."""
+    meta = getattr(shapes, "metadata", None) or {}
+    regions, snapshot = meta.get("ghanet_regions"), meta.get("ghanet_snapshot")
+    if regions is None or snapshot is None:
+        return None
+    data, scale, translate = snapshot
+    same = (
+        len(data) == len(shapes.data)
+        and all(np.array_equal(a, b) for a, b in zip(data, shapes.data))
+        and np.allclose(scale, shapes.scale[-2:])
+        and np.allclose(translate, shapes.translate[-2:])
+    )
+    return list(regions) if same else None
+
+
 def _polygons(shapes, layer) -> list:
+    imported = _imported(shapes)
+    if imported is not None:
+        return imported
     scale, translate = slide_level0_transform(layer)
     to_level0 = shapes_to_level0(scale, translate, shapes.scale[-2:], shapes.translate[-2:])
     return polygons_from_shapes(shapes.data, to_level0, shapes.shape_type,
@@ -60,8 +82,9 @@ def import_geojson(viewer, layer, path: str | os.PathLike, kind: str = "include"
     laid over slide layer ``layer`` (green for "include", red for "exclude"). Returns the
     layer (None, with a notification, on failure).
 
-    Polygons keep their outer ring (napari shapes have no holes); each part of a
-    MultiPolygon becomes one shape.
+    Each polygon's outer ring (and each part of a MultiPolygon) becomes one shape; napari
+    shapes have no holes, so the layer also keeps the annotations as read, and the
+    prediction uses those (holes included) for as long as the shapes are left unedited.
     """
 
     if layer is None:
@@ -82,9 +105,16 @@ def import_geojson(viewer, layer, path: str | os.PathLike, kind: str = "include"
             names.append(region.name)
     scale, translate = slide_level0_transform(layer)
     colour = "#00c853" if kind == "include" else "#ff1744"
-    return viewer.add_shapes(
+    shapes = viewer.add_shapes(
         polygons, shape_type="polygon", scale=scale, translate=translate,
         edge_color=colour, face_color="transparent",
         edge_width=max(abs(scale[0]), 1e-9) * 20, features={"name": names},
         name=f"{Path(path).stem} ({kind})", units=getattr(layer, "units", None),
     )
+    shapes.metadata["ghanet_regions"] = list(regions)
+    shapes.metadata["ghanet_snapshot"] = (
+        [np.array(d, copy=True) for d in shapes.data],
+        np.array(shapes.scale[-2:], dtype=float),
+        np.array(shapes.translate[-2:], dtype=float),
+    )
+    return shapes

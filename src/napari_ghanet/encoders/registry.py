@@ -216,7 +216,7 @@ def describe_encoders() -> list[dict[str, Any]]:
         dim = getattr(ctor, "dim", None)
         rows.append(
             {
-                "name": reg,
+                "name": f"{reg}<arch>" if reg.endswith(":") else reg,
                 "dim": int(dim) if isinstance(dim, int) and dim > 0 else None,
                 "input_size": getattr(ctor, "input_size", None),
                 "patch_px": getattr(ctor, "patch_px", None),

@@ -543,13 +543,10 @@ class TimmArchEncoder(TimmEncoder):
     input_size = None
     patch_px = 256
     target_mpp = 0.5
+    weights_hint = "user file (weights=...)"
 
     def __init__(self, arch: str, **kwargs: Any):
         super().__init__(arch, **kwargs)
-
-    @classmethod
-    def find_weights(cls) -> Path | None:
-        return None
 
 
 def create_timm_encoder(name: str, /, **kwargs: Any) -> TimmEncoder:

@@ -234,3 +234,51 @@ def test_encoders_command_lists_widths_and_weights(capsys, tmp_path, monkeypatch
     assert args.func(args) == 0
     table = capsys.readouterr().out
     assert "virchow2" in table and "2560" in table and "yes" in table
+
+
+def test_a_bundle_trained_on_vit_features_predicts_with_the_named_weights(
+    tiled_tiff, tmp_path, capsys
+):
+    """A model trained on timm:<arch> features: the bundle records the encoder spec, the
+    user names the weights file, and predict_slide / ghanet predict rebuild the encoder
+    from the spec (architecture arguments and preprocessing included)."""
+    import json
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from _plugin_helpers import make_bundle
+    from napari_ghanet.cli import main
+    from napari_ghanet.errors import PredictionError
+    from napari_ghanet.inference.predict import predict_slide
+
+    src = randomised(tiny_vit(patch_px=256))
+    weights = tmp_path / "tiny_vit.safetensors"
+    save_file({k: v.contiguous() for k, v in src.model.state_dict().items()}, str(weights))
+    trained = tiny_vit(pretrained=True, weights=weights, patch_px=256)
+    bundle = make_bundle(tmp_path / "vit.safetensors", input_dim=48,
+                         encoder=trained.spec().to_dict())
+
+    p = predict_slide(tiled_tiff, bundle, device="cpu", use_cache=False, qc=None,
+                      encoder_kwargs={"weights": weights})
+    with open_slide(tiled_tiff) as s:
+        grid = patch_grid(s, tissue_mask(s))
+        direct = embed_slide(s, grid, trained, backend="torch")
+    assert p.n_patches == len(grid) and np.isfinite(p.risk)
+    assert p.settings["encoder"].name == "timm:vit_tiny_patch16_224"
+    assert p.settings["encoder"].weights_digest == trained.spec().weights_digest
+    assert direct.features.shape == (len(grid), 48)
+
+    # without the weights: a clear error naming the encoder and what to give
+    with pytest.raises(PredictionError, match=r"timm:vit_tiny_patch16_224.*weights"):
+        predict_slide(tiled_tiff, bundle, device="cpu", use_cache=False)
+    # the command line names the file with --encoder-weights, and gets the same risk
+    out = tmp_path / "out"
+    assert main(["predict", str(tiled_tiff), "--model", str(bundle), "--out", str(out),
+                 "--encoder-weights", str(weights), "--no-qc", "--no-cache", "--quiet",
+                 "--device", "cpu"]) == 0
+    report = json.loads(next(out.glob("*.ghanet.json")).read_text())
+    assert report["prediction"]["risk"] == pytest.approx(p.risk, abs=1e-5)
+    assert main(["predict", str(tiled_tiff), "--model", str(bundle), "--out",
+                 str(tmp_path / "o2"), "--no-cache", "--quiet", "--device", "cpu"]) != 0
+    assert "weights" in capsys.readouterr().err

@@ -116,6 +116,10 @@ def test_regions_from_shapes_and_geojson_and_the_settings_form(
     s = widget.settings
     kw = s.predict_kwargs()
     assert kw["qc"] == QCParams() and kw["heatmap_overlap"] == 0.0
+    assert "encoder_kwargs" not in kw  # no weights file named: the usual caches
+    s.encoder_weights.value = str(tmp_path / "uni.bin")
+    assert s.predict_kwargs()["encoder_kwargs"] == {"weights": tmp_path / "uni.bin"}
+    s.encoder_weights.value = ""
     assert "log10" in s.fold_od.tooltip and "fraction" in s.pen_min_fraction.label
     s.fold_od.value = 1.5
     s.heatmap_overlap.value = 0.75

@@ -1,7 +1,8 @@
 """Advanced prediction settings as a magicgui form.
 
 Fields: patch size (px at the patch resolution), patch resolution (um/px), tissue
-threshold (HSV saturation, 0 = automatic Otsu), encoder batch size, artifact QC (on/off and
+threshold (HSV saturation, 0 = automatic Otsu), encoder batch size, the encoder's weights
+file (when the caches do not hold it), artifact QC (on/off and
 its main thresholds, units in the labels and tooltips) and the heatmap overlap (with what
 it costs). They start at the model bundle's values and the QC defaults
 (:class:`~napari_ghanet.preprocessing.qc.QCParams`);
@@ -11,9 +12,19 @@ it costs). They start at the model bundle's values and the QC defaults
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Any
 
-from magicgui.widgets import CheckBox, ComboBox, Container, FloatSpinBox, Label, PushButton, SpinBox
+from magicgui.widgets import (
+    CheckBox,
+    ComboBox,
+    Container,
+    FileEdit,
+    FloatSpinBox,
+    Label,
+    PushButton,
+    SpinBox,
+)
 
 from napari_ghanet.preprocessing.qc import QCParams
 
@@ -50,6 +61,12 @@ class AdvancedSettings(Container):
         self.batch_size = SpinBox(
             label="Batch size", min=1, max=4096, value=DEFAULT_BATCH,
             tooltip="Patches per encoder batch (lower it if memory runs out)",
+        )
+        self.encoder_weights = FileEdit(
+            label="Encoder weights", mode="r", value="",
+            tooltip="The weights file of the patch encoder the model was trained with, when "
+                    "it is not found on this machine (e.g. UNI's pytorch_model.bin, a "
+                    "ResNet50 .pth, a TorchScript file); empty: look in the usual caches",
         )
         self.qc_on = CheckBox(
             text="Artifact QC (pen, blur, folds)", value=True,
@@ -89,7 +106,7 @@ class AdvancedSettings(Container):
         self.reset_button = PushButton(text="Reset to the model's settings")
         super().__init__(
             widgets=[self.patch_px, self.target_mpp, self.tissue_threshold, self.batch_size,
-                     self.qc_on, self.pen_min_fraction, self.fold_od, self.fold_min_fraction,
+                     self.encoder_weights, self.qc_on, self.pen_min_fraction, self.fold_od, self.fold_min_fraction,
                      self.blur_fraction, self.heatmap_overlap, self.overlap_cost,
                      self.reset_button],
             labels=True,
@@ -147,9 +164,15 @@ class AdvancedSettings(Container):
             blur_fraction=float(self.blur_fraction.value),
         )
 
+    def weights_file(self) -> Path | None:
+        """The encoder weights file chosen in the form, or None (left empty)."""
+        text = str(self.encoder_weights.value or "").strip()
+        return None if text in ("", ".") else Path(text)
+
     def predict_kwargs(self) -> dict[str, Any]:
-        """``predict_slide`` keyword arguments: batch size, QC, heatmap overlap, and the
-        patch geometry / tissue threshold where they differ from the model."""
+        """``predict_slide`` keyword arguments: batch size, QC, heatmap overlap, the
+        encoder weights file when one is chosen, and the patch geometry / tissue threshold
+        where they differ from the model."""
         enc = self._encoder
         kw: dict[str, Any] = {"batch_size": int(self.batch_size.value),
                               "qc": self.qc_params(),
@@ -158,6 +181,9 @@ class AdvancedSettings(Container):
             kw["patch_px"] = int(self.patch_px.value)
         if enc is None or not math.isclose(self.target_mpp.value, enc.target_mpp, rel_tol=0.01):
             kw["target_mpp"] = float(self.target_mpp.value)
+        weights = self.weights_file()
+        if weights is not None:
+            kw["encoder_kwargs"] = {"weights": weights}
         threshold = float(self.tissue_threshold.value)
         if threshold > 0:
             kw["tissue_params"] = {"saturation_threshold": threshold}

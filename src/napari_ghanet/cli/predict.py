@@ -34,7 +34,7 @@ from napari_ghanet.models.risk import risk_text
 from napari_ghanet.preprocessing.qc import REASONS, QCParams
 from napari_ghanet.preprocessing.roi import Regions
 
-__all__ = ["add_parser", "add_region_qc_options", "qc_params", "regions_from_args",
+__all__ = ["add_parser", "add_region_qc_options", "encoder_kwargs", "qc_params", "regions_from_args",
            "report_lines", "run"]
 
 
@@ -78,6 +78,12 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--no-cache", action="store_true", help="neither read nor write cached features"
+    )
+    p.add_argument(
+        "--encoder-weights", type=Path, default=None, metavar="FILE",
+        help="weights of the patch encoder the model was trained with, when they are not "
+             "found on this machine (e.g. UNI's pytorch_model.bin, a ResNet50 .pth, a "
+             "TorchScript file); `ghanet encoders` lists what is found",
     )
     add_region_qc_options(p)
     add_shared_options(p)
@@ -234,7 +240,13 @@ def predict_options(args: argparse.Namespace) -> dict:
     paths pass explicitly: QC and heatmap overlap, for the cohort path's
     ``predict_cohort(**predict_options)``. Regions are in one slide's level-0 pixels, so a
     cohort run takes none."""
-    return {"qc": qc_params(args), "heatmap_overlap": args.heatmap_overlap}
+    return {"qc": qc_params(args), "heatmap_overlap": args.heatmap_overlap,
+            "encoder_kwargs": encoder_kwargs(args)}
+
+
+def encoder_kwargs(args: argparse.Namespace) -> dict | None:
+    """``--encoder-weights`` as the encoder override ``predict_slide`` takes."""
+    return None if args.encoder_weights is None else {"weights": args.encoder_weights}
 
 
 def run_cohort(args: argparse.Namespace) -> int:
@@ -319,6 +331,7 @@ def _predict(args: argparse.Namespace, qc: QCParams | None) -> int:
         top_k=args.top_k,
         qc=qc,
         heatmap_overlap=args.heatmap_overlap,
+        encoder_kwargs=encoder_kwargs(args),
         cancel=cancel,
     )
     try:

@@ -38,6 +38,7 @@ import torch.nn.functional as F
 
 from napari_ghanet.encoders.base import IMAGENET_MEAN, IMAGENET_STD, PatchEncoder, file_digest
 from napari_ghanet.encoders.registry import register_encoder
+from napari_ghanet.encoders.spec import EncoderSpec
 from napari_ghanet.encoders.weights import load_checkpoint, match_state_dict
 from napari_ghanet.errors import EncoderError
 
@@ -547,6 +548,34 @@ class TimmArchEncoder(TimmEncoder):
 
     def __init__(self, arch: str, **kwargs: Any):
         super().__init__(arch, **kwargs)
+        self.model_args = dict(kwargs.get("model_args") or {})
+
+    def spec_extra(self) -> dict[str, Any]:
+        """What a spec needs to rebuild this encoder besides its core fields (mean, std,
+        input size): resizing, pooling and the architecture arguments."""
+        extra = {
+            **super().spec_extra(),
+            "resize_to": self.resize_to,
+            "interpolation": self.interpolation,
+            "pool": self.pool,
+        }
+        if self.model_args:
+            extra["model_args"] = self.model_args
+        return extra
+
+    @classmethod
+    def spec_kwargs(cls, spec: EncoderSpec) -> dict[str, Any]:
+        """Preprocessing and geometry from the spec; the weights file is an override
+        (``weights=PATH``), the architecture comes from the name (``timm:<arch>``)."""
+        kw = {**super().spec_kwargs(spec), "input_size": spec.resize}
+        if spec.mean is not None:
+            kw["mean"] = spec.mean
+        if spec.std is not None:
+            kw["std"] = spec.std
+        for key in ("resize_to", "interpolation", "pool", "model_args"):
+            if key in spec.extra:
+                kw[key] = spec.extra[key]
+        return kw
 
 
 def create_timm_encoder(name: str, /, **kwargs: Any) -> TimmEncoder:

@@ -221,6 +221,8 @@ def build_encoder(
     spec = bundle.encoder
     expected = spec.with_geometry(int(patch_px), float(target_mpp))
     overrides = dict(encoder_kwargs or {})
+    if spec.name.startswith("torchscript") and "weights" in overrides:
+        overrides.setdefault("path", overrides.pop("weights"))  # a TorchScript file is its weights
     if spec.name.startswith("torchscript") and "path" not in overrides:
         raise PredictionError(
             f"the model expects features from the user encoder {spec.name!r}: give its "

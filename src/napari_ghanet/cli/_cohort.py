@@ -6,13 +6,13 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from napari_ghanet.cohort.engine import parse_cluster
+from napari_ghanet.errors import CohortError
+
 __all__ = ["add_cohort_options", "add_execution_options"]
 
 
 def _cluster(text: str) -> str:
-    from napari_ghanet.cohort.engine import parse_cluster
-    from napari_ghanet.errors import CohortError
-
     try:
         parse_cluster(text)
     except CohortError as exc:

@@ -25,6 +25,10 @@ from pathlib import Path
 from napari_ghanet.cli._cohort import add_cohort_options
 from napari_ghanet.cli._options import UsageError, add_shared_options, at_least, command
 from napari_ghanet.cli._progress import CohortProgress, TerminalProgress
+from napari_ghanet.cli.embed import resolve_slides
+from napari_ghanet.cohort import predict_cohort
+from napari_ghanet.cohort.inputs import _GLOB_CHARS
+from napari_ghanet.device import resolve_device
 from napari_ghanet.errors import BundleError, PredictionError
 from napari_ghanet.inference.exports import export_all
 from napari_ghanet.inference.predict import predict_patient, predict_slide
@@ -224,7 +228,6 @@ def write_exports(prediction, out: Path) -> dict[str, Path]:
 def is_cohort(args: argparse.Namespace) -> bool:
     """Whether the command line asks for a cohort run: several inputs, a folder or glob
     pattern, ``--manifest``, ``--cluster``, ``--scheduler`` or ``--survival``."""
-    from napari_ghanet.cohort.inputs import _GLOB_CHARS
 
     if any(getattr(args, k, None) is not None
            for k in ("manifest", "cluster", "scheduler", "survival")):
@@ -251,9 +254,6 @@ def encoder_kwargs(args: argparse.Namespace) -> dict | None:
 
 def run_cohort(args: argparse.Namespace) -> int:
     """The cohort path of ``ghanet predict`` (see the module docstring)."""
-    from napari_ghanet.cli.embed import resolve_slides
-    from napari_ghanet.cohort import predict_cohort
-    from napari_ghanet.device import resolve_device
 
     items = resolve_slides(args)
     resolve_device(args.device)

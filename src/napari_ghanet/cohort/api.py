@@ -16,8 +16,17 @@ from typing import Any
 
 from napari_ghanet.cohort.engine import _say, run_tasks
 from napari_ghanet.cohort.inputs import SlideItem, patient_groups, resolve_inputs
+from napari_ghanet.cohort.report import (
+    VALIDATION_JSON,
+    VALIDATION_PNG,
+    cohort_rows,
+    validation_report,
+    write_cohort_csv,
+)
 from napari_ghanet.cohort.summary import CohortSummary, write_summary
-from napari_ghanet.cohort.tasks import bundle_digest, embed_task, predict_task
+from napari_ghanet.cohort.tasks import bundle_digest, embed_task, encoder_recipe, predict_task
+from napari_ghanet.io.atomic import check_writable_dir
+from napari_ghanet.models.bundle import demo_bundle_path, load_bundle
 
 __all__ = ["embed_cohort", "predict_cohort"]
 
@@ -117,8 +126,6 @@ def embed_cohort(
     >>> s.line, s.rows[0]["n_patches"]
     ('1 done, 0 skipped, 0 failed', 4)
     """
-    from napari_ghanet.cohort.tasks import encoder_recipe
-    from napari_ghanet.io.atomic import check_writable_dir
 
     items = _items(inputs, manifest, notify)
     out = check_writable_dir(out_dir)
@@ -195,9 +202,6 @@ def predict_cohort(
         ``extra`` holds ``cohort`` (path of cohort.csv), and ``validation`` (the report
         dict) and ``validation_json``/``validation_png`` paths when ``survival`` is given.
     """
-    from napari_ghanet.cohort.report import cohort_rows, validation_report, write_cohort_csv
-    from napari_ghanet.io.atomic import check_writable_dir
-    from napari_ghanet.models.bundle import demo_bundle_path, load_bundle
 
     items = _items(inputs, manifest, notify)
     out = check_writable_dir(out_dir)
@@ -222,7 +226,6 @@ def predict_cohort(
     rows, edges = cohort_rows(summary.rows)
     summary.extra["cohort"] = write_cohort_csv(out, rows)
     if survival is not None:
-        from napari_ghanet.cohort.report import VALIDATION_JSON, VALIDATION_PNG
 
         summary.extra["validation"] = validation_report(rows, survival, out, edges)
         summary.extra["validation_json"] = out / VALIDATION_JSON

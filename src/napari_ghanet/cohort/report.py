@@ -26,6 +26,7 @@ import numpy as np
 
 from napari_ghanet.errors import CohortError
 from napari_ghanet.io.atomic import atomic_path, atomic_write
+from napari_ghanet.training import metrics as M
 
 __all__ = ["cohort_rows", "read_survival", "validation_report", "write_cohort_csv"]
 
@@ -132,7 +133,6 @@ def validation_report(
     ``auc``/``ibs`` where computable, ``km`` (log-rank test of the model's risk groups:
     ``chisq``, ``p_value``, ``groups`` {label: n}) and ``unmatched`` (rows without survival).
     """
-    from napari_ghanet.training import metrics as M
 
     key, table = read_survival(survival_csv)
     times, events, risks, groups, surv, matched, unmatched = [], [], [], [], [], [], []

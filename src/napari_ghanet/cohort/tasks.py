@@ -26,8 +26,13 @@ from pathlib import Path
 from typing import Any
 
 from napari_ghanet.cohort.inputs import SlideItem
-from napari_ghanet.errors import GHANetError
+from napari_ghanet.encoders import EncoderSpec, create_encoder, from_spec
+from napari_ghanet.errors import EncoderError, GHANetError
+from napari_ghanet.inference.predict import export_all, predict_patient, predict_slide
+from napari_ghanet.inference.stages import embed_to_file
 from napari_ghanet.io.atomic import atomic_write
+from napari_ghanet.io.slide import open_slide
+from napari_ghanet.models.bundle import load_bundle
 
 __all__ = ["build_encoder", "bundle_digest", "embed_task", "encoder_recipe", "predict_task",
            "unit_name"]
@@ -59,7 +64,6 @@ def encoder_recipe(name: str, kwargs: dict[str, Any] | None = None, encoder=None
     >>> build_encoder(r).spec().to_dict() == r["spec"]
     True
     """
-    from napari_ghanet.encoders import create_encoder
 
     kwargs = {k: (os.fspath(v) if isinstance(v, os.PathLike) else v)
               for k, v in (kwargs or {}).items()}
@@ -76,8 +80,6 @@ def build_encoder(recipe: dict[str, Any]):
 
     Raises EncoderError when the rebuilt encoder does not give the recipe's features
     (another weights file on this worker, say)."""
-    from napari_ghanet.encoders import EncoderSpec, from_spec
-    from napari_ghanet.errors import EncoderError
 
     k = _key(recipe)
     with _CACHE_LOCK:
@@ -137,7 +139,6 @@ def embed_task(
         message`` (the one-line outcome) and the stage times ``t_grid`` (open + tissue +
         grid), ``t_embed`` (reading and encoding patches), ``t_write`` (seconds).
     """
-    from napari_ghanet.inference.stages import embed_to_file
 
     clock = _StageClock()
     row = {"slide": item.path, "case_id": item.case_id,
@@ -177,8 +178,6 @@ def bundle_digest(path: str | os.PathLike) -> str:
 
 
 def _bundle(path: str, digest: str):
-    from napari_ghanet.models.bundle import load_bundle
-
     with _CACHE_LOCK:
         if digest not in _BUNDLES:
             _BUNDLES[digest] = load_bundle(path)
@@ -193,8 +192,6 @@ def unit_name(items: list[SlideItem]) -> str:
 
 
 def _fingerprints(items: list[SlideItem], mpp: float | None) -> list[str]:
-    from napari_ghanet.io.slide import open_slide
-
     out = []
     for it in items:
         with open_slide(it.path, mpp=it.mpp if it.mpp is not None else mpp,
@@ -254,7 +251,6 @@ def predict_task(
     overwrite = bool(opts.pop("overwrite", False))
     settings = _settings(opts)
     try:
-        from napari_ghanet.inference.predict import export_all
 
         digest = digest or bundle_digest(bundle_path)
         prints = _fingerprints(items, opts.get("mpp"))
@@ -271,13 +267,11 @@ def predict_task(
                         "seconds": round(time.perf_counter() - t0, 3)}
         bundle = _bundle(bundle_path, digest)
         if len(items) == 1:
-            from napari_ghanet.inference.predict import predict_slide
 
             mpp = items[0].mpp if items[0].mpp is not None else opts.pop("mpp", None)
             opts.pop("mpp", None)
             pred = predict_slide(items[0].path, bundle, mpp=mpp, **opts)
         else:
-            from napari_ghanet.inference.predict import predict_patient
 
             default = opts.pop("mpp", None)
             mpps = [it.mpp if it.mpp is not None else default for it in items]

@@ -24,7 +24,8 @@ from napari_ghanet.encoders.spec import EncoderSpec  # the one spec; bundle.Enco
 from napari_ghanet.errors import BundleError, EncoderError, EncoderMismatchError
 from napari_ghanet.io.atomic import atomic_path
 from napari_ghanet.models import bundle_schema as schema
-from napari_ghanet.models.ghanet import GHANet, GHANetConfig
+from napari_ghanet.models.baselines import build_model
+from napari_ghanet.models.ghanet import BatchOutput, GHANet, GHANetConfig
 from napari_ghanet.models.risk import risk_group, risk_percentile
 
 __all__ = [
@@ -70,8 +71,6 @@ class EnsembleModel(nn.Module):
         return getattr(self.members[0], "config", None)
 
     def forward(self, x=None, mask=None, omics=None):
-        from napari_ghanet.models.ghanet import BatchOutput
-
         outs = [m(x, mask=mask, omics=omics) for m in self.members]
 
         def mean(name):
@@ -129,10 +128,6 @@ def build_model_from_metadata(model_meta: dict[str, Any]) -> nn.Module:
         ):
             raise BundleError("ensemble bundle needs 'member' (a model entry) and 'n_members'")
         return EnsembleModel([build_model_from_metadata(member) for _ in range(n)])
-    try:
-        from napari_ghanet.models.baselines import build_model
-    except ImportError as e:  # pragma: no cover - baselines ship with the package
-        raise BundleError(f"model {name!r} needs napari_ghanet.models.baselines: {e}") from e
     try:
         return build_model(name, **config)
     except (KeyError, TypeError, ValueError) as e:

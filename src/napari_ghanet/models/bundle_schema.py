@@ -33,6 +33,8 @@ from typing import Any
 import numpy as np
 
 from napari_ghanet.errors import BundleError
+from napari_ghanet.models import baselines
+from napari_ghanet.models.ghanet import GHANetConfig
 
 __all__ = [
     "BUNDLE_FORMAT",
@@ -249,11 +251,7 @@ def _text(problems: list[str], name: str, v: Any, limit: int, empty_ok: bool = F
 
 def _config_class(name: str):
     if name == "ghanet":
-        from napari_ghanet.models.ghanet import GHANetConfig
-
         return GHANetConfig
-    from napari_ghanet.models import baselines
-
     entry = getattr(baselines, "_BASELINES", {}).get(name)
     return entry[1] if entry else None
 

@@ -33,7 +33,6 @@ import json
 import math
 import os
 import re
-import secrets
 import zlib
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -46,7 +45,7 @@ import numpy as np
 from scipy import ndimage as ndi
 from scipy.special import ndtri
 
-from napari_ghanet.io.atomic import atomic_path
+from napari_ghanet.io.atomic import atomic_path, atomic_write
 
 # unit optical-density vectors (R, G, B) of haematoxylin and eosin, defined once
 from napari_ghanet.preprocessing.stain import STAIN_VECTORS
@@ -1192,21 +1191,6 @@ def _atomic_target(path: str | os.PathLike, overwrite: bool) -> Path:
     return path
 
 
-def _temp_path(path: Path) -> Path:
-    """A unique hidden name next to ``path``: same file system, so os.replace is atomic."""
-    return path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.partial")
-
-
-def _write_text_atomic(path: Path, text: str) -> None:
-    tmp = _temp_path(path)
-    try:
-        tmp.write_text(text, encoding="utf-8", newline="")
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
 def write_pyramidal_tiff(
     path: str | os.PathLike,
     rgb: np.ndarray,
@@ -1503,7 +1487,7 @@ def write_synthetic_cohort_slides(
         if results:
             kept = {k: v for k, v in previous.items() if k not in results}
             record = {"generator": "napari_ghanet.datasets.synthetic", "slides": {**kept, **results}}
-            _write_text_atomic(truth_json, json.dumps(record, indent=1, sort_keys=True))
+            atomic_write(truth_json, json.dumps(record, indent=1, sort_keys=True))
             _write_truth_csv(out_dir / "synthetic_truth.csv", results)
     return results
 
@@ -1537,4 +1521,4 @@ def _write_truth_csv(path: Path, results: Mapping[str, dict]) -> None:
                 f"{t['mean_nuclear_diameter_um']['tumour']:.6g}",
             ]
         )
-    _write_text_atomic(path, buf.getvalue())
+    atomic_write(path, buf.getvalue())

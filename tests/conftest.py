@@ -137,6 +137,21 @@ def write_pyramid(
     return path
 
 
+def _load_triton_before_any_viewer() -> None:
+    """Load triton's native library (and the LLVM it bundles) before any test opens a napari
+    viewer. Under Xvfb the viewer draws with Mesa's llvmpipe, which loads the system LLVM;
+    loading triton's LLVM after it (torch.optim imports torch._dynamo, which imports triton,
+    on the first training step) crashes the process. Loaded in this order, both coexist, so
+    the suite no longer depends on test order. A no-op where triton is not installed."""
+    import importlib.util
+
+    if importlib.util.find_spec("triton") is not None:
+        import triton  # noqa: F401
+
+
+_load_triton_before_any_viewer()
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _private_user_cache(tmp_path_factory):
     """Tests never write to the user's cache: ONNX exports, the generated demo slide and

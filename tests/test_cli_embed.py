@@ -90,9 +90,11 @@ def test_embed_usage_errors(tmp_path, tiled_tiff, monkeypatch, capsys):
     import torch
 
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
-    rc = main(["embed", str(tiled_tiff), "--out", str(tmp_path), "--encoder", "resnet50_trunc"])
+    fresh = tmp_path / "features"
+    rc = main(["embed", str(tiled_tiff), "--out", str(fresh), "--encoder", "resnet50_trunc"])
     assert rc == 2
     assert "ResNet50 ImageNet weights not found" in capsys.readouterr().err
+    assert not fresh.exists()  # the folder it made for the run is gone again
     rc = main(["embed", str(tiled_tiff), "--out", str(tmp_path), "--encoder", "torchscript"])
     assert rc == 2 and "--dim" in capsys.readouterr().err
     rc = main(["embed", str(tiled_tiff), "--out", str(tmp_path), *FAST, "--batch-size", "0"])

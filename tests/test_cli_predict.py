@@ -100,3 +100,15 @@ def test_invalid_options_are_refused(bundle_path, tmp_path, capsys):
     assert run_cli(base + ["--top-k", "-1"]) == 2
     assert run_cli(base + ["--device", "tpu", "--quiet"]) == 1
     assert "tpu" in capsys.readouterr().err
+
+
+def test_weights_for_a_weight_free_encoder_are_ignored_with_a_warning(
+    bundle_path, cmu_svs, tmp_path, capsys
+):
+    out = tmp_path / "out"
+    rc = run_cli([str(cmu_svs), "--model", str(bundle_path), "--out", str(out), "--quiet",
+                  "--device", "cpu", "--no-cache", "--encoder-weights", str(tmp_path / "w.bin")])
+    assert rc == 0
+    assert "needs no weights file: the one given was not used" in capsys.readouterr().err
+    report = json.loads(next(out.glob("*.ghanet.json")).read_text())
+    assert any("needs no weights" in w for w in report["warnings"])

@@ -17,13 +17,16 @@ Examples
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import sys
 from collections.abc import Callable
+from pathlib import Path
 
 from napari_ghanet.errors import Cancelled, GHANetError
+from napari_ghanet.io.atomic import check_writable_dir
 
-__all__ = ["UsageError", "add_shared_options", "at_least", "command"]
+__all__ = ["UsageError", "add_shared_options", "at_least", "command", "output_folder"]
 
 
 class UsageError(Exception):
@@ -86,3 +89,18 @@ def command(run: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Name
             return 130
 
     return wrapper
+
+
+@contextlib.contextmanager
+def output_folder(out: Path):
+    """Check ``out`` is a writable folder before any work (creating it); remove it again
+    when the command then fails and it is still empty, so a failure leaves nothing."""
+    created = not Path(out).exists()
+    check_writable_dir(out)
+    try:
+        yield Path(out)
+    except BaseException:
+        if created:
+            with contextlib.suppress(OSError):
+                Path(out).rmdir()  # only when empty
+        raise

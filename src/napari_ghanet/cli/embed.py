@@ -15,7 +15,13 @@ import sys
 from typing import Any
 
 from napari_ghanet.cli._cohort import add_cohort_options
-from napari_ghanet.cli._options import UsageError, add_shared_options, at_least, command
+from napari_ghanet.cli._options import (
+    UsageError,
+    add_shared_options,
+    at_least,
+    command,
+    output_folder,
+)
 from napari_ghanet.cli._progress import CohortProgress
 from napari_ghanet.device import resolve_device
 from napari_ghanet.errors import CohortError, EncoderError
@@ -181,7 +187,7 @@ def run(args: argparse.Namespace) -> int:
     items = resolve_slides(args)
     name, kw = encoder_arguments(args)
     resolve_device(args.device)  # a wrong device fails once, not once per slide
-    with CohortProgress(len(items), quiet=args.quiet) as progress:
+    with output_folder(args.out), CohortProgress(len(items), quiet=args.quiet) as progress:
         try:
             summary = embed_cohort(
                 items, args.out, name, encoder_kwargs=kw, mpp=args.mpp,

@@ -17,13 +17,18 @@ external-validation report. QC and heatmap options apply there too.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import sys
 import threading
 from pathlib import Path
 
 from napari_ghanet.cli._cohort import add_cohort_options
-from napari_ghanet.cli._options import UsageError, add_shared_options, at_least, command
+from napari_ghanet.cli._options import (
+    UsageError,
+    add_shared_options,
+    at_least,
+    command,
+    output_folder,
+)
 from napari_ghanet.cli._progress import CohortProgress, TerminalProgress
 from napari_ghanet.cli.embed import resolve_slides
 from napari_ghanet.cohort import predict_cohort
@@ -32,7 +37,6 @@ from napari_ghanet.device import resolve_device
 from napari_ghanet.errors import BundleError, PredictionError
 from napari_ghanet.inference.exports import export_all
 from napari_ghanet.inference.predict import predict_patient, predict_slide
-from napari_ghanet.io.atomic import check_writable_dir
 from napari_ghanet.models.bundle import demo_bundle_path, load_bundle
 from napari_ghanet.models.risk import risk_text
 from napari_ghanet.preprocessing.qc import REASONS, QCParams
@@ -254,7 +258,6 @@ def encoder_kwargs(args: argparse.Namespace) -> dict | None:
 
 def run_cohort(args: argparse.Namespace) -> int:
     """The cohort path of ``ghanet predict`` (see the module docstring)."""
-
     items = resolve_slides(args)
     resolve_device(args.device)
     if args.model is None:
@@ -292,7 +295,8 @@ def run(args: argparse.Namespace) -> int:
             raise UsageError(
                 "--roi / --exclude are in one slide's level-0 pixels: give them with one slide"
             )
-        return run_cohort(args)
+        with output_folder(args.out):
+            return run_cohort(args)
     if len(args.slides) > 1 and (args.roi or args.exclude):
         raise UsageError(
             "--roi / --exclude are in one slide's level-0 pixels: give them with one slide"
@@ -300,21 +304,6 @@ def run(args: argparse.Namespace) -> int:
     qc = qc_params(args)
     with output_folder(args.out):
         return _predict(args, qc)
-
-
-@contextlib.contextmanager
-def output_folder(out: Path):
-    """Check ``out`` is a writable folder before any work (creating it); remove it again
-    when the command then fails and it is still empty, so a failure leaves nothing."""
-    created = not Path(out).exists()
-    check_writable_dir(out)
-    try:
-        yield Path(out)
-    except BaseException:
-        if created:
-            with contextlib.suppress(OSError):
-                Path(out).rmdir()  # only when empty
-        raise
 
 
 def _predict(args: argparse.Namespace, qc: QCParams | None) -> int:

@@ -53,6 +53,7 @@ from napari_ghanet.encoders.registry import (
     from_spec,
     list_encoders,
     register_encoder,
+    takes_weights,
 )
 from napari_ghanet.encoders.resnet import ResNet50Trunc, find_resnet50_weights
 from napari_ghanet.encoders.timm_models import FOUNDATION_MODELS, TimmEncoder
@@ -81,4 +82,5 @@ __all__ = [
     "from_spec",
     "list_encoders",
     "register_encoder",
+    "takes_weights",
 ]

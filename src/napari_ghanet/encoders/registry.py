@@ -137,6 +137,19 @@ def _accepted(ctor: Callable, kwargs: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in kwargs.items() if k in params}
 
 
+def takes_weights(name: str) -> bool:
+    """Whether the encoder a spec name stands for is built from a weights file (accepts
+    ``weights=`` or, for TorchScript, ``path=``); False for weight-free encoders.
+
+    Examples
+    --------
+    >>> takes_weights("resnet50_trunc"), takes_weights("morphometric")
+    (True, False)
+    """
+    _, ctor, _ = _spec_constructor(name)
+    return bool({"weights", "path"} & set(_accepted(ctor, {"weights": 1, "path": 1})))
+
+
 def from_spec(
     spec: EncoderSpec | Mapping[str, Any], /, *, using: str | None = None, **overrides: Any
 ) -> PatchEncoder:

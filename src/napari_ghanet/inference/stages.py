@@ -37,7 +37,13 @@ import numpy as np
 
 from napari_ghanet.datasets.demo import cache_dir as _user_cache_dir
 from napari_ghanet.device import DeviceError, resolve_device
-from napari_ghanet.encoders import EncoderSpec, PatchEncoder, create_encoder, from_spec
+from napari_ghanet.encoders import (
+    EncoderSpec,
+    PatchEncoder,
+    create_encoder,
+    from_spec,
+    takes_weights,
+)
 from napari_ghanet.errors import (
     Cancelled,
     EncoderError,
@@ -221,6 +227,13 @@ def build_encoder(
     spec = bundle.encoder
     expected = spec.with_geometry(int(patch_px), float(target_mpp))
     overrides = dict(encoder_kwargs or {})
+    warnings: list[str] = []
+    if "weights" in overrides and not takes_weights(spec.name):
+        overrides.pop("weights")
+        warnings.append(
+            f"the model's encoder {spec.name!r} needs no weights file: the one given was "
+            "not used"
+        )
     if spec.name.startswith("torchscript") and "weights" in overrides:
         overrides.setdefault("path", overrides.pop("weights"))  # a TorchScript file is its weights
     if spec.name.startswith("torchscript") and "path" not in overrides:
@@ -243,7 +256,6 @@ def build_encoder(
             f"the model {bundle.name!r} expects features from {spec.name!r} "
             f"({spec.dim}-d) but this encoder gives " + ", ".join(why)
         )
-    warnings = []
     if spec.weights_digest and enc_spec.weights_digest and (
         spec.weights_digest != enc_spec.weights_digest
     ):

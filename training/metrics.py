@@ -342,7 +342,7 @@ def write_plots(results: dict, out_dir: str | os.PathLike) -> list[Path]:
     ax.set_ylabel("survival probability")
     ax.set_ylim(0, 1.02)
     ax.legend()
-    written.append(_save(fig, out_dir / "km.png"))
+    written.append(save_figure(fig, out_dir / "km.png"))
 
     fig, ax = plt.subplots(figsize=(6, 4))
     x = np.arange(len(folds))
@@ -356,7 +356,7 @@ def write_plots(results: dict, out_dir: str | os.PathLike) -> list[Path]:
     ax.set_xlabel("fold")
     ax.set_ylabel("c-index")
     ax.legend()
-    written.append(_save(fig, out_dir / "c_index_folds.png"))
+    written.append(save_figure(fig, out_dir / "c_index_folds.png"))
 
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 4))
     for f in folds:
@@ -371,11 +371,12 @@ def write_plots(results: dict, out_dir: str | os.PathLike) -> list[Path]:
     a2.set_xlabel("epoch")
     a2.set_ylabel("training loss")
     a1.legend(fontsize=7)
-    written.append(_save(fig, out_dir / "learning_curves.png"))
+    written.append(save_figure(fig, out_dir / "learning_curves.png"))
     return written
 
 
-def _save(fig, path: Path) -> Path:
+def save_figure(fig, path: Path) -> Path:
+    """Lay out ``fig``, write it as a PNG atomically (120 dpi) and close it."""
     import matplotlib.pyplot as plt
 
     try:

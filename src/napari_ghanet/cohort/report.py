@@ -25,7 +25,8 @@ from typing import Any
 import numpy as np
 
 from napari_ghanet.errors import CohortError
-from napari_ghanet.io.atomic import atomic_path, atomic_write
+from napari_ghanet.io.atomic import atomic_write
+from napari_ghanet.models.risk import risk_colour
 from napari_ghanet.training import metrics as M
 
 __all__ = ["cohort_rows", "read_survival", "validation_report", "write_cohort_csv"]
@@ -204,7 +205,6 @@ def _km_plot(t, e, groups, labels, result, path: Path) -> Path:
     import matplotlib.pyplot as plt
     from sksurv.nonparametric import kaplan_meier_estimator
 
-    colors = {"low": "tab:blue", "intermediate": "tab:orange", "high": "tab:red"}
     g = np.asarray(groups)
     fig, ax = plt.subplots(figsize=(6, 4.5))
     try:
@@ -212,7 +212,7 @@ def _km_plot(t, e, groups, labels, result, path: Path) -> Path:
             sel = g == label
             x, s = kaplan_meier_estimator(e[sel], t[sel])
             ax.step(np.concatenate([[0], x]), np.concatenate([[1], s]), where="post",
-                    color=colors.get(label), label=f"{label} risk (n={int(sel.sum())})")
+                    color=risk_colour(label), label=f"{label} risk (n={int(sel.sum())})")
         p = result["km"].get("p_value")
         c = result.get("c_index")
         title = "predicted risk groups"
@@ -225,9 +225,7 @@ def _km_plot(t, e, groups, labels, result, path: Path) -> Path:
         ax.set_ylabel("survival probability")
         ax.set_ylim(0, 1.02)
         ax.legend()
-        fig.tight_layout()
-        with atomic_path(path, suffix=".png") as tmp:
-            fig.savefig(tmp, dpi=120)
-    finally:
+    except BaseException:
         plt.close(fig)
-    return path
+        raise
+    return M.save_figure(fig, path)

@@ -4,7 +4,7 @@ seeded synthetic one). ``ghanet demo`` runs it; the model is
 
 Examples
 --------
->>> from napari_ghanet.datasets.demo import cache_dir
+>>> from napari_ghanet.datasets.demo import cache_dir  # the user cache (io.cache)
 >>> cache_dir().is_dir()
 True
 """
@@ -12,10 +12,10 @@ True
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 
 from napari_ghanet.datasets.synthetic import write_synthetic_slide
+from napari_ghanet.io.cache import cache_dir
 from napari_ghanet.io.slide import cmu_slide_path
 
 log = logging.getLogger(__name__)
@@ -23,15 +23,6 @@ log = logging.getLogger(__name__)
 # Seed and size of the synthetic fallback slide; changing them changes the demo slide.
 _SYNTHETIC_SEED = 7
 _SYNTHETIC_SIZE_PX = (3072, 4096)  # (height, width) at 0.5 um/px
-
-
-def cache_dir() -> Path:
-    """napari-ghanet's user cache folder (``$NAPARI_GHANET_CACHE`` or ~/.cache/napari-ghanet)."""
-    env = os.environ.get("NAPARI_GHANET_CACHE")
-    base = Path(env) if env else Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
-    path = base if env else base / "napari-ghanet"
-    path.mkdir(parents=True, exist_ok=True)
-    return path
 
 
 def demo_slide_path() -> Path:

@@ -38,6 +38,7 @@ import numpy as np
 import torch
 
 from napari_ghanet.errors import EncoderError
+from napari_ghanet.io.cache import cache_dir as user_cache_dir
 
 __all__ = ["BACKENDS", "OnnxEncoder", "onnx_cache_dir", "supports_onnx", "wrap_for_cpu"]
 
@@ -57,9 +58,7 @@ def onnx_cache_dir() -> Path:
     if env:
         path = Path(env).expanduser()
     else:
-        from napari_ghanet.datasets.demo import cache_dir
-
-        path = cache_dir() / "onnx"
+        path = user_cache_dir() / "onnx"
     path.mkdir(parents=True, exist_ok=True)
     return path
 

@@ -35,7 +35,6 @@ from typing import Any
 
 import numpy as np
 
-from napari_ghanet.datasets.demo import cache_dir as _user_cache_dir
 from napari_ghanet.device import DeviceError, resolve_device
 from napari_ghanet.encoders import (
     EncoderSpec,
@@ -57,6 +56,7 @@ from napari_ghanet.inference.embedding import embed_slide, iter_patch_batches
 from napari_ghanet.inference.heatmap import Heatmap, overlap_factor, overlap_grid, overlap_heatmap
 from napari_ghanet.inference.overlays import percentile_normalise
 from napari_ghanet.inference.result import CategoryResult, Prediction, Region
+from napari_ghanet.io.cache import cache_dir as _user_cache_dir
 from napari_ghanet.io.features import (
     PatchFeatures,
     cached_features_path,

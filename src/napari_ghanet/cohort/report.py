@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from napari_ghanet.errors import CohortError
+from napari_ghanet.inference.exports import strict_json
 from napari_ghanet.io.atomic import atomic_write
 from napari_ghanet.models.risk import risk_colour
 from napari_ghanet.training import metrics as M
@@ -183,19 +184,9 @@ def validation_report(
     }
     out_dir = Path(out_dir)
     atomic_write(out_dir / VALIDATION_JSON,
-                 json.dumps(_finite(result), indent=1, allow_nan=False) + "\n")
+                 json.dumps(strict_json(result), indent=1, allow_nan=False) + "\n")
     _km_plot(t, e, groups, labels, result, out_dir / VALIDATION_PNG)
     return result
-
-
-def _finite(obj):
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    if isinstance(obj, dict):
-        return {k: _finite(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [_finite(v) for v in obj]
-    return obj
 
 
 def _km_plot(t, e, groups, labels, result, path: Path) -> Path:

@@ -37,17 +37,23 @@ __all__ = [
     "geojson_dict",
     "patch_table",
     "write_geojson",
+    "strict_json",
     "write_patch_csv",
     "write_report_json",
 ]
 
 
-def _finite(obj):
-    """Replace non-finite floats (inf bin edges, NaN) by None: strict JSON."""
+def strict_json(obj):
+    """``obj`` with non-finite floats (an infinite last bin edge, a NaN) replaced by None,
+    so ``json.dumps(..., allow_nan=False)`` writes standard JSON.
+
+    >>> strict_json({"edges": [0.0, float("inf")], "p": float("nan")})
+    {'edges': [0.0, None], 'p': None}
+    """
     if isinstance(obj, dict):
-        return {k: _finite(v) for k, v in obj.items()}
+        return {k: strict_json(v) for k, v in obj.items()}
     if isinstance(obj, list | tuple):
-        return [_finite(v) for v in obj]
+        return [strict_json(v) for v in obj]
     if isinstance(obj, float) and not math.isfinite(obj):
         return None
     return obj
@@ -57,7 +63,7 @@ def write_report_json(prediction: Prediction, path: str | os.PathLike) -> Path:
     """The JSON report (all numbers, model provenance, intended use), written atomically."""
     check_prediction_finite(prediction)  # refuse non-finite numbers before writing
     report = json.loads(json.dumps(prediction.to_dict(), default=json_default))
-    text = json.dumps(_finite(report), indent=2, allow_nan=False)
+    text = json.dumps(strict_json(report), indent=2, allow_nan=False)
     return atomic_write(path, text + "\n")
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 
 import numpy as np
@@ -74,6 +75,9 @@ def test_prediction_through_the_widget_matches_predict_slide(
     assert errors(notes) == []
     p = widget.prediction
     assert p is not None and not p.features_cached
+    # the GC is frozen only while the result layers go in: nothing stays uncollectable
+    qtbot.waitUntil(lambda: len(overlay_layers(viewer)) > 0 and gc.get_freeze_count() == 0,
+                    timeout=TIMEOUT_MS)
 
     direct = predict_slide(cmu_slide_path(), bundle, device="cpu", batch_size=64,
                            cache_dir=tmp_path / "direct-cache")

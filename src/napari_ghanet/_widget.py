@@ -92,6 +92,7 @@ class PrognosisWidget(QWidget):
                                          lambda: self._on_shown())
         self._run_layers: list = []  # layers the running prediction is for
         self._worker = None
+        self._gc_frozen = False
         self._cancel: threading.Event | None = None
         self._pbar = None
         self._last_done = 0
@@ -356,7 +357,19 @@ class PrognosisWidget(QWidget):
                       "finished": self._finish_run},
             **kwargs,
         )
+        # A full garbage collection of a napari process holds the GIL for ~250 ms, and the
+        # worker's allocations trigger one: keep the objects alive now (viewer, slide,
+        # plugin) out of collections until the result is on screen (see _thaw_gc).
+        qt_layers.freeze_gc()
+        self._gc_frozen = True
         self._worker.start()
+
+    def _thaw_gc(self) -> None:
+        """End the prediction's GC freeze (the result is shown, failed or cancelled), so
+        nothing stays uncollectable for the session."""
+        if self._gc_frozen:
+            qt_layers.thaw_gc()
+            self._gc_frozen = False
 
     def cancel(self) -> None:
         """Stop the running prediction (the Cancel button)."""
@@ -372,6 +385,7 @@ class PrognosisWidget(QWidget):
             self.inputs.status_label.setText("Cancelled")
             notify("warning", "Prediction cancelled: nothing was shown or cached")
             self.inputs.set_idle(done=False)
+            self._thaw_gc()
 
     def _start_napari_progress(self) -> None:
         try:
@@ -434,8 +448,9 @@ class PrognosisWidget(QWidget):
             except Exception:  # noqa: BLE001
                 pass
             self._pbar = None
-        if not self.shown_layers.busy:
+        if not self.shown_layers.busy:  # nothing to show (failed or cancelled)
             self.inputs.set_idle(done=self.prediction is not None)
+            self._thaw_gc()
 
     def _on_shown(self) -> None:
         """The result (numbers and layers) is on screen."""
@@ -447,6 +462,7 @@ class PrognosisWidget(QWidget):
             self.prediction_shown.emit(p)
         if self._worker is None:
             self.inputs.set_idle(done=p is not None)
+        self._thaw_gc()
 
     # ------------------------------------------------------------------ results
 
@@ -498,6 +514,7 @@ class PrognosisWidget(QWidget):
     def closeEvent(self, event) -> None:  # noqa: N802 - Qt API
         if self._cancel is not None:
             self._cancel.set()
+        self._thaw_gc()
         super().closeEvent(event)
 
 

@@ -349,17 +349,22 @@ def rename_result_layers(layers, slide_name: str | None) -> None:
 
 
 def freeze_gc() -> None:
-    """Move every object alive now into Python's permanent GC generation.
+    """Keep full garbage collections out of the layer insertion (see :func:`thaw_gc`).
 
     A full (generation 2) collection of a napari process with a slide open scans a few
     million objects: 250-300 ms with the GIL held, i.e. a frozen viewer. The vispy visuals
     of new layers allocate enough to trigger one, so the stall used to land in the middle
     of adding the result layers. After :func:`gc.freeze` a full collection only scans the
-    objects made since (a few ms). The frozen objects (the viewer, the slide, the plugin)
-    live for the session anyway; a result layer replaced later is left to reference
-    counting (napari releases its GL resources on removal).
+    objects made since (a few ms).
     """
     gc.freeze()
+
+
+def thaw_gc() -> None:
+    """Undo :func:`freeze_gc` once the layers are in: frozen objects are never collected,
+    so cyclic garbage alive at the freeze (an earlier result, say) would otherwise stay
+    for the whole session, one more prediction's worth each time."""
+    gc.unfreeze()
 
 
 class LayerBatch:
@@ -386,6 +391,7 @@ class LayerBatch:
         self._visible = {id(layer): layer.visible for _, layer in layers}
         self.inserted: dict[str, Any] = {}
         self.active = active
+        self._frozen = False
 
     @property
     def done(self) -> bool:
@@ -396,8 +402,9 @@ class LayerBatch:
         """Insert layers (at least one) until ``budget_s`` seconds have passed; returns
         :attr:`done`."""
         start = time.perf_counter()
-        if not self.inserted:
+        if not self.inserted and not self._frozen:
             freeze_gc()
+            self._frozen = True
         selection = self.viewer.layers.selection
         selected, active = set(selection), selection.active
         # napari makes each new layer the selected one (switching the layer controls,
@@ -435,7 +442,13 @@ class LayerBatch:
                 break
         if self.active is not None and self.active in self.viewer.layers:
             self.viewer.layers.selection.active = self.active
+        self._thaw()
         return True
+
+    def _thaw(self) -> None:
+        if self._frozen:
+            thaw_gc()
+            self._frozen = False
 
     def remove(self) -> None:
         """Take the inserted layers out of the viewer again."""
@@ -444,3 +457,4 @@ class LayerBatch:
                 self.viewer.layers.remove(layer)
         self.inserted = {}
         self._todo = []
+        self._thaw()

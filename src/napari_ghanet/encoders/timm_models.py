@@ -407,9 +407,8 @@ class TimmEncoder(PatchEncoder):
             return
         if pretrained:
             path = Path(weights).expanduser()
-            state = match_state_dict(
-                load_checkpoint(path, self.name), self.model, source=str(path), what=self.name
-            )
+            raw = self.convert_checkpoint(load_checkpoint(path, self.name))
+            state = match_state_dict(raw, self.model, source=str(path), what=self.name)
             # buffers that are not in a state dict must be computed by a real initialisation
             transient = set(dict(self.model.named_buffers())) - set(self.model.state_dict())
             if transient:
@@ -426,6 +425,10 @@ class TimmEncoder(PatchEncoder):
 
     def weights_description(self) -> str:
         return self._weights_desc
+
+    def convert_checkpoint(self, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Hook: map another library's checkpoint layout to timm's keys (default: as is)."""
+        return state
 
     def preprocess(self, batch: torch.Tensor) -> torch.Tensor:
         """uint8 (N, H, W, 3) RGB -> float32 (N, 3, S, S): resized to ``resize_to`` (with

@@ -58,6 +58,7 @@ from napari_ghanet.encoders.registry import (
 from napari_ghanet.encoders.resnet import ResNet50Trunc, find_resnet50_weights
 from napari_ghanet.encoders.timm_models import FOUNDATION_MODELS, TimmEncoder
 from napari_ghanet.encoders.torchscript import TorchScriptEncoder
+from napari_ghanet.encoders.trident_models import TRIDENT_MODELS  # registers them
 from napari_ghanet.errors import EncoderError
 
 __all__ = [
@@ -73,6 +74,7 @@ __all__ = [
     "PatchEncoder",
     "ResNet50Trunc",
     "TimmEncoder",
+    "TRIDENT_MODELS",
     "TorchScriptEncoder",
     "create_encoder",
     "describe_encoders",

@@ -23,6 +23,7 @@ from napari_ghanet.encoders.trident_models import (
 PUBLISHED = {
     "h-optimus-1": (1.1e9, 0.05, 1536),  # "1.1B parameters"
     "h0-mini": (None, None, 768),  # ViT-B/14 with SwiGLU MLPs (class token)
+    "h0-mini-cls-mean": (None, None, 1536),  # class token + mean patch token
     "phikon-v2": (300e6, 0.02, 1024),  # "ViT-L ... 300M"
     "hibou-l": (304e6, 0.01, 1024),  # ViT-L/14
     "kaiko-vits8": (22e6, 0.02, 384),

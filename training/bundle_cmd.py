@@ -82,6 +82,8 @@ def encoder_spec_from_attrs(attrs: dict, feature_dim: int, encoder: str | None =
         except (json.JSONDecodeError, TypeError, ValueError) as exc:
             raise RunError(f"the features' encoder_spec attribute is not valid JSON: {exc}") from exc
     name = encoder or spec.get("name") or attrs.get("encoder")
+    if not name and attrs.get("encoder_unresolved"):  # another tool's unknown name
+        raise RunError(f"{attrs['encoder_unresolved']} with --encoder")
     if not name:
         raise RunError(
             "the features carry no encoder attributes (e.g. CLAM .pt files): name the "

@@ -28,6 +28,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from napari_ghanet.encoders.aliases import (
+    UnknownEncoderName,
+    detect_foreign_encoder,
+    resolve_encoder,
+)
 from napari_ghanet.errors import CohortError
 
 __all__ = [
@@ -307,22 +312,45 @@ def read_splits(path: str | os.PathLike) -> list[Split]:
     return splits
 
 
+_FEATURE_SUFFIXES = (".h5", ".hdf5", ".npz")
+
+
 def find_feature_files(features_dir: str | os.PathLike) -> dict[str, Path]:
-    """Index a features folder: {file stem: path} over the folder, ``h5_files/`` and
-    ``pt_files/`` (``.h5`` preferred over ``.pt`` when both exist)."""
+    """Index a features folder: {slide stem: path}.
+
+    Reads the layouts other tools write: this package's and CLAM's (``.h5`` in the folder
+    or ``h5_files/``, ``.pt`` in ``pt_files/``), TRIDENT's (the ``features_<encoder>``
+    folder itself, or a job folder holding exactly one), slide2vec's
+    (``tile_embeddings/<slide>.pt|.npz``) and LazySlide/wsidata stores (``<slide>.zarr``
+    folders). ``.h5`` is preferred over ``.npz`` over ``.pt`` over ``.zarr`` for one slide.
+    """
     root = Path(features_dir)
     if not root.is_dir():
         raise CohortError(f"features folder not found: {root}")
+    trident = sorted(p for p in root.iterdir() if p.is_dir() and p.name.startswith("features_"))
+    if len(trident) > 1 and not any(root.glob("*.h5")):
+        raise CohortError(
+            f"{root} holds features of several encoders ({', '.join(p.name for p in trident)}): "
+            "give one of these folders"
+        )
+    subs = [root / "pt_files", root / "tile_embeddings", *trident[:1], root, root / "h5_files"]
     index: dict[str, Path] = {}
-    for sub in (root / "pt_files", root, root / "h5_files"):
-        if not sub.is_dir():
-            continue
-        for entry in sorted(sub.iterdir()):
-            if entry.suffix == ".pt" and entry.stem not in index:
-                index[entry.stem] = entry
-        for entry in sorted(sub.iterdir()):
-            if entry.suffix in (".h5", ".hdf5"):
-                index[entry.stem] = entry
+    for sub in subs:  # .zarr stores, then .pt, then .npz / .h5 override
+        if sub.is_dir():
+            for entry in sorted(sub.iterdir()):
+                if entry.suffix == ".zarr" and entry.is_dir():
+                    index.setdefault(entry.stem, entry)
+    for sub in subs:
+        if sub.is_dir():
+            for entry in sorted(sub.iterdir()):
+                if entry.suffix == ".pt" and (entry.stem not in index or index[entry.stem].suffix == ".zarr"):
+                    index[entry.stem] = entry
+    for suffix in (".npz", ".h5"):
+        for sub in subs:
+            if sub.is_dir():
+                for entry in sorted(sub.iterdir()):
+                    if entry.suffix == suffix or (suffix == ".h5" and entry.suffix == ".hdf5"):
+                        index[entry.stem] = entry
     return index
 
 
@@ -386,7 +414,8 @@ class FeatureStore:
                 paths = [self.slide_path(s) for s in slides]
                 paths = [p for p in paths if p is not None]
                 if paths:
-                    self._attrs = _read_features(paths[0])[1]
+                    feats, attrs = _read_features(paths[0])
+                    self._attrs = _with_registered_encoder(paths[0], attrs, feats.shape[1])
                     break
             else:
                 self._attrs = {}
@@ -453,12 +482,34 @@ class FeatureStore:
         return bag
 
 
+def _with_registered_encoder(path: Path, attrs: dict, dim: int) -> dict:
+    """``attrs`` with ``encoder`` set to the registered encoder another tool's name for it
+    stands for (``encoder_source`` says where it was found), the TRIDENT patch geometry as
+    ``target_mpp``; an unknown name leaves ``encoder`` out and explains in
+    ``encoder_unresolved``."""
+    attrs = dict(attrs)
+    found = detect_foreign_encoder(path, attrs)
+    if found is not None:
+        try:
+            attrs["encoder"] = resolve_encoder(found, dim)
+            attrs["encoder_source"] = f"{found.tool} {found.name!r} ({found.where})"
+        except UnknownEncoderName as exc:
+            attrs.pop("encoder", None)
+            attrs["encoder_unresolved"] = str(exc)
+    mag = attrs.get("target_magnification")
+    if "target_mpp" not in attrs and isinstance(mag, int | float) and mag > 0:
+        attrs["target_mpp"] = 10.0 / float(mag)  # 20x = 0.5 um/px, TRIDENT's convention
+    return attrs
+
+
 def _read_features(path: Path) -> tuple[np.ndarray, dict]:
-    """float32 (N, D) features and the file's attributes (``.h5`` or ``.pt``)."""
+    """float32 (N, D) features and the file's attributes (``.h5``, ``.pt``, ``.npz`` or a
+    wsidata ``.zarr`` store)."""
     from napari_ghanet.io.features import load_features
+    from napari_ghanet.io.wsidata import read_wsidata_features
 
     try:
-        pf = load_features(path)
+        pf = read_wsidata_features(path) if path.suffix == ".zarr" else load_features(path)
     except Exception as exc:  # FeaturesError, OSError, ...: name the file either way
         raise CohortError(f"cannot read features file {path}: {exc}") from exc
     return pf.features, dict(pf.attrs or {})

@@ -11,6 +11,7 @@ name              architecture (timm)                         dim    input  patc
 ================  ==========================================  =====  =====  ========
 ``h-optimus-1``   ViT-g/14, 4 registers (1.1 B)               1536   224    224 0.5
 ``h0-mini``       ViT-B/14, 4 registers, SwiGLU (distilled)   768    224    224 0.5
+``h0-mini-cls-mean``  the same, class + mean patch token      1536   224    224 0.5
 ``phikon-v2``     ViT-L/16 DINOv2 (Owkin)                     1024   224    224 0.5
 ``hibou-l``       ViT-L/14, 4 registers (HistAI)              1024   224    224 0.5
 ``kaiko-vits8``   ViT-S/8 (kaiko.ai)                          384    224    224 0.5
@@ -149,6 +150,23 @@ TRIDENT_MODELS: dict[str, FoundationModelCard] = {
             params=71_571_456,
             mean=_BIOPTIMUS_MEAN,
             std=_BIOPTIMUS_STD,
+            hf_repos=("bioptimus/H0-mini",),
+            licence="CC-BY-NC-ND 4.0, gated",
+            source="https://huggingface.co/bioptimus/H0-mini",
+        ),
+        # the same network with the card's (and slide2vec's default) embedding: class
+        # token + mean of the patch tokens after the 4 registers, 2 x 768
+        _card(
+            name="h0-mini-cls-mean",
+            title="H0-mini, class + mean patch token (Bioptimus)",
+            arch="vit_base_patch14_reg4_dinov2",
+            model_args=lambda: {"img_size": 224, "init_values": 1e-5, "global_pool": "",
+                                **_swiglu()},
+            dim=1536,
+            params=71_571_456,
+            mean=_BIOPTIMUS_MEAN,
+            std=_BIOPTIMUS_STD,
+            pool="cls+mean",
             hf_repos=("bioptimus/H0-mini",),
             licence="CC-BY-NC-ND 4.0, gated",
             source="https://huggingface.co/bioptimus/H0-mini",

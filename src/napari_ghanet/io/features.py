@@ -28,8 +28,10 @@ grid checks pass (a flipped bit inside their feature values cannot be detected) 
 not rewritten, so a read never writes; delete the cache folder to regenerate them.
 
 :func:`load_features` also reads CLAM/TRIDENT ``.h5`` files (attributes may be absent;
-TRIDENT keeps them on ``coords``) and ``.pt`` files holding a feature tensor (loaded with
-``torch.load(weights_only=True)``; they carry no coordinates).
+TRIDENT keeps them on ``coords``, and its encoder's name on ``features``, read as
+``attrs["source_encoder"]``), ``.pt`` files holding a feature tensor (loaded with
+``torch.load(weights_only=True)``; they carry no coordinates) and slide2vec's ``.npz``
+tile embeddings, with the scalars of a ``<stem>.meta.json`` beside them.
 
 The feature cache of a slide lives at
 ``<cache_dir>/<encoder name>/<slide stem>.<key>.h5`` where ``key`` hashes the slide
@@ -498,6 +500,10 @@ def _load_h5(path: Path) -> PatchFeatures:
                 else {}
             )
             attrs.update({k: _decode_attr(k, v) for k, v in f.attrs.items()})
+            # TRIDENT keeps the encoder's name on the features dataset ('encoder')
+            source = f["features"].attrs.get("encoder")
+            if source is not None and "encoder_spec" not in attrs:
+                attrs["source_encoder"] = _decode_attr("encoder", source)
             qc = None
             if "qc_measures" in f:
                 qc = np.asarray(f["qc_measures"][()])
@@ -559,8 +565,42 @@ def _load_pt(path: Path) -> PatchFeatures:
     return PatchFeatures(feats, coords, attrs)
 
 
+def _load_npz(path: Path) -> PatchFeatures:
+    try:
+        with np.load(path, allow_pickle=False) as payload:
+            if "features" not in payload:
+                raise FeaturesError(
+                    f"{path}: no 'features' array (found: {', '.join(payload.files) or 'nothing'})"
+                )
+            raw = np.asarray(payload["features"])
+            raw_coords = np.asarray(payload["coords"]) if "coords" in payload else None
+    except (OSError, ValueError) as exc:
+        raise FeaturesError(f"{path}: not a readable .npz feature file ({exc})") from exc
+    feats = _squeeze_rows(raw, None, "features", path).astype(np.float32, copy=False)
+    coords = None if raw_coords is None else _squeeze_rows(raw_coords, 2, "coords", path)
+    return PatchFeatures(feats, coords, {})
+
+
+def _sidecar_attrs(path: Path) -> dict[str, Any]:
+    """Scalar entries of slide2vec's ``<stem>.meta.json`` beside a ``.pt``/``.npz`` file."""
+    meta = path.with_name(path.stem + ".meta.json")
+    if not meta.is_file():
+        return {}
+    try:
+        data = json.loads(meta.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise FeaturesError(f"{meta}: unreadable metadata file ({exc})") from exc
+    if not isinstance(data, dict):
+        return {}
+    return {k: v for k, v in data.items() if isinstance(v, str | int | float | bool)}
+
+
 def load_features(path: str | os.PathLike) -> PatchFeatures:
-    """Read patch features from an ``.h5`` (this package, CLAM, TRIDENT) or ``.pt`` file.
+    """Read patch features from an ``.h5`` (this package, CLAM, TRIDENT), ``.pt`` (CLAM,
+    TRIDENT, slide2vec) or ``.npz`` (slide2vec) file.
+
+    A ``<stem>.meta.json`` beside a ``.pt`` / ``.npz`` file (slide2vec's metadata, e.g.
+    ``encoder_name``) adds its scalar entries to ``attrs``.
 
     Returns
     -------
@@ -580,10 +620,14 @@ def load_features(path: str | os.PathLike) -> PatchFeatures:
         head = fh.read(8)
     if head == b"\x89HDF\r\n\x1a\n" or path.suffix.lower() in (".h5", ".hdf5"):
         feats = _load_h5(path)
+    elif path.suffix.lower() == ".npz":
+        feats = _load_npz(path)
+        feats.attrs = {**_sidecar_attrs(path), **feats.attrs}
     elif path.suffix.lower() in (".pt", ".pth") or head[:2] == b"PK":
         feats = _load_pt(path)
+        feats.attrs = {**_sidecar_attrs(path), **feats.attrs}
     else:
-        raise FeaturesError(f"{path}: unknown feature file type (expected .h5 or .pt)")
+        raise FeaturesError(f"{path}: unknown feature file type (expected .h5, .pt or .npz)")
     if not np.isfinite(feats.features).all():
         bad = int((~np.isfinite(feats.features)).any(axis=1).sum())
         raise FeaturesError(f"{path}: {bad} feature rows contain NaN or infinity")

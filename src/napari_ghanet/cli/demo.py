@@ -2,13 +2,16 @@
 
 Headless, a thin layer over :func:`~napari_ghanet.inference.predict.predict_slide` and
 :func:`~napari_ghanet.inference.exports.export_all`; with a window, napari (imported only
-then) and the prognosis widget.
+then) and the prognosis widget. Before Qt starts, :func:`check_display` makes sure there is
+a display to open the window on (Qt would otherwise abort the process).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 
 from napari_ghanet.cli._options import UsageError, add_shared_options, command
@@ -18,7 +21,41 @@ from napari_ghanet.datasets.demo import demo_slide_path
 from napari_ghanet.inference.predict import predict_slide
 from napari_ghanet.models.bundle import demo_bundle_path
 
-__all__ = ["add_parser", "format_report", "run"]
+__all__ = ["NO_DISPLAY", "add_parser", "check_display", "format_report", "run"]
+
+#: the one line ``ghanet demo`` ends with when no window can be opened (exit code 2)
+NO_DISPLAY = (
+    "no display found: run `ghanet demo --headless` for the report and exports, or start "
+    "it from a desktop session"
+)
+#: any of these set (non-empty) means Qt has somewhere to draw on Linux and other X11/Wayland
+#: systems (QT_QPA_PLATFORM also covers offscreen/vnc/eglfs)
+DISPLAY_VARIABLES = ("DISPLAY", "WAYLAND_DISPLAY", "QT_QPA_PLATFORM")
+
+
+def check_display(environ: Mapping[str, str] | None = None, platform: str | None = None) -> None:
+    """Raise UsageError (:data:`NO_DISPLAY`) when napari's window has no display to open on.
+
+    On macOS and Windows a display is assumed; elsewhere one of :data:`DISPLAY_VARIABLES`
+    must be set. Checked before Qt is imported: without a display Qt aborts the process
+    (exit 134) instead of raising.
+
+    Examples
+    --------
+    >>> check_display({"DISPLAY": ":0"}, "linux")
+    >>> check_display({}, "darwin")
+    >>> check_display({}, "linux")
+    Traceback (most recent call last):
+    ...
+    napari_ghanet.cli._options.UsageError: no display found: run `ghanet demo --headless` \
+for the report and exports, or start it from a desktop session
+    """
+    environ = os.environ if environ is None else environ
+    platform = sys.platform if platform is None else platform
+    if platform == "darwin" or platform.startswith(("win", "cygwin", "msys")):
+        return
+    if not any(environ.get(k) for k in DISPLAY_VARIABLES):
+        raise UsageError(NO_DISPLAY)
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -61,6 +98,8 @@ def _inputs(args) -> tuple[Path, Path]:
 @command
 def run(args: argparse.Namespace) -> int:
     """Run ``ghanet demo``; returns the exit code."""
+    if not args.headless:
+        check_display()
     slide, model = _inputs(args)
     if args.headless:
         return _run_headless(slide, model, args)

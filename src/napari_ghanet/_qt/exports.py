@@ -1,4 +1,5 @@
-"""Export buttons: JSON report, patch CSV, GeoJSON (QuPath) and a PNG canvas snapshot.
+"""Export buttons: JSON report, patch CSV, GeoJSON (QuPath), PNG canvas snapshot and a
+SpatialData store (``.zarr``, for napari-spatialdata / LazySlide; needs ``spatialdata``).
 
 Every file goes through :mod:`napari_ghanet.io.atomic` (the report writers do it
 themselves; the snapshot here): a file is complete or absent. Failures become a
@@ -28,6 +29,7 @@ KINDS = {
     "csv": ("Patch CSV", "CSV (*.csv)"),
     "geojson": ("GeoJSON (QuPath)", "GeoJSON (*.geojson *.json)"),
     "png": ("PNG snapshot", "PNG image (*.png)"),
+    "spatialdata": ("Export SpatialData...", "SpatialData store (*.zarr)"),
 }
 
 
@@ -44,8 +46,17 @@ def write_snapshot(viewer, path: str | os.PathLike) -> Path:
     return path
 
 
+def _write_store(prediction, path: str | os.PathLike) -> Path:
+    from napari_ghanet.inference.spatialdata_export import write_spatialdata
+
+    path = Path(path)
+    if path.suffix.lower() != ".zarr":
+        path = path.with_name(path.name + ".zarr")
+    return write_spatialdata(prediction, path, overwrite=True)
+
+
 class ExportPanel(QGroupBox):
-    """Four export buttons (two per row) for the prediction ``get_prediction()`` returns."""
+    """The export buttons (two per row) for the prediction ``get_prediction()`` returns."""
 
     def __init__(self, viewer, get_prediction: Callable, parent: QWidget | None = None):
         super().__init__("Export", parent)
@@ -70,15 +81,18 @@ class ExportPanel(QGroupBox):
         stem = Path(prediction.slide.get("name") or "slide").stem
         defaults = export_paths(prediction, Path.home())
         default = {"json": defaults["report"], "csv": defaults["csv"],
-                   "geojson": defaults["geojson"], "png": Path.home() / f"{stem}.ghanet.png"}
+                   "geojson": defaults["geojson"], "png": Path.home() / f"{stem}.ghanet.png",
+                   "spatialdata": Path.home() / f"{stem}.ghanet.zarr"}
         path, _ = QFileDialog.getSaveFileName(self, "Export", str(default[kind]),
                                               KINDS[kind][1])
         if path:
             self.export(kind, path)
 
     def export(self, kind: str, path: str | os.PathLike) -> Path | None:
-        """Write the current result: kind "json", "csv", "geojson" or "png" (a snapshot
-        of the canvas). Returns the path, or None (with a notification) on failure."""
+        """Write the current result: kind "json", "csv", "geojson", "png" (a snapshot
+        of the canvas) or "spatialdata" (a ``.zarr`` store, ``.zarr`` added when missing,
+        replacing a store of that name). Returns the path, or None (with a notification)
+        on failure."""
         from napari_ghanet.inference.predict import (
             write_geojson,
             write_patch_csv,
@@ -94,6 +108,7 @@ class ExportPanel(QGroupBox):
             "csv": lambda: write_patch_csv(prediction, path),
             "geojson": lambda: write_geojson(prediction, path),
             "png": lambda: write_snapshot(self.viewer, path),
+            "spatialdata": lambda: _write_store(prediction, path),
         }
         try:
             if kind not in writers:

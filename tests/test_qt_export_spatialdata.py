@@ -1,0 +1,35 @@
+"""The dock's "Export SpatialData..." button writes a store spatialdata reads back."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("spatialdata")
+pytest.importorskip("qtpy")
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+
+def test_export_spatialdata_button_writes_a_store(qtbot, tiled_tiff, tmp_path):
+    import spatialdata as sd
+
+    from _plugin_helpers import make_bundle
+    from napari_ghanet._qt.exports import ExportPanel
+    from napari_ghanet.inference.predict import predict_slide
+    from napari_ghanet.inference.spatialdata_export import TABLE_KEY
+
+    p = predict_slide(tiled_tiff, make_bundle(tmp_path / "m.safetensors"), device="cpu",
+                      use_cache=False, qc=None)
+    panel = ExportPanel(None, lambda: p)
+    qtbot.addWidget(panel)
+    assert panel.buttons["spatialdata"].text() == "Export SpatialData..."
+    out = panel.export("spatialdata", tmp_path / "result")
+    assert out == tmp_path / "result.zarr"
+    table = sd.read_zarr(out).tables[TABLE_KEY]
+    assert table.n_obs == p.n_patches and table.uns["risk"] == pytest.approx(p.risk)
+    # exporting again replaces the store (the save dialog asked already)
+    assert panel.export("spatialdata", out) == out
+    assert sorted(f.name for f in tmp_path.iterdir()) == ["m.safetensors", "result.zarr"]

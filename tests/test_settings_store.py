@@ -1,0 +1,97 @@
+"""Widget settings that survive a napari restart: the JSON file store (temporary config
+folder through $NAPARI_GHANET_CONFIG_DIR) and napari's own plugin settings."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from napari_ghanet._settings_store import (
+    CONFIG_DIR_ENV,
+    SETTINGS_VERSION,
+    JsonFileBackend,
+    SettingsStore,
+    default_config_dir,
+    default_settings,
+)
+
+CHANGED = {"encoder_weights": "/data/uni/pytorch_model.bin", "device": "cpu",
+           "backend": "onnx", "qc_on": False, "fold_od": 0.8, "blur_fraction": 0.3,
+           "heatmap_overlap": 0.5, "last_model": "/models/blca.safetensors"}
+
+
+def test_json_store_survives_a_new_session_and_resets(tmp_path, monkeypatch):
+    monkeypatch.setenv(CONFIG_DIR_ENV, str(tmp_path / "cfg"))
+    assert default_config_dir() == tmp_path / "cfg"
+    first = SettingsStore()
+    assert first.load() == default_settings()  # nothing stored yet
+    first.save(CHANGED)
+    path = tmp_path / "cfg" / "widget-settings.json"
+    data = json.loads(path.read_text())
+    assert data["version"] == SETTINGS_VERSION and data["settings"]["device"] == "cpu"
+    again = SettingsStore().load()  # a new session: a new store reading the same file
+    assert {k: again[k] for k in CHANGED} == CHANGED
+    assert again["pen_min_fraction"] == default_settings()["pen_min_fraction"]
+    # saving part of the settings keeps the rest
+    SettingsStore().save({"device": "cuda:0"})
+    assert SettingsStore().load()["last_model"] == CHANGED["last_model"]
+    assert SettingsStore().reset() == default_settings()
+    assert not path.exists() and SettingsStore().load() == default_settings()
+
+
+def test_bad_values_other_versions_and_broken_files_fall_back_to_defaults(tmp_path):
+    path = tmp_path / "s.json"
+    store = SettingsStore(JsonFileBackend(path))
+    saved = store.save({"fold_od": "high", "heatmap_overlap": 0.3, "batch_size": 0,
+                        "qc_on": 1, "pen_min_fraction": 2.0, "unknown": 5})
+    defaults = default_settings()
+    for key in ("fold_od", "heatmap_overlap", "batch_size", "qc_on", "pen_min_fraction"):
+        assert saved[key] == defaults[key], key
+    assert "unknown" not in json.loads(path.read_text())["settings"]
+    path.write_text(json.dumps({"version": SETTINGS_VERSION + 1, "settings": CHANGED}))
+    assert store.load() == defaults
+    path.write_text("{ not json")
+    assert store.load() == defaults
+    store.save({"device": "cpu"})  # a broken file is replaced, not an error
+    assert store.load()["device"] == "cpu"
+
+
+def test_unwritable_folder_is_logged_not_raised(tmp_path, caplog):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    store = SettingsStore(JsonFileBackend(blocker / "sub" / "s.json"))
+    assert store.save({"device": "cpu"})["device"] == "cpu"
+    assert "cannot save the widget settings" in caplog.text
+
+
+def test_napari_plugin_settings_persist_across_a_restart(tmp_path):
+    pytest.importorskip("napari")
+    from napari import settings as nsettings
+
+    from napari_ghanet._qt.plugin_settings import NapariPluginBackend, widget_settings_store
+
+    try:
+        nsettings._clear_plugin_settings_cache()
+        nsettings.get_plugin_settings(path_dir=tmp_path)
+        store = widget_settings_store()
+        assert isinstance(store.backend, NapariPluginBackend)
+        # the manifest declares exactly the store's settings, with the same defaults
+        section = store.backend._section().model_dump()
+        assert section.pop("settings_version") == SETTINGS_VERSION
+        assert section == default_settings()
+        store.save(CHANGED)
+        saved = (tmp_path / "napari-ghanet.yaml").read_text()
+        assert "/models/blca.safetensors" in saved
+
+        nsettings._clear_plugin_settings_cache()  # a restart: settings read from disk
+        nsettings.get_plugin_settings(path_dir=tmp_path)
+        again = widget_settings_store().load()
+        assert {k: again[k] for k in CHANGED} == CHANGED
+
+        assert widget_settings_store().reset() == default_settings()
+        nsettings._clear_plugin_settings_cache()
+        nsettings.get_plugin_settings(path_dir=tmp_path)
+        assert widget_settings_store().load() == default_settings()
+    finally:
+        nsettings._clear_plugin_settings_cache()

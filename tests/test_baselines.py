@@ -141,7 +141,7 @@ def test_abmil_bundle_round_trip(tmp_path):
     torch.manual_seed(0)
     model = ABMIL(**SMALL["abmil"]).eval()
     meta = {
-        "encoder": {"name": "unit", "dim": D},
+        "encoder": {"name": "morphometric", "dim": D},  # a registered encoder (spec rules)
         "categories": [{"name": f"c{i}", "genes": []} for i in range(6)],
         "survival_bins_months": [0.0, 5.0, 10.0, 20.0, 50.0],
         "risk_quantiles": {"probs": [0.0, 1.0], "values": [-3.0, -1.0]},

@@ -39,6 +39,7 @@ import torch.nn.functional as F
 from napari_ghanet.encoders.base import IMAGENET_MEAN, IMAGENET_STD, PatchEncoder, file_digest
 from napari_ghanet.encoders.registry import register_encoder
 from napari_ghanet.encoders.spec import EncoderSpec
+from napari_ghanet.encoders.spec_rules import layer_names, resolve_model_args
 from napari_ghanet.encoders.weights import load_checkpoint, match_state_dict
 from napari_ghanet.errors import EncoderError
 
@@ -563,7 +564,7 @@ class TimmArchEncoder(TimmEncoder):
             "pool": self.pool,
         }
         if self.model_args:
-            extra["model_args"] = self.model_args
+            extra["model_args"] = layer_names(self.model_args)  # classes by name: JSON
         return extra
 
     @classmethod
@@ -578,6 +579,8 @@ class TimmArchEncoder(TimmEncoder):
         for key in ("resize_to", "interpolation", "pool", "model_args"):
             if key in spec.extra:
                 kw[key] = spec.extra[key]
+        if isinstance(kw.get("model_args"), dict):  # layer classes named as the cards do
+            kw["model_args"] = resolve_model_args(kw["model_args"])
         return kw
 
 

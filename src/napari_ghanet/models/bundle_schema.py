@@ -32,6 +32,7 @@ from typing import Any
 
 import numpy as np
 
+from napari_ghanet.encoders.spec_rules import spec_problems
 from napari_ghanet.errors import BundleError
 from napari_ghanet.models import baselines
 from napari_ghanet.models.ghanet import GHANetConfig
@@ -344,27 +345,11 @@ def _check_encoder(problems: list[str], enc: Any) -> None:
         problems.append(
             f"'encoder.dim' must be a whole number from 1 to {MAX_SIZE}, got {_short(dim)}"
         )
-    px = enc.get("patch_px", 256)
-    if not _is_int(px) or not 1 <= px <= 16_384:
-        problems.append(
-            f"'encoder.patch_px' must be a whole number from 1 to 16384, got {_short(px)}"
-        )
-    mpp = enc.get("target_mpp", 0.5)
-    if not _is_num(mpp) or not 0 < mpp <= 1000:
-        problems.append(
-            f"'encoder.target_mpp' must be a positive number (um/px), got {_short(mpp)}"
-        )
-    resize = enc.get("resize")
-    if resize is not None and (not _is_int(resize) or not 0 <= resize <= 16_384):
-        problems.append(f"'encoder.resize' must be null or a whole number, got {_short(resize)}")
-    for key in ("mean", "std"):
-        v = enc.get(key)
-        if v is not None and not (
-            isinstance(v, list) and 1 <= len(v) <= 4 and all(_is_num(x) for x in v)
-        ):
-            problems.append(f"'encoder.{key}' must be null or 1-4 finite numbers, got {_short(v)}")
     if enc.get("extra") is not None and not isinstance(enc.get("extra"), dict):
         problems.append("'encoder.extra' must be an object")
+    # name, geometry, preprocessing, loader keywords, timm arguments and the network's
+    # size on the meta device: encoders.spec_rules (docs/security.md)
+    problems += spec_problems(enc, build=not problems)
 
 
 def _check_categories(problems: list[str], cats: Any) -> None:

@@ -131,8 +131,8 @@ def test_viewer_opens_the_pyramid_without_reading_level_0(make_napari_viewer, tm
     assert all(level > 0 for level, _, _ in read_log)
     # zooming into a corner reads only level-0 tiles near it
     read_log.clear()
-    viewer.camera.center = (100.0, 100.0)
-    viewer.camera.zoom = 8.0
+    viewer.scene.camera.center = (100.0, 100.0)
+    viewer.scene.camera.zoom = 8.0
     viewer.screenshot(canvas_only=True, flash=False)
     qtbot.wait(50)
     level0 = [(w, h) for lvl, w, h in read_log if lvl == 0]

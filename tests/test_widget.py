@@ -131,11 +131,11 @@ def test_prediction_through_the_widget_matches_predict_slide(
     assert tissue.data.sum() < p.tissue_mask.sum()  # an outline, not the filled mask
     assert not tissue.data[~p.tissue_mask].any()
     shapes = widget.result_layers["regions"]
-    assert shapes.nshapes == 10
+    assert shapes.nshapes == 20  # 10 boxes, then their 10 rank badges
     np.testing.assert_allclose(
         shapes.data[0], overlays.region_rectangles(
             np.array([[top.x, top.y, top.width, top.height]]), (0.499, 0.499))[0])
-    assert list(shapes.properties["rank"]) == list(range(1, 11))
+    assert list(shapes.properties["rank"]) == list(range(1, 11)) * 2
 
     # -- one genome-attention layer shows the category picked in the dock, named after it
     genome = widget.result_layers["genome"]
@@ -155,8 +155,8 @@ def test_prediction_through_the_widget_matches_predict_slide(
     qtbot.mouseClick(table.viewport(), Qt.MouseButton.LeftButton, pos=rect.center())
     r3 = p.top_regions[2]
     expected = overlays.region_centre(r3.x, r3.y, r3.width, r3.height, (0.499, 0.499))
-    np.testing.assert_allclose(viewer.camera.center[-2:], expected, atol=1e-6)
-    assert viewer.camera.zoom == pytest.approx(
+    np.testing.assert_allclose(viewer.scene.camera.center[-2:], expected, atol=1e-6)
+    assert viewer.scene.camera.zoom == pytest.approx(
         min(viewer.canvas.size) / (3 * r3.width * 0.499), rel=1e-6)
 
     # -- exports
@@ -196,7 +196,7 @@ def test_cancel_mid_run_leaves_no_layers_and_no_cache(
     widget = make_widget(viewer, bundle, cache)
     widget.settings.batch_size.value = 16
     progress = []
-    widget._relay.progressed.connect(lambda stage, done, total: progress.append((stage, done, total)))
+    widget.progressed.connect(lambda stage, done, total: progress.append((stage, done, total)))
     widget.inputs.predict_button.click()
     assert widget.running and widget.inputs.cancel_button.isEnabled()
     qtbot.waitUntil(lambda: "Embedding" in widget.inputs.status_label.text(), timeout=TIMEOUT_MS)

@@ -20,11 +20,10 @@ from __future__ import annotations
 
 import logging
 import os
-import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from qtpy.QtCore import QObject, Qt, Signal
+from qtpy.QtCore import Qt, Signal
 from qtpy.QtWidgets import QFileDialog, QFrame, QLabel, QScrollArea, QVBoxLayout, QWidget
 
 from napari_ghanet._qt import layers as qt_layers
@@ -34,8 +33,9 @@ from napari_ghanet._qt.inputs import InputsPanel, layer_path
 from napari_ghanet._qt.notify import error_message, notify
 from napari_ghanet._qt.result_layers import ResultLayers
 from napari_ghanet._qt.results import ResultsPanel
+from napari_ghanet._qt.run import PredictionRun, ProgressBar
 from napari_ghanet._qt.settings import AdvancedSettings
-from napari_ghanet.errors import Cancelled, GHANetError
+from napari_ghanet.errors import GHANetError
 
 if TYPE_CHECKING:
     import napari
@@ -43,12 +43,6 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 __all__ = ["PrognosisWidget"]
-
-
-class _ProgressRelay(QObject):
-    """Carries progress from the worker thread to the GUI thread (queued signal)."""
-
-    progressed = Signal(str, int, int)
 
 
 class PrognosisWidget(QWidget):
@@ -72,9 +66,12 @@ class PrognosisWidget(QWidget):
         The result layers on the viewer (:attr:`result_layers` by key).
     prediction_shown : Signal(Prediction)
         Emitted once a prediction's numbers and layers are on screen.
+    progressed : Signal(str, int, int)
+        The running prediction's progress (stage, done, total), in the GUI thread.
     """
 
     prediction_shown = Signal(object)
+    progressed = Signal(str, int, int)
 
     def __init__(
         self,
@@ -91,13 +88,9 @@ class PrognosisWidget(QWidget):
         self.shown_layers = ResultLayers(viewer, lambda: self.inputs.slide_layers(),
                                          lambda: self._on_shown())
         self._run_layers: list = []  # layers the running prediction is for
-        self._worker = None
-        self._gc_frozen = False
-        self._cancel: threading.Event | None = None
-        self._pbar = None
-        self._last_done = 0
-        self._relay = _ProgressRelay()
-        self._relay.progressed.connect(self._on_progress)
+        self._run: PredictionRun | None = None  # from Predict until its worker is done
+        self._shown_run: PredictionRun | None = None  # whose result layers are going in
+        self._pbar: ProgressBar | None = None
 
         self._build_ui()
         self._connect_viewer()
@@ -154,6 +147,9 @@ class PrognosisWidget(QWidget):
         ]
         for emitter, callback in handlers:
             emitter.connect(callback)
+        self._named: list = []  # layers whose renames re-list the dropdowns
+        for layer in self.viewer.layers:
+            self._follow_name(layer)
 
         def disconnect(*_) -> None:  # the viewer may outlive the widget
             for emitter, callback in handlers:
@@ -161,15 +157,41 @@ class PrognosisWidget(QWidget):
                     emitter.disconnect(callback)
                 except Exception:  # noqa: BLE001
                     pass
+            for layer in self._named:
+                self._unfollow_name(layer)
 
         self.destroyed.connect(disconnect)
 
+    def _follow_name(self, layer) -> None:
+        """Re-list the slide and region dropdowns when ``layer`` (a slide or Shapes layer
+        of the user's, not a result layer) is renamed."""
+        if layer is None or qt_layers.OVERLAY_KEY in getattr(layer, "metadata", {}):
+            return
+        if not any(layer is other for other in self._named):
+            layer.events.name.connect(self._on_layer_renamed)
+            self._named.append(layer)
+
+    def _unfollow_name(self, layer) -> None:
+        try:
+            layer.events.name.disconnect(self._on_layer_renamed)
+        except Exception:  # noqa: BLE001
+            pass
+
+    def _on_layer_renamed(self, event=None) -> None:
+        self._on_layers_changed()
+
     def _on_layers_changed(self, event=None) -> None:
+        if getattr(event, "type", "") == "inserted":
+            self._follow_name(getattr(event, "value", None))
         self.inputs.refresh_layers(event, running=self.running)
         self.shown_layers.rename()
 
     def _on_layer_removed(self, event=None) -> None:
-        self.shown_layers.layer_removed(getattr(event, "value", None))
+        removed = getattr(event, "value", None)
+        if any(removed is layer for layer in self._named):
+            self._unfollow_name(removed)
+            self._named = [layer for layer in self._named if layer is not removed]
+        self.shown_layers.layer_removed(removed)
         self._on_layers_changed()
 
     @property
@@ -228,7 +250,7 @@ class PrognosisWidget(QWidget):
     @property
     def running(self) -> bool:
         """True from "Predict" until the result is on screen (or the run ended)."""
-        return self._worker is not None or self.shown_layers.busy
+        return self._run is not None or self.shown_layers.busy
 
     def prediction_settings(self) -> dict[str, Any]:
         """Keyword arguments for predict_slide from the widget's fields."""
@@ -328,6 +350,22 @@ class PrognosisWidget(QWidget):
         except GHANetError as e:
             notify("error", f"Cannot use the regions of interest: {e}")
             return
+        geometry = [self.shown_layers.geometry(lay) for lay in layers]
+        run = PredictionRun(_predict_in_background, paths, self.bundle, geometry,
+                            **self._predict_arguments(layers, mpps, regions))
+        run.progressed.connect(self._on_progress)
+        run.returned.connect(self._on_returned)
+        run.failed.connect(self._on_errored)
+        run.finished.connect(self._finish_run)
+        self._run, self._shown_run = run, run
+        self._run_layers = list(layers)
+        self.inputs.set_running(True)
+        self._pbar = ProgressBar("G-HANet prediction")
+        run.start()
+
+    def _predict_arguments(self, layers: list, mpps: list, regions) -> dict[str, Any]:
+        """Keyword arguments of predict_slide (one slide layer) or predict_patient
+        (several), less ``cancel`` and ``progress`` (the run adds them)."""
         kwargs = self.prediction_settings()
         kwargs.update(cache_dir=self.cache_dir, top_k=10)
         if len(layers) > 1:
@@ -335,46 +373,19 @@ class PrognosisWidget(QWidget):
                           patient=layers[0].name)
         else:
             kwargs.update(mpp=mpps[0], regions=regions)
-        self._cancel = kwargs["cancel"] = threading.Event()
-        relay = self._relay
-
-        def progress(stage: str, done: int, total: int) -> None:
-            relay.progressed.emit(stage, done, total)
-
-        kwargs["progress"] = progress
-        geometry = [self.shown_layers.geometry(lay) for lay in layers]
-        self._run_layers = list(layers)
-        self.inputs.set_running(True)
-        self._start_napari_progress()
-
-        from superqt.utils import create_worker
-
-        # Errors go to _on_errored (a clear notification), not re-raised in the GUI thread.
-        self._worker = create_worker(
-            _predict_in_background, paths, self.bundle, geometry,
-            _start_thread=False, _ignore_errors=True,
-            _connect={"returned": self._on_returned, "errored": self._on_errored,
-                      "finished": self._finish_run},
-            **kwargs,
-        )
-        # A full garbage collection of a napari process holds the GIL for ~250 ms, and the
-        # worker's allocations trigger one: keep the objects alive now (viewer, slide,
-        # plugin) out of collections until the result is on screen (see _thaw_gc).
-        qt_layers.freeze_gc()
-        self._gc_frozen = True
-        self._worker.start()
+        return kwargs
 
     def _thaw_gc(self) -> None:
-        """End the prediction's GC freeze (the result is shown, failed or cancelled), so
-        nothing stays uncollectable for the session."""
-        if self._gc_frozen:
-            qt_layers.thaw_gc()
-            self._gc_frozen = False
+        """Give back the shown run's share of the GC freeze (its result is on screen, or
+        it failed or was cancelled), so nothing stays uncollectable for the session."""
+        if self._shown_run is not None:
+            self._shown_run.release()
+            self._shown_run = None
 
     def cancel(self) -> None:
         """Stop the running prediction (the Cancel button)."""
-        if self._cancel is not None:
-            self._cancel.set()
+        if self._run is not None:
+            self._run.cancel()
             self.inputs.status_label.setText("Cancelling...")
             self.inputs.cancel_button.setEnabled(False)
         elif self.shown_layers.busy:
@@ -387,37 +398,17 @@ class PrognosisWidget(QWidget):
             self.inputs.set_idle(done=False)
             self._thaw_gc()
 
-    def _start_napari_progress(self) -> None:
-        try:
-            from napari.utils import progress
-
-            self._pbar = progress(total=0, desc="G-HANet prediction")
-        except Exception:  # noqa: BLE001
-            self._pbar = None
-        self._last_done = 0
-
     def _on_progress(self, stage: str, done: int, total: int) -> None:
         try:
             text = self.inputs.show_progress(stage, done, total)
-            pbar = self._pbar
-            if pbar is None:
-                return
-            if stage == "features" and total > 0:
-                if pbar.total != total:
-                    pbar.total = total
-                    self._last_done = 0
-                    pbar.n = 0
-                pbar.update(max(0, done - self._last_done))
-                self._last_done = done
-            pbar.set_description(text)
+            if self._pbar is not None:
+                self._pbar.show(stage, done, total, text)
+            self.progressed.emit(stage, done, total)
         except Exception:  # noqa: BLE001
             logger.exception("progress display failed")
 
     def _on_returned(self, result) -> None:
         prediction, layers = result
-        if self._cancel is not None and self._cancel.is_set():
-            self._on_errored(Cancelled("prediction cancelled"))
-            return
         try:
             self.show_prediction(prediction, self._run_layers, layers=layers, incremental=True)
             for w in prediction.warnings:
@@ -440,13 +431,9 @@ class PrognosisWidget(QWidget):
 
     def _finish_run(self) -> None:
         """The worker is done (returned, failed or cancelled)."""
-        self._worker = None
-        self._cancel = None
+        self._run = None
         if self._pbar is not None:
-            try:
-                self._pbar.close()
-            except Exception:  # noqa: BLE001
-                pass
+            self._pbar.close()
             self._pbar = None
         if not self.shown_layers.busy:  # nothing to show (failed or cancelled)
             self.inputs.set_idle(done=self.prediction is not None)
@@ -460,7 +447,7 @@ class PrognosisWidget(QWidget):
             self.inputs.status_label.setText(
                 f"Done in {p.timings.get('total', 0.0):.1f} s ({p.n_patches:,} patches, {extra})")
             self.prediction_shown.emit(p)
-        if self._worker is None:
+        if self._run is None:
             self.inputs.set_idle(done=p is not None)
         self._thaw_gc()
 
@@ -512,8 +499,8 @@ class PrognosisWidget(QWidget):
         return self.exports.export(kind, path)
 
     def closeEvent(self, event) -> None:  # noqa: N802 - Qt API
-        if self._cancel is not None:
-            self._cancel.set()
+        if self._run is not None:
+            self._run.cancel()
         self._thaw_gc()
         super().closeEvent(event)
 

@@ -2,7 +2,7 @@
 
 Pure napari models (no Qt): :func:`build_result_layers` can run in a worker thread,
 because a napari layer holds no Qt object until it is added to a viewer. The dock then
-inserts the finished layers in one batch (:func:`insert_layers`), so the viewer redraws
+inserts the finished layers in one batch (:class:`LayerBatch`), so the viewer redraws
 once instead of once per layer.
 
 Names are short and grouped ("G-HANet · morphology", "G-HANet · Oncogenesis", ...);
@@ -11,13 +11,13 @@ Names are short and grouped ("G-HANet · morphology", "G-HANet · Oncogenesis", 
 
 from __future__ import annotations
 
-import gc
 import time
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from napari_ghanet._qt.gc_hold import GCHold
 from napari_ghanet.inference import overlays
 
 __all__ = [
@@ -39,7 +39,14 @@ OVERLAY_KEY = "ghanet_overlay"
 #: metadata key holding the short label a result layer's name is made from
 LABEL_KEY = "ghanet_label"
 GROUP = "G-HANet"
-RANK_TEXT = {"string": "{rank}", "color": "#00e5ff", "size": 12, "anchor": "upper_left"}
+#: top-region boxes: cyan edge; the focused one (after "go there") in white, thicker
+BOX_EDGE, FOCUS_EDGE = "#00e5ff", "#ffffff"
+#: rank labels: white digits centred on a dark badge with a white edge, in the box's
+#: upper-left corner (inside the box, legible on the pale attention colours and on H&E)
+RANK_TEXT = {"string": "{label}", "color": "#ffffff", "size": 11, "anchor": "center"}
+BADGE_FACE, BADGE_EDGE = "#000000cc", "#ffffff"
+#: the badge's side and its inset from the box's corner, as fractions of the box's side
+BADGE_SIDE, BADGE_INSET = 0.3, 0.06
 
 
 def layer_name(label: str, slide_name: str | None = None) -> str:
@@ -311,15 +318,76 @@ def _slide_layers(p, k: int, geometry: SlideGeometry) -> list[tuple[str, Any]]:
                                                         **common)))
     regions = [r for r in p.top_regions if getattr(r, "slide", 0) == k]
     if regions:
-        xywh = np.array([[r.x, r.y, r.width, r.height] for r in regions])
         layers.append((slide_key("regions", k), Shapes(
-            overlays.region_rectangles(xywh, level0_scale, level0_translate),
-            shape_type="rectangle", edge_color="#00e5ff", face_color="transparent",
-            edge_width=0.04 * size0 * level0_scale[0],
-            properties={"rank": np.array([r.rank for r in regions]),
-                        "category": np.array([r.category for r in regions])},
-            text=dict(RANK_TEXT), **meta("regions", "top regions"), **common)))
+            **region_shapes(regions, level0_scale, level0_translate),
+            **meta("regions", "top regions"), **common)))
     return layers
+
+
+def region_shapes(regions, level0_scale=(1.0, 1.0), level0_translate=(0.0, 0.0)) -> dict:
+    """Keyword arguments of the top-regions Shapes layer: one box per region (shapes
+    ``0..K-1``, in rank order) and then one rank badge per region (shapes ``K..2K-1``), a
+    dark square inside the box's upper-left corner carrying the rank, so that no label
+    lands above its box (where, in a vertical stack, it would sit inside the box above).
+
+    Parameters
+    ----------
+    regions : list of Region
+        Level-0 pixel boxes (``x``, ``y``, ``width``, ``height``) with ``rank`` and
+        ``category``.
+    level0_scale, level0_translate : (2,) float
+        The slide layer's level-0 pixel to world transform (world units per pixel).
+    """
+    k = len(regions)
+    xywh = np.array([[r.x, r.y, r.width, r.height] for r in regions], dtype=np.float64)
+    side = xywh[:, 2:] * BADGE_SIDE
+    badges = np.concatenate([xywh[:, :2] + xywh[:, 2:] * BADGE_INSET, side], axis=1)
+    width = 0.04 * float(np.max(xywh[:, 2:])) * float(level0_scale[0])
+    ranks = np.array([r.rank for r in regions])
+    return {
+        "data": overlays.region_rectangles(np.concatenate([xywh, badges]),
+                                           level0_scale, level0_translate),
+        "shape_type": "rectangle",
+        "edge_color": [BOX_EDGE] * k + [BADGE_EDGE] * k,
+        "face_color": ["transparent"] * k + [BADGE_FACE] * k,
+        "edge_width": [width] * k + [0.5 * width] * k,
+        "properties": {"rank": np.concatenate([ranks, ranks]),
+                       "category": np.array([r.category for r in regions] * 2),
+                       "label": np.array([""] * k + [str(v) for v in ranks])},
+        "text": dict(RANK_TEXT),
+    }
+
+
+def focus_region(layer, rank: int) -> None:
+    """Draw region ``rank``'s box of the top-regions layer ``layer`` in the focus colour
+    (thicker) and the others as usual; select it."""
+    ranks = list(layer.properties.get("rank", []))
+    labels = list(layer.properties.get("label", [""] * len(ranks)))
+    boxes = [i for i, label in enumerate(labels) if label == ""]
+    badges = [i for i, label in enumerate(labels) if label != ""]
+    if not boxes or not badges:
+        return
+    base = 2.0 * float(layer.edge_width[badges[0]])  # the badges keep half the box edge
+    colours = np.array(layer.edge_color)
+    widths = list(layer.edge_width)
+    focused = None
+    for i in boxes:
+        on = ranks[i] == rank
+        colours[i] = _rgba(FOCUS_EDGE if on else BOX_EDGE)
+        widths[i] = 2.0 * base if on else base
+        if on:
+            focused = i
+    layer.edge_color = colours
+    layer.edge_width = widths
+    if focused is not None:
+        layer.selected_data = {focused}
+
+
+def _rgba(hex_colour: str) -> np.ndarray:
+    """RGBA floats (4,) of ``#rrggbb`` or ``#rrggbbaa``."""
+    h = hex_colour.lstrip("#")
+    h = h + "ff" if len(h) == 6 else h
+    return np.array([int(h[i:i + 2], 16) / 255.0 for i in range(0, 8, 2)])
 
 
 def show_genome_category(layer, index: int | None, names: list[str]) -> None:
@@ -348,25 +416,6 @@ def rename_result_layers(layers, slide_name: str | None) -> None:
                 layer.name = name
 
 
-def freeze_gc() -> None:
-    """Keep full garbage collections out of the layer insertion (see :func:`thaw_gc`).
-
-    A full (generation 2) collection of a napari process with a slide open scans a few
-    million objects: 250-300 ms with the GIL held, i.e. a frozen viewer. The vispy visuals
-    of new layers allocate enough to trigger one, so the stall used to land in the middle
-    of adding the result layers. After :func:`gc.freeze` a full collection only scans the
-    objects made since (a few ms).
-    """
-    gc.freeze()
-
-
-def thaw_gc() -> None:
-    """Undo :func:`freeze_gc` once the layers are in: frozen objects are never collected,
-    so cyclic garbage alive at the freeze (an earlier result, say) would otherwise stay
-    for the whole session, one more prediction's worth each time."""
-    gc.unfreeze()
-
-
 class LayerBatch:
     """Result layers inserted into a viewer as one batch that appears at once.
 
@@ -391,7 +440,7 @@ class LayerBatch:
         self._visible = {id(layer): layer.visible for _, layer in layers}
         self.inserted: dict[str, Any] = {}
         self.active = active
-        self._frozen = False
+        self._gc = GCHold()  # no full collection while the layers go in
 
     @property
     def done(self) -> bool:
@@ -402,9 +451,8 @@ class LayerBatch:
         """Insert layers (at least one) until ``budget_s`` seconds have passed; returns
         :attr:`done`."""
         start = time.perf_counter()
-        if not self.inserted and not self._frozen:
-            freeze_gc()
-            self._frozen = True
+        if not self.inserted and not self._gc.held:
+            self._gc.acquire()
         selection = self.viewer.layers.selection
         selected, active = set(selection), selection.active
         # napari makes each new layer the selected one (switching the layer controls,
@@ -446,9 +494,7 @@ class LayerBatch:
         return True
 
     def _thaw(self) -> None:
-        if self._frozen:
-            thaw_gc()
-            self._frozen = False
+        self._gc.release()
 
     def remove(self) -> None:
         """Take the inserted layers out of the viewer again."""

@@ -2,7 +2,8 @@
 
 :class:`ResultLayers` owns the layers a prediction adds to the viewer (attention,
 tissue, regions, QC, ... one set per slide): it adds them hidden a few per turn of the
-event loop (:class:`~._qt.layers.LayerBatch`, with :func:`gc.freeze` before the first)
+event loop (:class:`~._qt.layers.LayerBatch`, holding the GC freeze of
+:mod:`~._qt.gc_hold` meanwhile)
 and shows them together, removes the previous result's layers, renames them when
 several slide layers are open, switches the genome layer's category and centres the view
 on a top region. The layers themselves are made by :mod:`~._qt.layers` (napari only).
@@ -168,7 +169,8 @@ class ResultLayers:
 
     def go_to_region(self, prediction, row: int) -> None:
         """Centre and zoom the view on ``prediction``'s top region ``row`` (0-based) and
-        select it in its slide's regions layer."""
+        highlight its box (focus colour, thicker edge, selected) in its slide's regions
+        layer."""
         try:
             p = prediction
             if p is None or not 0 <= row < len(p.top_regions):
@@ -186,14 +188,12 @@ class ResultLayers:
             canvas = getattr(self.viewer, "canvas", None)
             size = getattr(canvas, "size", None) or getattr(self.viewer, "_canvas_size", (600, 800))
             extent = 3.0 * max(r.width * scale[1], r.height * scale[0])  # patch + context
-            scene = getattr(self.viewer, "scene", None)
-            camera = scene.camera if scene is not None else self.viewer.camera
+            camera = self.viewer.scene.camera
             camera.center = (cy, cx)
             camera.zoom = float(min(size)) / extent
             shapes = self.layers.get(qt_layers.slide_key("regions", k))
             if shapes is not None:
-                ranks = list(shapes.properties.get("rank", []))
-                if r.rank in ranks:
-                    shapes.selected_data = {ranks.index(r.rank)}
+                qt_layers.focus_region(shapes, r.rank)
+                shapes.visible = True
         except Exception:  # noqa: BLE001
             logger.exception("going to region %s failed", row)

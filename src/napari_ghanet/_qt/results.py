@@ -10,7 +10,7 @@ through signals: ``category_selected`` (genome-attention category index or None)
 from __future__ import annotations
 
 import numpy as np
-from qtpy.QtCore import QRectF, Qt, Signal
+from qtpy.QtCore import QRectF, Qt, QTimer, Signal
 from qtpy.QtGui import QColor, QFont, QPainter
 from qtpy.QtWidgets import (
     QAbstractItemView,
@@ -90,6 +90,70 @@ class DivergingBarDelegate(QStyledItemDelegate):
         painter.restore()
 
 
+class _FitRows:
+    """Mixin of a tree or table view as tall as its header and rows, without a scroll
+    area of its own (the dock scrolls as a whole); wrapped text makes rows taller when
+    the dock is narrow, so the height follows the width."""
+
+    def _setup_fit(self) -> None:
+        self.setVerticalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        self.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        self.setWordWrap(True)
+        self.setTextElideMode(Qt.TextElideMode.ElideNone)
+        self.fit()
+
+    def rows_height(self) -> int:  # pragma: no cover - defined by the views
+        raise NotImplementedError
+
+    def fit(self) -> None:
+        """Set the height that shows every row."""
+        height = self.rows_height()
+        if height != self.height() or self.minimumHeight() != height:
+            self.setFixedHeight(height)
+
+    def resizeEvent(self, event) -> None:  # noqa: N802 - Qt API
+        super().resizeEvent(event)
+        if event.size().width() != event.oldSize().width():
+            QTimer.singleShot(0, self.fit)
+
+
+class FitTree(_FitRows, QTreeWidget):
+    """A tree as tall as its visible rows (expanding an item makes it taller)."""
+
+    def __init__(self, parent=None) -> None:
+        super().__init__(parent)
+        self.setUniformRowHeights(False)
+        self.itemExpanded.connect(lambda _item: self.fit())
+        self.itemCollapsed.connect(lambda _item: self.fit())
+        self._setup_fit()
+
+    def rows_height(self) -> int:
+        """Pixels of the header and every visible row."""
+        height = self.header().sizeHint().height() + 2 * self.frameWidth() + 2
+        for i in range(self.topLevelItemCount()):
+            item = self.topLevelItem(i)
+            height += self.indexRowSizeHint(self.indexFromItem(item))
+            if item.isExpanded():
+                height += sum(self.indexRowSizeHint(self.indexFromItem(item.child(c)))
+                              for c in range(item.childCount()))
+        return height
+
+
+class FitTable(_FitRows, QTableWidget):
+    """A table as tall as all its rows (rows as tall as their wrapped text)."""
+
+    def __init__(self, rows: int, columns: int, parent=None) -> None:
+        super().__init__(rows, columns, parent)
+        self._setup_fit()
+
+    def rows_height(self) -> int:
+        """Pixels of the header and every row."""
+        self.resizeRowsToContents()
+        header = self.horizontalHeader()
+        return (header.sizeHint().height() if header.isVisible() or not self.isVisible() else 0) \
+            + sum(self.rowHeight(r) for r in range(self.rowCount())) + 2 * self.frameWidth() + 2
+
+
 class ResultsPanel(QWidget):
     """Risk, survival plot, pathway tree and regions table of one Prediction."""
 
@@ -135,16 +199,15 @@ class ResultsPanel(QWidget):
         layout.addWidget(_wrapped(
             "<b>Reconstructed pathway profile</b> (mean z-score vs. the training cohort; "
             "expand for the top genes)"))
-        self.pathway_tree = tree = QTreeWidget()
+        self.pathway_tree = tree = FitTree()
         tree.setColumnCount(2)
-        tree.setHeaderLabels(["Category / gene", "vs. cohort"])
+        tree.setHeaderLabels(["Category (genes) / gene", "vs. cohort"])
         tree.setItemDelegateForColumn(1, DivergingBarDelegate(tree))
         tree.header().setSectionResizeMode(0, QHeaderView.ResizeMode.Stretch)
         tree.header().setSectionResizeMode(1, QHeaderView.ResizeMode.Fixed)
-        tree.header().resizeSection(1, 130)
+        tree.header().resizeSection(1, 112)
         tree.header().setStretchLastSection(False)
-        tree.setTextElideMode(Qt.TextElideMode.ElideMiddle)
-        tree.setMinimumHeight(170)
+        # full names, wrapped when the dock is narrow; the tree is as tall as its rows
         layout.addWidget(tree)
 
         layout.addWidget(_wrapped("Genome attention layer"))
@@ -158,7 +221,7 @@ class ResultsPanel(QWidget):
         layout.addWidget(self.category_combo)
 
         layout.addWidget(_wrapped("<b>Top attention regions</b> (click to go there)"))
-        self.regions_table = table = QTableWidget(0, 3)
+        self.regions_table = table = FitTable(0, 3)
         table.setHorizontalHeaderLabels(["Rank", "Attention (pct.)", "Category"])
         table.verticalHeader().setVisible(False)
         table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
@@ -167,8 +230,7 @@ class ResultsPanel(QWidget):
         header = table.horizontalHeader()
         header.setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
         header.setSectionResizeMode(2, QHeaderView.ResizeMode.Stretch)
-        table.setTextElideMode(Qt.TextElideMode.ElideRight)
-        table.setMinimumHeight(160)
+        # every top-k row shown (no scroll area of its own), full category names wrapped
         table.cellClicked.connect(lambda row, _col: self.region_activated.emit(row))
         layout.addWidget(table)
         self._sections = layout
@@ -276,7 +338,9 @@ class ResultsPanel(QWidget):
     def clear(self) -> None:
         """Empty and hide the panel."""
         self.pathway_tree.clear()
+        self.pathway_tree.fit()
         self.regions_table.setRowCount(0)
+        self.regions_table.fit()
         self.category_combo.blockSignals(True)
         self.category_combo.clear()
         self.category_combo.blockSignals(False)
@@ -310,7 +374,9 @@ class ResultsPanel(QWidget):
         ax.step(months, surv, where="post", color="#ef5350", lw=1.8)
         ax.plot(months[1:], surv[1:], "o", color="#ef5350", ms=3)
         ax.set_ylim(0, 1.02)
-        ax.set_xlim(0, horizon)
+        # a margin right of the horizon, so that the last step is drawn inside the axes
+        # (not on their right border)
+        ax.set_xlim(0, horizon * 1.06)
         ax.set_xlabel("months", fontsize=8)
         ax.set_ylabel("survival probability", fontsize=8)
         ax.grid(alpha=0.3)
@@ -329,14 +395,16 @@ class ResultsPanel(QWidget):
             gene_max = max((abs(z) for c in p.categories for _, z in c.top_genes), default=1.0)
             delegate.limit = max(limit, gene_max, 1.0)
         for c in p.categories:
-            item = QTreeWidgetItem([f"{c.name} ({len(c.genes)} genes)", ""])
+            item = QTreeWidgetItem([f"{c.name} ({len(c.genes)})", ""])
             item.setData(1, BAR_ROLE, float(c.score))
-            item.setToolTip(0, f"{c.name}: mean reconstructed z-score {c.score:+.3f}")
+            item.setToolTip(0, f"{c.name} ({len(c.genes)} genes): mean reconstructed "
+                               f"z-score {c.score:+.3f}")
             for gene, z in c.top_genes:
                 child = QTreeWidgetItem([gene, ""])
                 child.setData(1, BAR_ROLE, float(z))
                 item.addChild(child)
             tree.addTopLevelItem(item)
+        tree.fit()
 
     def fill_regions(self, p) -> None:
         """One row per top-attention region: rank, attention (percentile), category."""
@@ -349,3 +417,4 @@ class ResultsPanel(QWidget):
                 item.setToolTip(f"x={r.x}, y={r.y}, {r.width} x {r.height} px (level 0); "
                                 f"{r.category}")
                 table.setItem(row, col, item)
+        table.fit()

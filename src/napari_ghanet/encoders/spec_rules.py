@@ -371,7 +371,7 @@ def _model_args(problems: list[str], name: Any, args: Any, label: str) -> bool:
             problems.append(_loader_message(f"{label}.{key}"))
             ok = False
         elif key not in rules:
-            problems.append(f"'{label}.{_short(key, 60)}' is not an allowed timm architecture "
+            problems.append(f"'{label}.{str(key)[:60]}' is not an allowed timm architecture "
                             f"argument (allowed: {', '.join(sorted(rules))})")
             ok = False
         else:
@@ -480,6 +480,13 @@ def spec_problems(enc: Any, *, build: bool = True) -> list[str]:
     _geometry(problems, enc)
     _extras(problems, merged, {**{k: "encoder." for k in ("resize_to", "interpolation", "pool",
                                                            "standardize", "version")}, **where})
+    if not why and isinstance(name, str) and _is_int(merged.get("version")):
+        _, ctor, _ = registry._spec_constructor(name)
+        known = getattr(ctor, "version", None)
+        if _is_int(known) and merged["version"] != known:
+            problems.append(f"'{where.get('version', 'encoder.')}version' must be {known} "
+                            f"(the version of {name} this napari-ghanet computes), got "
+                            f"{merged['version']}")
     label = f"{where.get('model_args', 'encoder.')}model_args"
     args_ok = _model_args(problems, name, merged.get("model_args"), label)
     if (build and not problems and args_ok and isinstance(name, str)

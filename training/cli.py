@@ -1,10 +1,7 @@
 """``ghanet-train``: cross-validated training, model bundles and synthetic test cohorts.
 
-    ghanet-train cv --cohort CSV --signatures CSV --splits DIR [--features DIR]
-                    --model {ghanet,abmil,snn,abmil_snn} --out DIR [options]
-    ghanet-train bundle RUN_DIR --out MODEL.safetensors [--mode final|ensemble|fold]
-    ghanet-train synth --out DIR [--patients N ...]
-    ghanet-train demo ...
+The parser's texts are plain text (no reST markup), every option has a help line and
+:class:`HelpFormatter` adds each option's default to it.
 """
 
 from __future__ import annotations
@@ -21,7 +18,38 @@ from napari_ghanet.training.trainer import TrainConfig
 
 from napari_ghanet.errors import Cancelled, GHANetError
 
-__all__ = ["main", "build_parser"]
+__all__ = ["main", "build_parser", "HelpFormatter", "DESCRIPTION"]
+
+DESCRIPTION = """\
+Cross-validated training, plugin model bundles and synthetic test cohorts.
+
+  ghanet-train cv --cohort CSV --signatures CSV --splits DIR [--features DIR]
+                  --model {ghanet,abmil,snn,abmil_snn} --out DIR [options]
+  ghanet-train bundle RUN_DIR --out MODEL.safetensors [--mode final|ensemble|fold]
+  ghanet-train synth --out DIR [--patients N ...]
+  ghanet-train demo [--out MODEL.safetensors] [--work-dir DIR ...]
+
+Run "ghanet-train COMMAND --help" for a command's options."""
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Descriptions as written (line breaks kept); each option's help ends with its
+    default, unless the help already says it or there is none to say (a flag, a
+    required option, a default of None explained in the help)."""
+
+    def _get_help_string(self, action) -> str:
+        text = action.help or ""
+        default = action.default
+        if ("default" in text or default is None or default is False
+                or default == argparse.SUPPRESS or action.required or not action.option_strings):
+            return text
+        if isinstance(default, list | tuple):
+            shown = " ".join(str(v) for v in default)
+        elif isinstance(default, dict):
+            shown = json.dumps(default) if default else "none"
+        else:
+            shown = "%(default)s"
+        return f"{text} (default: {shown})"
 
 
 def _positive_int(text: str) -> int:
@@ -43,9 +71,11 @@ def _model_config(text: str) -> dict:
 
 def _add_train_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("training recipe (defaults: the paper's)")
-    g.add_argument("--epochs", type=_positive_int, default=20)
+    g.add_argument("--epochs", type=_positive_int, default=20,
+                   help="passes over the training patients per fold")
     g.add_argument("--lr", type=float, default=2e-4, help="Adam learning rate")
-    g.add_argument("--weight-decay", type=float, default=1e-5)
+    g.add_argument("--weight-decay", type=float, default=1e-5,
+                   help="Adam L2 weight decay")
     g.add_argument("--accumulation", type=_positive_int, default=32,
                    help="bags per optimizer step (gradient accumulation)")
     g.add_argument("--batch-size", type=_positive_int, default=16,
@@ -56,7 +86,8 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
                    help="weight of SCE + MSE reconstruction losses (G-HANet)")
     g.add_argument("--alpha-surv", type=float, default=0.0,
                    help="extra weight of uncensored patients in the NLL")
-    g.add_argument("--seed", type=int, default=1)
+    g.add_argument("--seed", type=int, default=1,
+                   help="random seed of initialisation, sampling and dropout")
     g.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
     g.add_argument("--no-amp", action="store_true", help="disable mixed precision on CUDA")
     g.add_argument("--no-init-hazards", action="store_true",
@@ -69,11 +100,13 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
                    help="fraction of each fold's training patients held out as inner "
                         "validation (0 = none)")
     g.add_argument("--model-config", type=_model_config, default={},
-                   help='model size overrides as JSON, e.g. \'{"width": 256, "dropout": 0.5}\'')
+                   help='model size overrides as JSON, e.g. \'{"width": 256, "dropout": 0.5}\' '
+                        "(default: none, the model's own sizes)")
 
 
 def _add_cv(sub) -> None:
     p = sub.add_parser("cv", help="cross-validated training and honest evaluation",
+                       formatter_class=HelpFormatter,
                        description="Train and evaluate a model on each split; writes "
                                    "results.json, metrics.md, plots and fold checkpoints.")
     p.add_argument("--cohort", required=True, help="cohort table CSV (may be .zip)")
@@ -85,12 +118,17 @@ def _add_cv(sub) -> None:
                    choices=["ghanet", "abmil", "snn", "abmil_snn"],
                    help="model(s); several are trained side by side into OUT/<model>/")
     p.add_argument("--out", required=True, help="run folder")
-    p.add_argument("--folds", type=int, nargs="+", default=None, help="run only these folds")
+    p.add_argument("--folds", type=int, nargs="+", default=None,
+                   help="run only these folds (default: every split in --splits)")
     p.add_argument("--recon-genes", choices=["significant", "all"], default="significant",
                    help="genes G-HANet reconstructs: Welch t-test p < 0.05 between low- and "
                         "high-risk training patients, or all")
-    p.add_argument("--p-threshold", type=float, default=0.05)
-    p.add_argument("--n-bins", type=_positive_int, default=4)
+    p.add_argument("--p-threshold", type=float, default=0.05,
+                   help="p-value below which a gene counts as significant for "
+                        "--recon-genes significant")
+    p.add_argument("--n-bins", type=_positive_int, default=4,
+                   help="survival time bins (quantiles of the uncensored training patients' "
+                        "times)")
     p.add_argument("--allow-missing", action="store_true",
                    help="skip split cases absent from the table and slides without features "
                         "(counts recorded) instead of stopping")
@@ -142,17 +180,24 @@ def _run_cv(args) -> int:
 
 def _add_bundle(sub) -> None:
     p = sub.add_parser("bundle", help="turn a cross-validated run into a plugin model bundle",
+                       formatter_class=HelpFormatter,
                        description="Write the .safetensors bundle the napari plugin opens.")
-    p.add_argument("run_dir", help="folder of a finished `ghanet-train cv` run")
+    p.add_argument("run_dir", help='folder of a finished "ghanet-train cv" run')
     p.add_argument("--out", required=True, help="bundle path (.safetensors)")
     p.add_argument("--mode", choices=["final", "ensemble", "fold"], default="final",
                    help="final: retrain on all patients with the run's recipe (default); "
                         "ensemble: average the fold models; fold: one fold's model")
-    p.add_argument("--fold", type=int, default=None, help="fold index for --mode fold")
-    p.add_argument("--name", default=None, help="model name shown in the plugin")
+    p.add_argument("--fold", type=int, default=None,
+                   help="fold index for --mode fold (required there)")
+    p.add_argument("--name", default=None,
+                   help="model name shown in the plugin (default: MODEL COHORT (MODE), e.g. "
+                        "'ghanet tcga_luad (final)')")
     p.add_argument("--encoder", default=None,
-                   help="encoder name when the features carry no encoder attributes (CLAM)")
-    p.add_argument("--intended-use", default=None, help="replace the default intended-use text")
+                   help="encoder name when the features carry no encoder attributes (CLAM) "
+                        "(default: read from the features)")
+    p.add_argument("--intended-use", default=None,
+                   help="replace the default intended-use text (default: a research-use-only "
+                        "text naming the cohort, the patients and the c-index)")
     p.set_defaults(func=_run_bundle)
 
 
@@ -164,13 +209,15 @@ def _run_bundle(args) -> int:
 
 
 def build_parser(argv=None) -> argparse.ArgumentParser:  # argv: unused, kept for callers
-    parser = argparse.ArgumentParser(prog="ghanet-train", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog="ghanet-train", description=DESCRIPTION,
+                                     formatter_class=HelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     _add_cv(sub)
     _add_bundle(sub)
     synth.add_parser(sub)
     demo_recipe.add_parser(sub)
+    for command in sub.choices.values():  # every command: plain help with defaults
+        command.formatter_class = HelpFormatter
     return parser
 
 

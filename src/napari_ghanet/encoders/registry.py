@@ -121,8 +121,8 @@ def _spec_constructor(name: str) -> tuple[str, Callable[..., PatchEncoder], dict
             return reg, ctor, {}
     raise EncoderError(
         f"no registered encoder builds features named {name!r} (available: "
-        f"{', '.join(list_encoders())}); for a user encoder give using='torchscript' "
-        "and its file with path=..."
+        f"{', '.join(list_encoders())}); if it is a user's TorchScript encoder, give that "
+        "encoder's file as the encoder weights"
     )
 
 

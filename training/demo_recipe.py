@@ -40,7 +40,7 @@ from napari_ghanet.datasets.synthetic import ACTIVITY_TRAITS, write_synthetic_co
 from napari_ghanet.encoders import create_encoder
 from napari_ghanet.errors import TrainingError
 from napari_ghanet.inference.stages import embed_to_file
-from napari_ghanet.io.atomic import atomic_write
+from napari_ghanet.io.atomic import atomic_path, atomic_write
 
 __all__ = ["DemoRecipe", "DEMO_INTENDED_USE", "make_demo_cohort", "run_demo_recipe", "add_parser"]
 
@@ -89,6 +89,12 @@ class DemoRecipe:
             "ffn_mult": 2, "dropout": 0.1,
         }
     )
+
+
+def _atomic_csv(df: pd.DataFrame, path: Path, **kwargs) -> None:
+    """``df.to_csv(path, **kwargs)`` through a temporary file (io.atomic)."""
+    with atomic_path(path) as tmp:
+        df.to_csv(tmp, **kwargs)
 
 
 def _activities(rng: np.random.Generator, n: int) -> np.ndarray:
@@ -141,10 +147,12 @@ def make_demo_cohort(out: Path, recipe: DemoRecipe, *, device: str = "auto",
         "slides": out / "slides",
         "features": out / "features",
     }
-    pd.DataFrame(table).to_csv(paths["cohort"], index=False)
-    pd.DataFrame(signatures).to_csv(paths["signatures"], index=False)
-    pd.DataFrame(act, columns=list(ACTIVITY_TRAITS)).assign(case_id=case_ids).to_csv(
-        out / "activities.csv", index=False
+    _atomic_csv(pd.DataFrame(table), paths["cohort"], index=False)
+    _atomic_csv(pd.DataFrame(signatures), paths["signatures"], index=False)
+    _atomic_csv(
+        pd.DataFrame(act, columns=list(ACTIVITY_TRAITS)).assign(case_id=case_ids),
+        out / "activities.csv",
+        index=False,
     )
 
     paths["splits"].mkdir(exist_ok=True)
@@ -155,7 +163,7 @@ def make_demo_cohort(out: Path, recipe: DemoRecipe, *, device: str = "auto",
         train = [case_ids[i] for i in range(n) if fold_of[i] != k]
         val = [case_ids[i] for i in range(n) if fold_of[i] == k]
         split = pd.DataFrame({"train": pd.Series(train), "val": pd.Series(val)})
-        split.to_csv(paths["splits"] / f"splits_{k}.csv")
+        _atomic_csv(split, paths["splits"] / f"splits_{k}.csv")
 
     def progress(done: int, total: int, slide_id: str) -> None:
         if done == total or done % 10 == 0:

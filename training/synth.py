@@ -37,7 +37,7 @@ import numpy as np
 import pandas as pd
 
 from napari_ghanet.errors import CohortError
-from napari_ghanet.io.atomic import atomic_path
+from napari_ghanet.io.atomic import atomic_path, atomic_write
 
 __all__ = ["SynthConfig", "write_synthetic_cohort", "add_parser", "SYNTH_RECIPE"]
 
@@ -222,7 +222,7 @@ def write_synthetic_cohort(out_dir: str | os.PathLike, cfg: SynthConfig | None =
     latent["log_hazard"] = log_hazard
     _atomic_csv(latent, out / "latent.csv")
 
-    (out / "README.md").write_text(_readme(cfg, int(censorship.sum()), len(rows)))
+    atomic_write(out / "README.md", _readme(cfg, int(censorship.sum()), len(rows)))
     return {
         "cohort": out / "cohort.csv",
         "signatures": out / "signatures.csv",

@@ -21,6 +21,7 @@ from napari_ghanet.cohort import embed_cohort, predict_cohort, resolve_inputs, r
 from napari_ghanet.cohort.engine import open_client
 from napari_ghanet.cohort.summary import read_summary
 from napari_ghanet.cohort.tasks import embed_task, encoder_recipe
+from napari_ghanet.options import EmbedOptions, GridOptions
 from napari_ghanet.io.features import load_features
 
 # 64 px patches at 2 um/px (the CLAM field of view, 16x cheaper to embed)
@@ -79,18 +80,18 @@ def test_embed_on_cluster_matches_in_process_and_resumes(cluster, slides, tmp_pa
     # another grid is not a valid output: refused (the file is kept), never mixed up
     other = embed_cohort([slides / "s0.tif"], tmp_path / "dist", **FAST, min_tissue=0.9,
                          progress=False)
-    assert other.n_failed == 1 and "overwrite" in other.rows[0]["error"]
+    assert other.n_failed == 1 and "overwriting" in other.rows[0]["error"]
     assert (tmp_path / "dist" / "s0.h5").stat().st_mtime_ns == stamp
 
 
-def crashing_embed(item, out_dir, recipe, options, marks):
+def crashing_embed(item, out_dir, recipe, grid, embed, marks):
     """embed_task, but the worker process dies: always for 'crash_always', on the first
     attempt for 'crash_once'."""
     mark = Path(marks) / item.name
     if item.stem == "crash_always" or (item.stem == "crash_once" and not mark.exists()):
         mark.touch()
         os._exit(3)
-    return embed_task(item, out_dir, recipe, options)
+    return embed_task(item, out_dir, recipe, grid, embed)
 
 
 def test_a_dying_worker_costs_only_its_slide(cluster, slides, tmp_path):
@@ -100,10 +101,10 @@ def test_a_dying_worker_costs_only_its_slide(cluster, slides, tmp_path):
         (d / f"{name}.tif").write_bytes((slides / "s0.tif").read_bytes())
     items = resolve_inputs([d, slides / "s1.tif"])
     recipe = encoder_recipe("morphometric", {"patch_px": 64, "target_mpp": 2.0})
-    options = {"patch_px": 64, "target_mpp": 2.0, "workers": 1}
+    grid, embed = GridOptions(patch_px=64, target_mpp=2.0), EmbedOptions(workers=1)
     marks = tmp_path / "marks"
     marks.mkdir()
-    res = run_tasks(crashing_embed, items, args=(str(tmp_path), recipe, options, str(marks)),
+    res = run_tasks(crashing_embed, items, args=(str(tmp_path), recipe, grid, embed, str(marks)),
                     scheduler=cluster, progress=False)
     got = {Path(i.path).name: r for i, r in zip(items, res)}
     assert got["s1.tif"].status == "done" and got["s1.tif"].attempts == 1

@@ -180,7 +180,7 @@ def test_embed_to_file_done_skipped_failed(two_slides, tmp_path):
     assert (out / "case-A.h5").stat().st_mtime_ns == stamp
     # another grid: refused without overwrite, recomputed with it
     other = embed_to_file(two_slides[0], out, "morphometric", min_tissue_fraction=0.9, **kw)
-    assert other.status == "failed" and "--overwrite" in other.error
+    assert other.status == "failed" and "allow overwriting" in other.error
     assert (out / "case-A.h5").stat().st_mtime_ns == stamp
     redo = embed_to_file(two_slides[0], out, "morphometric", min_tissue_fraction=0.9,
                          overwrite=True, **kw)

@@ -6,8 +6,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from napari_ghanet.cohort.engine import parse_cluster
-from napari_ghanet.errors import CohortError
+from napari_ghanet.options import ExecutionOptions, OptionError, argument, fields_of, parse_cluster
 
 __all__ = ["add_cohort_options", "add_execution_options"]
 
@@ -15,26 +14,21 @@ __all__ = ["add_cohort_options", "add_execution_options"]
 def _cluster(text: str) -> str:
     try:
         parse_cluster(text)
-    except CohortError as exc:
+    except OptionError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
     return text
 
 
 def add_execution_options(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """``--cluster local:N|local:gpus`` and ``--scheduler ADDRESS`` (mutually exclusive)."""
-    g = parser.add_argument_group("execution (default: in this process)")
+    """``--cluster local:N|local:gpus`` and ``--scheduler ADDRESS`` (mutually exclusive)
+    and ``--overwrite``, as :class:`~napari_ghanet.options.ExecutionOptions` declares them."""
+    g = parser.add_argument_group(ExecutionOptions.title)
     m = g.add_mutually_exclusive_group()
-    m.add_argument(
-        "--cluster", type=_cluster, default=None, metavar="local:N|local:gpus",
-        help="run one task per slide on a Dask cluster on this machine: N worker processes "
-             "(torch threads split so workers x threads <= cores), or one worker per GPU",
-    )
-    m.add_argument(
-        "--scheduler", default=None, metavar="ADDRESS",
-        help="run on an existing Dask scheduler, e.g. tcp://node01:8786 (dask scheduler / "
-             "dask worker, or dask-jobqueue on Slurm/PBS); GPU workers should offer the "
-             "resource GPU=1 (dask worker --resources GPU=1)",
-    )
+    for f in fields_of(ExecutionOptions):
+        flags, kw = argument(f)
+        if f.name == "cluster":
+            kw["type"] = _cluster
+        (m if f.name in ("cluster", "scheduler") else g).add_argument(*flags, **kw)
     return parser
 
 

@@ -9,7 +9,7 @@ Examples
 --------
 >>> import argparse
 >>> p = argparse.ArgumentParser()
->>> add_shared_options(p, batch_size=64, workers=4)
+>>> add_shared_options(p)
 >>> p.parse_args(["--device", "cpu"]).batch_size
 64
 """
@@ -25,47 +25,37 @@ from pathlib import Path
 
 from napari_ghanet.errors import Cancelled, GHANetError
 from napari_ghanet.io.atomic import check_writable_dir
+from napari_ghanet.options import EmbedOptions, GridOptions, OptionError, add_arguments, from_args
 
-__all__ = ["UsageError", "add_shared_options", "at_least", "command", "output_folder"]
+__all__ = ["UsageError", "add_shared_options", "command", "flag_error", "group_from_args",
+           "output_folder"]
 
 
 class UsageError(Exception):
     """A command-line value that cannot work (exit code 2)."""
 
 
-def add_shared_options(
-    p: argparse.ArgumentParser,
-    *,
-    batch_size: int | None = None,
-    workers: int | None = None,
-) -> None:
-    """Add --device, --mpp, --batch-size, --workers and --quiet with these defaults
-    (None: the embedding defaults, 64 patches per batch and 4 reader threads)."""
-    p.add_argument(
-        "--device", default="auto", help="auto (CUDA when available), cpu, cuda or cuda:N"
-    )
-    p.add_argument(
-        "--mpp",
-        type=float,
-        default=None,
-        help="microns per pixel of level 0, for slides whose file does not record it",
-    )
-    p.add_argument(
-        "--batch-size",
-        type=int,
-        default=batch_size,
-        help=f"patches per encoder batch ({batch_size or 64})",
-    )
-    p.add_argument(
-        "--workers", type=int, default=workers, help=f"patch reader threads ({workers or 4})"
-    )
+def add_shared_options(p: argparse.ArgumentParser) -> None:
+    """Add --device, --mpp, --batch-size, --workers (declared in
+    :mod:`napari_ghanet.options`) and --quiet."""
+    add_arguments(p, GridOptions, only=("mpp",), group=False)
+    add_arguments(p, EmbedOptions, only=("device", "batch_size", "workers"), group=False)
     p.add_argument("--quiet", action="store_true", help="no progress on stderr")
 
 
-def at_least(name: str, value: int | None, minimum: int) -> None:
-    """Raise :class:`UsageError` when ``value`` (not None) is below ``minimum``."""
-    if value is not None and value < minimum:
-        raise UsageError(f"{name} must be >= {minimum}, got {value}")
+def flag_error(e: OptionError) -> UsageError:
+    """An option error as a usage error that names the command-line flag."""
+    flag = getattr(e, "flag", None)
+    return UsageError(f"{flag} {e.reason}" if flag else str(e))
+
+
+def group_from_args(cls, args: argparse.Namespace, **extra):
+    """:func:`napari_ghanet.options.from_args`, a bad value as a :class:`UsageError`
+    naming its flag."""
+    try:
+        return from_args(cls, args, **extra)
+    except OptionError as e:
+        raise flag_error(e) from None
 
 
 def command(run: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
@@ -77,6 +67,9 @@ def command(run: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Name
             return int(run(args) or 0)
         except UsageError as e:
             print(f"error: {e}", file=sys.stderr)
+            return 2
+        except OptionError as e:
+            print(f"error: {flag_error(e)}", file=sys.stderr)
             return 2
         except Cancelled:
             print("cancelled: nothing written", file=sys.stderr)

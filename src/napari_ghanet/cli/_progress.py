@@ -27,7 +27,24 @@ from typing import TextIO
 
 from tqdm import tqdm
 
-__all__ = ["CohortProgress", "TerminalProgress"]
+__all__ = ["CohortProgress", "TerminalProgress", "cli_wording"]
+
+
+#: library wording -> the flag that does it on the command line
+_FLAG_HINTS = {"allow overwriting": "pass --overwrite"}
+
+
+def cli_wording(message: str) -> str:
+    """A library message with the command-line flag named where it says what to change.
+
+    Examples
+    --------
+    >>> cli_wording("x.h5 exists: allow overwriting to replace it")
+    'x.h5 exists: pass --overwrite to replace it'
+    """
+    for text, flag in _FLAG_HINTS.items():
+        message = message.replace(text, flag)
+    return message
 
 
 class TerminalProgress:
@@ -173,7 +190,8 @@ class CohortProgress:
             self.patches += int(row.get("n_patches") or 0)
         if status == "failed":
             self.failed += 1
-            self._write(f"{name}: FAILED: {row.get('error') or 'unknown error'}", self.stream)
+            why = cli_wording(row.get("error") or "unknown error")
+            self._write(f"{name}: FAILED: {why}", self.stream)
         else:
             msg = row.get("message") or (
                 f"{name}: {status}, {row.get('n_patches')} patches -> {row.get('output')}")

@@ -17,19 +17,16 @@ from typing import Any
 from napari_ghanet.cli._cohort import add_cohort_options
 from napari_ghanet.cli._options import (
     UsageError,
-    add_shared_options,
-    at_least,
     command,
+    group_from_args,
     output_folder,
 )
 from napari_ghanet.cli._progress import CohortProgress
 from napari_ghanet.device import resolve_device
 from napari_ghanet.errors import CohortError, EncoderError
+from napari_ghanet.options import EmbedOptions, ExecutionOptions, GridOptions, add_arguments
 
 __all__ = ["add_parser", "encoder_arguments", "run"]
-
-_CLASSIC = ("resnet50_trunc", "torchscript", "morphometric")
-
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
     """Register ``ghanet embed`` on an ``argparse`` sub-parser collection."""
@@ -61,13 +58,6 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     )
     p.add_argument("--out", type=Path, required=True, help="output folder (created if needed)")
     p.add_argument(
-        "--weights",
-        type=Path,
-        default=None,
-        help="weights file: resnet50_trunc ImageNet state dict (.pth), a foundation model's "
-             "or timm:<arch> checkpoint, or the torchscript model file",
-    )
-    p.add_argument(
         "--resize",
         type=int,
         default=None,
@@ -86,32 +76,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "--std", type=float, nargs=3, default=None,
         help="torchscript, timm:<arch>: RGB normalisation std",
     )
-    p.add_argument(
-        "--patch-px", type=int, default=None,
-        help="patch side in pixels (default: the encoder's, 256 for resnet50_trunc)",
-    )
-    p.add_argument(
-        "--target-mpp", type=float, default=None,
-        help="patch resolution in um/px (default: the encoder's, 0.5 = 20x)",
-    )
-    p.add_argument(
-        "--min-tissue",
-        type=float,
-        default=0.5,
-        help="keep patches at least this fraction tissue (0.5)",
-    )
-    p.add_argument(
-        "--backend", choices=("auto", "onnx", "torch"), default="auto",
-        help="CPU engine: auto (ONNX Runtime when the encoder supports it, else torch), "
-             "onnx (insist), torch; no effect on CUDA",
-    )
-    p.add_argument(
-        "--compile", action="store_true",
-        help="CUDA: run the encoder through torch.compile (slow first batch; pays off on "
-             "whole cohorts with large ViTs)",
-    )
-    p.add_argument("--overwrite", action="store_true", help="recompute existing outputs")
-    add_shared_options(p, batch_size=64, workers=4)
+    p.add_argument("--quiet", action="store_true", help="no progress on stderr")
+    add_arguments(p, GridOptions)
+    add_arguments(p, EmbedOptions, aliases={"weights": ("--weights",)},
+                  defaults={"workers": 4})
     add_cohort_options(p)
     p.set_defaults(func=run)
     return p
@@ -140,7 +108,8 @@ def encoder_arguments(args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
     applies = _APPLIES.get(name, _TIMM if name.startswith("timm:") else ("weights",))
     for opt in ("weights", "resize", "dim", "input_size", "mean", "std"):
         if getattr(args, opt) is not None and opt not in applies:
-            raise UsageError(f"--{opt.replace('_', '-')} does not apply to encoder {name}")
+            flag = "--weights" if opt == "weights" else f"--{opt.replace('_', '-')}"
+            raise UsageError(f"{flag} does not apply to encoder {name}")
     kw: dict[str, Any] = {}
     if args.patch_px is not None:
         kw["patch_px"] = args.patch_px
@@ -181,21 +150,17 @@ def run(args: argparse.Namespace) -> int:
     any failed, 2 on a usage error, 130 when interrupted."""
     from napari_ghanet.cohort import embed_cohort
 
-    at_least("--batch-size", args.batch_size, 1)
-    at_least("--patch-px", args.patch_px, 1)
-    at_least("--workers", args.workers, 0)
     items = resolve_slides(args)
+    grid = group_from_args(GridOptions, args)
+    embed = group_from_args(EmbedOptions, args, weights=None)  # the encoder's own argument
+    execution = group_from_args(ExecutionOptions, args)
     name, kw = encoder_arguments(args)
-    resolve_device(args.device)  # a wrong device fails once, not once per slide
+    resolve_device(embed.device)  # a wrong device fails once, not once per slide
     with output_folder(args.out), CohortProgress(len(items), quiet=args.quiet) as progress:
         try:
             summary = embed_cohort(
-                items, args.out, name, encoder_kwargs=kw, mpp=args.mpp,
-                patch_px=args.patch_px, target_mpp=args.target_mpp,
-                min_tissue=args.min_tissue, device=args.device, batch_size=args.batch_size,
-                workers=args.workers, overwrite=args.overwrite, backend=args.backend,
-                compile=args.compile, cluster=args.cluster, scheduler=args.scheduler,
-                progress=progress, say=progress.say,
+                items, args.out, name, encoder_kwargs=kw, grid=grid, embed=embed,
+                execution=execution, progress=progress, say=progress.say,
             )
         except EncoderError as exc:
             raise UsageError(str(exc)) from exc

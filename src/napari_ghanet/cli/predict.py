@@ -24,9 +24,9 @@ from pathlib import Path
 from napari_ghanet.cli._cohort import add_cohort_options
 from napari_ghanet.cli._options import (
     UsageError,
-    add_shared_options,
-    at_least,
     command,
+    flag_error,
+    group_from_args,
     output_folder,
 )
 from napari_ghanet.cli._progress import CohortProgress, TerminalProgress
@@ -39,11 +39,21 @@ from napari_ghanet.inference.exports import export_all
 from napari_ghanet.inference.predict import predict_patient, predict_slide
 from napari_ghanet.models.bundle import demo_bundle_path, load_bundle
 from napari_ghanet.models.risk import risk_text
-from napari_ghanet.preprocessing.qc import REASONS, QCParams
-from napari_ghanet.preprocessing.roi import Regions
+from napari_ghanet.options import (
+    CacheOptions,
+    EmbedOptions,
+    ExecutionOptions,
+    GridOptions,
+    HeatmapOptions,
+    OptionError,
+    PredictOptions,
+    QCOptions,
+    RegionOptions,
+    ReportOptions,
+    add_arguments,
+)
 
-__all__ = ["add_parser", "add_region_qc_options", "encoder_kwargs", "qc_params", "regions_from_args",
-           "report_lines", "run"]
+__all__ = ["add_parser", "options_from_args", "report_lines", "run"]
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -75,105 +85,27 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         help="model bundle (.safetensors); default: the bundled demonstration model",
     )
     p.add_argument("--out", type=Path, required=True, help="output folder (created if needed)")
-    p.add_argument(
-        "--top-k", type=int, default=10, help="number of top-attention regions to report"
-    )
-    p.add_argument(
-        "--cache-dir",
-        type=Path,
-        default=None,
-        help="patch-feature cache folder (default: the user cache folder)",
-    )
-    p.add_argument(
-        "--no-cache", action="store_true", help="neither read nor write cached features"
-    )
-    p.add_argument(
-        "--encoder-weights", type=Path, default=None, metavar="FILE",
-        help="weights of the patch encoder the model was trained with, when they are not "
-             "found on this machine (e.g. UNI's pytorch_model.bin, a ResNet50 .pth, a "
-             "TorchScript file); `ghanet encoders` lists what is found",
-    )
-    add_region_qc_options(p)
-    add_shared_options(p)
+    p.add_argument("--quiet", action="store_true", help="no progress on stderr")
+    add_arguments(p, GridOptions)
+    add_arguments(p, EmbedOptions)
+    add_arguments(p, RegionOptions)
+    add_arguments(p, QCOptions)
+    add_arguments(p, HeatmapOptions)
+    add_arguments(p, ReportOptions)
+    add_arguments(p, CacheOptions)
     add_cohort_options(p, predict=True)
     p.set_defaults(func=run)
     return p
 
 
-def add_region_qc_options(p: argparse.ArgumentParser) -> None:
-    """--roi, --exclude, --qc/--no-qc and its thresholds, --heatmap-overlap."""
-    d = QCParams()
-    g = p.add_argument_group("regions of interest (level-0 pixels, QuPath GeoJSON export)")
-    g.add_argument(
-        "--roi", type=Path, action="append", default=[], metavar="FILE.geojson",
-        help="include regions: keep only patches whose centre lies inside one of their "
-             "polygons (repeatable; default: all tissue)",
+def options_from_args(args: argparse.Namespace) -> PredictOptions:
+    """The :class:`~napari_ghanet.options.PredictOptions` of the command line; a value
+    outside its declared range is a usage error naming the flag."""
+    return PredictOptions(
+        grid=group_from_args(GridOptions, args), embed=group_from_args(EmbedOptions, args),
+        qc=group_from_args(QCOptions, args), heatmap=group_from_args(HeatmapOptions, args),
+        report=group_from_args(ReportOptions, args), cache=group_from_args(CacheOptions, args),
     )
-    g.add_argument(
-        "--exclude", type=Path, action="append", default=[], metavar="FILE.geojson",
-        help="exclude regions: drop patches whose centre lies inside (repeatable)",
-    )
-    q = p.add_argument_group("artifact QC (flagged patches leave the bag; docs/regions-and-qc.md)")
-    q.add_argument(
-        "--qc", action=argparse.BooleanOptionalAction, default=True,
-        help="flag pen marks, dark folds and blurred patches and leave them out (default: on)",
-    )
-    q.add_argument(
-        "--qc-pen-fraction", type=float, default=d.pen_min_fraction, metavar="F",
-        help="pen: least fraction (0-1) of a patch's pixels in saturated green/blue or black "
-             f"ink hues to flag it (default {d.pen_min_fraction:g})",
-    )
-    q.add_argument(
-        "--qc-fold-fraction", type=float, default=d.fold_min_fraction, metavar="F",
-        help="fold: least fraction (0-1) of a patch's pixels darker than --qc-fold-od to "
-             f"flag it (default {d.fold_min_fraction:g})",
-    )
-    q.add_argument(
-        "--qc-fold-od", type=float, default=d.fold_od, metavar="OD",
-        help="fold: optical density (log10 units, mean of R, G, B; 1.0 = 10%% "
-             f"transmission) above which a pixel is dark (default {d.fold_od:g})",
-    )
-    q.add_argument(
-        "--qc-blur-ratio", type=float, default=d.blur_fraction, metavar="R",
-        help="blur: flag a patch whose Laplacian energy is below R times the slide's median "
-             f"(unitless, 0-1; default {d.blur_fraction:g})",
-    )
-    q.add_argument(
-        "--qc-detectors", default=",".join(d.detect), metavar="LIST",
-        help=f"comma-separated detectors to run among {', '.join(REASONS)} "
-             f"(default {','.join(d.detect)})",
-    )
-    p.add_argument(
-        "--heatmap-overlap", type=float, choices=(0.0, 0.5, 0.75), default=0.0,
-        help="smooth attention maps from overlapping patches (0.5 or 0.75); the prediction "
-             "is unchanged but about 3x (0.5) or 15x (0.75) more patches are embedded",
-    )
-
-
-def qc_params(args: argparse.Namespace) -> QCParams | None:
-    """The QCParams of the command line (None with --no-qc); a bad value is a usage error."""
-    if not args.qc:
-        return None
-    detect = tuple(v.strip() for v in str(args.qc_detectors).split(",") if v.strip())
-    params = QCParams(
-        detect=detect,
-        pen_min_fraction=args.qc_pen_fraction,
-        fold_min_fraction=args.qc_fold_fraction,
-        fold_od=args.qc_fold_od,
-        blur_fraction=args.qc_blur_ratio,
-    )
-    try:
-        params.validate()
-    except ValueError as e:
-        raise UsageError(f"QC option: {e}") from None
-    return params
-
-
-def regions_from_args(args: argparse.Namespace) -> Regions | None:
-    """Include/exclude Regions read from --roi / --exclude (None when neither is given)."""
-    if not args.roi and not args.exclude:
-        return None
-    return Regions.from_files(args.roi, args.exclude)
 
 
 def report_lines(r: dict) -> list[str]:
@@ -242,34 +174,18 @@ def is_cohort(args: argparse.Namespace) -> bool:
     return one.is_dir() or (not one.exists() and bool(_GLOB_CHARS.search(args.slides[0])))
 
 
-def predict_options(args: argparse.Namespace) -> dict:
-    """Keyword arguments of ``predict_slide`` / ``predict_patient`` beyond the ones both
-    paths pass explicitly: QC and heatmap overlap, for the cohort path's
-    ``predict_cohort(**predict_options)``. Regions are in one slide's level-0 pixels, so a
-    cohort run takes none."""
-    return {"qc": qc_params(args), "heatmap_overlap": args.heatmap_overlap,
-            "encoder_kwargs": encoder_kwargs(args)}
-
-
-def encoder_kwargs(args: argparse.Namespace) -> dict | None:
-    """``--encoder-weights`` as the encoder override ``predict_slide`` takes."""
-    return None if args.encoder_weights is None else {"weights": args.encoder_weights}
-
-
-def run_cohort(args: argparse.Namespace) -> int:
+def run_cohort(args: argparse.Namespace, options: PredictOptions) -> int:
     """The cohort path of ``ghanet predict`` (see the module docstring)."""
     items = resolve_slides(args)
-    resolve_device(args.device)
+    resolve_device(options.embed.device)
+    execution = group_from_args(ExecutionOptions, args)
     if args.model is None:
         load_model(None)  # names the missing demo model
     with CohortProgress(len(items), quiet=args.quiet) as progress:
         try:
             summary = predict_cohort(
-                items, args.out, args.model, survival=args.survival, mpp=args.mpp,
-                device=args.device, batch_size=args.batch_size, workers=args.workers,
-                cache_dir=args.cache_dir, use_cache=not args.no_cache, top_k=args.top_k,
-                cluster=args.cluster, scheduler=args.scheduler, progress=progress, say=progress.say,
-                **predict_options(args),
+                items, args.out, args.model, options, execution=execution,
+                survival=args.survival, progress=progress, say=progress.say,
             )
         except BundleError as e:
             raise BundleError(f"cannot load the model: {e}") from e
@@ -285,57 +201,45 @@ def run_cohort(args: argparse.Namespace) -> int:
 def run(args: argparse.Namespace) -> int:
     """Run ``ghanet predict``; returns the exit code (0 ok, 1 failed, 2 bad option,
     130 interrupted)."""
-    at_least("--batch-size", args.batch_size, 1)
-    at_least("--workers", args.workers, 0)
-    at_least("--top-k", args.top_k, 0)
     if not args.slides and args.manifest is None:
         raise UsageError("no slide given: give a slide (or folders, glob patterns, or --manifest FILE)")
+    options = options_from_args(args)
+    regions = group_from_args(RegionOptions, args)
     if not args.patient and is_cohort(args):
-        if args.roi or args.exclude:
+        if not regions.empty:
             raise UsageError(
                 "--roi / --exclude are in one slide's level-0 pixels: give them with one slide"
             )
         with output_folder(args.out):
-            return run_cohort(args)
-    if len(args.slides) > 1 and (args.roi or args.exclude):
+            return run_cohort(args, options)
+    if len(args.slides) > 1 and not regions.empty:
         raise UsageError(
             "--roi / --exclude are in one slide's level-0 pixels: give them with one slide"
         )
-    qc = qc_params(args)
     with output_folder(args.out):
-        return _predict(args, qc)
+        return _predict(args, options, regions)
 
 
-def _predict(args: argparse.Namespace, qc: QCParams | None) -> int:
-    regions = regions_from_args(args)
+def _predict(args: argparse.Namespace, options: PredictOptions, regions: RegionOptions) -> int:
     bundle = load_model(args.model)
     cancel = threading.Event()
-    common = dict(
-        device=args.device,
-        mpp=args.mpp,
-        batch_size=args.batch_size,
-        workers=args.workers,
-        cache_dir=args.cache_dir,
-        use_cache=not args.no_cache,
-        top_k=args.top_k,
-        qc=qc,
-        heatmap_overlap=args.heatmap_overlap,
-        encoder_kwargs=encoder_kwargs(args),
-        cancel=cancel,
-    )
     try:
         with TerminalProgress(quiet=args.quiet) as progress:
             if args.patient:
                 prediction = predict_patient(
-                    args.slides, bundle, patient=args.patient, progress=progress, **common
+                    args.slides, bundle, options, patient=args.patient, progress=progress,
+                    cancel=cancel,
                 )
             else:
                 prediction = predict_slide(
-                    args.slides[0], bundle, regions=regions, progress=progress, **common
+                    args.slides[0], bundle, options, regions=regions.regions(),
+                    progress=progress, cancel=cancel,
                 )
     except KeyboardInterrupt:
         cancel.set()
         raise
+    except OptionError as e:
+        raise flag_error(e) from None
     written = write_exports(prediction, args.out)
 
     p = prediction

@@ -24,9 +24,17 @@ from napari_ghanet.cohort.report import (
     write_cohort_csv,
 )
 from napari_ghanet.cohort.summary import CohortSummary, write_summary
-from napari_ghanet.cohort.tasks import bundle_digest, embed_task, encoder_recipe, predict_task
+from napari_ghanet.cohort.tasks import check_bundle_file, embed_task, encoder_recipe, predict_task
 from napari_ghanet.io.atomic import check_writable_dir
-from napari_ghanet.models.bundle import demo_bundle_path, load_bundle
+from napari_ghanet.models.bundle import demo_bundle_path
+from napari_ghanet.options import (
+    EmbedOptions,
+    ExecutionOptions,
+    GridOptions,
+    PredictOptions,
+    apply,
+    fields_of,
+)
 
 __all__ = ["embed_cohort", "predict_cohort"]
 
@@ -54,24 +62,15 @@ def embed_cohort(
     encoder: str | Any = "resnet50_trunc",
     *,
     encoder_kwargs: dict[str, Any] | None = None,
+    grid: GridOptions | None = None,
+    embed: EmbedOptions | None = None,
+    execution: ExecutionOptions | None = None,
     manifest: str | os.PathLike | None = None,
-    mpp: float | None = None,
-    patch_px: int | None = 256,
-    target_mpp: float | None = 0.5,
-    min_tissue: float = 0.5,
-    tissue_params: Any = None,
-    device: str = "auto",
-    batch_size: int = 64,
-    workers: int = 4,
-    overwrite: bool = False,
-    backend: str = "auto",
-    compile: bool = False,
-    cluster: str | None = None,
-    scheduler: str | None = None,
     progress: bool | Callable | None = True,
     cancel: threading.Event | None = None,
     notify: Callable[[str], None] | None = None,
     say: Callable[[str], None] | None = _say,
+    **options: Any,
 ) -> CohortSummary:
     """Embed every slide into ``out_dir/<slide stem>.h5``, one task per slide, each through
     :func:`~napari_ghanet.inference.stages.embed_to_file` (the pipeline ``ghanet embed``
@@ -88,22 +87,19 @@ def embed_cohort(
         (an :class:`~napari_ghanet.errors.EncoderError` before any work when it cannot
         be), or an encoder. Workers rebuild it from its spec
         (:func:`~napari_ghanet.cohort.tasks.encoder_recipe`).
+    grid : GridOptions, optional
+        Level-0 um/px for slides that record none (a manifest's ``mpp`` wins), patch size
+        and resolution (None: the encoder's), tissue.
+    embed : EmbedOptions, optional
+        Encoder device, CPU engine, patches per batch, reader threads per slide, compile.
+    execution : ExecutionOptions, optional
+        Where to run (``cluster`` / ``scheduler``: see
+        :func:`~napari_ghanet.cohort.engine.run_tasks`) and ``overwrite`` (replace outputs
+        made from another slide, encoder or grid).
     manifest : path, optional
         CSV with ``slide`` and optional ``mpp``, ``case_id`` columns.
-    mpp : float, optional
-        Level-0 um/px for slides that do not record it (a manifest's ``mpp`` wins).
-    patch_px, target_mpp : optional
-        Patch side (px) at this resolution (um/px); None: the encoder's.
-    min_tissue, tissue_params
-        Least tissue fraction of a kept patch; tissue detection parameters.
-    device, batch_size, workers, backend, compile
-        Encoder device, patches per batch, reader threads per slide, CPU engine
-        (``auto``, ``onnx``, ``torch``) and ``torch.compile`` on CUDA (see
-        :func:`~napari_ghanet.inference.embedding.embed_slide`).
-    overwrite : bool
-        Replace outputs made from another slide, encoder or grid.
-    cluster, scheduler
-        Where to run: see :func:`~napari_ghanet.cohort.engine.run_tasks`.
+    **options
+        Fields of those groups by name (``batch_size=16``, ``cluster="local:2"``).
     progress, cancel
         tqdm bar (True) or callable(done, total, TaskResult); threading.Event.
     say : callable(str), optional
@@ -127,23 +123,23 @@ def embed_cohort(
     ('1 done, 0 skipped, 0 failed', 4)
     """
 
+    g = apply({"grid": grid or GridOptions(), "embed": embed or EmbedOptions(),
+               "execution": execution or ExecutionOptions()}, **options)
+    grid, embed, execution = g["grid"], g["embed"], g["execution"]
     items = _items(inputs, manifest, notify)
     out = check_writable_dir(out_dir)
     kwargs = dict(encoder_kwargs or {})
+    if embed.weights is not None:
+        kwargs.setdefault("path" if encoder == "torchscript" else "weights", str(embed.weights))
     if isinstance(encoder, str):
-        if encoder in ("resnet50_trunc", "torchscript", "morphometric"):
-            for k, v in (("patch_px", patch_px), ("target_mpp", target_mpp)):
-                if v is not None:
-                    kwargs.setdefault(k, v)
         recipe = encoder_recipe(encoder, kwargs)
     else:
         recipe = encoder_recipe(None, kwargs, encoder=encoder)
-    options = {"mpp": mpp, "patch_px": patch_px, "target_mpp": target_mpp,
-               "min_tissue_fraction": min_tissue, "tissue_params": tissue_params,
-               "device": device, "batch_size": batch_size, "workers": workers,
-               "overwrite": overwrite, "backend": backend, "compile": compile}
-    results = run_tasks(embed_task, items, args=(str(out), recipe, options), cluster=cluster,
-                        scheduler=scheduler, gpu=None if device != "cpu" else False,
+    embed = embed.replace(weights=None)  # in the recipe
+    results = run_tasks(embed_task, items, args=(str(out), recipe, grid, embed,
+                                                 execution.overwrite),
+                        cluster=execution.cluster, scheduler=execution.scheduler,
+                        gpu=None if embed.device != "cpu" else False,
                         progress=progress, cancel=cancel, say=say)
     return _summary(out, results)
 
@@ -152,24 +148,16 @@ def predict_cohort(
     inputs: Iterable[str | os.PathLike | SlideItem] | None,
     out_dir: str | os.PathLike,
     bundle_path: str | os.PathLike | None = None,
+    options: PredictOptions | None = None,
     *,
+    execution: ExecutionOptions | None = None,
     survival: str | os.PathLike | None = None,
     manifest: str | os.PathLike | None = None,
-    mpp: float | None = None,
-    device: str = "auto",
-    batch_size: int | None = None,
-    workers: int | None = None,
-    cache_dir: str | os.PathLike | None = None,
-    use_cache: bool = True,
-    top_k: int = 10,
-    overwrite: bool = False,
-    cluster: str | None = None,
-    scheduler: str | None = None,
     progress: bool | Callable | None = True,
     cancel: threading.Event | None = None,
     notify: Callable[[str], None] | None = None,
     say: Callable[[str], None] | None = _say,
-    **predict_options: Any,
+    **shortcuts: Any,
 ) -> CohortSummary:
     """Predict every slide (or every patient: slides sharing a manifest ``case_id``) with
     a model bundle, one task each.
@@ -182,19 +170,20 @@ def predict_cohort(
 
     Parameters
     ----------
-    inputs, manifest, mpp, cluster, scheduler, progress, cancel, notify, say
+    inputs, manifest, execution, progress, cancel, notify, say
         As :func:`embed_cohort`.
     bundle_path : path, optional
-        Model bundle (default: the bundled demonstration model).
+        Model bundle (default: the bundled demonstration model). Its header is checked
+        here, once; each worker loads it once.
+    options : PredictOptions, optional
+        As :func:`~napari_ghanet.inference.predict.predict_slide`, for every task; the
+        options that change the numbers are part of the resume key
+        (:meth:`~napari_ghanet.options.PredictOptions.outcome_settings`).
     survival : path, optional
         Observed survival table for the external-validation report.
-    device, batch_size, workers, cache_dir, use_cache, top_k, overwrite
-        As ``ghanet predict``.
-    **predict_options
-        Further keywords of :func:`~napari_ghanet.inference.predict.predict_slide` /
-        :func:`~napari_ghanet.inference.predict.predict_patient` (e.g. ``regions``,
-        ``qc``, ``heatmap_overlap``, ``patch_px``), passed to every task (picklable
-        values); they are part of the resume key.
+    **shortcuts
+        Option fields by name (``device="cpu"``, ``batch_size=16``, ``cluster=...``,
+        ``overwrite=True``, ``qc=None``...).
 
     Returns
     -------
@@ -203,22 +192,19 @@ def predict_cohort(
         dict) and ``validation_json``/``validation_png`` paths when ``survival`` is given.
     """
 
+    exec_fields = {f.name for f in fields_of(ExecutionOptions)}
+    execution = (execution or ExecutionOptions()).replace(
+        **{k: shortcuts.pop(k) for k in list(shortcuts) if k in exec_fields})
+    options = PredictOptions.create(options, **shortcuts)
     items = _items(inputs, manifest, notify)
     out = check_writable_dir(out_dir)
     bundle_path = Path(bundle_path) if bundle_path is not None else demo_bundle_path()
-    load_bundle(bundle_path)  # a bad model is a usage error, not N failed slides
-    options: dict[str, Any] = {"bundle_digest": bundle_digest(bundle_path), "device": device,
-                               "mpp": mpp, "top_k": top_k, "use_cache": use_cache,
-                               "overwrite": overwrite, **predict_options}
-    if batch_size is not None:
-        options["batch_size"] = batch_size
-    if workers is not None:
-        options["workers"] = workers
-    if cache_dir is not None:
-        options["cache_dir"] = str(cache_dir)
+    digest = check_bundle_file(bundle_path)  # a bad model is a usage error, not N failed slides
+    device = options.embed.device
     groups = patient_groups(items)
-    results = run_tasks(predict_task, groups, args=(str(out), str(bundle_path), options),
-                        cluster=cluster, scheduler=scheduler,
+    results = run_tasks(predict_task, groups,
+                        args=(str(out), str(bundle_path), digest, options, execution.overwrite),
+                        cluster=execution.cluster, scheduler=execution.scheduler,
                         gpu=None if device != "cpu" else False, progress=progress,
                         cancel=cancel, say=say,
                         unit="slide" if len(groups) == len(items) else "patient")

@@ -38,6 +38,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from napari_ghanet.errors import Cancelled, CohortError, GHANetError
+from napari_ghanet.options import OptionError
+from napari_ghanet.options import parse_cluster as _parse_cluster
 
 logger = logging.getLogger(__name__)
 
@@ -97,26 +99,18 @@ def available_cores() -> int:
 
 
 def parse_cluster(cluster: str | None) -> tuple[str, int | None]:
-    """``None`` -> ("inprocess", None); ``"local:N"`` -> ("local", N);
-    ``"local:gpus"`` -> ("gpus", None).
+    """:func:`napari_ghanet.options.parse_cluster`, a bad value as a
+    :class:`~napari_ghanet.errors.CohortError`.
 
     Examples
     --------
     >>> parse_cluster("local:2"), parse_cluster("local:gpus"), parse_cluster(None)
     (('local', 2), ('gpus', None), ('inprocess', None))
     """
-    if cluster is None or str(cluster).strip() in ("", "none"):
-        return "inprocess", None
-    text = str(cluster).strip().lower()
-    kind, _, arg = text.partition(":")
-    if kind == "local" and arg == "gpus":
-        return "gpus", None
-    if kind == "local" and arg.isdigit() and int(arg) >= 1:
-        return "local", int(arg)
-    raise CohortError(
-        f"--cluster {cluster!r}: use local:N (N worker processes on this machine, N >= 1) or "
-        "local:gpus (one worker per GPU); for a running scheduler use --scheduler ADDRESS"
-    )
+    try:
+        return _parse_cluster(cluster)
+    except OptionError as e:
+        raise CohortError(str(e)) from None
 
 
 def _visible_gpus() -> list[str]:

@@ -17,6 +17,7 @@ processes many slides builds them once.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -26,16 +27,17 @@ from pathlib import Path
 from typing import Any
 
 from napari_ghanet.cohort.inputs import SlideItem
-from napari_ghanet.encoders import EncoderSpec, create_encoder, from_spec
+from napari_ghanet.encoders import EncoderSpec, create_encoder, encoder_mismatch, from_spec
 from napari_ghanet.errors import EncoderError, GHANetError
 from napari_ghanet.inference.predict import export_all, predict_patient, predict_slide
 from napari_ghanet.inference.stages import embed_to_file
 from napari_ghanet.io.atomic import atomic_write
 from napari_ghanet.io.slide import open_slide
-from napari_ghanet.models.bundle import load_bundle
+from napari_ghanet.models.bundle import load_bundle, read_bundle_metadata
+from napari_ghanet.options import EmbedOptions, GridOptions, PredictOptions
 
-__all__ = ["build_encoder", "bundle_digest", "embed_task", "encoder_recipe", "predict_task",
-           "unit_name"]
+__all__ = ["build_encoder", "bundle_digest", "check_bundle_file", "embed_task", "encoder_recipe",
+           "predict_task", "unit_name"]
 
 MARKER_SUFFIX = ".cohort.json"
 MARKER_FORMAT = "napari-ghanet-cohort-task"
@@ -86,11 +88,9 @@ def build_encoder(recipe: dict[str, Any]):
         if k not in _ENCODERS:
             spec = EncoderSpec.from_dict(recipe["spec"])
             enc = from_spec(spec, using=recipe.get("using"), **recipe.get("overrides", {}))
-            why = spec.differences(enc.spec())
+            why = encoder_mismatch(spec, enc.spec())
             if why:
-                raise EncoderError(
-                    f"encoder {spec.name} rebuilt on this worker differs: {', '.join(why)}"
-                )
+                raise EncoderError(f"the encoder rebuilt on this worker differs: {why}")
             _ENCODERS[k] = enc
         return _ENCODERS[k]
 
@@ -117,7 +117,8 @@ class _StageClock:
 
 
 def embed_task(
-    item: SlideItem, out_dir: str, recipe: dict[str, Any], options: dict[str, Any]
+    item: SlideItem, out_dir: str, recipe: dict[str, Any], grid: GridOptions,
+    embed: EmbedOptions, overwrite: bool = False,
 ) -> dict[str, Any]:
     """Embed one slide of a cohort into ``out_dir/<stem>.h5`` with the pipeline's
     :func:`~napari_ghanet.inference.stages.embed_to_file`; returns its summary row.
@@ -128,9 +129,10 @@ def embed_task(
     out_dir : str
     recipe : dict
         The encoder (:func:`encoder_recipe`).
-    options : dict
-        ``embed_to_file`` keywords: mpp, patch_px, target_mpp, min_tissue_fraction,
-        tissue_params, device, batch_size, workers, overwrite, backend, compile.
+    grid, embed : GridOptions, EmbedOptions
+        As ``embed_to_file`` takes them (the item's manifest ``mpp`` wins over the grid's).
+    overwrite : bool
+        Replace a file made from another slide, encoder or grid.
 
     Returns
     -------
@@ -145,10 +147,10 @@ def embed_task(
            "output": str(Path(out_dir) / f"{item.stem}.h5")}
     try:
         encoder = build_encoder(recipe)
-        opts = dict(options)
         if item.mpp is not None:
-            opts["mpp"] = item.mpp
-        res = embed_to_file(item.path, out_dir, encoder, progress=clock, **opts)
+            grid = grid.replace(mpp=item.mpp)
+        res = embed_to_file(item.path, out_dir, encoder, grid=grid, embed=embed,
+                            overwrite=overwrite, progress=clock)
     except Exception as exc:  # noqa: BLE001 - one bad slide never stops the cohort
         return _failed({**row, "output": ""}, _why(exc), clock.t0)
     seconds = time.perf_counter() - clock.t0
@@ -177,7 +179,15 @@ def bundle_digest(path: str | os.PathLike) -> str:
     return h.hexdigest()
 
 
+def check_bundle_file(path: str | os.PathLike) -> str:
+    """Check a bundle's header and metadata (no weight is read) and return its SHA-256:
+    what a cohort's parent process does once before any task."""
+    read_bundle_metadata(path)
+    return bundle_digest(path)
+
+
 def _bundle(path: str, digest: str):
+    """The bundle, loaded once per process (keyed by its digest)."""
     with _CACHE_LOCK:
         if digest not in _BUNDLES:
             _BUNDLES[digest] = load_bundle(path)
@@ -191,53 +201,20 @@ def unit_name(items: list[SlideItem]) -> str:
     return str(items[0].case_id)
 
 
-def _fingerprints(items: list[SlideItem], mpp: float | None) -> list[str]:
-    out = []
-    for it in items:
-        with open_slide(it.path, mpp=it.mpp if it.mpp is not None else mpp,
-                        require_mpp=False) as s:
-            out.append(s.fingerprint())
-    return out
-
-
-#: predict options that do not change the outputs (everything else is a setting)
-_NOT_SETTINGS = ("device", "batch_size", "workers", "cache_dir", "use_cache")
-
-
-def _plain(value: Any) -> Any:
-    """JSON form of an option value (dataclasses such as QCParams or Regions included),
-    for the resume marker."""
-    import dataclasses
-
-    def default(v):
-        if dataclasses.is_dataclass(v) and not isinstance(v, type):
-            return {f.name: getattr(v, f.name) for f in dataclasses.fields(v)}
-        if hasattr(v, "tolist"):
-            return v.tolist()
-        if isinstance(v, set | frozenset):
-            return sorted(v, key=repr)
-        return repr(v)
-
-    return json.loads(json.dumps(value, default=default, sort_keys=True))
-
-
-def _settings(opts: dict[str, Any]) -> dict[str, Any]:
-    return _plain({k: v for k, v in opts.items() if k not in _NOT_SETTINGS and v is not None})
-
-
 def predict_task(
-    items: list[SlideItem], out_dir: str, bundle_path: str, options: dict[str, Any]
+    items: list[SlideItem], out_dir: str, bundle_path: str, digest: str,
+    options: PredictOptions, overwrite: bool = False,
 ) -> dict[str, Any]:
     """Predict one slide, or one patient from the union of its slides' patches, and write
     the exports into ``out_dir/<name>/`` (see :func:`unit_name`); returns its summary row.
 
-    ``options``: ``bundle_digest`` (see :func:`bundle_digest`; computed when absent),
-    ``overwrite``, and keywords of :func:`~napari_ghanet.inference.predict.predict_slide`
-    (one slide) or :func:`~napari_ghanet.inference.predict.predict_patient` (several:
-    ``patient`` is the case_id, ``mpp`` one value per slide): device, mpp, batch_size,
-    workers, cache_dir, use_cache, top_k and any others (regions, qc, heatmap_overlap...).
-    Every option but device, batch_size, workers, cache_dir and use_cache is part of the
-    resume key: a re-run with other settings predicts again.
+    ``digest``: the bundle's SHA-256 (:func:`check_bundle_file`); ``options``: the
+    :class:`~napari_ghanet.options.PredictOptions` of every task (a manifest's per-slide
+    ``mpp`` wins over ``options.grid.mpp``). Each slide is opened once: its fingerprint
+    (for the resume marker) and the prediction come from the same open slide. The bundle
+    is loaded once per process. A marker records the bundle's digest, the fingerprints
+    and :meth:`~napari_ghanet.options.PredictOptions.outcome_settings`; a re-run with
+    the same ones skips the unit unless ``overwrite``.
     """
     t0 = time.perf_counter()
     items = list(items)
@@ -246,37 +223,31 @@ def predict_task(
     marker = folder / f"{name}{MARKER_SUFFIX}"
     row: dict[str, Any] = {"slide": ";".join(it.path for it in items),
                            "case_id": items[0].case_id, "unit": name}
-    opts = dict(options)
-    digest = opts.pop("bundle_digest", None)
-    overwrite = bool(opts.pop("overwrite", False))
-    settings = _settings(opts)
+    settings = options.outcome_settings()
     try:
-
-        digest = digest or bundle_digest(bundle_path)
-        prints = _fingerprints(items, opts.get("mpp"))
-        if marker.is_file() and not overwrite:
-            try:
-                rec = json.loads(marker.read_text())
-            except (OSError, ValueError):
-                rec = {}
-            report = folder / str(rec.get("report", ""))
-            if (rec.get("bundle_sha256") == digest and rec.get("slide_fingerprints") == prints
-                    and rec.get("settings") == settings and report.is_file()):
-                return {**row, "status": "skipped", "error": "", "output": str(report),
-                        "n_patches": rec.get("n_patches"),
-                        "seconds": round(time.perf_counter() - t0, 3)}
-        bundle = _bundle(bundle_path, digest)
-        if len(items) == 1:
-
-            mpp = items[0].mpp if items[0].mpp is not None else opts.pop("mpp", None)
-            opts.pop("mpp", None)
-            pred = predict_slide(items[0].path, bundle, mpp=mpp, **opts)
-        else:
-
-            default = opts.pop("mpp", None)
-            mpps = [it.mpp if it.mpp is not None else default for it in items]
-            pred = predict_patient([it.path for it in items], bundle, patient=name,
-                                   mpp=mpps, **opts)
+        with contextlib.ExitStack() as stack:
+            slides = []
+            for it in items:
+                mpp = it.mpp if it.mpp is not None else options.grid.mpp
+                slides.append(stack.enter_context(open_slide(it.path, mpp=mpp,
+                                                             require_mpp=False)))
+            prints = [s.fingerprint() for s in slides]
+            if marker.is_file() and not overwrite:
+                try:
+                    rec = json.loads(marker.read_text())
+                except (OSError, ValueError):
+                    rec = {}
+                report = folder / str(rec.get("report", ""))
+                if (rec.get("bundle_sha256") == digest and rec.get("slide_fingerprints") == prints
+                        and rec.get("settings") == settings and report.is_file()):
+                    return {**row, "status": "skipped", "error": "", "output": str(report),
+                            "n_patches": rec.get("n_patches"),
+                            "seconds": round(time.perf_counter() - t0, 3)}
+            bundle = _bundle(bundle_path, digest)
+            if len(items) == 1:
+                pred = predict_slide(slides[0], bundle, options)
+            else:
+                pred = predict_patient(slides, bundle, options, patient=name)
         written = export_all(pred, folder)
         report = Path(written["report"])
         atomic_write(marker, json.dumps({

@@ -291,21 +291,20 @@ class EncoderSpec:
                 why.append(f"weights {other.weights!r} instead of {self.weights!r}")
         return why
 
-    def mismatch(self, actual: EncoderSpec | Mapping[str, Any]) -> list[str]:
-        """Former name of :meth:`differences` (a list), kept while callers move to
-        :func:`encoder_mismatch` (a message or None)."""
-        return self.differences(actual)
-
     def describe(self) -> str:
         """Short human description: ``'name (D-d, P px at M um/px)'``."""
         return f"{self.name!r} ({self.dim}-d, {self.patch_px} px at {self.target_mpp:g} um/px)"
 
 
 def encoder_mismatch(
-    expected: EncoderSpec | Mapping[str, Any], actual: EncoderSpec | Mapping[str, Any]
+    expected: EncoderSpec | Mapping[str, Any],
+    actual: EncoderSpec | Mapping[str, Any],
+    *,
+    model: str | None = None,
 ) -> str | None:
     """The one compatibility check: None when features made as ``actual`` fit where
-    ``expected`` is needed, else a message naming what differs and what to do.
+    ``expected`` is needed, else a message naming what differs and what to do (naming
+    the ``model`` that expects them, when given).
 
     Used by model bundles (``ModelBundle.check_encoder``), the feature cache
     (``io.features.load_matching_features``) and prediction. The checks are those of
@@ -325,6 +324,11 @@ dimension 1024 instead of 64. Re-embed the slide with the expected encoder.
     why = exp.differences(act)
     if not why:
         return None
+    if model is not None:
+        return (
+            f"the model {model!r} expects features from {exp.describe()} but got "
+            + ", ".join(why) + ". Re-embed the slide with the model's encoder."
+        )
     return (
         f"features from {act.describe()} do not fit {exp.describe()}: "
         + ", ".join(why)

@@ -21,7 +21,6 @@ import os
 import threading
 import time
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 from napari_ghanet.errors import Cancelled, NoTissueError, PredictionError
@@ -44,30 +43,23 @@ from napari_ghanet.inference.result import (
 )
 from napari_ghanet.inference.stages import (
     BagEncoder,
-    BagOptions,
+    BagRun,
     ProgressCallback,
     assemble_stage,
     bag_heatmap_stage,
     bag_settings,
     bag_stage,
     check_cancel,
-    check_counts,
-    check_qc_overlap,
     default_cache_dir,
     model_stage,
-    patch_geometry,
     patient_slides,
-    prediction_device,
     slide_regions,
     slide_stage,
 )
 from napari_ghanet.io.slide import Slide
 from napari_ghanet.models.bundle import ModelBundle, load_bundle
-from napari_ghanet.preprocessing.qc import QCParams
+from napari_ghanet.options import PredictOptions
 from napari_ghanet.preprocessing.roi import Regions
-
-#: QC on by default, with the documented thresholds.
-DEFAULT_QC = QCParams()
 
 logger = logging.getLogger(__name__)
 
@@ -79,6 +71,7 @@ __all__ = [
     "Prediction",
     "PredictionCancelled",
     "PredictionError",
+    "PredictOptions",
     "ProgressCallback",
     "Region",
     "default_cache_dir",
@@ -88,7 +81,6 @@ __all__ = [
     "patch_table",
     "predict_patient",
     "predict_slide",
-    "resolve_device",
     "write_geojson",
     "write_patch_csv",
     "write_report_json",
@@ -96,31 +88,16 @@ __all__ = [
 
 PredictionCancelled = Cancelled  # the package's one cancellation type
 
-resolve_device = prediction_device  # "auto" -> "cuda"/"cpu", checked (PredictionError)
-
 
 def predict_slide(
     slide_or_path,
     bundle,
+    options: PredictOptions | None = None,
     *,
-    device: str = "auto",
-    mpp: float | None = None,
-    patch_px: int | None = None,
-    target_mpp: float | None = None,
-    tissue_params=None,
-    min_tissue_fraction: float = 0.5,
-    batch_size: int | None = None,
-    workers: int | None = None,
-    cache_dir: str | os.PathLike | None = None,
-    use_cache: bool = True,
-    encoder_kwargs: dict[str, Any] | None = None,
-    top_k: int = 10,
-    top_genes: int = 10,
     regions: Regions | None = None,
-    qc: QCParams | None = DEFAULT_QC,
-    heatmap_overlap: float = 0.0,
     progress: ProgressCallback | None = None,
     cancel: threading.Event | None = None,
+    **shortcuts: Any,
 ) -> Prediction:
     """Predict prognosis for one slide with a model bundle.
 
@@ -130,52 +107,36 @@ def predict_slide(
         An open :class:`~napari_ghanet.io.slide.Slide` or a slide file.
     bundle : ModelBundle or path
         The model (:func:`~napari_ghanet.models.bundle.load_bundle`) or its ``.safetensors`` file.
-    device : str
-        "auto" (CUDA when available), "cpu", "cuda" or "cuda:N"; used for the patch
-        encoder and the model.
-    mpp : float, optional
-        Level-0 microns per pixel, for slides that do not record it (opening a path only).
-    patch_px, target_mpp : optional
-        Patch side (px) and resolution (um/px); default: the model's encoder spec. Values
-        other than the model's are allowed but noted in ``Prediction.warnings``.
-    tissue_params : TissueParams or dict, optional
-        Tissue detection parameters (default :class:`~napari_ghanet.preprocessing.tissue.TissueParams`).
-    min_tissue_fraction : float
-        Keep patches at least this fraction tissue.
-    batch_size, workers : int, optional
-        Encoder batch size and reader threads (embedding defaults).
-    cache_dir : path, optional
-        Patch-feature cache (default :func:`default_cache_dir`); ``use_cache=False``
-        neither reads nor writes it.
-    encoder_kwargs : dict, optional
-        Extra encoder arguments, e.g. ``{"weights": path}`` for ResNet50 weights or
-        ``{"path": file}`` for a TorchScript encoder.
-    top_k : int
-        Number of top-attention regions.
-    top_genes : int
-        Genes listed per category.
+    options : PredictOptions, optional
+        Everything the run is told (:class:`~napari_ghanet.options.PredictOptions`; the
+        tables of ``docs/options.md``): ``grid`` (level-0 ``mpp`` for slides that record
+        none; patch size and resolution, default the model's, other values noted in
+        ``Prediction.warnings``; tissue), ``embed`` (encoder weights file, device "auto" /
+        "cpu" / "cuda:N" for the encoder and the model, CPU engine, batch size, reader
+        threads), ``qc`` (artifact QC, on by default: flagged patches leave the bag and
+        are listed in ``Prediction.qc_coords`` / ``qc_reasons``; the measures are cached
+        with the features, so other thresholds need no re-embedding), ``heatmap``
+        (``overlap`` 0, 0.5 or 0.75: also embed shifted grids and score them in the bag's
+        context for smooth maps in ``Prediction.heatmaps``, the prediction unchanged;
+        about ``1 / (1 - overlap)**2 - 1`` times the patches more), ``report`` (top-k
+        regions, genes per category) and ``cache`` (the patch-feature cache, default
+        :func:`default_cache_dir`; ``use_cache=False`` neither reads nor writes it).
+        Recorded verbatim in ``Prediction.settings["options"]``.
     regions : Regions, optional
         Include / exclude regions in level-0 pixels
         (:class:`~napari_ghanet.preprocessing.roi.Regions`): only patches whose centre is
         inside an include region (anywhere when there is none) and outside every exclude
         region are embedded and scored. Recorded in ``Prediction.regions_report``.
-    qc : QCParams or None
-        Artifact QC (pen marks, dark folds, blur; :mod:`napari_ghanet.preprocessing.qc`),
-        on by default; None switches it off. Flagged patches leave the bag; they are
-        listed in ``Prediction.qc_coords`` / ``qc_reasons`` and counted in ``qc_report``.
-        The per-patch measures are cached with the features, so other thresholds need no
-        re-embedding.
-    heatmap_overlap : float
-        0 (default), 0.5 or 0.75: also embed the patches of grids shifted by
-        ``patch * (1 - overlap)`` and score them in the bag's context for smooth attention
-        maps (``Prediction.heatmaps``); the prediction itself is unchanged. Costs about
-        ``1 / (1 - overlap)**2 - 1`` times the patches to embed (3x at 0.5, 15x at 0.75),
-        cached too.
     progress : callable(stage, done, total), optional
         Called from this thread as the run advances (see ``ProgressCallback``).
     cancel : threading.Event, optional
         Set it (from any thread) to stop the run; raises :class:`PredictionCancelled`
         and leaves no cache file behind.
+    **shortcuts
+        Option fields by name, applied to ``options`` (``device="cpu"``, ``mpp=0.25``,
+        ``batch_size=16``, ``use_cache=False``, ``overlap=0.5``...), and the older
+        spellings ``qc`` (a :class:`~napari_ghanet.preprocessing.qc.QCParams`, or None
+        for QC off), ``heatmap_overlap`` and ``encoder_kwargs={"weights": FILE}``.
 
     Returns
     -------
@@ -192,34 +153,21 @@ def predict_slide(
         says which).
     PredictionCancelled
     """
-    # the same keywords as predict_patient (a new one must be added to both signatures)
-    options = dict(locals())
-    return predict_patient([options.pop("slide_or_path")], **options)
+    return predict_patient([slide_or_path], bundle, options, regions=regions,
+                           progress=progress, cancel=cancel, **shortcuts)
 
 
 def predict_patient(
     slides: Sequence[Slide | str | os.PathLike],
     bundle,
+    options: PredictOptions | None = None,
     *,
     patient: str | None = None,
-    device: str = "auto",
     mpp: float | Sequence[float | None] | None = None,
-    patch_px: int | None = None,
-    target_mpp: float | None = None,
-    tissue_params=None,
-    min_tissue_fraction: float = 0.5,
-    batch_size: int | None = None,
-    workers: int | None = None,
-    cache_dir: str | os.PathLike | None = None,
-    use_cache: bool = True,
-    encoder_kwargs: dict[str, Any] | None = None,
-    top_k: int = 10,
-    top_genes: int = 10,
     regions: Regions | Sequence[Regions | None] | None = None,
-    qc: QCParams | None = DEFAULT_QC,
-    heatmap_overlap: float = 0.0,
     progress: ProgressCallback | None = None,
     cancel: threading.Event | None = None,
+    **shortcuts: Any,
 ) -> Prediction:
     """Predict prognosis for one patient from several slides, scored as one bag.
 
@@ -242,13 +190,11 @@ def predict_patient(
         Level-0 um/px for slides that do not record it: one value for all, or one per slide.
     regions : Regions or sequence of (Regions or None), optional
         One per slide (a single Regions only for a single slide).
-    qc, heatmap_overlap
-        As for :func:`predict_slide`; QC judges each slide's patches on their own (blur
-        against that slide's median). A slide that loses every patch to QC is a warning;
-        a bag left empty is a NoTissueError.
-    device, patch_px, target_mpp, tissue_params, min_tissue_fraction, batch_size, workers,
-    cache_dir, use_cache, encoder_kwargs, top_k, top_genes, progress, cancel
-        As for :func:`predict_slide`; progress runs "slide" ... "features" once per slide.
+    options, progress, cancel, **shortcuts
+        As for :func:`predict_slide`; progress runs "slide" ... "features" once per
+        slide. QC judges each slide's patches on their own (blur against that slide's
+        median); a slide that loses every patch to QC is a warning, a bag left empty a
+        NoTissueError.
 
     Returns
     -------
@@ -279,46 +225,30 @@ def predict_patient(
     """
     t_start = time.perf_counter()
     timings: dict[str, float] = {}
-    slides, mpps = patient_slides(slides, mpp)
+    per_slide_mpp = mpp is not None and not isinstance(mpp, int | float)
+    if mpp is not None and not per_slide_mpp:
+        shortcuts["mpp"] = mpp
+    options = PredictOptions.create(options, **shortcuts)  # every value checked here, once
+    slides, mpps = patient_slides(slides, mpp if per_slide_mpp else options.grid.mpp)
     if not isinstance(bundle, ModelBundle):
         bundle = load_bundle(bundle)
     warnings: list[str] = list(bundle.notices)  # e.g. half-precision weights converted
-    device = prediction_device(device)
-    check_counts(top_k=top_k, batch_size=batch_size)
-    eff_patch_px, eff_mpp, geometry_note = patch_geometry(bundle.encoder, patch_px, target_mpp)
     region_list = slide_regions(regions, len(slides))
-    k_overlap = check_qc_overlap(qc, heatmap_overlap)
-    cache_root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    options = BagOptions(
-        bundle=bundle,
-        device=device,
-        patch_px=eff_patch_px,
-        target_mpp=eff_mpp,
-        tissue_params=tissue_params,
-        min_tissue_fraction=min_tissue_fraction,
-        batch_size=batch_size,
-        workers=workers,
-        cache_root=cache_root if use_cache else None,
-        encoder_kwargs=encoder_kwargs,
-        qc=qc,
-        heatmap_overlap=heatmap_overlap,
-        several=len(slides) > 1,
-        progress=progress,
-        cancel=cancel,
-    )
-    encoder = BagEncoder(options, note=geometry_note)
+    run = BagRun.create(bundle, options, several=len(slides) > 1, progress=progress,
+                        cancel=cancel)
+    encoder = BagEncoder(run)
     runs = [
-        slide_stage(source, options, encoder, mpp=slide_mpp, regions=regs,
+        slide_stage(source, run, encoder, mpp=slide_mpp, regions=regs,
                     warnings=warnings, timings=timings)
         for source, slide_mpp, regs in zip(slides, mpps, region_list)
     ]
     bag = bag_stage(runs)
-    outputs = model_stage(bundle, bag, device=device, progress=progress, timings=timings)
+    outputs = model_stage(bundle, bag, device=run.device, progress=progress, timings=timings)
     check_cancel(cancel)
     heatmaps = None
-    if k_overlap > 1:
-        heatmaps = bag_heatmap_stage(options, bag, runs, warnings=warnings, timings=timings)
-    settings = bag_settings(options, runs, encoder.spec, region_list, top_k=top_k)
+    if options.heatmap.overlap > 0:
+        heatmaps = bag_heatmap_stage(run, bag, runs, warnings=warnings, timings=timings)
+    settings = bag_settings(run, runs, encoder.spec, region_list, top_k=options.report.top_k)
     timings["total"] = round(time.perf_counter() - t_start, 4)
     prediction = assemble_stage(
         bundle,
@@ -327,10 +257,10 @@ def predict_patient(
         settings=settings,
         timings=timings,
         warnings=warnings,
-        top_k=top_k,
-        top_genes=top_genes,
+        top_k=options.report.top_k,
+        top_genes=options.report.top_genes,
         patient=patient,
-        qc=qc,
+        qc=run.qc,
         heatmaps=heatmaps,
     )
     check_prediction_finite(prediction)  # NaN/inf -> PredictionError naming the model, never a report

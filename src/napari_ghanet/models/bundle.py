@@ -20,7 +20,10 @@ import torch
 from torch import nn
 
 from napari_ghanet._version import __version__
-from napari_ghanet.encoders.spec import EncoderSpec  # the one spec; bundle.EncoderSpec alias
+from napari_ghanet.encoders.spec import (  # the one spec; bundle.EncoderSpec alias
+    EncoderSpec,
+    encoder_mismatch,
+)
 from napari_ghanet.errors import BundleError, EncoderError, EncoderMismatchError
 from napari_ghanet.io.atomic import atomic_path
 from napari_ghanet.models import bundle_schema as schema
@@ -198,14 +201,9 @@ class ModelBundle:
     def check_encoder(self, features_spec: EncoderSpec | dict[str, Any]) -> None:
         """Raise EncoderMismatchError when features do not fit this model (the checks of
         :func:`~napari_ghanet.encoders.spec.encoder_mismatch`)."""
-        why = self.encoder.differences(features_spec)
+        why = encoder_mismatch(self.encoder, features_spec, model=self.name)
         if why:
-            raise EncoderMismatchError(
-                f"the model {self.name!r} expects features from {self.encoder.name!r} "
-                f"({self.encoder.dim}-d, {self.encoder.patch_px} px at "
-                f"{self.encoder.target_mpp:g} um/px) but got " + ", ".join(why)
-                + ". Re-embed the slide with the model's encoder."
-            )
+            raise EncoderMismatchError(why)
 
 
 def _validate_metadata(meta: dict[str, Any], where: str) -> None:

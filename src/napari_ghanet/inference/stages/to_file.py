@@ -1,0 +1,213 @@
+"""One slide's features written to a file (``ghanet embed``, cohorts, the training
+recipe): the grid and feature stages of a prediction, with resume and a one-line outcome."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from napari_ghanet.encoders import (
+    PatchEncoder,
+    create_encoder,
+)
+from napari_ghanet.errors import (
+    Cancelled,
+    GHANetError,
+)
+from napari_ghanet.inference.stages.run import ProgressCallback
+from napari_ghanet.inference.stages.slide import (
+    feature_spec,
+    features_stage,
+    grid_stage,
+    open_stage,
+)
+from napari_ghanet.io.features import (
+    load_matching_features,
+)
+from napari_ghanet.options import EmbedOptions, GridOptions, apply
+
+
+@dataclass
+class EmbedOutcome:
+    """What :func:`embed_to_file` did with one slide.
+
+    status: "done" (features computed and written), "skipped" (``path`` already held
+    features of this slide, encoder and grid) or "failed" (``error`` says why; nothing
+    written). n_patches: patches in the file; seconds: wall time; n_skipped: unreadable
+    patches left out; rate: patches embedded per second.
+    """
+
+    slide: str
+    status: str
+    n_patches: int = 0
+    seconds: float = 0.0
+    path: str | None = None
+    error: str | None = None
+    dim: int = 0
+    n_skipped: int = 0
+    rate: float = 0.0
+    encoder: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.status != "failed"
+
+    def summary(self) -> str:
+        """One line for a terminal, naming the slide."""
+        name = Path(self.slide).name
+        if self.status == "failed":
+            return f"{name}: FAILED: {self.error}"
+        if self.status == "skipped":
+            return (
+                f"{name}: {self.n_patches} patches, {self.dim}-d features already in "
+                f"{self.path} (same slide, encoder and grid)"
+            )
+        skip = f" ({self.n_skipped} unreadable skipped)" if self.n_skipped else ""
+        return (
+            f"{name}: {self.n_patches} patches{skip}, {self.dim}-d {self.encoder} features, "
+            f"{self.rate:.1f} patches/s, {self.seconds:.1f} s -> {self.path}"
+        )
+
+
+def embed_to_file(
+    slide_path: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    encoder: PatchEncoder | str,
+    *,
+    grid: GridOptions | None = None,
+    embed: EmbedOptions | None = None,
+    encoder_kwargs: dict[str, Any] | None = None,
+    overwrite: bool = False,
+    progress: ProgressCallback | None = None,
+    cancel: threading.Event | None = None,
+    **options: Any,
+) -> EmbedOutcome:
+    """Embed one slide's tissue patches into ``out_dir/<slide stem>.h5`` (CLAM layout).
+
+    The same grid and feature stages as a prediction. A file already made from this
+    slide with this encoder and grid is kept (status "skipped"); one made otherwise is
+    replaced only with ``overwrite``. Failures (unreadable slide, no tissue, unwritable
+    folder) come back as status "failed" with the reason, never as an exception;
+    cancelling raises :class:`~napari_ghanet.errors.Cancelled`. A plain function of
+    picklable arguments (give ``encoder`` as a registry name with ``encoder_kwargs``), so a
+    process pool or Dask can run it per slide.
+
+    Parameters
+    ----------
+    slide_path : path
+        The slide file.
+    out_dir : path
+        Output folder (created).
+    encoder : PatchEncoder or str
+        An encoder, or its registry name (built with ``encoder_kwargs`` and the weights
+        of ``embed``).
+    grid : GridOptions, optional
+        Level-0 mpp for slides that record none, patch size and resolution (default: the
+        encoder's), tissue (:class:`~napari_ghanet.options.GridOptions`).
+    embed : EmbedOptions, optional
+        Device, CPU engine, batch size, reader threads, compile
+        (:class:`~napari_ghanet.options.EmbedOptions`).
+    overwrite : bool
+        Replace a file made from another slide, encoder or grid.
+    **options
+        Fields of those groups by name (``batch_size=16``, ``mpp=0.25``), applied to them.
+    progress : callable(stage, done, total), optional
+    cancel : threading.Event, optional
+
+    Returns
+    -------
+    EmbedOutcome
+
+    Examples
+    --------
+    >>> import numpy as np, tempfile, tifffile
+    >>> rgb = np.full((512, 512, 3), 240, np.uint8); rgb[128:384, 128:384] = (180, 90, 160)
+    >>> tmp = tempfile.mkdtemp()
+    >>> tifffile.imwrite(tmp + "/s.tif", rgb, resolution=(1e4, 1e4), resolutionunit="CENTIMETER")
+    >>> kw = dict(patch_px=64, target_mpp=2.0, device="cpu", workers=0)
+    >>> out = embed_to_file(tmp + "/s.tif", tmp + "/out", "morphometric", **kw)
+    >>> out.status, out.n_patches, out.dim
+    ('done', 4, 64)
+    >>> embed_to_file(tmp + "/s.tif", tmp + "/out", "morphometric", **kw).status
+    'skipped'
+    """
+    t0 = time.perf_counter()
+    g = apply({"grid": grid or GridOptions(), "embed": embed or EmbedOptions()}, **options)
+    grid_opts, emb = g["grid"], g["embed"]
+    slide_path = Path(slide_path)
+    out = Path(out_dir) / f"{slide_path.stem}.h5"
+    outcome = EmbedOutcome(slide=str(slide_path), status="failed", path=str(out))
+    try:
+        if isinstance(encoder, str):
+            kw = dict(encoder_kwargs or {})
+            if emb.weights is not None:
+                kw.setdefault("path" if encoder == "torchscript" else "weights", emb.weights)
+            encoder = create_encoder(encoder, **kw)
+        outcome.encoder = encoder.name
+        spec = encoder.spec()
+        px = grid_opts.patch_px if grid_opts.patch_px is not None else spec.patch_px
+        um = grid_opts.target_mpp if grid_opts.target_mpp is not None else spec.target_mpp
+        slide, opened = open_stage(slide_path, mpp=grid_opts.mpp, progress=progress,
+                                   cancel=cancel)
+        try:
+            _mask, patches = grid_stage(
+                slide,
+                patch_px=px,
+                target_mpp=um,
+                tissue_params=grid_opts.tissue_params(),
+                min_tissue_fraction=grid_opts.min_tissue_fraction,
+                progress=progress,
+                cancel=cancel,
+                purpose="embed",
+            )
+            if out.exists() and not overwrite:
+                hit = load_matching_features(
+                    out,
+                    slide_fingerprint=slide.fingerprint(),
+                    encoder_spec=feature_spec(encoder, patches.patch_px, patches.target_mpp),
+                    grid=patches,
+                )
+                if hit is None:
+                    outcome.error = (
+                        f"{out} exists but was made from another slide, encoder or grid: "
+                        "allow overwriting to replace it, or choose another output folder"
+                    )
+                    return outcome
+                outcome.status, outcome.n_patches, outcome.dim = "skipped", len(hit), hit.dim
+                return outcome
+            Path(out_dir).mkdir(parents=True, exist_ok=True)
+            result = features_stage(
+                slide,
+                patches,
+                encoder,
+                cache_path=out,
+                reuse=False,
+                strict_save=True,
+                device=emb.device,
+                batch_size=emb.batch_size,
+                workers=emb.workers,
+                progress=progress,
+                cancel=cancel,
+                backend=emb.backend,
+                compile=emb.compile,
+            )
+        finally:
+            if opened:
+                slide.close()
+    except Cancelled:
+        raise
+    except (GHANetError, ValueError, OSError, RuntimeError) as exc:
+        outcome.error = str(exc)
+        outcome.seconds = time.perf_counter() - t0
+        return outcome
+    feats = result.features
+    outcome.seconds = time.perf_counter() - t0
+    outcome.status = "done"
+    outcome.n_patches, outcome.dim = len(feats), feats.dim
+    outcome.n_skipped = int(feats.attrs.get("n_skipped", 0))
+    outcome.rate = len(feats) / max(float(feats.attrs.get("seconds", outcome.seconds)), 1e-9)
+    return outcome

@@ -29,12 +29,32 @@ def demo_meta() -> dict:
     return read_bundle_metadata(demo_bundle_path())
 
 
+@pytest.fixture(scope="module")
+def old_demo_meta(demo_meta) -> dict:
+    """The demo bundle as bundles written before the stored risk tertiles and follow-up
+    were (the shipped one stores both, see test_the_demo_bundle_stores_...)."""
+    return {k: v for k, v in demo_meta.items()
+            if k not in ("risk_groups", "followup_p90_months")}
+
+
+def test_the_demo_bundle_stores_its_tertiles_and_followup(demo_meta):
+    cut, labels, source = risk_group_cutpoints(demo_meta)
+    assert source == "bundle" and labels == list(RISK_LABELS)
+    assert risk_percentile(cut[0], demo_meta) == pytest.approx(100 / 3, abs=2)
+    assert risk_percentile(cut[1], demo_meta) == pytest.approx(200 / 3, abs=2)
+    h, why = survival_horizon(demo_meta)
+    assert demo_meta["followup_p90_months"] > h == pytest.approx(65.295)
+    assert "90th percentile of the training cohort's follow-up" in why
+    assert "does not store" not in why
+
+
 def risk_at(meta: dict, p: float) -> float:
     q = meta["risk_quantiles"]
     return float(np.interp(p, q["probs"], q["values"]))
 
 
-def test_old_demo_bundle_falls_back_to_tertiles_of_its_quantiles(demo_meta):
+def test_old_demo_bundle_falls_back_to_tertiles_of_its_quantiles(old_demo_meta):
+    demo_meta = old_demo_meta
     assert "cutpoints" not in demo_meta.get("risk_groups", {})  # a pre-tertile bundle
     cut, labels, source = risk_group_cutpoints(demo_meta)
     assert source == "risk_quantiles" and labels == list(RISK_LABELS)
@@ -80,7 +100,8 @@ def test_colours_and_wording_are_defined_once_per_label():
         "Intermediate risk (53rd percentile of the training cohort)")
 
 
-def test_horizon_of_the_old_demo_bundle_is_the_last_interior_edge(demo_meta):
+def test_horizon_of_the_old_demo_bundle_is_the_last_interior_edge(old_demo_meta):
+    demo_meta = old_demo_meta
     edges = demo_meta["survival_bins_months"]
     assert edges[-1] > 600  # the cohort's longest follow-up: the 651-month axis of the issue
     h, why = survival_horizon(demo_meta)

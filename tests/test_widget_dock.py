@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from qtpy.QtCore import Qt
 
-from _plugin_helpers import make_bundle
+from _plugin_helpers import CATEGORIES, SIZES, make_bundle
 from napari_ghanet._qt import layers as qt_layers
 from napari_ghanet._qt.gc_hold import GCHold, holders
 from napari_ghanet._widget import PrognosisWidget
@@ -22,9 +22,16 @@ from napari_ghanet.models.bundle import load_bundle
 FAST_ENCODER = {"name": "morphometric", "dim": 64, "patch_px": 64, "target_mpp": 2.0}
 
 
+#: category names as long as real ones ("Cell Differentiation Markers"), and longer
+LONG_NAMES = [f"{name} and Related Signalling Pathways" for name in CATEGORIES]
+
+
 @pytest.fixture(scope="module")
 def fast_bundle_path(tmp_path_factory):
-    return make_bundle(tmp_path_factory.mktemp("m") / "fast.safetensors", encoder=FAST_ENCODER)
+    categories = [{"name": name, "genes": [f"GENE{i}{j}" for j in range(s)]}
+                  for i, (name, s) in enumerate(zip(LONG_NAMES, SIZES))]
+    return make_bundle(tmp_path_factory.mktemp("m") / "fast.safetensors", encoder=FAST_ENCODER,
+                       categories=categories)
 
 
 @pytest.fixture(scope="module")
@@ -34,11 +41,14 @@ def cmu_prediction(fast_bundle_path, tmp_path_factory):
 
 
 @pytest.fixture
-def dock(make_napari_viewer, fast_bundle_path, tmp_path):
-    viewer = make_napari_viewer()
+def dock(make_napari_viewer, fast_bundle_path, tmp_path, qtbot):
+    viewer = make_napari_viewer(show=True)
+    viewer.window._qt_window.resize(1280, 800)
     [slide] = viewer.open(str(cmu_slide_path()), plugin="napari-ghanet")
     widget = PrognosisWidget(viewer, cache_dir=tmp_path / "cache", model_path=fast_bundle_path)
-    viewer.window.add_dock_widget(widget, name="G-HANet prognosis")
+    dock = viewer.window.add_dock_widget(widget, name="G-HANet prognosis", area="right")
+    viewer.window._qt_window.resizeDocks([dock], [360], Qt.Orientation.Horizontal)
+    qtbot.wait(50)
     return viewer, slide, widget
 
 
@@ -135,8 +145,17 @@ def test_results_show_every_row_without_inner_scrolling(dock, cmu_prediction, qt
     qtbot.wait(20)
     assert tree.height() > before + sum(len(c.top_genes) for c in p.categories) * 5
     assert tree.verticalScrollBar().maximum() == 0
+    metrics, indent = tree.fontMetrics(), tree.indentation()
+    wrapped_rows = 0
     for i, c in enumerate(p.categories):
-        assert tree.topLevelItem(i).text(0) == f"{c.name} ({len(c.genes)})"
+        item = tree.topLevelItem(i)
+        assert item.text(0) == f"{c.name} ({len(c.genes)})"  # the full name
+        width = tree.header().sectionSize(0) - indent - 8
+        needed = metrics.boundingRect(0, 0, width, 10_000,
+                                      int(Qt.TextFlag.TextWordWrap.value), item.text(0))
+        assert tree.visualItemRect(item).height() >= needed.height(), item.text(0)
+        wrapped_rows += needed.height() > metrics.height() * 1.5
+    assert widget.width() <= 360 and wrapped_rows >= 3  # long names did wrap here
 
     # the survival plot's last step lies inside the axes, not on their right border
     ax = widget.results.survival_figure.axes[0]

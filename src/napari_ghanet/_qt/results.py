@@ -114,7 +114,31 @@ class _FitRows:
     def resizeEvent(self, event) -> None:  # noqa: N802 - Qt API
         super().resizeEvent(event)
         if event.size().width() != event.oldSize().width():
-            QTimer.singleShot(0, self.fit)
+            QTimer.singleShot(0, self._relayout)
+
+    def _relayout(self) -> None:
+        self.doItemsLayout()  # row heights of the wrapped text at the new width
+        self.fit()
+
+
+class WrapDelegate(QStyledItemDelegate):
+    """Rows as tall as their text wrapped at the column's width (a tree view does not
+    grow a row for wrapped text by itself)."""
+
+    def sizeHint(self, option, index):  # noqa: N802 - Qt API
+        hint = super().sizeHint(option, index)
+        view = self.parent()
+        text = index.data(Qt.ItemDataRole.DisplayRole)
+        if not text or not isinstance(view, QTreeWidget):
+            return hint
+        depth, parent = 0, index.parent()
+        while parent.isValid():
+            depth, parent = depth + 1, parent.parent()
+        width = view.header().sectionSize(index.column()) - view.indentation() * (depth + 1) - 8
+        rect = option.fontMetrics.boundingRect(
+            0, 0, max(width, 40), 100_000, int(Qt.TextFlag.TextWordWrap.value), str(text))
+        hint.setHeight(max(hint.height(), rect.height() + 6))
+        return hint
 
 
 class FitTree(_FitRows, QTreeWidget):
@@ -202,6 +226,7 @@ class ResultsPanel(QWidget):
         self.pathway_tree = tree = FitTree()
         tree.setColumnCount(2)
         tree.setHeaderLabels(["Category (genes) / gene", "vs. cohort"])
+        tree.setItemDelegateForColumn(0, WrapDelegate(tree))
         tree.setItemDelegateForColumn(1, DivergingBarDelegate(tree))
         tree.header().setSectionResizeMode(0, QHeaderView.ResizeMode.Stretch)
         tree.header().setSectionResizeMode(1, QHeaderView.ResizeMode.Fixed)

@@ -203,7 +203,9 @@ def test_go_there_highlights_the_focused_box(dock, cmu_prediction, qtbot):
     width = shapes.edge_width[0]
     widget.go_to_region(2)
     colours, widths = np.array(shapes.edge_color), list(shapes.edge_width)
-    assert np.allclose(colours[2], 1.0) and widths[2] == pytest.approx(2 * width)
+    focus = qt_layers._rgba(qt_layers.FOCUS_EDGE)
+    assert not np.allclose(focus, normal[2])
+    assert np.allclose(colours[2], focus) and widths[2] == pytest.approx(2 * width)
     others = [i for i in range(k) if i != 2]
     np.testing.assert_allclose(colours[others], normal[others])
     assert [widths[i] for i in others] == pytest.approx([width] * (k - 1))
@@ -211,5 +213,5 @@ def test_go_there_highlights_the_focused_box(dock, cmu_prediction, qtbot):
     widget.go_to_region(0)  # the focus moves: box 3 as before, box 1 highlighted
     colours, widths = np.array(shapes.edge_color), list(shapes.edge_width)
     np.testing.assert_allclose(colours[2], normal[2])
-    assert np.allclose(colours[0], 1.0) and widths[0] == pytest.approx(2 * width)
+    assert np.allclose(colours[0], focus) and widths[0] == pytest.approx(2 * width)
     assert widths[2] == pytest.approx(width)

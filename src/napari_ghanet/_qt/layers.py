@@ -39,8 +39,10 @@ OVERLAY_KEY = "ghanet_overlay"
 #: metadata key holding the short label a result layer's name is made from
 LABEL_KEY = "ghanet_label"
 GROUP = "G-HANet"
-#: top-region boxes: cyan edge; the focused one (after "go there") in white, thicker
-BOX_EDGE, FOCUS_EDGE = "#00e5ff", "#ffffff"
+#: top-region boxes: cyan edge; the focused one (after "go there") black and twice as
+#: thick, which stands out on the pale top-attention colours, the white background and
+#: the pink stain alike (a white one vanished on the first two)
+BOX_EDGE, FOCUS_EDGE = "#00e5ff", "#000000"
 #: rank labels: white digits centred on a dark badge with a white edge, in the box's
 #: upper-left corner (inside the box, legible on the pale attention colours and on H&E)
 RANK_TEXT = {"string": "{label}", "color": "#ffffff", "size": 11, "anchor": "center"}
@@ -355,6 +357,7 @@ def region_shapes(regions, level0_scale=(1.0, 1.0), level0_translate=(0.0, 0.0))
                        "category": np.array([r.category for r in regions] * 2),
                        "label": np.array([""] * k + [str(v) for v in ranks])},
         "text": dict(RANK_TEXT),
+        "opacity": 1.0,  # the badges and digits at full contrast (boxes have no face)
     }
 
 

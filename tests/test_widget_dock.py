@@ -141,8 +141,13 @@ def test_results_show_every_row_without_inner_scrolling(dock, cmu_prediction, qt
     assert tree.verticalScrollBar().maximum() == 0
     assert tree.height() == tree.rows_height()
     before = tree.height()
+    tree.topLevelItem(0).setExpanded(True)  # as a click on its arrow
+    qtbot.wait(200)
+    # the panel grew with the tree: what follows it is still below it, not under it
+    assert widget.results.category_combo.y() > tree.geometry().bottom()
+    assert widget.results.height() >= widget.results.sizeHint().height()
     tree.expandAll()
-    qtbot.wait(20)
+    qtbot.wait(50)
     assert tree.height() > before + sum(len(c.top_genes) for c in p.categories) * 5
     assert tree.verticalScrollBar().maximum() == 0
     metrics, indent = tree.fontMetrics(), tree.indentation()

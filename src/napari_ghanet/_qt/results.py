@@ -110,6 +110,13 @@ class _FitRows:
         height = self.rows_height()
         if height != self.height() or self.minimumHeight() != height:
             self.setFixedHeight(height)
+            # the panels above (up to the dock's scroll area) grow or shrink with it
+            parent = self.parentWidget()
+            while parent is not None:
+                if parent.layout() is not None:
+                    parent.layout().invalidate()
+                parent.updateGeometry()
+                parent = parent.parentWidget()
 
     def resizeEvent(self, event) -> None:  # noqa: N802 - Qt API
         super().resizeEvent(event)

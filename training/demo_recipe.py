@@ -221,24 +221,38 @@ def run_demo_recipe(out_bundle: Path, work_dir: Path, recipe: DemoRecipe | None 
     return out_bundle
 
 
+DEMO_DESCRIPTION = """\
+Build the plugin's demonstration model end to end, the way a researcher makes a real one:
+draw synthetic patients (pathway activities, genomic profile, survival), render one
+synthetic H&E-like slide per patient, embed the slides with the morphometric encoder
+(what "ghanet embed" runs), cross-validate G-HANet (what "ghanet-train cv" runs) and
+write the bundle with a final model on all patients (what "ghanet-train bundle" runs).
+Everything is seeded: the same options give the same bundle up to floating-point noise.
+Research and demonstration only: the model carries no information about real patients."""
+
+
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser(
         "demo",
         help="rebuild the plugin's demonstration model from a synthetic cohort",
-        description=__doc__,
+        description=DEMO_DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--out", default="src/napari_ghanet/data/demo_model.safetensors",
                    help="bundle to write (default: the package's demo model)")
     p.add_argument("--work-dir", default=None,
                    help="keep the cohort, features and run here (default: a temporary folder)")
-    p.add_argument("--patients", type=int, default=DemoRecipe.patients)
+    p.add_argument("--patients", type=int, default=DemoRecipe.patients,
+                   help="synthetic patients (one slide each)")
     p.add_argument("--slide-px", type=int, default=DemoRecipe.slide_shape[0],
                    help="side of each square synthetic slide in pixels at 0.5 um/px")
-    p.add_argument("--epochs", type=int, default=DemoRecipe.epochs)
-    p.add_argument("--folds", type=int, default=DemoRecipe.folds)
-    p.add_argument("--seed", type=int, default=DemoRecipe.seed)
-    p.add_argument("--device", default="auto")
+    p.add_argument("--epochs", type=int, default=DemoRecipe.epochs,
+                   help="training epochs per fold and for the final model")
+    p.add_argument("--folds", type=int, default=DemoRecipe.folds,
+                   help="cross-validation folds (patient-level)")
+    p.add_argument("--seed", type=int, default=DemoRecipe.seed,
+                   help="seed of the cohort, the slides and the training")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
     p.add_argument("--workers", type=int, default=2, help="slide-reading threads")
     p.set_defaults(func=_run)
 

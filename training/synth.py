@@ -255,12 +255,16 @@ def add_parser(subparsers) -> None:
                     "formats of a real one. Test data only.",
     )
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--patients", type=int, default=SynthConfig.patients)
-    p.add_argument("--folds", type=int, default=SynthConfig.folds)
-    p.add_argument("--feature-dim", type=int, default=SynthConfig.feature_dim)
-    p.add_argument("--patches-min", type=int, default=SynthConfig.patches_min)
-    p.add_argument("--patches-max", type=int, default=SynthConfig.patches_max)
-    p.add_argument("--seed", type=int, default=SynthConfig.seed)
+    p.add_argument("--patients", type=int, default=SynthConfig.patients, help="patients")
+    p.add_argument("--folds", type=int, default=SynthConfig.folds,
+                   help="patient-level cross-validation splits")
+    p.add_argument("--feature-dim", type=int, default=SynthConfig.feature_dim,
+                   help="dimension of each patch feature")
+    p.add_argument("--patches-min", type=int, default=SynthConfig.patches_min,
+                   help="fewest patches per slide")
+    p.add_argument("--patches-max", type=int, default=SynthConfig.patches_max,
+                   help="most patches per slide")
+    p.add_argument("--seed", type=int, default=SynthConfig.seed, help="random seed")
     p.set_defaults(func=_run)
 
 

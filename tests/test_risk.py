@@ -137,12 +137,21 @@ def test_bundle_metadata_helpers():
         followup_p90([np.nan])
 
 
+@pytest.fixture
+def _one_torch_thread():
+    """One torch thread for this test only (it was left set for every later test)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.mark.usefixtures("_one_torch_thread")
 def test_new_bundles_store_tertiles_and_followup(tmp_path):
     """`ghanet-train bundle` writes risk_groups cut points and followup_p90_months."""
     import pandas as pd
     from napari_ghanet.training.cli import main
 
-    torch.set_num_threads(1)
     synth = tmp_path / "synth"
     assert main(["synth", "--out", str(synth), "--patients", "40", "--folds", "2",
                  "--feature-dim", "16", "--patches-min", "10", "--patches-max", "20"]) == 0

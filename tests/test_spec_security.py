@@ -367,3 +367,19 @@ def test_fuzzed_timm_specs(tmp_path, seed):
     seen = [_outcome(tmp_path, i, spec, 32, vit=True)
             for i, spec in enumerate(_fuzz_cases(seed, 14, vit=True))]
     assert "refused" in seen and "finite" in seen, seen
+
+
+def test_a_features_only_name_loads_but_builds_nothing(tmp_path):
+    """The synthetic training cohorts' bundles load (their model scores features), but
+    nothing is built from the name: predicting from a slide is one line."""
+    from napari_ghanet.errors import PredictionError
+
+    spec = {"name": "synthetic", "dim": 32, "patch_px": 256, "target_mpp": 0.5}
+    bundle = load_bundle(save_bundle(tmp_path / "synth.safetensors", _model(32),
+                                     _metadata(spec)))
+    assert bundle.encoder.name == "synthetic"
+    with pytest.raises(PredictionError, match="cannot build the model's patch encoder") as e:
+        predict_slide(cmu_slide_path(), bundle, device="cpu", cache_dir=tmp_path / "cache")
+    assert "\n" not in str(e.value)
+    _refused(_craft(tmp_path / "s2.safetensors", {**spec, "model_args": {"depth": 1}}),
+             "only read for timm")

@@ -8,7 +8,8 @@ problem, each naming the field and what is allowed (empty when the spec is sound
 
 * ``name`` must be a registered encoder (a name, a ``family:`` member such as
   ``timm:<arch>`` with an architecture timm knows, or a ``spec_prefix`` such as
-  ``torchscript:<stem>``);
+  ``torchscript:<stem>``) or one of :data:`FEATURE_ONLY_NAMES` (features no encoder here
+  computes, e.g. the synthetic training cohorts: nothing is built from them);
 * geometry and preprocessing have ranges: ``patch_px`` :data:`PATCH_PX` px,
   ``target_mpp`` :data:`TARGET_MPP` um/px, the patch side ``patch_px x target_mpp`` at
   most :data:`MAX_PATCH_UM` um, ``resize`` / ``resize_to`` :data:`INPUT_PX` px (null or 0
@@ -60,6 +61,7 @@ from napari_ghanet.errors import EncoderError
 
 __all__ = [
     "ARCH_ARGS",
+    "FEATURE_ONLY_NAMES",
     "INPUT_PX",
     "LOADER_KEYS",
     "MAX_ATTENTION_BYTES",
@@ -275,9 +277,17 @@ def _is_num(v: Any) -> bool:
     return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
 
 
+#: names that describe features no encoder here computes, allowed in a bundle without a
+#: registered encoder (nothing is built from them: predicting from a slide is refused with
+#: a one-line error): the synthetic cohorts of ``ghanet-train synth`` (training.synth)
+FEATURE_ONLY_NAMES = frozenset({"synthetic"})
+
+
 def _name_problem(name: Any) -> str | None:
     if not isinstance(name, str) or not name.strip():
         return None  # the bundle schema names a missing or empty name
+    if name in FEATURE_ONLY_NAMES:
+        return None
     try:
         registry._spec_constructor(name)
     except EncoderError:
@@ -480,7 +490,8 @@ def spec_problems(enc: Any, *, build: bool = True) -> list[str]:
     _geometry(problems, enc)
     _extras(problems, merged, {**{k: "encoder." for k in ("resize_to", "interpolation", "pool",
                                                            "standardize", "version")}, **where})
-    if not why and isinstance(name, str) and _is_int(merged.get("version")):
+    if (not why and isinstance(name, str) and name not in FEATURE_ONLY_NAMES
+            and _is_int(merged.get("version"))):
         _, ctor, _ = registry._spec_constructor(name)
         known = getattr(ctor, "version", None)
         if _is_int(known) and merged["version"] != known:

@@ -129,7 +129,7 @@ def _looks_like_slide(slide) -> bool:
     """Whether a TIFF that opened is an RGB slide rather than a stack napari reads better."""
     if slide.level_count > 1 or slide.mpp is not None:
         return True
-    return slide.backend == "openslide" or slide.vendor == "ome-tiff"
+    return slide.backend in ("openslide", "jpegtiles") or slide.vendor == "ome-tiff"
 
 
 def napari_get_reader(path):

@@ -4,6 +4,11 @@
 order (see :func:`backend_names`); the first whose ``can_open`` accepts the file and that
 opens it wins:
 
+0. ``"jpegtiles"`` (:mod:`napari_ghanet.io.backends.jpegtiles`): TIFF-based slides whose
+   levels are tiled JPEG (Aperio ``.svs``, generic tiled TIFF, OME-TIFF): those levels are
+   decoded tile by tile straight from the file with libjpeg-turbo (the same pixels as
+   OpenSlide, at about the decoder's speed); the metadata and any other level come from
+   the backend below that would otherwise read the file (OpenSlide, else tifffile);
 1. ``"openslide"`` (:mod:`napari_ghanet.io.backends.openslide`): everything OpenSlide
    reads (Aperio ``.svs``, Hamamatsu ``.ndpi``, MIRAX ``.mrxs``, Leica ``.scn``, Ventana
    ``.bif``, DICOM WSI, generic tiled TIFF whose pyramid is a chain of main IFDs);
@@ -14,7 +19,8 @@ opens it wins:
 3. ``"pillow"`` (:mod:`napari_ghanet.io.backends.image`): PNG, JPEG and other plain
    images, read into memory as a one-level slide.
 
-``open_slide(path, backend="tifffile")`` forces one backend. :func:`register_backend`
+``open_slide(path, backend="tifffile")`` forces one backend (``backend="openslide"`` reads
+an SVS through OpenSlide alone). :func:`register_backend`
 adds one (a :class:`~napari_ghanet.io.backends.base.Backend` subclass).
 
 Coordinates are level-0 pixels, (x, y) order, top-left corners. Every read returns
@@ -61,6 +67,7 @@ from napari_ghanet.io.backends.base import (
     resize_rgb,
 )
 from napari_ghanet.io.backends.image import ImageBackend
+from napari_ghanet.io.backends.jpegtiles import JpegTilesBackend
 from napari_ghanet.io.backends.openslide import OpenSlideBackend
 from napari_ghanet.io.backends.tiff import TiffBackend
 
@@ -98,8 +105,8 @@ def register_backend(
 ) -> Callable[[type[Backend]], type[Backend]]:
     """Class decorator that registers a slide backend under ``name``.
 
-    Backends are tried in registration order (built-ins: ``openslide``, ``tifffile``,
-    ``pillow``); ``before=`` puts the new one ahead of a registered backend. The class
+    Backends are tried in registration order (built-ins: ``jpegtiles``, ``openslide``,
+    ``tifffile``, ``pillow``); ``before=`` puts the new one ahead of a registered backend. The class
     implements :class:`~napari_ghanet.io.backends.base.Backend`: a ``can_open(probe)``
     classmethod, ``__init__(path, probe)`` (raise ``BackendDeclined`` to pass the file on
     silently) and ``read(level, x, y, w, h)``. Registering a name again replaces it.
@@ -114,7 +121,7 @@ def register_backend(
     ...     def can_open(cls, probe):
     ...         return probe.path.suffix.lower() == ".png"
     >>> backend_names()
-    ['openslide', 'tifffile', 'png-only', 'pillow']
+    ['jpegtiles', 'openslide', 'tifffile', 'png-only', 'pillow']
     >>> _ = _BACKENDS.pop("png-only")  # tidy up
     """
 
@@ -143,11 +150,12 @@ def backend_names() -> list[str]:
     Examples
     --------
     >>> backend_names()
-    ['openslide', 'tifffile', 'pillow']
+    ['jpegtiles', 'openslide', 'tifffile', 'pillow']
     """
     return list(_BACKENDS)
 
 
+register_backend("jpegtiles")(JpegTilesBackend)
 register_backend("openslide")(OpenSlideBackend)
 register_backend("tifffile")(TiffBackend)
 register_backend("pillow")(ImageBackend)
@@ -195,7 +203,7 @@ class Slide:
     ----------
     path : Path
     backend : str
-        ``"openslide"``, ``"tifffile"`` or ``"pillow"``.
+        ``"jpegtiles"``, ``"openslide"``, ``"tifffile"`` or ``"pillow"``.
     level_count : int
     level_dimensions : list of (width, height)
         Pixels of each pyramid level, level 0 first.
@@ -546,7 +554,7 @@ def open_slide(
     require_mpp : bool
         When False, a slide without resolution opens with ``mpp=None`` (for viewing only).
     backend : str, optional
-        Force one registered backend (``"openslide"``, ``"tifffile"``/``"tiff"``,
+        Force one registered backend (``"jpegtiles"``, ``"openslide"``, ``"tifffile"``/``"tiff"``,
         ``"pillow"``/``"image"``); by default each is tried in :func:`backend_names` order.
 
     Returns

@@ -1,0 +1,288 @@
+"""The option groups: every run option with its type, default, unit, range and help.
+
+:class:`GridOptions` (which pixels become patches), :class:`EmbedOptions` (how patches
+become features), :class:`QCOptions` (artifact QC), :class:`HeatmapOptions`,
+:class:`ReportOptions`, :class:`CacheOptions`, :class:`RegionOptions` (include / exclude
+files, level-0 pixels) and :class:`ExecutionOptions` (where a cohort runs), in the order
+of :data:`ALL_GROUPS` (the order of ``docs/options.md``). Resolutions are µm/px, patch
+sides px, fractions 0-1. No torch, napari or Qt import here.
+
+Examples
+--------
+>>> GridOptions(mpp=0.25).mpp, QCOptions(enabled=False).params() is None
+(0.25, True)
+>>> parse_cluster("local:2")
+('local', 2)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import ClassVar
+
+from napari_ghanet.options.declare import OptionError, OptionGroup, option
+from napari_ghanet.preprocessing.qc import REASONS, QCParams
+
+__all__ = ["ALL_GROUPS", "CacheOptions", "EmbedOptions", "ExecutionOptions", "GridOptions",
+           "HeatmapOptions", "QCOptions", "RegionOptions", "ReportOptions", "parse_cluster"]
+
+@dataclass(frozen=True)
+class GridOptions(OptionGroup):
+    """Which pixels become patches: level-0 resolution, patch geometry, tissue."""
+
+    group: ClassVar[str] = "grid"
+    title: ClassVar[str] = "patch grid"
+
+    mpp: float | None = option(
+        None, "microns per pixel of level 0, for slides whose file does not record it",
+        unit="µm/px", low=0.01, high=100.0, none="read from the slide", metavar="UM",
+    )
+    patch_px: int | None = option(
+        None, "patch side in pixels at the patch resolution", unit="px", low=16,
+        high=4096, none="the encoder's (256 for resnet50_trunc)", label="Patch size (px)",
+        metavar="PX",
+    )
+    target_mpp: float | None = option(
+        None, "resolution the patches are read at (0.5 = 20x)", unit="µm/px", low=0.05,
+        high=16.0, none="the encoder's", label="Patch resolution (µm/px)", metavar="UM",
+    )
+    min_tissue_fraction: float = option(
+        0.5, "keep patches at least this fraction tissue", unit="fraction", low=0.0,
+        high=1.0, flag="--min-tissue", metavar="F",
+    )
+    tissue_threshold: float | None = option(
+        None, "HSV saturation (0-1) above which a pixel is tissue", unit="0-1", low=0.0,
+        high=1.0, none="automatic (Otsu)", label="Tissue threshold", metavar="S",
+    )
+
+    def tissue_params(self):
+        """The :class:`~napari_ghanet.preprocessing.tissue.TissueParams` of these options
+        (None: the defaults)."""
+        if self.tissue_threshold is None:
+            return None
+        from napari_ghanet.preprocessing.tissue import TissueParams
+
+        return TissueParams(saturation_threshold=self.tissue_threshold)
+
+
+@dataclass(frozen=True)
+class EmbedOptions(OptionGroup):
+    """How patches become features: encoder weights, device, engine, batches, readers."""
+
+    group: ClassVar[str] = "embed"
+    title: ClassVar[str] = "patch encoder"
+
+    weights: Path | None = option(
+        None, "weights file of the patch encoder, when it is not found on this machine "
+        "(a ResNet50 .pth, a foundation model's checkpoint, a TorchScript file)",
+        flag="--encoder-weights", none="look in the usual caches", label="Encoder weights",
+        metavar="FILE",
+    )
+    device: str = option(
+        "auto", "where the encoder and the model run: auto (CUDA when available), cpu, "
+        "cuda or cuda:N", metavar="DEVICE",
+    )
+    backend: str = option(
+        "auto", "CPU engine: auto (ONNX Runtime when the encoder supports it, else torch), "
+        "onnx (insist), onnx-int8 (8-bit ONNX Runtime, only when asked), torch; no effect "
+        "on CUDA", choices=("auto", "onnx", "onnx-int8", "torch"), label="CPU engine",
+    )
+    batch_size: int = option(
+        64, "patches per encoder batch", unit="patches", low=1, high=65536,
+        label="Batch size", metavar="N",
+    )
+    workers: int | None = option(
+        None, "patch reader threads (0 reads on the calling thread)", unit="threads",
+        low=0, high=256, none="4 on the CPU, one per core on CUDA", metavar="N",
+    )
+    compile: bool = option(
+        False, "CUDA: run the encoder through torch.compile (slow first batch; pays off "
+        "on whole cohorts with large ViTs)",
+    )
+
+
+@dataclass(frozen=True)
+class QCOptions(OptionGroup):
+    """Artifact QC: which detectors run and their main thresholds (the colour ranges of
+    :class:`~napari_ghanet.preprocessing.qc.QCParams` keep their defaults)."""
+
+    group: ClassVar[str] = "qc"
+    title: ClassVar[str] = "artifact QC (flagged patches leave the bag; docs/regions-and-qc.md)"
+
+    enabled: bool = option(
+        True, "flag pen marks, dark folds and blurred patches and leave them out",
+        flag="--qc", label="Artifact QC (pen, blur, folds)",
+    )
+    detect: tuple[str, ...] = option(
+        QCParams.detect, "comma-separated detectors to run",
+        choices=REASONS, flag="--qc-detectors", metavar="LIST",
+    )
+    pen_min_fraction: float = option(
+        QCParams.pen_min_fraction, "pen: least fraction of a patch's pixels in saturated green/blue or black "
+        "ink hues to flag it", unit="fraction", low=0.0, high=1.0,
+        flag="--qc-pen-fraction", label="Pen ink (fraction)", metavar="F",
+    )
+    fold_od: float = option(
+        QCParams.fold_od, "fold: optical density (mean of R, G, B; 1.0 = 10% transmission) above which "
+        "a pixel is dark", unit="log10 OD", low=0.0, low_open=True, high=5.0,
+        flag="--qc-fold-od", label="Fold OD (log10)", metavar="OD",
+    )
+    fold_min_fraction: float = option(
+        QCParams.fold_min_fraction, "fold: least fraction of a patch's pixels darker than the fold OD to flag it",
+        unit="fraction", low=0.0, high=1.0, flag="--qc-fold-fraction",
+        label="Fold dark (fraction)", metavar="F",
+    )
+    blur_fraction: float = option(
+        QCParams.blur_fraction, "blur: flag a patch whose Laplacian energy is below this ratio of the "
+        "slide's median", unit="ratio", low=0.0, high=1.0, flag="--qc-blur-ratio",
+        label="Blur (x median)", metavar="R",
+    )
+
+    def params(self):
+        """The :class:`~napari_ghanet.preprocessing.qc.QCParams` (None when QC is off)."""
+        if not self.enabled:
+            return None
+        return QCParams(detect=self.detect, pen_min_fraction=self.pen_min_fraction,
+                        fold_od=self.fold_od, fold_min_fraction=self.fold_min_fraction,
+                        blur_fraction=self.blur_fraction)
+
+    @classmethod
+    def from_params(cls, qc) -> QCOptions:
+        """From a :class:`~napari_ghanet.preprocessing.qc.QCParams` (None: QC off)."""
+        if qc is None:
+            return cls(enabled=False)
+        return cls(detect=tuple(qc.detect), pen_min_fraction=qc.pen_min_fraction,
+                   fold_od=qc.fold_od, fold_min_fraction=qc.fold_min_fraction,
+                   blur_fraction=qc.blur_fraction)
+
+
+@dataclass(frozen=True)
+class HeatmapOptions(OptionGroup):
+    """Smooth attention maps from overlapping patches."""
+
+    group: ClassVar[str] = "heatmap"
+    title: ClassVar[str] = "heatmaps"
+
+    overlap: float = option(
+        0.0, "overlap of extra shifted patch grids for smooth attention maps; the "
+        "prediction is unchanged but about 4x (0.5) or 16x (0.75) the patches are embedded",
+        unit="fraction", choices=(0.0, 0.5, 0.75), flag="--heatmap-overlap",
+        label="Heatmap overlap",
+    )
+
+
+@dataclass(frozen=True)
+class ReportOptions(OptionGroup):
+    """What the report lists."""
+
+    group: ClassVar[str] = "report"
+    title: ClassVar[str] = "report"
+
+    top_k: int = option(10, "number of top-attention regions to report", unit="regions",
+                        low=0, high=10000, metavar="K")
+    top_genes: int = option(10, "genes listed per pathway category", unit="genes", low=0,
+                            high=100000, metavar="N")
+
+
+@dataclass(frozen=True)
+class CacheOptions(OptionGroup):
+    """The patch-feature cache."""
+
+    group: ClassVar[str] = "cache"
+    title: ClassVar[str] = "feature cache"
+
+    cache_dir: Path | None = option(
+        None, "patch-feature cache folder", none="the user cache folder", metavar="DIR",
+    )
+    use_cache: bool = option(
+        True, "read and write cached patch features", negate="--no-cache",
+    )
+
+
+@dataclass(frozen=True)
+class RegionOptions(OptionGroup):
+    """Include / exclude regions from QuPath GeoJSON files (level-0 pixels)."""
+
+    group: ClassVar[str] = "regions"
+    title: ClassVar[str] = "regions of interest (level-0 pixels, QuPath GeoJSON export)"
+
+    roi: tuple[Path, ...] = option(
+        (), "include regions: keep only patches whose centre lies inside one of their "
+        "polygons (repeatable)", none="all tissue", metavar="FILE.geojson",
+    )
+    exclude: tuple[Path, ...] = option(
+        (), "exclude regions: drop patches whose centre lies inside (repeatable)",
+        metavar="FILE.geojson",
+    )
+
+    @property
+    def empty(self) -> bool:
+        return not self.roi and not self.exclude
+
+    def regions(self):
+        """The :class:`~napari_ghanet.preprocessing.roi.Regions` read from the files (None
+        when there are none)."""
+        if self.empty:
+            return None
+        from napari_ghanet.preprocessing.roi import Regions
+
+        return Regions.from_files(list(self.roi), list(self.exclude))
+
+
+@dataclass(frozen=True)
+class ExecutionOptions(OptionGroup):
+    """Where a cohort runs, and whether finished outputs are kept."""
+
+    group: ClassVar[str] = "execution"
+    title: ClassVar[str] = "execution (default: in this process)"
+
+    cluster: str | None = option(
+        None, "run one task per slide on a Dask cluster on this machine: N worker "
+        "processes (torch threads split so workers x threads <= cores), or one worker per "
+        "GPU", none="in this process", metavar="local:N|local:gpus",
+    )
+    scheduler: str | None = option(
+        None, "run on an existing Dask scheduler, e.g. tcp://node01:8786; GPU workers "
+        "should offer the resource GPU=1", metavar="ADDRESS",
+    )
+    overwrite: bool = option(
+        False, "recompute outputs that already exist (default: keep them and resume)",
+    )
+
+    def check(self) -> None:
+        if self.cluster is not None and self.scheduler is not None:
+            raise OptionError("scheduler", "cannot be combined with cluster: choose one")
+        if self.cluster is not None:
+            parse_cluster(self.cluster)
+
+
+def parse_cluster(cluster: str | None) -> tuple[str, int | None]:
+    """``None`` -> ("inprocess", None); ``"local:N"`` -> ("local", N);
+    ``"local:gpus"`` -> ("gpus", None); anything else an :class:`OptionError`.
+
+    Examples
+    --------
+    >>> parse_cluster("local:2"), parse_cluster("local:gpus"), parse_cluster(None)
+    (('local', 2), ('gpus', None), ('inprocess', None))
+    """
+    if cluster is None or str(cluster).strip() in ("", "none"):
+        return "inprocess", None
+    text = str(cluster).strip().lower()
+    kind, _, arg = text.partition(":")
+    if kind == "local" and arg == "gpus":
+        return "gpus", None
+    if kind == "local" and arg.isdigit() and int(arg) >= 1:
+        return "local", int(arg)
+    raise OptionError(
+        "cluster", f"{cluster!r} is not a cluster: use local:N (N worker processes on this "
+        "machine, N >= 1) or local:gpus (one worker per GPU); for a running scheduler give "
+        "its address as the scheduler instead"
+    )
+
+
+#: every group, in the order of the docs' tables
+ALL_GROUPS: tuple[type[OptionGroup], ...] = (
+    GridOptions, EmbedOptions, QCOptions, HeatmapOptions, ReportOptions, CacheOptions,
+    RegionOptions, ExecutionOptions,
+)

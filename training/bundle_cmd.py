@@ -27,7 +27,9 @@ import json
 import statistics
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from napari_ghanet.training.cohort import (
@@ -109,18 +111,20 @@ def _quantiles(risks: np.ndarray) -> dict:
     return {"probs": probs.tolist(), "values": np.quantile(risks, probs).tolist()}
 
 
-def make_bundle(
-    run_dir: str | Path,
-    out: str | Path,
-    mode: str = "final",
-    fold: int | None = None,
-    name: str | None = None,
-    encoder: str | None = None,
-    intended_use: str | None = None,
-    progress=None,
-) -> Path:
-    """Write the bundle of a finished run; returns its path. See module docstring."""
-    run_dir = Path(run_dir)
+@dataclass
+class _Bundled:
+    """What a mode puts in the bundle: the model and the numbers fitted with it."""
+
+    model: Any  # nn.Module (one model, or an EnsembleModel of the fold models)
+    edges: np.ndarray  # survival bin edges in months, (n_bins + 1,)
+    categories: list[dict]  # {"name", "genes"} per category
+    stats: dict  # {"mean": [...], "std": [...]} of the reconstructed genes per category
+    data: Any  # the run's patients as the model reads them (risk quantiles, groups)
+    provenance: dict = field(default_factory=dict)
+
+
+def _read_run(run_dir: Path, mode: str) -> tuple[RunConfig, dict]:
+    """The finished run's config and results; RunError when it cannot be bundled."""
     if not (run_dir / RUN_FILE).is_file():
         raise RunError(f"{run_dir} is not a ghanet-train cv run (no {RUN_FILE})")
     if not (run_dir / RESULTS_FILE).is_file():
@@ -135,91 +139,100 @@ def make_bundle(
         raise RunError(f"model {cfg.model!r} {why}: only ghanet runs can be bundled")
     if mode not in ("final", "fold", "ensemble"):
         raise RunError(f"unknown bundle mode {mode!r}")
+    return cfg, results
 
-    cohort = read_cohort(cfg.cohort, cfg.signatures)
-    features = FeatureStore(cohort, cfg.features, cache_bytes=int(cfg.cache_gb * (1 << 30)))
-    splits = read_splits(cfg.splits)
-    # All of the run's patients: one split's train + held-out sets.
-    everyone = resolve_fold(cohort, splits[0], features, cfg.allow_missing)
-    all_idx = np.sort(np.concatenate([everyone.train, everyone.test]))
-    all_fold = FoldData("all", all_idx, all_idx, everyone.skipped)
-    fold_ckpts = sorted(run_dir.glob("fold_*.safetensors"), key=lambda p: int(p.stem.split("_")[1]))
 
-    provenance_extra: dict = {}
-    if mode == "final":
-        final_cfg = copy.deepcopy(cfg)
-        final_cfg.inner_val = 0.0
-        if cfg.train.selection == "inner":
-            chosen = [f["selected_epoch"] for f in results["folds"]]
-            final_cfg.train.epochs = max(1, int(round(statistics.median(chosen))))
-            provenance_extra["epochs_from_inner_validation"] = chosen
-        final_cfg.train.selection = "last"
-        setup = prepare_fold(cohort, all_fold, final_cfg, features)
-        seed_everything(final_cfg.train.seed)
-        model = build_model(cfg.model, **setup.model_config)
-        _log(f"training the final {cfg.model} on all {len(all_idx)} patients "
-             f"({final_cfg.train.epochs} epochs)")
+def _final_model(cfg: RunConfig, results: dict, cohort, all_fold: FoldData, features,
+                 progress=None) -> _Bundled:
+    """Mode ``final``: retrain on all patients with the run's recipe (the median epoch
+    chosen on inner validation, when the run chose that way)."""
+    provenance: dict = {}
+    final_cfg = copy.deepcopy(cfg)
+    final_cfg.inner_val = 0.0
+    if cfg.train.selection == "inner":
+        chosen = [f["selected_epoch"] for f in results["folds"]]
+        final_cfg.train.epochs = max(1, int(round(statistics.median(chosen))))
+        provenance["epochs_from_inner_validation"] = chosen
+    final_cfg.train.selection = "last"
+    setup = prepare_fold(cohort, all_fold, final_cfg, features)
+    seed_everything(final_cfg.train.seed)
+    model = build_model(cfg.model, **setup.model_config)
+    _log(f"training the final {cfg.model} on all {len(all_fold.train)} patients "
+         f"({final_cfg.train.epochs} epochs)")
 
-        def row_log(row):
-            (progress or (lambda r: _log(f"final model epoch {r['epoch']}/{r['epochs']} "
-                                          f"loss {r.get('train_loss', float('nan')):.4f}")))(row)
+    def row_log(row):
+        (progress or (lambda r: _log(f"final model epoch {r['epoch']}/{r['epochs']} "
+                                      f"loss {r.get('train_loss', float('nan')):.4f}")))(row)
 
-        fit(model, setup.train, final_cfg.train, progress=row_log)
-        edges = setup.bin_edges
-        categories = [{"name": n, "genes": g} for n, g in zip(cohort.categories, setup.recon_genes)]
-        mean, std = setup.scaler.mean, setup.scaler.std
-        stats = {
-            "mean": [mean[ix[m]].tolist() for ix, m in zip(cohort.category_index, setup.recon_masks)],
-            "std": [std[ix[m]].tolist() for ix, m in zip(cohort.category_index, setup.recon_masks)],
-        }
-        data = setup.test
-        n_trained = len(all_idx)
+    fit(model, setup.train, final_cfg.train, progress=row_log)
+    categories = [{"name": n, "genes": g} for n, g in zip(cohort.categories, setup.recon_genes)]
+    mean, std = setup.scaler.mean, setup.scaler.std
+    stats = {
+        "mean": [mean[ix[m]].tolist() for ix, m in zip(cohort.category_index, setup.recon_masks)],
+        "std": [std[ix[m]].tolist() for ix, m in zip(cohort.category_index, setup.recon_masks)],
+    }
+    return _Bundled(model, setup.bin_edges, categories, stats, setup.test, provenance)
+
+
+def _fold_checkpoints(run_dir: Path, mode: str, fold: int | None) -> list[tuple]:
+    """The fold models a ``fold`` / ``ensemble`` bundle is made of, loaded; the ensemble's
+    members must share one architecture and gene list."""
+    fold_ckpts = sorted(run_dir.glob("fold_*.safetensors"),
+                        key=lambda p: int(p.stem.split("_")[1]))
+    if not fold_ckpts:
+        raise RunError(f"{run_dir} holds no fold checkpoints")
+    if mode == "fold":
+        k = 0 if fold is None else fold
+        path = run_dir / f"fold_{k}.safetensors"
+        if not path.is_file():
+            raise RunError(f"{path} not found: the run has folds "
+                           f"{[int(p.stem.split('_')[1]) for p in fold_ckpts]}")
+        return [load_fold_checkpoint(path)]
+    loaded = [load_fold_checkpoint(p) for p in fold_ckpts]
+    configs = {json.dumps(h["model_config"], sort_keys=True) for _, h in loaded}
+    genes = {json.dumps(h["categories"]) for _, h in loaded}
+    if len(configs) > 1 or len(genes) > 1:
+        raise RunError(
+            "the fold models differ in architecture (each fold reconstructs the genes "
+            "significant on its own training patients), so they cannot be averaged: "
+            "use --mode final, or run cv with --recon-genes all for an ensemble"
+        )
+    return loaded
+
+
+def _fold_model(run_dir: Path, cfg: RunConfig, mode: str, fold: int | None, cohort,
+                all_fold: FoldData, features) -> _Bundled:
+    """Modes ``fold`` (one fold's model as trained) and ``ensemble`` (the fold models
+    averaged, with the cohort's bin edges and the members' mean gene statistics)."""
+    loaded = _fold_checkpoints(run_dir, mode, fold)
+    header = loaded[0][1]
+    model = loaded[0][0] if mode == "fold" else EnsembleModel([m for m, _ in loaded])
+    categories = header["categories"]
+    provenance: dict = {}
+    if mode == "fold":
+        edges = np.asarray(header["bin_edges_months"])
+        stats = {"mean": [s["mean"] for s in header["recon_stats"]],
+                 "std": [s["std"] for s in header["recon_stats"]]}
+        provenance["fold"] = header["fold"]
     else:
-        if not fold_ckpts:
-            raise RunError(f"{run_dir} holds no fold checkpoints")
-        loaded = []
-        if mode == "fold":
-            k = 0 if fold is None else fold
-            path = run_dir / f"fold_{k}.safetensors"
-            if not path.is_file():
-                raise RunError(f"{path} not found: the run has folds "
-                               f"{[int(p.stem.split('_')[1]) for p in fold_ckpts]}")
-            loaded = [load_fold_checkpoint(path)]
-        else:
-            loaded = [load_fold_checkpoint(p) for p in fold_ckpts]
-            configs = {json.dumps(h["model_config"], sort_keys=True) for _, h in loaded}
-            genes = {json.dumps(h["categories"]) for _, h in loaded}
-            if len(configs) > 1 or len(genes) > 1:
-                raise RunError(
-                    "the fold models differ in architecture (each fold reconstructs the genes "
-                    "significant on its own training patients), so they cannot be averaged: "
-                    "use --mode final, or run cv with --recon-genes all for an ensemble"
-                )
-        header = loaded[0][1]
-        model = loaded[0][0] if mode == "fold" else EnsembleModel([m for m, _ in loaded])
-        categories = header["categories"]
-        if mode == "fold":
-            edges = np.asarray(header["bin_edges_months"])
-            stats = {"mean": [s["mean"] for s in header["recon_stats"]],
-                     "std": [s["std"] for s in header["recon_stats"]]}
-            provenance_extra["fold"] = header["fold"]
-        else:
-            # Members were trained on their folds' bins; the bundle states the cohort's.
-            edges = survival_bin_edges(cohort.months[all_idx], cohort.censorship[all_idx], cfg.n_bins)
-            stats = {
-                key: [np.mean([h["recon_stats"][c][key] for _, h in loaded], axis=0).tolist()
-                      for c in range(len(categories))]
-                for key in ("mean", "std")
-            }
-            provenance_extra["member_bin_edges_months"] = [h["bin_edges_months"] for _, h in loaded]
-        setup = prepare_fold(cohort, all_fold, cfg if cfg.inner_val == 0 else _no_inner(cfg), features)
-        data = setup.test
-        n_trained = len(all_idx)
+        # Members were trained on their folds' bins; the bundle states the cohort's.
+        all_idx = all_fold.train
+        edges = survival_bin_edges(cohort.months[all_idx], cohort.censorship[all_idx], cfg.n_bins)
+        stats = {
+            key: [np.mean([h["recon_stats"][c][key] for _, h in loaded], axis=0).tolist()
+                  for c in range(len(categories))]
+            for key in ("mean", "std")
+        }
+        provenance["member_bin_edges_months"] = [h["bin_edges_months"] for _, h in loaded]
+    setup = prepare_fold(cohort, all_fold, cfg if cfg.inner_val == 0 else _no_inner(cfg), features)
+    return _Bundled(model, edges, categories, stats, setup.test, provenance)
 
-    pred = predict(model, data, cfg.train)
-    risks = pred["risk"]
-    attrs = features.attrs()
-    spec = encoder_spec_from_attrs(attrs, features.feature_dim, encoder)
+
+def _metadata(cfg: RunConfig, results: dict, made: _Bundled, risks: np.ndarray, spec: dict,
+              cohort, all_idx: np.ndarray, *, run_dir: Path, mode: str, name: str | None,
+              intended_use: str | None) -> dict:
+    """The bundle's JSON metadata (see the module docstring)."""
+    n_trained = len(all_idx)
     metrics = {k: results.get(k) for k in (
         "c_index_mean", "c_index_std", "c_index_optimistic_mean", "c_index_optimistic_std",
         "uno_c_index_mean", "uno_c_index_std", "auc_mean_mean", "ibs_mean", "km")}
@@ -231,12 +244,13 @@ def make_bundle(
     cohort_name = Path(cfg.cohort).name
     c_text = (f"{results['c_index_mean']:.3f} ± {results['c_index_std']:.3f} over "
               f"{len(results['folds'])} folds" if results.get("c_index_mean") is not None else "n/a")
-    use = intended_use or INTENDED_USE.format(bins=len(edges) - 1, n=n_trained, cohort=cohort_name, c=c_text)
+    use = intended_use or INTENDED_USE.format(bins=len(made.edges) - 1, n=n_trained,
+                                              cohort=cohort_name, c=c_text)
     meta = {
         "name": name or f"{cfg.model} {Path(cfg.cohort).stem.split('.')[0]} ({mode})",
         "encoder": spec,
-        "categories": categories,
-        "survival_bins_months": [float(e) for e in edges],
+        "categories": made.categories,
+        "survival_bins_months": [float(e) for e in made.edges],
         "risk_quantiles": {**_quantiles(risks), "source": "the bundled model's risks on the "
                            f"run's {len(risks)} patients (mostly seen in training)"},
         "risk_groups": risk_groups_metadata(risks),
@@ -253,11 +267,51 @@ def make_bundle(
             "run_dir": str(run_dir),
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "package_version": __version__,
-            **provenance_extra,
+            **made.provenance,
         },
     }
-    meta["genomic_stats"] = stats
-    path = save_bundle(out, model.cpu().eval(), meta)
+    meta["genomic_stats"] = made.stats
+    return meta
+
+
+def make_bundle(
+    run_dir: str | Path,
+    out: str | Path,
+    mode: str = "final",
+    fold: int | None = None,
+    name: str | None = None,
+    encoder: str | None = None,
+    intended_use: str | None = None,
+    progress=None,
+) -> Path:
+    """Write the bundle of a finished run; returns its path. See module docstring.
+
+    The steps: read and check the run; read the cohort, its features and all of the run's
+    patients (one split's train + held-out sets); make the model of ``mode``
+    (:func:`_final_model` or :func:`_fold_model`); predict every patient's risk (risk
+    quantiles and groups); name the encoder from the features' attributes (or
+    ``encoder``); write the weights and :func:`_metadata` with
+    :func:`~napari_ghanet.models.bundle.save_bundle`.
+    """
+    run_dir = Path(run_dir)
+    cfg, results = _read_run(run_dir, mode)
+    cohort = read_cohort(cfg.cohort, cfg.signatures)
+    features = FeatureStore(cohort, cfg.features, cache_bytes=int(cfg.cache_gb * (1 << 30)))
+    splits = read_splits(cfg.splits)
+    # All of the run's patients: one split's train + held-out sets.
+    everyone = resolve_fold(cohort, splits[0], features, cfg.allow_missing)
+    all_idx = np.sort(np.concatenate([everyone.train, everyone.test]))
+    all_fold = FoldData("all", all_idx, all_idx, everyone.skipped)
+    if mode == "final":
+        made = _final_model(cfg, results, cohort, all_fold, features, progress)
+    else:
+        made = _fold_model(run_dir, cfg, mode, fold, cohort, all_fold, features)
+
+    risks = predict(made.model, made.data, cfg.train)["risk"]
+    spec = encoder_spec_from_attrs(features.attrs(), features.feature_dim, encoder)
+    meta = _metadata(cfg, results, made, risks, spec, cohort, all_idx, run_dir=run_dir,
+                     mode=mode, name=name, intended_use=intended_use)
+    path = save_bundle(out, made.model.cpu().eval(), meta)
     _log(f"bundle written: {path}")
     return path
 

@@ -163,6 +163,13 @@ def _private_user_cache(tmp_path_factory):
     mp.undo()
 
 
+@pytest.fixture(autouse=True)
+def _private_widget_settings(tmp_path, monkeypatch):
+    """Each test's dock widgets remember their settings in a file of that test's own, so
+    no test sees what another one changed (and the user's settings are never touched)."""
+    monkeypatch.setenv("NAPARI_GHANET_CONFIG_DIR", str(tmp_path / "widget-settings"))
+
+
 @pytest.fixture(scope="session")
 def he_slide() -> tuple[np.ndarray, np.ndarray]:
     """(rgb, tissue mask) of the default :func:`he_image` at 0.5 um/px."""

@@ -347,10 +347,15 @@ def test_exported_program_encoder(tmp_path):
 def test_spec_round_trips_every_stored_form():
     from napari_ghanet.models.bundle import demo_bundle_path, read_bundle_metadata
 
-    demo = read_bundle_metadata(demo_bundle_path())["encoder"]
-    assert "extra" in demo  # the shipped bundle keeps the nested form
+    shipped = read_bundle_metadata(demo_bundle_path())["encoder"]
+    # the nested form bundles of version 0.1 (the first demo bundle) store
+    demo = {"name": "morphometric", "dim": 64, "patch_px": 256, "target_mpp": 0.5,
+            "resize": None, "mean": [0.0, 0.0, 0.0], "std": [1.0, 1.0, 1.0],
+            "extra": {"standardize": True, "version": 1,
+                      "weights": "none (fixed morphometric descriptor v1, standardised)"}}
     forms = [
         demo,
+        shipped,
         create_encoder("morphometric").spec().to_dict(),  # feature-file form
         {"name": "morphometric", "dim": 16, "patch_px": 256, "target_mpp": 0.5},
         {"name": "unit", "dim": 8},
@@ -365,8 +370,9 @@ def test_spec_round_trips_every_stored_form():
         assert EncoderSpec.from_dict(json.loads(json.dumps(d))) == spec
     spec = EncoderSpec.from_dict(demo)
     assert spec.weights == demo["extra"]["weights"] and spec.extra["standardize"] is True
-    # the demo bundle's spec is what the morphometric encoder records today
+    # the old and the shipped bundle's specs are what the morphometric encoder records today
     assert spec == create_encoder("morphometric").spec()
+    assert EncoderSpec.from_dict(shipped) == spec
     assert encoder_mismatch(spec, create_encoder("morphometric").spec()) is None
     # frozen: a changed copy keeps the stored form
     moved = spec.with_geometry(512, 0.25)

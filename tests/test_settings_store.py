@@ -65,8 +65,9 @@ def test_unwritable_folder_is_logged_not_raised(tmp_path, caplog):
     assert "cannot save the widget settings" in caplog.text
 
 
-def test_napari_plugin_settings_persist_across_a_restart(tmp_path):
+def test_napari_plugin_settings_persist_across_a_restart(tmp_path, monkeypatch):
     pytest.importorskip("napari")
+    monkeypatch.delenv("NAPARI_GHANET_CONFIG_DIR")  # no folder named: napari's settings
     from napari import settings as nsettings
 
     from napari_ghanet._qt.plugin_settings import NapariPluginBackend, widget_settings_store
@@ -76,6 +77,9 @@ def test_napari_plugin_settings_persist_across_a_restart(tmp_path):
         nsettings.get_plugin_settings(path_dir=tmp_path)
         store = widget_settings_store()
         assert isinstance(store.backend, NapariPluginBackend)
+        monkeypatch.setenv("NAPARI_GHANET_CONFIG_DIR", str(tmp_path / "portable"))
+        assert not isinstance(widget_settings_store().backend, NapariPluginBackend)
+        monkeypatch.delenv("NAPARI_GHANET_CONFIG_DIR")
         # the manifest declares exactly the store's settings, with the same defaults
         section = store.backend._section().model_dump()
         assert section.pop("settings_version") == SETTINGS_VERSION

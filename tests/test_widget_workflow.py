@@ -14,7 +14,7 @@ from napari.utils.notifications import notification_manager
 from _plugin_helpers import make_bundle, tissue_rgb, write_tiff_slide
 from napari_ghanet._qt.layers import QC_COLOURS, heatmap_display
 from napari_ghanet.models.risk import risk_colour, risk_text
-from napari_ghanet.preprocessing.qc import QCParams
+from napari_ghanet.options import PredictOptions, QCOptions
 
 FAST_ENCODER = {"name": "morphometric", "dim": 64, "patch_px": 64, "target_mpp": 2.0}
 TIMEOUT_MS = 90_000
@@ -115,21 +115,26 @@ def test_regions_from_shapes_and_geojson_and_the_settings_form(
     # the advanced settings: QC thresholds and overlap, with units and cost stated
     s = widget.settings
     kw = s.predict_kwargs()
-    assert kw["qc"] == QCParams() and kw["heatmap_overlap"] == 0.0
-    assert "encoder_kwargs" not in kw  # no weights file named: the usual caches
+    assert kw["qc"] == QCOptions() and kw["overlap"] == 0.0 and kw["backend"] == "auto"
+    assert "weights" not in kw  # no weights file named: the usual caches
     s.encoder_weights.value = str(tmp_path / "uni.bin")
-    assert s.predict_kwargs()["encoder_kwargs"] == {"weights": tmp_path / "uni.bin"}
+    assert s.predict_kwargs()["weights"] == tmp_path / "uni.bin"
     s.encoder_weights.value = ""
     assert "log10" in s.fold_od.tooltip and "fraction" in s.pen_min_fraction.label
     s.fold_od.value = 1.5
     s.heatmap_overlap.value = 0.75
     assert "16x" in s.overlap_cost.value
     kw = s.predict_kwargs()
-    assert kw["qc"].fold_od == 1.5 and kw["heatmap_overlap"] == 0.75
+    assert kw["qc"].fold_od == 1.5 and kw["overlap"] == 0.75
     s.qc_on.value = False
-    assert s.predict_kwargs()["qc"] is None and not s.blur_fraction.enabled
+    assert not s.predict_kwargs()["qc"].enabled and not s.blur_fraction.enabled
+    s.backend.value = "torch"
+    # the form's values are accepted as prediction options as they are
+    opts = PredictOptions.create(**s.predict_kwargs())
+    assert opts.embed.backend == "torch" and not opts.qc.enabled and opts.heatmap.overlap == 0.75
     s.reset()
-    assert s.predict_kwargs()["qc"] == QCParams() and s.heatmap_overlap.value == 0.0
+    assert s.predict_kwargs()["qc"] == QCOptions() and s.heatmap_overlap.value == 0.0
+    assert s.backend.value == "auto"
 
 
 def test_roi_heatmap_risk_and_horizon_through_the_widget(

@@ -27,6 +27,7 @@ from qtpy.QtCore import Qt, Signal
 from qtpy.QtWidgets import QFileDialog, QFrame, QLabel, QScrollArea, QVBoxLayout, QWidget
 
 from napari_ghanet._qt import layers as qt_layers
+from napari_ghanet._qt import plugin_settings
 from napari_ghanet._qt import regions as qt_regions
 from napari_ghanet._qt.exports import ExportPanel
 from napari_ghanet._qt.inputs import InputsPanel, layer_path
@@ -54,7 +55,12 @@ class PrognosisWidget(QWidget):
     cache_dir : path, optional
         Patch-feature cache (default: the user cache folder).
     model_path : path, optional
-        Model bundle to start with (default: the bundled demonstration model).
+        Model bundle to start with (default: the last model loaded from a file in an
+        earlier session when it still loads, else the bundled demonstration model).
+    settings_store : SettingsStore, optional
+        Where the device, the advanced settings and the last model are remembered
+        between sessions (default: napari's plugin settings, else a settings file in the
+        user config folder; see :mod:`napari_ghanet._settings_store`).
 
     Attributes
     ----------
@@ -78,8 +84,11 @@ class PrognosisWidget(QWidget):
         viewer: napari.viewer.Viewer,
         cache_dir: str | os.PathLike | None = None,
         model_path: str | os.PathLike | None = None,
+        settings_store=None,
     ):
         super().__init__()
+        self.settings_store = (settings_store if settings_store is not None
+                               else plugin_settings.widget_settings_store())
         self.viewer = viewer
         self.cache_dir = Path(cache_dir) if cache_dir is not None else None
         self.bundle = None
@@ -95,13 +104,15 @@ class PrognosisWidget(QWidget):
         self._build_ui()
         self._connect_viewer()
         self.inputs.refresh_layers()
+        self._restore_device()
         if model_path is not None:
             self.load_model(model_path)
         else:
             self._load_default_model()
 
     def _build_ui(self) -> None:
-        self.settings = AdvancedSettings()
+        self.settings = AdvancedSettings(self.settings_store)
+        self.settings.reset_button.changed.connect(self._on_settings_reset)
         self.inputs = InputsPanel(self.viewer, self.settings.native)
         self.results = ResultsPanel()
         self.exports = ExportPanel(self.viewer, lambda: self.prediction)
@@ -205,9 +216,31 @@ class PrognosisWidget(QWidget):
 
     # ------------------------------------------------------------------ model
 
+    def _restore_device(self) -> None:
+        """The device chosen in an earlier session (when this machine offers it); every
+        later choice is remembered."""
+        combo = self.inputs.device_combo
+        device = self.settings_store.load().get("device", "auto")
+        i = combo.findText(device)
+        item = combo.model().item(i) if i >= 0 else None
+        if item is not None and item.isEnabled():
+            combo.setCurrentIndex(i)
+        combo.currentTextChanged.connect(
+            lambda text: self.settings_store.save({"device": text}))
+
+    def _on_settings_reset(self, *_: Any) -> None:
+        """"Reset to defaults" also brings the device back to auto."""
+        self.inputs.device_combo.setCurrentText("auto")
+        self.settings_store.reset()
+
     def _load_default_model(self) -> None:
+        """The last model loaded from a file in an earlier session, else the bundled
+        demonstration model."""
         from napari_ghanet.models.bundle import demo_bundle_path
 
+        last = self.settings_store.load().get("last_model", "")
+        if last and Path(last).is_file() and self.load_model(last, quiet=True):
+            return
         path = demo_bundle_path()
         if path.is_file():
             self.load_model(path, quiet=True)
@@ -232,6 +265,10 @@ class PrognosisWidget(QWidget):
         self._set_bundle(bundle)
         if not quiet:
             notify("info", f"Model {bundle.name!r} loaded")
+        from napari_ghanet.models.bundle import demo_bundle_path
+
+        is_demo = Path(path).resolve() == demo_bundle_path().resolve()
+        self.settings_store.save({"last_model": "" if is_demo else str(Path(path).resolve())})
         return True
 
     def _set_bundle(self, bundle) -> None:

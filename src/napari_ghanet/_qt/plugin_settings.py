@@ -12,9 +12,15 @@ napari offers plugin settings, else the JSON file of the user config folder.
 from __future__ import annotations
 
 import logging
+import os
 from typing import Any
 
-from napari_ghanet._settings_store import SETTINGS_VERSION, JsonFileBackend, SettingsStore
+from napari_ghanet._settings_store import (
+    CONFIG_DIR_ENV,
+    SETTINGS_VERSION,
+    JsonFileBackend,
+    SettingsStore,
+)
 
 __all__ = ["PLUGIN", "SECTION", "NapariPluginBackend", "widget_settings_store"]
 
@@ -70,7 +76,11 @@ class NapariPluginBackend:
 
 
 def widget_settings_store() -> SettingsStore:
-    """napari's plugin settings when available, else the JSON settings file."""
+    """napari's plugin settings when available, else the JSON settings file; the file
+    too when ``$NAPARI_GHANET_CONFIG_DIR`` names a folder for it (portable installs,
+    tests)."""
+    if os.environ.get(CONFIG_DIR_ENV):
+        return SettingsStore(JsonFileBackend())
     try:
         backend = NapariPluginBackend()
         backend._section()

@@ -1,12 +1,15 @@
-"""Advanced prediction settings as a magicgui form.
+"""Advanced prediction settings as a magicgui form, built from the option declarations.
 
-Fields: patch size (px at the patch resolution), patch resolution (um/px), tissue
-threshold (HSV saturation, 0 = automatic Otsu), encoder batch size, the encoder's weights
-file (when the caches do not hold it), artifact QC (on/off and
-its main thresholds, units in the labels and tooltips) and the heatmap overlap (with what
-it costs). They start at the model bundle's values and the QC defaults
-(:class:`~napari_ghanet.preprocessing.qc.QCParams`);
-:meth:`AdvancedSettings.predict_kwargs` returns ``predict_slide`` keyword arguments.
+Every field is made by :func:`option_widget` from its declaration in
+:mod:`napari_ghanet.options` (label, help as tooltip with unit and range, bounds,
+choices), so the form, ``ghanet predict`` and ``docs/options.md`` describe an option the
+same way: patch size and resolution (the model's until changed), tissue threshold (0 =
+automatic), the encoder's weights file, CPU engine, batch size, artifact QC (on/off and
+its main thresholds) and the heatmap overlap (with what it costs).
+:meth:`AdvancedSettings.predict_kwargs` returns option values by field name for
+``predict_slide``. With a settings store (:mod:`napari_ghanet._settings_store`) the
+fields start at the stored values and every change is saved; "Reset to defaults" goes
+back to the declared defaults (and the model's patch geometry) and clears the store.
 """
 
 from __future__ import annotations
@@ -26,11 +29,16 @@ from magicgui.widgets import (
     SpinBox,
 )
 
-from napari_ghanet.preprocessing.qc import QCParams
+from napari_ghanet.options import (
+    EmbedOptions,
+    Field,
+    GridOptions,
+    HeatmapOptions,
+    QCOptions,
+    fields_of,
+)
 
-__all__ = ["AdvancedSettings", "OVERLAP_COST"]
-
-DEFAULT_BATCH = 64
+__all__ = ["OVERLAP_COST", "AdvancedSettings", "option_widget"]
 
 #: heatmap overlap -> what it costs, shown beside the choice
 OVERLAP_COST = {
@@ -39,87 +47,118 @@ OVERLAP_COST = {
     0.75: "smoother map: about 16x the patches to embed",
 }
 
+#: form attribute -> (option group, field); also the keys of the settings store
+_FORM = {
+    "patch_px": (GridOptions, "patch_px"),
+    "target_mpp": (GridOptions, "target_mpp"),
+    "tissue_threshold": (GridOptions, "tissue_threshold"),
+    "encoder_weights": (EmbedOptions, "weights"),
+    "backend": (EmbedOptions, "backend"),
+    "batch_size": (EmbedOptions, "batch_size"),
+    "qc_on": (QCOptions, "enabled"),
+    "pen_min_fraction": (QCOptions, "pen_min_fraction"),
+    "fold_od": (QCOptions, "fold_od"),
+    "fold_min_fraction": (QCOptions, "fold_min_fraction"),
+    "blur_fraction": (QCOptions, "blur_fraction"),
+    "heatmap_overlap": (HeatmapOptions, "overlap"),
+}
+#: fields kept between sessions (the patch geometry follows the model instead)
+_PERSISTED = ("encoder_weights", "backend", "batch_size", "qc_on", "pen_min_fraction",
+              "fold_od", "fold_min_fraction", "blur_fraction", "heatmap_overlap")
+#: form values of options whose declared default is None
+_NONE_VALUE = {"patch_px": 256, "target_mpp": 0.5, "tissue_threshold": 0.0}
+
+
+def _field(cls, name: str) -> Field:
+    return next(f for f in fields_of(cls) if f.name == name)
+
+
+def option_widget(f: Field, value: Any = None):
+    """The magicgui widget of one declared option: its label, a tooltip with help, unit
+    and range, its bounds or choices; ``value`` (default: the declared default)."""
+    i = f.info
+    tip = i.help[0].upper() + i.help[1:]
+    if i.unit and i.unit not in ("fraction",):
+        tip += f" [{i.unit}]"
+    if f.describe_range() and not i.choices:
+        tip += f"; allowed {f.describe_range()}"
+    if i.none:
+        tip += f"; empty or auto: {i.none}"
+    label = i.label or f.name
+    value = f.default if value is None else value
+    if f.kind == "bool":
+        return CheckBox(text=label, value=bool(value), tooltip=tip)
+    if i.choices:
+        choices = [(f"{c * 100:g} %" if f.kind == "float" else str(c), c) for c in i.choices]
+        return ComboBox(label=label, choices=choices, value=value, tooltip=tip)
+    if f.kind == "path":
+        return FileEdit(label=label, mode="r", value="" if value is None else str(value),
+                        tooltip=tip)
+    lo = i.low if i.low is not None else 0
+    hi = i.high if i.high is not None else 1e9
+    if f.kind == "int":
+        return SpinBox(label=label, min=int(lo), max=int(hi), value=int(value), tooltip=tip)
+    step = 0.01 if hi <= 1 else 0.05
+    return FloatSpinBox(label=label, min=float(lo), max=float(hi), step=step,
+                        value=float(value), tooltip=tip)
+
 
 class AdvancedSettings(Container):
-    """magicgui form of the advanced settings; ``.native`` is its Qt widget."""
+    """magicgui form of the advanced settings; ``.native`` is its Qt widget.
 
-    def __init__(self) -> None:
-        qc = QCParams()
-        self.patch_px = SpinBox(
-            label="Patch size (px)", min=32, max=4096, value=256,
-            tooltip="Patch side in pixels at the patch resolution",
-        )
-        self.target_mpp = FloatSpinBox(
-            label="Patch resolution (um/px)", min=0.05, max=4.0, step=0.05, value=0.5,
-            tooltip="Resolution the patches are read at, um/px (0.5 = 20x)",
-        )
-        self.tissue_threshold = FloatSpinBox(
-            label="Tissue threshold", min=0.0, max=1.0, step=0.01, value=0.0,
-            tooltip="HSV saturation (0-1) above which a pixel is tissue; "
-                    "auto picks Otsu's threshold",
-        )
-        self.batch_size = SpinBox(
-            label="Batch size", min=1, max=4096, value=DEFAULT_BATCH,
-            tooltip="Patches per encoder batch (lower it if memory runs out)",
-        )
-        self.encoder_weights = FileEdit(
-            label="Encoder weights", mode="r", value="",
-            tooltip="The weights file of the patch encoder the model was trained with, when "
-                    "it is not found on this machine (e.g. UNI's pytorch_model.bin, a "
-                    "ResNet50 .pth, a TorchScript file); empty: look in the usual caches",
-        )
-        self.qc_on = CheckBox(
-            text="Artifact QC (pen, blur, folds)", value=True,
-            tooltip="Leave out patches with pen marks, blur or dark folds (flagged patches "
-                    "are shown in the 'G-HANet · QC' layer)",
-        )
-        self.pen_min_fraction = FloatSpinBox(
-            label="Pen ink (fraction)", min=0.0, max=1.0, step=0.01,
-            value=qc.pen_min_fraction,
-            tooltip="Pen: a patch is flagged when at least this fraction (0-1) of its pixels "
-                    "are green, blue or black ink",
-        )
-        self.fold_od = FloatSpinBox(
-            label="Fold OD (log10)", min=0.05, max=3.0, step=0.05, value=qc.fold_od,
-            tooltip="Fold: optical density (log10 units, mean over R, G, B; 1.0 = 10 % of "
-                    "the light passes) above which a pixel counts as dark",
-        )
-        self.fold_min_fraction = FloatSpinBox(
-            label="Fold dark (fraction)", min=0.0, max=1.0, step=0.01,
-            value=qc.fold_min_fraction,
-            tooltip="Fold: a patch is flagged when at least this fraction (0-1) of its "
-                    "pixels are dark",
-        )
-        self.blur_fraction = FloatSpinBox(
-            label="Blur (x median)", min=0.0, max=1.0, step=0.01, value=qc.blur_fraction,
-            tooltip="Blur: a patch is flagged when its Laplacian energy is below this "
-                    "fraction of the median over the slide's patches (unitless ratio)",
-        )
-        self.heatmap_overlap = ComboBox(
-            label="Heatmap overlap",
-            choices=[("0 %", 0.0), ("50 %", 0.5), ("75 %", 0.75)], value=0.0,
-            tooltip="Overlapping patches for smooth attention maps (as CLAM's heatmaps); "
-                    "the prediction itself still uses the model's own patch grid. "
-                    "50 % embeds about 4x the patches, 75 % about 16x",
-        )
+    Parameters
+    ----------
+    store : SettingsStore, optional
+        Where the settings persist between sessions (None: not kept).
+    """
+
+    def __init__(self, store=None) -> None:
+        self._store = None
+        for attr, (cls, name) in _FORM.items():
+            f = _field(cls, name)
+            setattr(self, attr, option_widget(f, _NONE_VALUE.get(attr)))
         self.overlap_cost = Label(value=OVERLAP_COST[0.0])
-        self.reset_button = PushButton(text="Reset to the model's settings")
-        super().__init__(
-            widgets=[self.patch_px, self.target_mpp, self.tissue_threshold, self.batch_size,
-                     self.encoder_weights, self.qc_on, self.pen_min_fraction, self.fold_od, self.fold_min_fraction,
-                     self.blur_fraction, self.heatmap_overlap, self.overlap_cost,
-                     self.reset_button],
-            labels=True,
-        )
+        self.reset_button = PushButton(text="Reset to defaults")
+        super().__init__(widgets=[*(getattr(self, a) for a in _FORM), self.overlap_cost,
+                                  self.reset_button], labels=True)
         self.target_mpp.native.setDecimals(3)
         self.tissue_threshold.native.setDecimals(3)
         self.tissue_threshold.native.setSpecialValueText("auto (Otsu)")
         self.overlap_cost.native.setWordWrap(True)
         self.native.layout().setContentsMargins(4, 0, 4, 4)
         self._encoder = None
-        self.reset_button.changed.connect(self.reset)
+        self.reset_button.changed.connect(self.reset_to_defaults)
         self.qc_on.changed.connect(self._on_qc_toggled)
         self.heatmap_overlap.changed.connect(self._on_overlap)
+        if store is not None:
+            self._apply(store.load())
+            self._store = store
+        for attr in _PERSISTED:
+            getattr(self, attr).changed.connect(self._save)
+
+    # ------------------------------------------------------------------ persistence
+
+    def stored_values(self) -> dict[str, Any]:
+        """The persisted fields as the settings store keeps them."""
+        out: dict[str, Any] = {}
+        for attr in _PERSISTED:
+            v = getattr(self, attr).value
+            out[attr] = str(v) if attr == "encoder_weights" and self.weights_file() else (
+                "" if attr == "encoder_weights" else v)
+        return out
+
+    def _apply(self, values: dict[str, Any]) -> None:
+        for attr in _PERSISTED:
+            if attr in values:
+                getattr(self, attr).value = values[attr]
+        self._on_qc_toggled()
+        self._on_overlap()
+
+    def _save(self, *_: Any) -> None:
+        if self._store is not None:
+            self._store.save(self.stored_values())
+
+    # ------------------------------------------------------------------ reactions
 
     def _qc_fields(self) -> list:
         return [self.pen_min_fraction, self.fold_od, self.fold_min_fraction, self.blur_fraction]
@@ -132,59 +171,65 @@ class AdvancedSettings(Container):
         self.overlap_cost.value = OVERLAP_COST.get(float(self.heatmap_overlap.value), "")
 
     def use_model(self, encoder) -> None:
-        """Remember the bundle's encoder spec and reset the fields to it (None: keep)."""
+        """Remember the bundle's encoder spec and take its patch geometry (None: keep)."""
         self._encoder = encoder
-        self.reset()
+        if encoder is not None:
+            self.patch_px.value = int(encoder.patch_px)
+            self.target_mpp.value = float(encoder.target_mpp)
+        self.tissue_threshold.value = 0.0
 
     def reset(self, *_: Any) -> None:
-        """Back to the model's patch size and resolution, automatic threshold, batch 64,
-        QC on with its default thresholds, no heatmap overlap."""
-        enc = self._encoder
-        if enc is not None:
-            self.patch_px.value = int(enc.patch_px)
-            self.target_mpp.value = float(enc.target_mpp)
-        self.tissue_threshold.value = 0.0
-        self.batch_size.value = DEFAULT_BATCH
-        qc = QCParams()
-        self.qc_on.value = True
-        self.pen_min_fraction.value = qc.pen_min_fraction
-        self.fold_od.value = qc.fold_od
-        self.fold_min_fraction.value = qc.fold_min_fraction
-        self.blur_fraction.value = qc.blur_fraction
-        self.heatmap_overlap.value = 0.0
+        """Every field back to its declared default (the model's patch geometry)."""
+        store, self._store = self._store, None  # one save at the end, not one per field
+        try:
+            for attr, (cls, name) in _FORM.items():
+                if attr in _NONE_VALUE:
+                    continue
+                default = _field(cls, name).default
+                getattr(self, attr).value = "" if default is None else default
+            self.use_model(self._encoder)
+        finally:
+            self._store = store
 
-    def qc_params(self) -> QCParams | None:
-        """The QC thresholds of the form (None when QC is off)."""
-        if not self.qc_on.value:
-            return None
-        return QCParams(
-            pen_min_fraction=float(self.pen_min_fraction.value),
-            fold_od=float(self.fold_od.value),
-            fold_min_fraction=float(self.fold_min_fraction.value),
-            blur_fraction=float(self.blur_fraction.value),
-        )
+    def reset_to_defaults(self, *_: Any) -> None:
+        """:meth:`reset`, and forget the stored settings."""
+        self.reset()
+        if self._store is not None:
+            self._store.reset()
+
+    # ------------------------------------------------------------------ values
 
     def weights_file(self) -> Path | None:
-        """The encoder weights file chosen in the form, or None (left empty)."""
+        """The encoder weights file chosen in the form, or None (left empty; magicgui
+        shows an emptied file field as the current folder, which is no weights file)."""
         text = str(self.encoder_weights.value or "").strip()
-        return None if text in ("", ".") else Path(text)
+        if text in ("", "."):
+            return None
+        path = Path(text)
+        return None if path.is_dir() else path
 
     def predict_kwargs(self) -> dict[str, Any]:
-        """``predict_slide`` keyword arguments: batch size, QC, heatmap overlap, the
-        encoder weights file when one is chosen, and the patch geometry / tissue threshold
-        where they differ from the model."""
+        """Option values by field name for ``predict_slide``: batch size, CPU engine, QC
+        (a :class:`~napari_ghanet.options.QCOptions`), heatmap overlap, the encoder
+        weights file when one is chosen, and the patch geometry / tissue threshold where
+        they differ from the model."""
         enc = self._encoder
+        qc = QCOptions(enabled=bool(self.qc_on.value),
+                       pen_min_fraction=float(self.pen_min_fraction.value),
+                       fold_od=float(self.fold_od.value),
+                       fold_min_fraction=float(self.fold_min_fraction.value),
+                       blur_fraction=float(self.blur_fraction.value))
         kw: dict[str, Any] = {"batch_size": int(self.batch_size.value),
-                              "qc": self.qc_params(),
-                              "heatmap_overlap": float(self.heatmap_overlap.value)}
+                              "backend": str(self.backend.value), "qc": qc,
+                              "overlap": float(self.heatmap_overlap.value)}
         if enc is None or int(self.patch_px.value) != enc.patch_px:
             kw["patch_px"] = int(self.patch_px.value)
         if enc is None or not math.isclose(self.target_mpp.value, enc.target_mpp, rel_tol=0.01):
             kw["target_mpp"] = float(self.target_mpp.value)
         weights = self.weights_file()
         if weights is not None:
-            kw["encoder_kwargs"] = {"weights": weights}
+            kw["weights"] = weights
         threshold = float(self.tissue_threshold.value)
         if threshold > 0:
-            kw["tissue_params"] = {"saturation_threshold": threshold}
+            kw["tissue_threshold"] = threshold
         return kw

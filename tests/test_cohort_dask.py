@@ -21,8 +21,8 @@ from napari_ghanet.cohort import embed_cohort, predict_cohort, resolve_inputs, r
 from napari_ghanet.cohort.engine import open_client
 from napari_ghanet.cohort.summary import read_summary
 from napari_ghanet.cohort.tasks import embed_task, encoder_recipe
-from napari_ghanet.options import EmbedOptions, GridOptions
 from napari_ghanet.io.features import load_features
+from napari_ghanet.options import EmbedOptions, GridOptions
 
 # 64 px patches at 2 um/px (the CLAM field of view, 16x cheaper to embed)
 FAST = {"encoder": "morphometric", "patch_px": 64, "target_mpp": 2.0}

@@ -34,6 +34,8 @@ from napari_ghanet.encoders.aliases import (
     resolve_encoder,
 )
 from napari_ghanet.errors import CohortError
+from napari_ghanet.io.features import load_features
+from napari_ghanet.io.wsidata import read_wsidata_features
 
 __all__ = [
     "CohortError",
@@ -505,9 +507,6 @@ def _with_registered_encoder(path: Path, attrs: dict, dim: int) -> dict:
 def _read_features(path: Path) -> tuple[np.ndarray, dict]:
     """float32 (N, D) features and the file's attributes (``.h5``, ``.pt``, ``.npz`` or a
     wsidata ``.zarr`` store)."""
-    from napari_ghanet.io.features import load_features
-    from napari_ghanet.io.wsidata import read_wsidata_features
-
     try:
         pf = read_wsidata_features(path) if path.suffix == ".zarr" else load_features(path)
     except Exception as exc:  # FeaturesError, OSError, ...: name the file either way

@@ -30,6 +30,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from napari_ghanet.io.atomic import atomic_write
 from napari_ghanet.options.declare import (
     Field,
     OptionError,
@@ -230,8 +231,6 @@ def main(argv: list[str] | None = None) -> int:
     """``python -m napari_ghanet.options [--check] [PAGE]``: regenerate the option tables
     of PAGE (default ``docs/options.md``) in place; with ``--check`` write nothing and
     exit 1 when the page is out of date."""
-    from napari_ghanet.io.atomic import atomic_write
-
     p = argparse.ArgumentParser(
         prog="python -m napari_ghanet.options",
         description="Regenerate the option tables of docs/options.md from the declarations.",

@@ -88,6 +88,8 @@ MAX_MPP = 20.0
 
 # Largest array a thumbnail or downsampled render may produce (pixels).
 _MAX_RENDER_PIXELS = 400_000_000
+# Most level pixels one band of a downsampled render reads (16 Mpx: 48 MB of RGB).
+_BAND_PIXELS = 16 * 2**20
 # Chunk (level pixels) a tolerant read falls back to where the level is not tiled.
 _FALLBACK_CHUNK = 256
 # A warning on a slide is cut to this many characters (tifffile quotes raw tag bytes).
@@ -388,8 +390,9 @@ class Slide:
         """The whole slide at ``downsample`` level-0 pixels per output pixel.
 
         Returns RGB uint8 of shape (ceil(H / downsample), ceil(W / downsample), 3) (at least
-        1 x 1). Reads the best level in horizontal bands so memory stays near the output
-        size.
+        1 x 1). Reads the best level in horizontal bands of at most 16 Mpx of that level
+        (48 MB), so memory stays near the output size whatever the slide's size, also when
+        the slide has no pyramid and level 0 is read.
 
         With ``skip_unreadable=True`` a band that fails is read again tile by tile: tiles
         that cannot be decoded become white background (as missing tiles are) and their
@@ -417,8 +420,11 @@ class Slide:
         lw, lh = self.level_dimensions[level]
         f = downsample / lds  # level pixels per output pixel
         out = np.empty((th, tw, 3), dtype=np.uint8)
-        band = max(1, int(4096 // max(f, 1.0)))  # output rows per band
         src_w = min(lw, int(math.ceil(tw * f)))
+        # output rows per band: a band reads at most _BAND_PIXELS level pixels (and 4096
+        # rows), so memory follows the output, not the width of the level read
+        band_src_rows = max(1.0, min(4096.0, _BAND_PIXELS / max(src_w, 1)))
+        band = max(1, int(band_src_rows // max(f, 1.0)))
         bad: list[str] = []
         for r0 in range(0, th, band):
             r1 = min(th, r0 + band)

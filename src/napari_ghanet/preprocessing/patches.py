@@ -241,11 +241,18 @@ def patch_grid(
 
 def _mask_fraction(mask: TissueMask, coords: np.ndarray, size0: int) -> np.ndarray:
     """Tissue fraction of each patch, from an integral image of the mask (area-exact
-    for mask pixels fully inside a patch, fractional at its borders)."""
-    m = mask.mask.astype(np.float64)
+    for mask pixels fully inside a patch, fractional at its borders).
+
+    The integral image holds exact integer counts (int32 while they fit, 4 bytes per
+    mask pixel), summed in bands of rows: no temporary of the mask's size."""
+    m = mask.mask
     h, w = m.shape
-    integral = np.zeros((h + 1, w + 1), np.float64)
-    integral[1:, 1:] = m.cumsum(0).cumsum(1)
+    dt = np.int32 if h * w < 2**31 else np.int64
+    integral = np.zeros((h + 1, w + 1), dt)
+    for r0 in range(0, h, 256):  # the band's own 2-D sums plus all rows above it
+        block = m[r0 : r0 + 256].cumsum(axis=0, dtype=dt).cumsum(axis=1, dtype=dt)
+        block += integral[r0, 1:]
+        integral[r0 + 1 : r0 + 1 + len(block), 1:] = block
     ds = mask.downsample
 
     def area(x: np.ndarray, y: np.ndarray) -> np.ndarray:

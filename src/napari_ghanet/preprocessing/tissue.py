@@ -121,12 +121,32 @@ class TissueMask:
         }
 
 
+# Rows of a thumbnail converted at a time (bounds the float temporaries to ~4 MB each).
+_ROWS = 256
+
+
 def saturation(rgb: np.ndarray) -> np.ndarray:
-    """HSV saturation of an RGB uint8 image, float32 (h, w) in [0, 1]."""
+    """HSV saturation of an RGB uint8 image, float32 (h, w) in [0, 1].
+
+    Computed in bands of rows, so the only full-size array is the result.
+    """
     rgb = np.asarray(rgb)
-    mx = rgb.max(axis=2).astype(np.float32)
-    mn = rgb.min(axis=2).astype(np.float32)
-    return np.where(mx > 0, (mx - mn) / np.maximum(mx, 1.0), 0.0).astype(np.float32)
+    out = np.empty(rgb.shape[:2], np.float32)
+    for r0 in range(0, rgb.shape[0], _ROWS):
+        band = rgb[r0 : r0 + _ROWS]
+        mx = band.max(axis=2).astype(np.float32)
+        mn = band.min(axis=2).astype(np.float32)
+        out[r0 : r0 + _ROWS] = np.where(mx > 0, (mx - mn) / np.maximum(mx, 1.0), 0.0)
+    return out
+
+
+def _not_glare(rgb: np.ndarray, max_brightness: float) -> np.ndarray:
+    """Bool (h, w): mean of R, G, B / 255 at most ``max_brightness``, in bands of rows."""
+    out = np.empty(rgb.shape[:2], bool)
+    for r0 in range(0, rgb.shape[0], _ROWS):
+        bright = rgb[r0 : r0 + _ROWS].mean(axis=2, dtype=np.float32) / 255.0
+        out[r0 : r0 + _ROWS] = bright <= max_brightness
+    return out
 
 
 def _disk(radius_px: float) -> np.ndarray:
@@ -139,13 +159,20 @@ def _drop_small_components(mask: np.ndarray, max_px: int) -> np.ndarray:
     """``mask`` without its 8-connected components of at most ``max_px`` pixels."""
     from scipy import ndimage as ndi
 
-    labels, n = ndi.label(mask, structure=np.ones((3, 3), bool))
+    labels = np.empty(mask.shape, np.int32)  # not the default intp: half the memory
+    n = ndi.label(mask, structure=np.ones((3, 3), bool), output=labels)
     if n == 0:
         return mask
-    sizes = np.bincount(labels.ravel(), minlength=n + 1)
+    # counted and looked up in bands of rows: no int64 copy of the labels
+    sizes = np.zeros(n + 1, np.int64)
+    for r0 in range(0, labels.shape[0], _ROWS):
+        sizes += np.bincount(labels[r0 : r0 + _ROWS].ravel(), minlength=n + 1)
     keep = sizes > max_px
     keep[0] = False
-    return keep[labels]
+    out = np.empty(mask.shape, bool)
+    for r0 in range(0, labels.shape[0], _ROWS):
+        out[r0 : r0 + _ROWS] = keep[labels[r0 : r0 + _ROWS]]
+    return out
 
 
 def tissue_mask_from_rgb(
@@ -168,8 +195,9 @@ def tissue_mask_from_rgb(
             thr = float(np.clip(threshold_otsu(sat), lo, hi))
     else:
         thr = float(params.saturation_threshold)
-    bright = rgb.mean(axis=2, dtype=np.float32) / 255.0
-    mask = (sat > thr) & (bright <= params.max_brightness)
+    mask = sat > thr
+    del sat
+    mask &= _not_glare(rgb, params.max_brightness)
     r = params.closing_um / mpp
     if r >= 1:
         # pad so the closing does not glue tissue to the image border

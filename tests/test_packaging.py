@@ -79,3 +79,19 @@ def test_package_root_is_light_and_exposes_the_public_api_lazily(tmp_path):
         [sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, check=True
     ).stdout.split()
     assert out == ["True", "True"]
+
+
+def test_what_the_command_line_parsers_read_imports_no_torch(tmp_path):
+    # the option declarations, the cohort package and its input resolver: light, so that a
+    # `ghanet --help` that reads only them can start without torch
+    code = (
+        "import sys, napari_ghanet.options, napari_ghanet.options.cli, napari_ghanet.cohort,"
+        " napari_ghanet.cohort.inputs, napari_ghanet.device;"
+        "light = not {'torch', 'napari', 'distributed'} & {m.split('.')[0] for m in sys.modules};"
+        "from napari_ghanet.cohort import predict_cohort;"  # resolved when used
+        "print(light, callable(predict_cohort), 'torch' in sys.modules)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, check=True
+    ).stdout.split()
+    assert out == ["True", "True", "True"]

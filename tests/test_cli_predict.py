@@ -112,3 +112,28 @@ def test_weights_for_a_weight_free_encoder_are_ignored_with_a_warning(
     assert "needs no weights file: the one given was not used" in capsys.readouterr().err
     report = json.loads(next(out.glob("*.ghanet.json")).read_text())
     assert any("needs no weights" in w for w in report["warnings"])
+
+
+def test_progressive_prints_preliminary_risks_then_the_same_result(tmp_path, capsys):
+    from _plugin_helpers import tissue_rgb
+
+    small = {"name": "morphometric", "dim": 64, "patch_px": 32, "target_mpp": 1.0}
+    bundle = make_bundle(tmp_path / "b.safetensors", encoder=small)
+    slide = write_tiff_slide(tmp_path / "s.tif", tissue_rgb(1536, 2048, seed=5), mpp=0.5)
+    reports = []
+    for flag, out in ((["--progressive"], tmp_path / "p"), ([], tmp_path / "plain")):
+        code = run_cli([str(slide), "--model", str(bundle), "--out", str(out), "--device",
+                        "cpu", "--batch-size", "16", "--no-cache", *flag])
+        err = capsys.readouterr().err
+        assert code == 0, err
+        reports.append(json.loads((out / "s.ghanet.json").read_text()))
+        if flag:
+            lines = [ln for ln in err.splitlines() if ln.startswith(("preliminary:", "final:"))]
+            assert lines[0].startswith("preliminary:") and "% of patches: risk" in lines[0]
+            assert "interval" in lines[0]
+            assert lines[-1].startswith("final: all patches: risk")
+    assert reports[0]["prediction"]["risk"] == reports[1]["prediction"]["risk"]
+    # a cohort has no single preliminary answer
+    code = run_cli([str(slide), str(slide.with_name("t.tif")), "--model", str(bundle),
+                    "--out", str(tmp_path / "c"), "--progressive"])
+    assert code == 2 and "--progressive" in capsys.readouterr().err

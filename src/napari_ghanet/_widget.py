@@ -74,10 +74,14 @@ class PrognosisWidget(QWidget):
         Emitted once a prediction's numbers and layers are on screen.
     progressed : Signal(str, int, int)
         The running prediction's progress (stage, done, total), in the GUI thread.
+    preliminary_shown : Signal(PreliminaryRisk)
+        A preliminary risk from the patches embedded so far was shown (and, last, the
+        final answer, which hides it), in the GUI thread.
     """
 
     prediction_shown = Signal(object)
     progressed = Signal(str, int, int)
+    preliminary_shown = Signal(object)
 
     def __init__(
         self,
@@ -389,8 +393,10 @@ class PrognosisWidget(QWidget):
             return
         geometry = [self.shown_layers.geometry(lay) for lay in layers]
         run = PredictionRun(_predict_in_background, paths, self.bundle, geometry,
+                            preliminary=True,
                             **self._predict_arguments(layers, mpps, regions))
         run.progressed.connect(self._on_progress)
+        run.preliminary_ready.connect(self._on_preliminary)
         run.returned.connect(self._on_returned)
         run.failed.connect(self._on_errored)
         run.finished.connect(self._finish_run)
@@ -443,6 +449,14 @@ class PrognosisWidget(QWidget):
             self.progressed.emit(stage, done, total)
         except Exception:  # noqa: BLE001
             logger.exception("progress display failed")
+
+    def _on_preliminary(self, est) -> None:
+        """A preliminary risk from the patches embedded so far (or the final answer)."""
+        try:
+            self.inputs.show_preliminary(est if self._run is not None else None)
+            self.preliminary_shown.emit(est)
+        except Exception:  # noqa: BLE001
+            logger.exception("showing the preliminary risk failed")
 
     def _on_returned(self, result) -> None:
         prediction, layers = result

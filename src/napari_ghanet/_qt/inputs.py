@@ -182,6 +182,10 @@ class InputsPanel(QWidget):
         layout.addWidget(self.progress_bar)
         self.status_label = _wrapped()
         layout.addWidget(self.status_label)
+        # a first answer while the slide is embedded (hidden otherwise)
+        self.preliminary_label = _wrapped()
+        self.preliminary_label.setVisible(False)
+        layout.addWidget(self.preliminary_label)
 
     def _disable_missing_cuda(self) -> None:
         try:
@@ -387,12 +391,36 @@ class InputsPanel(QWidget):
         if on:
             self.progress_bar.setRange(0, 0)
             self.status_label.setText("Starting...")
+        self.show_preliminary(None)
 
     def set_idle(self, done: bool) -> None:
         """Back to the ready state; a full progress bar when a result is shown."""
         self.set_running(False)
         self.progress_bar.setRange(0, 1)
         self.progress_bar.setValue(1 if done else 0)
+
+    def show_preliminary(self, est) -> None:
+        """A preliminary risk
+        (:class:`~napari_ghanet.inference.progressive.PreliminaryRisk`) while the slide
+        is embedded; None (or the final answer) hides it."""
+        if est is None or est.final:
+            self.preliminary_label.setVisible(False)
+            self.preliminary_label.setText("")
+            return
+        from napari_ghanet.models.risk import risk_colour, risk_text
+
+        colour = risk_colour(est.group)
+        self.preliminary_label.setText(
+            f"<b>Preliminary</b> ({100 * est.fraction:.0f} % of patches): "
+            f"<span style='color:{colour}'><b>{risk_text(est.group)}</b></span>, "
+            f"risk {est.risk:.2f} ({100 * est.level:.0f} % interval {est.low:.2f} to "
+            f"{est.high:.2f}); {100 * est.group_support:.0f} % of resamples agree. "
+            "Refined as embedding goes on; the final result replaces it."
+        )
+        self.preliminary_label.setToolTip(
+            "Risk from the patches embedded so far (visited in a spatially spread order); "
+            "interval from resampling the embedded blocks of patches")
+        self.preliminary_label.setVisible(True)
 
     def show_progress(self, stage: str, done: int, total: int) -> str:
         """Progress bar and status for a ``predict_slide`` progress report; returns the

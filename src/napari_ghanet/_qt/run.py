@@ -40,6 +40,9 @@ class PredictionRun(QObject):
         return value is emitted by ``returned``; its exception by ``failed``.
     args, kwargs
         The job's other arguments.
+    preliminary : bool
+        Also pass the job ``preliminary=callable``, whose values (preliminary risks)
+        ``preliminary_ready`` delivers in the GUI thread.
 
     Signals
     -------
@@ -52,16 +55,23 @@ class PredictionRun(QObject):
         The job raised (``Cancelled`` when stopped by :meth:`cancel`).
     finished()
         After ``returned`` or ``failed``: the worker is done.
+    preliminary_ready(object)
+        A preliminary answer the job reported (with ``preliminary=True``).
     """
 
     progressed = Signal(str, int, int)
+    preliminary_ready = Signal(object)
     returned = Signal(object)
     failed = Signal(object)
     finished = Signal()
 
-    def __init__(self, job: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
+    def __init__(self, job: Callable[..., Any], *args: Any, preliminary: bool = False,
+                 **kwargs: Any) -> None:
         super().__init__()
         self._job, self._args, self._kwargs = job, args, kwargs
+        if preliminary:
+            ready = self.preliminary_ready  # emitted from the worker: a queued signal
+            self._kwargs["preliminary"] = ready.emit
         self._cancel = threading.Event()
         self._gc = GCHold()
         self._worker = None

@@ -96,6 +96,15 @@ class TerminalProgress:
             count = f"{done}/{total}" if total > 0 else "..."
             print(f"{self._name(stage)} {count}", file=self.stream, flush=True)
 
+    def say(self, text: str) -> None:
+        """A line on the stream (above the bar when one is shown)."""
+        if self.quiet:
+            return
+        if self.bar is not None:
+            tqdm.write(text, file=self.stream)
+        else:
+            print(text, file=self.stream, flush=True)
+
     def _close_bar(self) -> None:
         if self.bar is not None:
             self.bar.close()

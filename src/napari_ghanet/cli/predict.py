@@ -86,6 +86,12 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     )
     p.add_argument("--out", type=Path, required=True, help="output folder (created if needed)")
     p.add_argument("--quiet", action="store_true", help="no progress on stderr")
+    p.add_argument(
+        "--progressive", action="store_true",
+        help="one slide or patient: while patches are embedded, print a preliminary risk "
+             "from the patches embedded so far (bootstrap interval, risk group) to stderr, "
+             "refined as embedding proceeds; the final result is the same as without it",
+    )
     add_arguments(p, GridOptions)
     add_arguments(p, EmbedOptions)
     add_arguments(p, RegionOptions)
@@ -206,6 +212,11 @@ def run(args: argparse.Namespace) -> int:
     options = options_from_args(args)
     regions = group_from_args(RegionOptions, args)
     if not args.patient and is_cohort(args):
+        if getattr(args, "progressive", False):
+            raise UsageError(
+                "--progressive shows one slide's (or one patient's) preliminary risk: give "
+                "one slide, or the patient's slides with --patient"
+            )
         if not regions.empty:
             raise UsageError(
                 "--roi / --exclude are in one slide's level-0 pixels: give them with one slide"
@@ -225,15 +236,20 @@ def _predict(args: argparse.Namespace, options: PredictOptions, regions: RegionO
     cancel = threading.Event()
     try:
         with TerminalProgress(quiet=args.quiet) as progress:
+            preliminary = None
+            if getattr(args, "progressive", False):
+                def preliminary(est):
+                    progress.say(("final: " if est.final else "preliminary: ")
+                                 + est.describe())
             if args.patient:
                 prediction = predict_patient(
                     args.slides, bundle, options, patient=args.patient, progress=progress,
-                    cancel=cancel,
+                    cancel=cancel, preliminary=preliminary,
                 )
             else:
                 prediction = predict_slide(
                     args.slides[0], bundle, options, regions=regions.regions(),
-                    progress=progress, cancel=cancel,
+                    progress=progress, cancel=cancel, preliminary=preliminary,
                 )
     except KeyboardInterrupt:
         cancel.set()

@@ -1,8 +1,11 @@
 """Patch embedding: threaded patch reading feeding batched CPU/GPU inference.
 
-Reader threads read patches in grid order into a bounded queue (OpenSlide and the
-TIFF decoders release the GIL, so reading runs in parallel with inference); the main
-thread assembles batches and runs the encoder under ``torch.inference_mode``.
+Reader threads read patches into a bounded queue (OpenSlide and the TIFF decoders release
+the GIL, so reading runs in parallel with inference); the main thread assembles batches
+and runs the encoder under ``torch.inference_mode``. A slide's patches are visited block
+by block in a spatially stratified order
+(:func:`~napari_ghanet.inference.progressive.visit_order`), so the patches embedded at
+any moment cover the tissue; results come back in grid order.
 
 On the CPU the encoder's network runs in ONNX Runtime when it supports it (``backend=
 "auto"``, see :mod:`napari_ghanet.encoders.onnx_backend`), else in torch. On CUDA: bf16
@@ -32,6 +35,7 @@ from napari_ghanet.device import resolve_device
 from napari_ghanet.encoders import EncoderSpec, PatchEncoder, create_encoder
 from napari_ghanet.encoders.onnx_backend import BACKENDS, wrap_for_cpu
 from napari_ghanet.errors import Cancelled, EncoderError
+from napari_ghanet.inference.progressive import visit_order
 from napari_ghanet.io.features import PatchFeatures, grid_key
 from napari_ghanet.io.slide import Slide, SlideError
 from napari_ghanet.preprocessing.patches import PatchGrid
@@ -58,9 +62,11 @@ class _Reader:
     """Reads the grid in units of ``unit`` patches on worker threads, in order, with at
     most ``max_units`` units read (or being read) but not yet taken."""
 
-    def __init__(self, slide: Slide, grid: PatchGrid, unit: int, workers: int, max_units: int):
+    def __init__(self, slide: Slide, grid: PatchGrid, unit: int, workers: int, max_units: int,
+                 names: np.ndarray | None = None):
         self.slide = slide
         self.grid = grid
+        self.names = names  # the patches' indices as the caller knows them (log messages)
         self.unit = unit
         self.n = len(grid)
         self.n_units = math.ceil(self.n / unit)
@@ -92,7 +98,8 @@ class _Reader:
             except SlideError as exc:
                 ok[j] = False
                 x, y = (int(v) for v in self.grid.coords[i])
-                logger.warning("skipping patch %d at (%d, %d): %s", i, x, y, exc)
+                name = int(self.names[i]) if self.names is not None else i
+                logger.warning("skipping patch %d at (%d, %d): %s", name, x, y, exc)
         return out, ok
 
     def _run(self) -> None:
@@ -146,13 +153,15 @@ def iter_patch_batches(
     workers: int = 4,
     prefetch: int | None = None,
     cancel: threading.Event | Callable[[], bool] | None = None,
+    names: np.ndarray | None = None,
 ) -> Iterator[tuple[int, int, np.ndarray, np.ndarray]]:
     """Read the grid's patches in batches, in grid order, on ``workers`` threads.
 
     Yields ``(lo, hi, patches, ok)``: patches ``lo:hi`` of the grid as uint8
     (hi - lo, patch_px, patch_px, 3) RGB and a bool (hi - lo,) array, False where the
-    patch could not be read (logged; its pixels are white). At most ``prefetch`` batches
-    are read ahead. Closing the generator stops the threads.
+    patch could not be read (logged with its index, or ``names[i]`` when given; its
+    pixels are white). At most ``prefetch`` batches are read ahead. Closing the generator
+    stops the threads.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -169,7 +178,8 @@ def iter_patch_batches(
         prefetch = max(2, math.ceil(max(workers, 1) / units_per_batch) + 1)
     if prefetch < 1:
         raise ValueError(f"prefetch must be >= 1, got {prefetch}")
-    reader = _Reader(slide, grid, unit, workers, max_units=prefetch * units_per_batch)
+    reader = _Reader(slide, grid, unit, workers, max_units=prefetch * units_per_batch,
+                     names=names)
     try:
         next_unit = 0
         for lo in range(0, n, batch_size):
@@ -193,6 +203,107 @@ def _spec_for(encoder: PatchEncoder, grid: PatchGrid) -> EncoderSpec:
     return encoder.spec().with_geometry(int(grid.patch_px), float(grid.target_mpp))
 
 
+def _cuda_setup(encoder: PatchEncoder, compile: bool) -> tuple[Any, Callable[[], None]]:
+    """CUDA: channels-last for CNNs, SDPA attention for timm ViTs, cuDNN autotuning and
+    ``torch.compile`` on request. Returns the forward callable and an undo function."""
+    channels_last = getattr(encoder, "channels_last_ok", True)
+    fused_saved: list[tuple[Any, bool]] = []
+    if channels_last:
+        encoder.to(memory_format=torch.channels_last)
+    for m in encoder.modules():
+        if hasattr(m, "fused_attn") and isinstance(m.fused_attn, bool):
+            fused_saved.append((m, m.fused_attn))
+            m.fused_attn = True
+    old_benchmark = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = True
+    forward = torch.compile(encoder, dynamic=False) if compile else encoder
+
+    def undo() -> None:
+        torch.backends.cudnn.benchmark = old_benchmark
+        for mod, flag in fused_saved:
+            mod.fused_attn = flag
+        if channels_last:
+            encoder.to(memory_format=torch.contiguous_format)
+
+    return forward, undo
+
+
+class _CudaPipe:
+    """Batches through two reused pinned input and two pinned output buffers: an input
+    buffer is refilled only once its copy to the device has completed, and a batch's
+    features are handed on while the device computes the next one."""
+
+    def __init__(self, encoder: PatchEncoder, forward, dev, batch_size: int):
+        self.encoder = encoder
+        self.forward = forward
+        self.dev = dev
+        self.batch_size = batch_size
+        self.amp_dtype = None
+        if getattr(encoder, "autocast_ok", True):
+            self.amp_dtype = (torch.bfloat16 if torch.cuda.is_bf16_supported()
+                              else torch.float16)
+        self.channels_last = getattr(encoder, "channels_last_ok", True)
+        self.pinned_in: list[torch.Tensor] = []
+        self.pinned_out: list[torch.Tensor] = []
+        self.copied: list[Any] = [None, None]
+        self.step = 0
+
+    def submit(self, host: torch.Tensor) -> tuple[torch.Tensor, Any, torch.Tensor]:
+        """Start one batch: (features buffer, its ready event, the raw output)."""
+        m = host.shape[0]
+        k = self.step % 2
+        self.step += 1
+        if not self.pinned_in:
+            shape = (self.batch_size, *host.shape[1:])
+            self.pinned_in = [torch.empty(shape, dtype=torch.uint8).pin_memory()
+                              for _ in range(2)]
+            out_shape = (self.batch_size, int(self.encoder.dim))
+            self.pinned_out = [torch.empty(out_shape).pin_memory() for _ in range(2)]
+        if self.copied[k] is not None:
+            self.copied[k].synchronize()
+        buf = self.pinned_in[k][:m]
+        buf.copy_(host)
+        batch = buf.to(self.dev, non_blocking=True)
+        self.copied[k] = torch.cuda.Event()
+        self.copied[k].record()
+        x = self.encoder.preprocess(batch)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        ctx = (torch.autocast(device_type="cuda", dtype=self.amp_dtype)
+               if self.amp_dtype is not None else contextlib.nullcontext())
+        with ctx:
+            y = self.forward(x)
+        _check_shape(self.encoder, y, m)
+        out = self.pinned_out[k][:m]
+        out.copy_(y.float(), non_blocking=True)
+        event = torch.cuda.Event()
+        event.record()
+        return out, event, y
+
+
+def _check_shape(encoder: PatchEncoder, y: torch.Tensor, m: int) -> None:
+    if y.shape != (m, encoder.dim):
+        raise RuntimeError(
+            f"encoder {encoder.name} returned shape {tuple(y.shape)} for a batch "
+            f"of {m}, expected ({m}, {encoder.dim})"
+        )
+
+
+def _provenance(slide: Slide, grid: PatchGrid, encoder: PatchEncoder, dev) -> dict[str, Any]:
+    """What a features file records of its making (``features_io.save_features``)."""
+    return {
+        "encoder": encoder.name,
+        "encoder_spec": _spec_for(encoder, grid).to_dict(),  # JSON form, as stored
+        "feature_dim": int(encoder.dim),
+        **grid.geometry(),
+        "slide_fingerprint": slide.fingerprint(),
+        "slide_path": str(slide.path),
+        "grid_key": grid_key(grid),
+        "n_patches": len(grid),
+        "device": str(dev),
+    }
+
+
 def embed_slide(
     slide: Slide,
     grid: PatchGrid,
@@ -207,8 +318,14 @@ def embed_slide(
     backend: str = "auto",
     compile: bool = False,
     on_batch: Callable[[np.ndarray, np.ndarray], Any] | None = None,
+    on_encoded: Callable[[np.ndarray, np.ndarray], Any] | None = None,
 ) -> PatchFeatures:
     """Embed every patch of ``grid``.
+
+    Patches are read and encoded in the visiting order of
+    :func:`~napari_ghanet.inference.progressive.visit_order` (block by block, blocks
+    spatially stratified, the same order for the same grid), so that the patches embedded
+    at any moment cover the whole tissue; the features are returned in grid order.
 
     Parameters
     ----------
@@ -230,20 +347,26 @@ def embed_slide(
         Called with the number of patches embedded so far.
     cancel : threading.Event or callable returning bool, optional
         Checked between batches; when set, :class:`EmbeddingCancelled` is raised.
-    backend : {"auto", "onnx", "torch"}
+    backend : {"auto", "onnx", "onnx-int8", "torch"}
         CPU inference engine: ``auto`` runs the network in ONNX Runtime when the encoder
         supports it (exported once and cached), torch otherwise or when that fails (one
-        logged warning); ``onnx`` insists on ONNX Runtime; ``torch`` never uses it. No
-        effect on CUDA. The features' spec is the same whichever runs.
+        logged warning); ``onnx`` insists on ONNX Runtime; ``onnx-int8`` runs an 8-bit
+        quantized export (only when asked); ``torch`` never uses ONNX Runtime. No effect
+        on CUDA. The features' spec is the same whichever runs.
     compile : bool
         CUDA only: run the network through ``torch.compile`` (slow first batch; pays off
         on whole slides with large ViTs).
     on_batch : callable(patches, index), optional
         Called on this thread with each batch of readable patches as read, before they
         are encoded: uint8 (B, patch_px, patch_px, 3) RGB and int64 (B,) their indices in
-        ``grid`` (unreadable patches left out), in grid order. E.g. artifact QC
+        ``grid`` (unreadable patches left out), in visiting order. E.g. artifact QC
         (:class:`~napari_ghanet.preprocessing.qc.QCAccumulator`) measures the patches
         the encoder sees without reading them twice.
+    on_encoded : callable(index, features), optional
+        Called on this thread with each batch once encoded: int64 (B,) grid indices and
+        float32 (B, D) their features (unreadable patches left out). E.g. a preliminary
+        risk from the patches embedded so far
+        (:class:`~napari_ghanet.inference.progressive.ProgressiveEstimator`).
 
     Returns
     -------
@@ -270,10 +393,9 @@ def embed_slide(
         workers = max(4, os.cpu_count() or 4) if dev.type == "cuda" else 4
     if workers < 0:
         raise ValueError(f"workers must be >= 0, got {workers}")
-    if backend == "onnx" and dev.type != "cpu":
-        raise EncoderError(f"backend 'onnx' runs on the CPU only, not on {dev}")
+    if backend.startswith("onnx") and dev.type != "cpu":
+        raise EncoderError(f"backend {backend!r} runs on the CPU only, not on {dev}")
     n = len(grid)
-    spec = _spec_for(encoder, grid)
     if encoder.target_mpp and abs(grid.target_mpp / encoder.target_mpp - 1) > 0.05:
         logger.warning(
             "encoder %s is meant for %.3g um/px patches, the grid is at %.3g um/px",
@@ -281,20 +403,8 @@ def embed_slide(
             encoder.target_mpp,
             grid.target_mpp,
         )
-    attrs: dict[str, Any] = {
-        "encoder": encoder.name,
-        "encoder_spec": spec.to_dict(),  # JSON form, as stored in the file
-        "feature_dim": int(encoder.dim),
-        **grid.geometry(),
-        "slide_fingerprint": slide.fingerprint(),
-        "slide_path": str(slide.path),
-        "grid_key": grid_key(grid),
-        "n_patches": n,
-        "device": str(dev),
-    }
-    runner: Any = encoder
-    if dev.type == "cpu":
-        runner = wrap_for_cpu(encoder, backend)
+    attrs = _provenance(slide, grid, encoder, dev)
+    runner: Any = wrap_for_cpu(encoder, backend) if dev.type == "cpu" else encoder
     t0 = time.perf_counter()
     if progress is not None:
         progress(0, n)
@@ -303,118 +413,61 @@ def embed_slide(
         return PatchFeatures(
             np.zeros((0, encoder.dim), np.float32), np.zeros((0, 2), np.int64), attrs
         )
-
-    batches = iter_patch_batches(
-        slide, grid, batch_size=batch_size, workers=workers, prefetch=prefetch, cancel=cancel
-    )
+    order = visit_order(grid.coords, grid.step_level0)
     feats = np.empty((n, encoder.dim), dtype=np.float32)
     valid = np.zeros(n, dtype=bool)
+    done = 0
+
+    def finish(lo: int, hi: int, out: torch.Tensor) -> None:
+        nonlocal done
+        index = order[lo:hi]
+        feats[index] = out.numpy()
+        done = hi
+        if on_encoded is not None:
+            ok = valid[index]
+            on_encoded(index[ok], feats[index[ok]])
+        if progress is not None:
+            progress(done, n)
+
+    batches = iter_patch_batches(
+        slide, grid.select(order), batch_size=batch_size, workers=workers,
+        prefetch=prefetch, cancel=cancel, names=order,
+    )
     cuda = dev.type == "cuda"
     was_training = encoder.training
     encoder.eval()
     encoder.to(dev)
-    channels_last = cuda and getattr(encoder, "channels_last_ok", True)
-    fused_saved: list[tuple[Any, bool]] = []
-    if cuda:
-        if channels_last:
-            encoder.to(memory_format=torch.channels_last)
-        # timm ViTs: PyTorch SDPA (flash / memory-efficient attention kernels)
-        for m in encoder.modules():
-            if hasattr(m, "fused_attn") and isinstance(m.fused_attn, bool):
-                fused_saved.append((m, m.fused_attn))
-                m.fused_attn = True
-    amp_dtype = None
-    if cuda and getattr(encoder, "autocast_ok", True):
-        amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    forward: Callable[[torch.Tensor], torch.Tensor] = encoder
-    if cuda and compile:
-        forward = torch.compile(encoder, dynamic=False)
+    undo: Callable[[], None] = lambda: None  # noqa: E731
     attrs["backend"] = getattr(runner, "backend", "torch")
-    old_benchmark = torch.backends.cudnn.benchmark
-    if cuda:
-        torch.backends.cudnn.benchmark = True
-    pending: tuple[int, int, torch.Tensor, torch.cuda.Event | None] | None = None
-    done = 0
-    # CUDA: two pinned input and two pinned output buffers, reused batch after batch (an
-    # input buffer is refilled only once its copy to the device has completed)
-    pinned_in: list[torch.Tensor] = []
-    pinned_out: list[torch.Tensor] = []
-    copied: list[torch.cuda.Event | None] = [None, None]
-    step = 0
-
-    def finish(item) -> None:
-        nonlocal done
-        lo, hi, out, event = item
-        if event is not None:
-            event.synchronize()
-        feats[lo:hi] = out.numpy()
-        done = hi
-        if progress is not None:
-            progress(done, n)
-
     try:
+        pipe = None
+        if cuda:
+            forward, undo = _cuda_setup(encoder, compile)
+            pipe = _CudaPipe(encoder, forward, dev, batch_size)
+        pending: tuple[int, int, torch.Tensor, Any] | None = None
         with torch.inference_mode():
             for lo, hi, arr, ok in batches:
-                valid[lo:hi] = ok
+                valid[order[lo:hi]] = ok
                 if on_batch is not None:
-                    index = np.arange(lo, hi, dtype=np.int64)
+                    index = order[lo:hi]
                     on_batch(arr if ok.all() else arr[ok], index if ok.all() else index[ok])
                 host = torch.from_numpy(arr)
-                m = hi - lo
-                if not cuda:
+                if pipe is None:
                     y = runner.encode(host)
-                else:
-                    k = step % 2
-                    step += 1
-                    if not pinned_in:
-                        shape = (batch_size, *host.shape[1:])
-                        pinned_in = [torch.empty(shape, dtype=torch.uint8).pin_memory()]
-                        pinned_in.append(torch.empty_like(pinned_in[0]).pin_memory())
-                        out_shape = (batch_size, int(encoder.dim))
-                        pinned_out = [torch.empty(out_shape).pin_memory() for _ in range(2)]
-                    if copied[k] is not None:
-                        copied[k].synchronize()
-                    buf = pinned_in[k][:m]
-                    buf.copy_(host)
-                    batch = buf.to(dev, non_blocking=True)
-                    copied[k] = torch.cuda.Event()
-                    copied[k].record()
-                    x = encoder.preprocess(batch)
-                    if channels_last:
-                        x = x.contiguous(memory_format=torch.channels_last)
-                    ctx = (
-                        torch.autocast(device_type="cuda", dtype=amp_dtype)
-                        if amp_dtype is not None
-                        else contextlib.nullcontext()
-                    )
-                    with ctx:
-                        y = forward(x)
-                if y.shape != (m, encoder.dim):
-                    raise RuntimeError(
-                        f"encoder {encoder.name} returned shape {tuple(y.shape)} for a batch "
-                        f"of {m}, expected ({m}, {encoder.dim})"
-                    )
-                if cuda:
-                    out = pinned_out[k][:m]
-                    out.copy_(y.float(), non_blocking=True)
-                    event = torch.cuda.Event()
-                    event.record()
-                    if pending is not None:
-                        finish(pending)
-                    pending = (lo, hi, out, event)
-                else:
-                    finish((lo, hi, y.float().cpu(), None))
+                    _check_shape(encoder, y, hi - lo)
+                    finish(lo, hi, y.float().cpu())
+                    continue
+                out, event, _ = pipe.submit(host)
+                if pending is not None:
+                    pending[3].synchronize()
+                    finish(*pending[:3])
+                pending = (lo, hi, out, event)
             if pending is not None:
-                finish(pending)
-                pending = None
+                pending[3].synchronize()
+                finish(*pending[:3])
     finally:
         batches.close()
-        if cuda:
-            torch.backends.cudnn.benchmark = old_benchmark
-            for mod, flag in fused_saved:
-                mod.fused_attn = flag
-            if channels_last:
-                encoder.to(memory_format=torch.contiguous_format)
+        undo()
         encoder.train(was_training)
 
     n_skipped = int((~valid).sum())

@@ -34,6 +34,11 @@ from napari_ghanet.inference.exports import (
     write_patch_csv,
     write_report_json,
 )
+from napari_ghanet.inference.progressive import (
+    PreliminaryCallback,
+    PreliminaryRisk,
+    ProgressiveEstimator,
+)
 from napari_ghanet.inference.result import (
     REPORT_FORMAT,
     REPORT_FORMAT_VERSION,
@@ -72,6 +77,7 @@ __all__ = [
     "PredictionCancelled",
     "PredictionError",
     "PredictOptions",
+    "PreliminaryRisk",
     "ProgressCallback",
     "Region",
     "default_cache_dir",
@@ -97,6 +103,7 @@ def predict_slide(
     regions: Regions | None = None,
     progress: ProgressCallback | None = None,
     cancel: threading.Event | None = None,
+    preliminary: PreliminaryCallback | ProgressiveEstimator | None = None,
     **shortcuts: Any,
 ) -> Prediction:
     """Predict prognosis for one slide with a model bundle.
@@ -132,6 +139,15 @@ def predict_slide(
     cancel : threading.Event, optional
         Set it (from any thread) to stop the run; raises :class:`PredictionCancelled`
         and leaves no cache file behind.
+    preliminary : callable(PreliminaryRisk) or ProgressiveEstimator, optional
+        A first answer in seconds: while patches are embedded, called from this thread
+        with :class:`~napari_ghanet.inference.progressive.PreliminaryRisk` estimates
+        from the patches embedded so far (risk, bootstrap interval, risk group), at most
+        about 10 % of the embedding time, and finally with the exact full-bag answer
+        (``final=True``). A
+        :class:`~napari_ghanet.inference.progressive.ProgressiveEstimator` (of the same
+        bundle) sets the cadence, bootstrap size and interval level. The prediction itself is the same with or without it (features
+        cached from an earlier run give no preliminary answers: the model runs at once).
     **shortcuts
         Option fields by name, applied to ``options`` (``device="cpu"``, ``mpp=0.25``,
         ``batch_size=16``, ``use_cache=False``, ``overlap=0.5``...), and the older
@@ -154,7 +170,8 @@ def predict_slide(
     PredictionCancelled
     """
     return predict_patient([slide_or_path], bundle, options, regions=regions,
-                           progress=progress, cancel=cancel, **shortcuts)
+                           progress=progress, cancel=cancel, preliminary=preliminary,
+                           **shortcuts)
 
 
 def predict_patient(
@@ -167,6 +184,7 @@ def predict_patient(
     regions: Regions | Sequence[Regions | None] | None = None,
     progress: ProgressCallback | None = None,
     cancel: threading.Event | None = None,
+    preliminary: PreliminaryCallback | ProgressiveEstimator | None = None,
     **shortcuts: Any,
 ) -> Prediction:
     """Predict prognosis for one patient from several slides, scored as one bag.
@@ -190,8 +208,9 @@ def predict_patient(
         Level-0 um/px for slides that do not record it: one value for all, or one per slide.
     regions : Regions or sequence of (Regions or None), optional
         One per slide (a single Regions only for a single slide).
-    options, progress, cancel, **shortcuts
-        As for :func:`predict_slide`; progress runs "slide" ... "features" once per
+    options, progress, cancel, preliminary, **shortcuts
+        As for :func:`predict_slide` (preliminary bags hold the finished slides and the
+        current slide's patches embedded so far); progress runs "slide" ... "features" once per
         slide. QC judges each slide's patches on their own (blur against that slide's
         median); a slide that loses every patch to QC is a warning, a bag left empty a
         NoTissueError.
@@ -235,7 +254,7 @@ def predict_patient(
     warnings: list[str] = list(bundle.notices)  # e.g. half-precision weights converted
     region_list = slide_regions(regions, len(slides))
     run = BagRun.create(bundle, options, several=len(slides) > 1, progress=progress,
-                        cancel=cancel)
+                        cancel=cancel, preliminary=preliminary)
     encoder = BagEncoder(run)
     runs = [
         slide_stage(source, run, encoder, mpp=slide_mpp, regions=regs,
@@ -264,6 +283,8 @@ def predict_patient(
         heatmaps=heatmaps,
     )
     check_prediction_finite(prediction)  # NaN/inf -> PredictionError naming the model, never a report
+    if run.preliminary is not None:
+        run.preliminary.estimator.final(prediction.risk, len(bag))
     if progress is not None:
         progress("done", 1, 1)
     return prediction

@@ -32,6 +32,11 @@ from napari_ghanet.errors import (
     PredictionError,
 )
 from napari_ghanet.inference.heatmap import Heatmap, overlap_factor, overlap_grid
+from napari_ghanet.inference.progressive import (
+    BagPreliminary,
+    PreliminaryCallback,
+    ProgressiveEstimator,
+)
 from napari_ghanet.inference.stages.model import heatmap_stage, patch_scorers
 from napari_ghanet.inference.stages.run import (
     ProgressCallback,
@@ -145,6 +150,7 @@ class BagRun:
     progress: ProgressCallback | None = None
     cancel: threading.Event | None = None
     geometry_note: str | None = None
+    preliminary: BagPreliminary | None = None
     qc: QCParams | None = field(init=False)
 
     def __post_init__(self) -> None:
@@ -153,15 +159,23 @@ class BagRun:
     @classmethod
     def create(cls, bundle: ModelBundle, options: PredictOptions, *, several: bool = False,
                progress: ProgressCallback | None = None,
-               cancel: threading.Event | None = None) -> BagRun:
+               cancel: threading.Event | None = None,
+               preliminary: PreliminaryCallback | ProgressiveEstimator | None = None,
+               ) -> BagRun:
         grid = options.grid
         px, um, note = patch_geometry(bundle.encoder, grid.patch_px, grid.target_mpp)
         cache = options.cache
         root = (Path(cache.cache_dir) if cache.cache_dir is not None else default_cache_dir())
-        return cls(bundle=bundle, options=options,
-                   device=str(resolve_device(options.embed.device)), patch_px=px,
-                   target_mpp=um, cache_root=root if cache.use_cache else None,
-                   several=several, progress=progress, cancel=cancel, geometry_note=note)
+        device = str(resolve_device(options.embed.device))
+        run = cls(bundle=bundle, options=options, device=device, patch_px=px,
+                  target_mpp=um, cache_root=root if cache.use_cache else None,
+                  several=several, progress=progress, cancel=cancel, geometry_note=note)
+        if isinstance(preliminary, ProgressiveEstimator):
+            run.preliminary = BagPreliminary(preliminary, run.qc)
+        elif preliminary is not None:
+            run.preliminary = BagPreliminary(
+                ProgressiveEstimator(bundle, preliminary, device=device), run.qc)
+        return run
 
     @property
     def tissue_params(self) -> TissueParams | None:
@@ -256,6 +270,8 @@ def slide_stage(
         enc, enc_spec = encoder.get(warnings)
         dt = time.perf_counter() - t0
         timings["features"] = round(timings.get("features", 0.0) + dt, 4)
+        if o.preliminary is not None:
+            o.preliminary.start_slide(grid.coords, grid.step_level0)
         feats = features_stage(
             slide,
             grid,
@@ -265,6 +281,7 @@ def slide_stage(
             else None,
             progress=o.progress,
             timings=timings,
+            on_encoded=o.preliminary.on_encoded if o.preliminary is not None else None,
             **o.stage_kw(),
         )
         warnings.extend(feats.warnings)
@@ -282,6 +299,9 @@ def slide_stage(
             t0 = time.perf_counter()
             _qc_decision(run, o, slide.path.name, name, warnings)
             timings["qc"] = round(timings.get("qc", 0.0) + time.perf_counter() - t0, 4)
+        if o.preliminary is not None:
+            kept = run.features.features
+            o.preliminary.finish_slide(kept.features, kept.coords, grid.step_level0)
         if overlap_factor(o.heatmap_overlap) > 1:
             t0 = time.perf_counter()
             run.extra, run.n_extra = _overlap_features(

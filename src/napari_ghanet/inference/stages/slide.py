@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -268,6 +269,7 @@ def features_stage(
     timings: dict[str, float] | None = None,
     backend: str = "auto",
     compile: bool = False,
+    on_encoded: Callable[[np.ndarray, np.ndarray, np.ndarray | None], Any] | None = None,
 ) -> SlideFeatures:
     """The grid's patch features: from ``cache_path`` when it holds features of this slide,
     encoder and grid (and ``reuse``), else embedded and then saved there (atomically).
@@ -283,6 +285,10 @@ def features_stage(
     can change later without re-embedding. Cached features without measures (older
     files), or measured with other colour/density settings (:func:`measure_key`), get them
     from one QC-only read of the patches, and the cache file is rewritten with them.
+
+    ``on_encoded(index, features, measures)`` is called after each batch is embedded
+    (not for cached features): int64 (B,) grid indices, float32 (B, D) features and
+    float32 (B, 3) their QC measures (None without ``qc``).
     """
     clock = Clock(timings)
     spec = feature_spec(encoder, grid.patch_px, grid.target_mpp)
@@ -332,6 +338,16 @@ def features_stage(
     if workers is not None:
         embed_kw["workers"] = int(workers)
     acc = QCAccumulator(measure_params(qc)) if qc is not None else None
+    seen: list[np.ndarray] = []  # grid indices in the order the patches were measured
+
+    def measure(batch: np.ndarray, index: np.ndarray) -> None:
+        acc.update(batch)
+        seen.append(index)
+
+    def encoded(index: np.ndarray, f: np.ndarray) -> None:
+        m = acc.measures()[-len(index):] if acc is not None and len(index) else None
+        on_encoded(index, f, m)
+
     try:
         feats = embed_slide(
             slide,
@@ -340,7 +356,8 @@ def features_stage(
             device=device,
             progress=lambda done, total: report(progress, "features", done, total),
             cancel=cancel,
-            on_batch=(lambda batch, _index: acc.update(batch)) if acc is not None else None,
+            on_batch=measure if acc is not None else None,
+            on_encoded=encoded if on_encoded is not None else None,
             backend=backend,
             compile=compile,
             **embed_kw,
@@ -349,7 +366,9 @@ def features_stage(
         raise Cancelled("prediction cancelled during embedding") from e
     check_cancel(cancel)
     if acc is not None:
-        feats.qc_measures = acc.measures()
+        # measured in visiting order; the features are in grid order
+        order = np.argsort(np.concatenate(seen), kind="stable") if seen else slice(None)
+        feats.qc_measures = acc.measures()[order]
         feats.attrs["qc_measure_key"] = key
         feats.__post_init__()  # check the measures' shape
     result = SlideFeatures(feats, False, warnings=cache_warnings,

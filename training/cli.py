@@ -2,6 +2,11 @@
 
 The parser's texts are plain text (no reST markup), every option has a help line and
 :class:`HelpFormatter` adds each option's default to it.
+
+A face: the training code (torch, the cohort reader) is imported when a command runs, and
+the ``synth`` / ``demo`` options only when that command is the one asked for, so
+``ghanet-train --help``, ``cv --help``, ``bundle --help`` and their argument errors start
+without torch (``benchmarks/cli_startup.py``).
 """
 
 from __future__ import annotations
@@ -11,14 +16,27 @@ import json
 import sys
 from pathlib import Path
 
-from napari_ghanet.training import demo_recipe, synth
-from napari_ghanet.training.bundle_cmd import make_bundle
-from napari_ghanet.training.cv import RunConfig, run_cv_many
-from napari_ghanet.training.trainer import TrainConfig
-
 from napari_ghanet.errors import Cancelled, GHANetError
 
 __all__ = ["main", "build_parser", "HelpFormatter", "DESCRIPTION"]
+
+#: commands whose options live in their own module: name -> help line
+_MODULE_COMMANDS = {
+    "synth": "write a synthetic feature cohort (test data)",
+    "demo": "rebuild the plugin's demonstration model from a synthetic cohort",
+}
+
+
+def _configure(name: str, p: argparse.ArgumentParser) -> None:
+    """Add the options of command ``name`` (one of :data:`_MODULE_COMMANDS`) to ``p``."""
+    if name == "synth":
+        from napari_ghanet.training import synth
+
+        synth.configure_parser(p)
+    else:
+        from napari_ghanet.training import demo_recipe
+
+        demo_recipe.configure_parser(p)
 
 DESCRIPTION = """\
 Cross-validated training, plugin model bundles and synthetic test cohorts.
@@ -146,7 +164,10 @@ def _add_cv(sub) -> None:
     p.set_defaults(func=_run_cv)
 
 
-def train_config_from_args(args) -> TrainConfig:
+def train_config_from_args(args):
+    """The :class:`~napari_ghanet.training.trainer.TrainConfig` of the parsed options."""
+    from napari_ghanet.training.trainer import TrainConfig
+
     return TrainConfig(
         epochs=args.epochs, lr=args.lr, weight_decay=args.weight_decay,
         accumulation=args.accumulation, batch_size=args.batch_size,
@@ -157,6 +178,8 @@ def train_config_from_args(args) -> TrainConfig:
 
 
 def _run_cv(args) -> int:
+    from napari_ghanet.training.cv import RunConfig, run_cv_many
+
     models = list(dict.fromkeys(args.model))
     cfgs = [RunConfig(
         model=model, cohort=args.cohort, signatures=args.signatures, splits=args.splits,
@@ -202,20 +225,33 @@ def _add_bundle(sub) -> None:
 
 
 def _run_bundle(args) -> int:
+    from napari_ghanet.training.bundle_cmd import make_bundle
+
     path = make_bundle(args.run_dir, args.out, mode=args.mode, fold=args.fold, name=args.name,
                        encoder=args.encoder, intended_use=args.intended_use)
     print(str(path))
     return 0
 
 
-def build_parser(argv=None) -> argparse.ArgumentParser:  # argv: unused, kept for callers
+def _command(argv: list[str]) -> str | None:
+    """The command named in ``argv`` (its first word that is not an option)."""
+    return next((a for a in argv if not a.startswith("-")), None)
+
+
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
+    """The ``ghanet-train`` parser. With ``argv``, the ``synth`` / ``demo`` options are
+    added only when ``argv`` names that command (the others keep their help line, so
+    ``ghanet-train --help`` lists them); without, every command is complete."""
     parser = argparse.ArgumentParser(prog="ghanet-train", description=DESCRIPTION,
                                      formatter_class=HelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     _add_cv(sub)
     _add_bundle(sub)
-    synth.add_parser(sub)
-    demo_recipe.add_parser(sub)
+    wanted = None if argv is None else _command(argv)
+    for name, help_line in _MODULE_COMMANDS.items():
+        p = sub.add_parser(name, help=help_line, formatter_class=HelpFormatter)
+        if argv is None or wanted == name:
+            _configure(name, p)
     for command in sub.choices.values():  # every command: plain help with defaults
         command.formatter_class = HelpFormatter
     return parser

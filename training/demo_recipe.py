@@ -42,7 +42,8 @@ from napari_ghanet.errors import TrainingError
 from napari_ghanet.inference.stages import embed_to_file
 from napari_ghanet.io.atomic import atomic_path, atomic_write
 
-__all__ = ["DemoRecipe", "DEMO_INTENDED_USE", "make_demo_cohort", "run_demo_recipe", "add_parser"]
+__all__ = ["DemoRecipe", "DEMO_INTENDED_USE", "make_demo_cohort", "run_demo_recipe",
+           "configure_parser"]
 
 log = logging.getLogger(__name__)
 
@@ -231,13 +232,9 @@ Everything is seeded: the same options give the same bundle up to floating-point
 Research and demonstration only: the model carries no information about real patients."""
 
 
-def add_parser(subparsers) -> None:
-    p = subparsers.add_parser(
-        "demo",
-        help="rebuild the plugin's demonstration model from a synthetic cohort",
-        description=DEMO_DESCRIPTION,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+def configure_parser(p: argparse.ArgumentParser) -> None:
+    """The options of ``ghanet-train demo`` on its (sub)parser ``p``."""
+    p.description = DEMO_DESCRIPTION
     p.add_argument("--out", default="src/napari_ghanet/data/demo_model.safetensors",
                    help="bundle to write (default: the package's demo model)")
     p.add_argument("--work-dir", default=None,

@@ -39,7 +39,7 @@ import pandas as pd
 from napari_ghanet.errors import CohortError
 from napari_ghanet.io.atomic import atomic_path, atomic_write
 
-__all__ = ["SynthConfig", "write_synthetic_cohort", "add_parser", "SYNTH_RECIPE"]
+__all__ = ["SynthConfig", "write_synthetic_cohort", "configure_parser", "SYNTH_RECIPE"]
 
 N_CATEGORIES = 6
 CATEGORY_NAMES = (
@@ -248,12 +248,10 @@ def _readme(cfg: SynthConfig, n_censored: int, n_slides: int) -> str:
     )
 
 
-def add_parser(subparsers) -> None:
-    p = subparsers.add_parser(
-        "synth", help="write a synthetic feature cohort (test data)",
-        description="Write a synthetic cohort (features, table, signatures, splits) in the "
-                    "formats of a real one. Test data only.",
-    )
+def configure_parser(p) -> None:
+    """The options of ``ghanet-train synth`` on its (sub)parser ``p``."""
+    p.description = ("Write a synthetic cohort (features, table, signatures, splits) in the "
+                     "formats of a real one. Test data only.")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--patients", type=int, default=SynthConfig.patients, help="patients")
     p.add_argument("--folds", type=int, default=SynthConfig.folds,

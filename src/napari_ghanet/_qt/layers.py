@@ -222,15 +222,30 @@ def qc_points(coords, reasons, patch_size_level0, level0_scale=(1.0, 1.0),
     return np.stack([rows, cols], axis=1), reasons, size * sy
 
 
+def qc_colours(reasons) -> np.ndarray:
+    """RGBA float (M, 4) of each flagged patch's reason (:data:`QC_COLOURS`; white for an
+    unknown reason), one colour per distinct reason looked up, so a slide with thousands
+    of flagged patches costs no per-point colour parsing.
+
+    Examples
+    --------
+    >>> qc_colours(["pen", "blur", "pen", "?"])[:, :3].round(3).tolist()
+    [[0.161, 0.384, 1.0], [1.0, 0.839, 0.0], [0.161, 0.384, 1.0], [1.0, 1.0, 1.0]]
+    """
+    reasons = np.asarray(reasons, dtype=str).reshape(-1)
+    kinds, which = np.unique(reasons, return_inverse=True)
+    palette = np.array([_rgba(QC_COLOURS.get(str(k), "#ffffff")) for k in kinds])
+    return palette.reshape(-1, 4)[which.reshape(-1)]
+
+
 def qc_layer(points: np.ndarray, reasons: np.ndarray, size: float, **kwargs):
     """One Points layer of flagged patches (hollow squares), coloured by reason; the
     reason of each point is in ``layer.features["reason"]``."""
     from napari.layers import Points
 
-    colours = [QC_COLOURS.get(str(r), "#ffffff") for r in reasons]
     return Points(
         points, symbol="square", size=size, face_color="transparent",
-        border_color=colours if len(colours) else "#ffffff", border_width=0.08,
+        border_color=qc_colours(reasons) if len(reasons) else "#ffffff", border_width=0.08,
         border_width_is_relative=True, features={"reason": reasons}, opacity=0.9,
         **kwargs,
     )
@@ -419,6 +434,41 @@ def rename_result_layers(layers, slide_name: str | None) -> None:
                 layer.name = name
 
 
+#: characters vispy's text visual renders on its first draw to measure a line (then the
+#: space): loaded ahead with the labels' own characters (:meth:`LayerBatch.warm_glyphs`)
+METRIC_GLYPHS = "ÅÉÑŐjgpqy "
+
+
+def text_font(viewer):
+    """The font napari's canvas draws layer text with (its glyph atlas; indexing it with a
+    character renders that glyph once), or None where napari does not expose it."""
+    try:
+        info = viewer.window._qt_viewer.canvas.font_info()
+        return info.font_manager.get_font(info.face)
+    except Exception:  # noqa: BLE001 - napari internals: then the first draw renders them
+        return None
+
+
+def _text_strings(layer) -> np.ndarray:
+    """The distinct non-empty labels a layer's visible text draws (str (K,); none for a
+    layer without text, e.g. an Image or a Points layer with no text set)."""
+    text = getattr(layer, "text", None)
+    if text is None or not getattr(text, "visible", False):
+        return np.zeros(0, str)
+    values = np.unique(np.asarray(getattr(text, "values", ()), dtype=str).reshape(-1))
+    return values[values != ""]
+
+
+def _label_glyphs(layers) -> str:
+    """The distinct characters of the text labels of ``layers``, after
+    :data:`METRIC_GLYPHS` (which any text visual's first draw renders)."""
+    chars = dict.fromkeys(METRIC_GLYPHS)
+    for layer in layers:
+        for value in _text_strings(layer).tolist():
+            chars.update(dict.fromkeys(value))
+    return "".join(chars)
+
+
 class LayerBatch:
     """Result layers inserted into a viewer as one batch that appears at once.
 
@@ -426,7 +476,16 @@ class LayerBatch:
     draws between insertions is only what was there before; :meth:`reveal` then shows the
     layers meant to be visible in one step: one redraw for the whole batch. The dock
     inserts a few layers per turn of the event loop (:meth:`insert_some`) so that napari's
-    per-layer set-up (visual, controls) never blocks the viewer for long.
+    per-layer set-up (visual, controls) never blocks the viewer for long, then renders the
+    glyphs of the rank labels a few per turn (:meth:`warm_glyphs`: 3-6 ms each on the CPU,
+    20 of them would otherwise land in one frame) and shows the layers one per turn, a
+    layer's text one turn after its shapes (:meth:`reveal_next`), each first draw
+    compiling its own shaders in its own frame.
+
+    The work per turn does not grow with the slide: the attention, genome and tissue
+    layers are images of one pixel per patch cell (per mask pixel), the QC layer one
+    point per flagged patch with its colours given as one array, the regions layer the
+    top-k boxes.
 
     Parameters
     ----------
@@ -444,6 +503,8 @@ class LayerBatch:
         self.inserted: dict[str, Any] = {}
         self.active = active
         self._gc = GCHold()  # no full collection while the layers go in
+        self._glyphs = _label_glyphs([layer for _, layer in layers if layer.visible])
+        self._text_later: dict[int, Any] = {}  # layers whose text shows one turn later
 
     @property
     def done(self) -> bool:
@@ -475,22 +536,59 @@ class LayerBatch:
                 selection.active = active
         return self.done
 
+    def warm_glyphs(self, budget_s: float = 0.04) -> bool:
+        """Render the glyphs the layers' text will draw (and those vispy measures a line
+        with) into the canvas's font atlas until ``budget_s`` seconds have passed; returns
+        True when none is left. Glyphs already rendered cost nothing; without access to
+        napari's font (:func:`text_font`) the first draw renders them as before."""
+        if not self._glyphs:
+            return True
+        font = text_font(self.viewer)
+        if font is None:
+            self._glyphs = ""
+            return True
+        start = time.perf_counter()
+        while self._glyphs:
+            char, self._glyphs = self._glyphs[0], self._glyphs[1:]
+            try:
+                font[char]
+            except Exception:  # noqa: BLE001 - a glyph the font cannot render: drawn later
+                pass
+            if time.perf_counter() - start >= budget_s:
+                break
+        return not self._glyphs
+
     def reveal(self) -> None:
         """Show the layers meant to be visible and select ``active`` again."""
+        self.warm_glyphs(float("inf"))
         while not self.reveal_next():
             pass
 
     def reveal_next(self) -> bool:
-        """Show the next layer meant to be visible (one per call: its first draw compiles
-        its GL shaders, 60-150 ms on a software renderer, so that the dock can spread the
-        first draws over turns of the event loop); returns True when all are shown (and
-        ``active`` is selected again)."""
+        """Show the next layer meant to be visible, or the text of the layer shown last
+        (one per call: a first draw compiles its GL shaders, 60-150 ms on a software
+        renderer, so that the dock can spread the first draws over turns of the event
+        loop); returns True when all are shown (and ``active`` is selected again)."""
+        if self._text_later:
+            _, text = self._text_later.popitem()
+            text.visible = True
+            return self._finish_reveal()
         for layer in self.inserted.values():
             if self._visible.pop(id(layer), False):
+                text = getattr(layer, "text", None)
+                if _text_strings(layer).size:
+                    text.visible = False  # its shapes this turn, its text the next
+                    self._text_later[id(layer)] = text
                 layer.visible = True
-                if any(self._visible.get(id(other)) for other in self.inserted.values()):
-                    return False
                 break
+        return self._finish_reveal()
+
+    def _finish_reveal(self) -> bool:
+        """True (and ``active`` selected again, the GC freeze released) when every layer
+        and text meant to be visible is shown."""
+        if self._text_later or any(self._visible.get(id(layer))
+                                   for layer in self.inserted.values()):
+            return False
         if self.active is not None and self.active in self.viewer.layers:
             self.viewer.layers.selection.active = self.active
         self._thaw()
@@ -506,4 +604,6 @@ class LayerBatch:
                 self.viewer.layers.remove(layer)
         self.inserted = {}
         self._todo = []
+        self._text_later = {}
+        self._glyphs = ""
         self._thaw()

@@ -22,7 +22,7 @@ MAX_FILE_LINES = 800
 MAX_FUNCTION_LINES = 150
 #: functions still over the limit while they are being cut (issue 16); an entry that is no
 #: longer over fails the test, so the list only shrinks
-BEING_CUT = {"inference/embedding.py:embed_slide", "inference/stages/assemble.py:assemble_stage"}
+BEING_CUT: set[str] = set()
 
 
 def _files() -> list[tuple[str, Path]]:
@@ -92,6 +92,7 @@ DIRECT_WRITES = {
         "a .zarr store (a folder): written beside it, then renamed over the target",
     "cli/_progress.py:__call__": "tqdm.write to the terminal",
     "cli/_progress.py:_write": "tqdm.write to the terminal",
+    "cli/_progress.py:say": "tqdm.write to the terminal",
     "_settings_store.py:save": "its backend: a file backend writes with atomic_write",
 }
 

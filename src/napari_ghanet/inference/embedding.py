@@ -304,6 +304,59 @@ def _provenance(slide: Slide, grid: PatchGrid, encoder: PatchEncoder, dev) -> di
     }
 
 
+def _encode_batches(batches, order: np.ndarray, valid: np.ndarray, runner, encoder,
+                    pipe: _CudaPipe | None, on_batch, finish) -> None:
+    """Encode every batch ``batches`` yields (patches ``lo:hi`` of the visiting order):
+    mark the readable ones in ``valid`` (grid order), hand them to ``on_batch``, and
+    call ``finish(lo, hi, features)``; on CUDA one batch behind, so that the host
+    prepares the next batch while the device computes."""
+    pending: tuple[int, int, torch.Tensor, Any] | None = None
+    with torch.inference_mode():
+        for lo, hi, arr, ok in batches:
+            index = order[lo:hi]
+            valid[index] = ok
+            if on_batch is not None:
+                on_batch(arr if ok.all() else arr[ok], index if ok.all() else index[ok])
+            host = torch.from_numpy(arr)
+            if pipe is None:
+                y = runner.encode(host)
+                _check_shape(encoder, y, hi - lo)
+                finish(lo, hi, y.float().cpu())
+                continue
+            out, event, _ = pipe.submit(host)
+            if pending is not None:
+                pending[3].synchronize()
+                finish(*pending[:3])
+            pending = (lo, hi, out, event)
+        if pending is not None:
+            pending[3].synchronize()
+            finish(*pending[:3])
+
+
+def _check_args(encoder, grid: PatchGrid, dev, batch_size: int, workers: int | None,
+                backend: str) -> int:
+    """Refuse impossible arguments; warn about a grid at another resolution than the
+    encoder's. Returns the reader thread count."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if backend not in BACKENDS:
+        raise EncoderError(f"unknown backend {backend!r}; use one of {', '.join(BACKENDS)}")
+    if workers is None:
+        workers = max(4, os.cpu_count() or 4) if dev.type == "cuda" else 4
+    if workers < 0:
+        raise ValueError(f"workers must be >= 0, got {workers}")
+    if backend.startswith("onnx") and dev.type != "cpu":
+        raise EncoderError(f"backend {backend!r} runs on the CPU only, not on {dev}")
+    if encoder.target_mpp and abs(grid.target_mpp / encoder.target_mpp - 1) > 0.05:
+        logger.warning(
+            "encoder %s is meant for %.3g um/px patches, the grid is at %.3g um/px",
+            encoder.name,
+            encoder.target_mpp,
+            grid.target_mpp,
+        )
+    return workers
+
+
 def embed_slide(
     slide: Slide,
     grid: PatchGrid,
@@ -384,25 +437,9 @@ def embed_slide(
     """
     if isinstance(encoder, str):
         encoder = create_encoder(encoder)
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    if backend not in BACKENDS:
-        raise EncoderError(f"unknown backend {backend!r}; use one of {', '.join(BACKENDS)}")
     dev = resolve_device(device)
-    if workers is None:
-        workers = max(4, os.cpu_count() or 4) if dev.type == "cuda" else 4
-    if workers < 0:
-        raise ValueError(f"workers must be >= 0, got {workers}")
-    if backend.startswith("onnx") and dev.type != "cpu":
-        raise EncoderError(f"backend {backend!r} runs on the CPU only, not on {dev}")
+    workers = _check_args(encoder, grid, dev, batch_size, workers, backend)
     n = len(grid)
-    if encoder.target_mpp and abs(grid.target_mpp / encoder.target_mpp - 1) > 0.05:
-        logger.warning(
-            "encoder %s is meant for %.3g um/px patches, the grid is at %.3g um/px",
-            encoder.name,
-            encoder.target_mpp,
-            grid.target_mpp,
-        )
     attrs = _provenance(slide, grid, encoder, dev)
     runner: Any = wrap_for_cpu(encoder, backend) if dev.type == "cpu" else encoder
     t0 = time.perf_counter()
@@ -444,27 +481,7 @@ def embed_slide(
         if cuda:
             forward, undo = _cuda_setup(encoder, compile)
             pipe = _CudaPipe(encoder, forward, dev, batch_size)
-        pending: tuple[int, int, torch.Tensor, Any] | None = None
-        with torch.inference_mode():
-            for lo, hi, arr, ok in batches:
-                valid[order[lo:hi]] = ok
-                if on_batch is not None:
-                    index = order[lo:hi]
-                    on_batch(arr if ok.all() else arr[ok], index if ok.all() else index[ok])
-                host = torch.from_numpy(arr)
-                if pipe is None:
-                    y = runner.encode(host)
-                    _check_shape(encoder, y, hi - lo)
-                    finish(lo, hi, y.float().cpu())
-                    continue
-                out, event, _ = pipe.submit(host)
-                if pending is not None:
-                    pending[3].synchronize()
-                    finish(*pending[:3])
-                pending = (lo, hi, out, event)
-            if pending is not None:
-                pending[3].synchronize()
-                finish(*pending[:3])
+        _encode_batches(batches, order, valid, runner, encoder, pipe, on_batch, finish)
     finally:
         batches.close()
         undo()

@@ -57,6 +57,116 @@ def _strongest_category(genome_attention: np.ndarray, similarity: np.ndarray | N
     return best
 
 
+def _categories(bundle: ModelBundle, outputs: ModelOutputs,
+                top_genes: int) -> list[CategoryResult]:
+    """One :class:`CategoryResult` per genomic category: its reconstructed profile and
+    its top genes (placeholder gene names when the bundle's do not fit)."""
+    names = bundle.category_names
+    gene_names = bundle.gene_names
+    categories = []
+    for i, values in enumerate(outputs.reconstructed):
+        genes = list(gene_names[i]) if i < len(gene_names) else []
+        if len(genes) != values.size:
+            genes = [f"{names[i] if i < len(names) else i}_{j}" for j in range(values.size)]
+        categories.append(
+            CategoryResult(
+                name=names[i] if i < len(names) else f"category {i + 1}",
+                score=float(values.mean()) if values.size else 0.0,
+                genes=genes,
+                values=values,
+                top_genes=_top_genes(genes, values, top_genes),
+            )
+        )
+    return categories
+
+
+def _top_regions(outputs: ModelOutputs, categories: Sequence[CategoryResult],
+                 coords: np.ndarray, slide_index: np.ndarray, sizes: np.ndarray,
+                 top_k: int) -> list[Region]:
+    """The ``top_k`` patches by morphology attention, each with its strongest category."""
+    morph = outputs.morphology_attention
+    strongest = _strongest_category(outputs.genome_attention, outputs.similarity)
+    pct = 100.0 * percentile_normalise(morph)
+    order = np.argsort(-morph, kind="stable")[: min(top_k, len(morph))]
+    return [
+        Region(
+            rank=r + 1,
+            index=int(i),
+            x=int(coords[i, 0]),
+            y=int(coords[i, 1]),
+            width=int(sizes[slide_index[i]]),
+            height=int(sizes[slide_index[i]]),
+            attention=float(morph[i]),
+            percentile=float(pct[i]),
+            category=categories[int(strongest[i])].name,
+            category_index=int(strongest[i]),
+            slide=int(slide_index[i]),
+        )
+        for r, i in enumerate(order)
+    ]
+
+
+def _slide_records(runs: Sequence[SlideRun]) -> list[dict[str, Any]]:
+    """What ``Prediction.slides`` says of each slide of the bag."""
+    return [
+        dict(r.info)
+        | {
+            "patch_size_level0": int(r.grid.patch_size_level0),
+            "step_level0": int(r.grid.step_level0),
+            "n_patches": len(r.features.features),
+            "tissue": r.mask.describe(),
+            "features_path": r.features.path,
+            "features_cached": r.features.cached,
+            "qc_measures": r.features.qc_source,
+        }
+        for r in runs
+    ]
+
+
+def _qc_report(runs: Sequence[SlideRun], qc: QCParams | None) -> dict[str, Any] | None:
+    """The QC report: the slide's own, or for several slides the counts added up with
+    each slide's report (None when QC was off)."""
+    if qc is None:
+        return None
+    per = [r.qc.to_dict() if r.qc is not None else None for r in runs]
+    if len(runs) == 1:
+        return per[0]
+    flagged: dict[str, int] = {}
+    by_det: dict[str, int] = {}
+    for d in per:
+        for k, v in (d or {}).get("flagged", {}).items():
+            flagged[k] = flagged.get(k, 0) + int(v)
+        for k, v in (d or {}).get("flagged_by_detector", {}).items():
+            by_det[k] = by_det.get(k, 0) + int(v)
+    return {
+        "n_patches": sum((d or {}).get("n_patches", 0) for d in per),
+        "flagged": flagged,
+        "flagged_by_detector": by_det,
+        "params": qc.to_dict(),
+        "note": "; ".join(
+            f"{r.info.get('name')}: {d['note']}" for r, d in zip(runs, per)
+            if d and d.get("note")
+        ),
+        "slides": per,
+    }
+
+
+def _qc_patches(runs: Sequence[SlideRun]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The flagged patches of every slide: coordinates, reasons and slide index."""
+    empty_xy = np.zeros((0, 2), np.int64)
+    qc_coords = np.concatenate(
+        [r.qc_coords if r.qc_coords is not None else empty_xy for r in runs]
+    ).astype(np.int64)
+    qc_reasons = np.concatenate(
+        [r.qc_reasons if r.qc_reasons is not None else np.zeros(0, "<U4") for r in runs]
+    ).astype("<U4")
+    qc_slide_index = np.concatenate([
+        np.full(0 if r.qc_reasons is None else len(r.qc_reasons), k, np.int64)
+        for k, r in enumerate(runs)
+    ])
+    return qc_coords, qc_reasons, qc_slide_index
+
+
 def assemble_stage(
     bundle: ModelBundle,
     outputs: ModelOutputs,
@@ -84,23 +194,7 @@ def assemble_stage(
             f"the bundle has {edges.size} survival bin edges for {survival.size} bins "
             f"(needs {survival.size + 1})"
         )
-    names = bundle.category_names
-    gene_names = bundle.gene_names
-    categories = []
-    for i, values in enumerate(outputs.reconstructed):
-        genes = list(gene_names[i]) if i < len(gene_names) else []
-        if len(genes) != values.size:
-            genes = [f"{names[i] if i < len(names) else i}_{j}" for j in range(values.size)]
-        categories.append(
-            CategoryResult(
-                name=names[i] if i < len(names) else f"category {i + 1}",
-                score=float(values.mean()) if values.size else 0.0,
-                genes=genes,
-                values=values,
-                top_genes=_top_genes(genes, values, top_genes),
-            )
-        )
-
+    categories = _categories(bundle, outputs, top_genes)
     coords = np.concatenate(
         [np.asarray(r.features.features.coords, dtype=np.int64) for r in runs]
     )
@@ -110,83 +204,20 @@ def assemble_stage(
     sizes = np.array([int(r.grid.patch_size_level0) for r in runs], np.int64)
     morph = outputs.morphology_attention
     genome = outputs.genome_attention
-    strongest = _strongest_category(genome, outputs.similarity)
-    pct = 100.0 * percentile_normalise(morph)
-    order = np.argsort(-morph, kind="stable")[: min(top_k, len(morph))]
-    regions = [
-        Region(
-            rank=r + 1,
-            index=int(i),
-            x=int(coords[i, 0]),
-            y=int(coords[i, 1]),
-            width=int(sizes[slide_index[i]]),
-            height=int(sizes[slide_index[i]]),
-            attention=float(morph[i]),
-            percentile=float(pct[i]),
-            category=categories[int(strongest[i])].name,
-            category_index=int(strongest[i]),
-            slide=int(slide_index[i]),
-        )
-        for r, i in enumerate(order)
-    ]
+    regions = _top_regions(outputs, categories, coords, slide_index, sizes, top_k)
     first = runs[0]
     slide = dict(first.info)
     if patient:
         slide["patient"] = str(patient)
-    slides = [
-        dict(r.info)
-        | {
-            "patch_size_level0": int(r.grid.patch_size_level0),
-            "step_level0": int(r.grid.step_level0),
-            "n_patches": len(r.features.features),
-            "tissue": r.mask.describe(),
-            "features_path": r.features.path,
-            "features_cached": r.features.cached,
-            "qc_measures": r.features.qc_source,
-        }
-        for r in runs
-    ]
+    slides = _slide_records(runs)
     several = len(runs) > 1
     region_dicts = [r.regions.to_dict() if r.regions is not None else None for r in runs]
     regions_report = (
         region_dicts if several and any(d is not None for d in region_dicts)
         else region_dicts[0] if not several else None
     )
-    qc_report = None
-    if qc is not None:
-        per = [r.qc.to_dict() if r.qc is not None else None for r in runs]
-        if not several:
-            qc_report = per[0]
-        else:
-            flagged: dict[str, int] = {}
-            by_det: dict[str, int] = {}
-            for d in per:
-                for k, v in (d or {}).get("flagged", {}).items():
-                    flagged[k] = flagged.get(k, 0) + int(v)
-                for k, v in (d or {}).get("flagged_by_detector", {}).items():
-                    by_det[k] = by_det.get(k, 0) + int(v)
-            qc_report = {
-                "n_patches": sum((d or {}).get("n_patches", 0) for d in per),
-                "flagged": flagged,
-                "flagged_by_detector": by_det,
-                "params": qc.to_dict(),
-                "note": "; ".join(
-                    f"{r.info.get('name')}: {d['note']}" for r, d in zip(runs, per)
-                    if d and d.get("note")
-                ),
-                "slides": per,
-            }
-    empty_xy = np.zeros((0, 2), np.int64)
-    qc_coords = np.concatenate(
-        [r.qc_coords if r.qc_coords is not None else empty_xy for r in runs]
-    ).astype(np.int64)
-    qc_reasons = np.concatenate(
-        [r.qc_reasons if r.qc_reasons is not None else np.zeros(0, "<U4") for r in runs]
-    ).astype("<U4")
-    qc_slide_index = np.concatenate([
-        np.full(0 if r.qc_reasons is None else len(r.qc_reasons), k, np.int64)
-        for k, r in enumerate(runs)
-    ])
+    qc_report = _qc_report(runs, qc)
+    qc_coords, qc_reasons, qc_slide_index = _qc_patches(runs)
     by_slide = [dict(h) for h in heatmaps] if heatmaps is not None else []
     if not any(by_slide):
         by_slide = []

@@ -178,7 +178,7 @@ def open_client(
     ``threads``: torch/OpenMP threads per local worker (default: cores // workers)."""
     kind, n = parse_cluster(cluster)
     if scheduler is not None and kind != "inprocess":
-        raise CohortError("give either --cluster or --scheduler, not both")
+        raise CohortError("give either a local cluster or a scheduler address, not both")
     if scheduler is None and kind == "inprocess":
         yield None
         return
@@ -211,8 +211,8 @@ def open_client(
         else:
             devices = _visible_gpus()
             if not devices:
-                raise CohortError("--cluster local:gpus: no GPU is visible on this machine; "
-                                  "use --cluster local:N for CPU workers")
+                raise CohortError("cluster local:gpus: no GPU is visible on this machine; use "
+                                  "local:N for N CPU worker processes")
             cm = SpecCluster(
                 scheduler={"cls": Scheduler, "options": {"dashboard_address": ":0"}},
                 workers=gpu_worker_specs(devices, threads), silence_logs=logging.ERROR,

@@ -235,7 +235,8 @@ def resolve_inputs(
     for it in items or ():
         found += [SlideItem(str(p.resolve())) for p in _expand(it)]
     if not found:
-        raise SlideInputError("no slide given: name slide files, folders, patterns or --manifest")
+        raise SlideInputError("no slide given: name slide files, folders, glob patterns or a "
+                              "manifest CSV")
     seen: dict[str, SlideItem] = {}
     stems: dict[str, str] = {}
     dups = 0

@@ -33,7 +33,8 @@ grid with ``iter_patch_batches`` (same batch and reader threads), and reports:
 * wall time by stage (open, tissue, grid, features = read + encode overlapped, model,
   assemble/exports) and the read-only pass (the reading share of the features stage);
 * patches/s through the features stage;
-* peak RSS of the process (``ru_maxrss`` of the child) and at each stage boundary.
+* peak RSS of each stage (``VmHWM`` read at the stage's end, then reset through
+  ``/proc/self/clear_refs``): the largest over the predict stages is the run's peak.
 
 Usage::
 
@@ -466,7 +467,7 @@ class _Memory:
 
 
 def _worker(slide: str, model: str, weights: str | None, out: str, cache: str,
-            layers: bool, result: str) -> None:
+            layers: bool, result: str, batch_size: int | None = None) -> None:
     """What ``ghanet predict SLIDE --model MODEL --out OUT --device cpu`` runs, stage by
     stage, then a read-only pass over the same grid; writes the figures to ``result``."""
     import threading
@@ -485,6 +486,8 @@ def _worker(slide: str, model: str, weights: str | None, out: str, cache: str,
             "--cache-dir", cache]
     if weights:
         argv += ["--encoder-weights", weights]
+    if batch_size:
+        argv += ["--batch-size", str(batch_size)]
     args = build_parser().parse_args(argv)
     options = options_from_args(args)
     bundle = load_model(args.model)
@@ -562,9 +565,10 @@ def _warm(model: str, weights: str | None) -> None:
 # --------------------------------------------------------------------------- runner
 
 
-def run_case(slide: Path, model: Path, weights: Path | None, *, layers: bool = True) -> dict:
-    """One ``ghanet predict`` run in a fresh process: its figures plus the process's peak
-    RSS (``ru_maxrss`` from ``wait4``) and its wall time."""
+def run_case(slide: Path, model: Path, weights: Path | None, *, layers: bool = True,
+             batch_size: int | None = None) -> dict:
+    """One ``ghanet predict`` run in a fresh process: its figures (per-stage peak RSS
+    included) and its wall time."""
     with tempfile.TemporaryDirectory(prefix="ghanet-ws-") as tmp:
         result = Path(tmp) / "result.json"
         cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", str(slide),
@@ -574,6 +578,8 @@ def run_case(slide: Path, model: Path, weights: Path | None, *, layers: bool = T
             cmd += ["--weights", str(weights)]
         if not layers:
             cmd.append("--no-layers")
+        if batch_size:
+            cmd += ["--batch-size", str(batch_size)]
         t0 = time.perf_counter()
         proc = subprocess.Popen(cmd)
         _, status, usage = os.wait4(proc.pid, 0)
@@ -583,8 +589,22 @@ def run_case(slide: Path, model: Path, weights: Path | None, *, layers: bool = T
             raise SystemExit(f"the run on {slide.name} failed (exit {proc.returncode})")
         figures = json.loads(result.read_text())
     figures["process_seconds"] = round(seconds, 2)
-    figures["peak_rss_mib"] = round(usage.ru_maxrss / 1024, 1)  # Linux: KiB
+    # ru_maxrss (KiB on Linux) only sees the peak since the worker's last VmHWM reset
+    figures["ru_maxrss_mib"] = round(usage.ru_maxrss / 1024, 1)
     return figures
+
+
+#: stages of the worker that are not ``ghanet predict`` itself (their peaks are shown apart)
+EXTRA_STAGES = ("layers", "read only")
+
+
+def peaks(f: dict) -> tuple[float, float]:
+    """Peak RSS (MiB) of the ``ghanet predict`` path and of the whole worker (with the napari
+    layers and the read-only pass): the largest per-stage peak. (``ru_maxrss`` of the child
+    is not used: resetting ``VmHWM`` between stages also resets the kernel's record.)"""
+    by = f["peak_mib_by_stage"]
+    predict = max(v for k, v in by.items() if k not in EXTRA_STAGES)
+    return predict, max(by.values())
 
 
 def _row(encoder: str, fraction: float, f: dict) -> list[str]:
@@ -598,14 +618,15 @@ def _row(encoder: str, fraction: float, f: dict) -> list[str]:
         encoder, f"{fraction:g}", f"{side:,}", f"{f['n_patches']:,}",
         f"{t.get('open', 0):.2f}", f"{t.get('tissue', 0):.2f}", f"{t.get('patches', 0):.2f}",
         f"{read:.1f}", f"{feats:.1f}", f"{t.get('model', 0):.2f}",
-        f"{exports:.2f} / {layers:.2f}", f"{f['n_grid'] / feats:.1f}" if feats else "-",
-        f"{read / feats:.0%}" if feats else "-", f"{f['peak_rss_mib']:,.0f}",
+        f"{exports:.2f} / " + ("-" if math.isnan(layers) else f"{layers:.2f}"), f"{f['n_grid'] / feats:.1f}" if feats else "-",
+        f"{read / feats:.0%}" if feats else "-",
+        "{:,.0f} / {:,.0f}".format(*peaks(f)),
     ]
 
 
 HEADER = ["encoder", "area", "side px", "patches", "open s", "tissue s", "grid s",
           "read-only s", "features s", "model s", "exports / layers s", "patches/s",
-          "read share", "peak RSS MiB"]
+          "read share", "peak RSS MiB predict / +layers"]
 
 
 def print_table(rows: list[list[str]]) -> None:
@@ -630,9 +651,13 @@ def main(argv=None) -> int:
     ap.add_argument("--side", type=int, default=FULL_SIDE, help="full slide side, px")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--build-only", action="store_true", help="build the slides and stop")
+    ap.add_argument("--batch-size", default="",
+                    help="encoder batch sizes to run, comma-separated (default: the CLI's)")
     ap.add_argument("--no-layers", action="store_true",
                     help="skip building the napari result layers (no napari import)")
     ap.add_argument("--json", type=Path, default=None, help="write every figure here")
+    ap.add_argument("--table", type=Path, nargs="+", default=None,
+                    help="print the table of earlier --json files and stop")
     # internal: one measured run in this process
     ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--warm", action="store_true", help=argparse.SUPPRESS)
@@ -647,9 +672,19 @@ def main(argv=None) -> int:
         return 0
     if args.worker:
         _worker(args.worker, args.model, args.weights, args.out, args.cache,
-                not args.no_layers, args.result)
+                not args.no_layers, args.result, int(args.batch_size or 0) or None)
+        return 0
+    if args.table:
+        rows = []
+        for path in args.table:
+            for run in json.loads(path.read_text())["runs"]:
+                bs = run.get("batch_size")
+                label = run["encoder"] + ("" if bs in (None, 64) else f" (batch {bs})")
+                rows.append(_row(label, run["fraction"], run))
+        print_table(rows)
         return 0
     fractions = [float(v) for v in args.sizes.split(",") if v]
+    batches = [int(v) for v in args.batch_size.split(",") if v] or [None]
     encoders = [v.strip() for v in args.encoders.split(",") if v.strip()]
     say = lambda m: print(m, flush=True)  # noqa: E731
     slides = {f: slide_for_fraction(f, args.seed, args.side, say=say) for f in fractions}
@@ -674,14 +709,15 @@ def main(argv=None) -> int:
         subprocess.run([sys.executable, str(Path(__file__).resolve()), "--warm", "--model",
                         str(model)] + (["--weights", str(weights)] if weights else []),
                        check=True)
-        for f in fractions:
-            say(f"{enc}, area {f:g}: running ghanet predict (load {_load()})")
-            fig = run_case(slides[f], model, weights, layers=not args.no_layers)
+        for f, bs in [(f, bs) for bs in batches for f in fractions]:
+            label = enc if bs is None else f"{enc} (batch {bs})"
+            say(f"{label}, area {f:g}: running ghanet predict (load {_load()})")
+            fig = run_case(slides[f], model, weights, layers=not args.no_layers, batch_size=bs)
             fig.update(encoder=enc, fraction=f, load_after=_load())
             out["runs"].append(fig)
-            rows.append(_row(enc, f, fig))
+            rows.append(_row(label, f, fig))
             say(f"  {fig['n_patches']} patches, features {fig['timings'].get('features', 0):.1f}"
-                f" s, peak RSS {fig['peak_rss_mib']:.0f} MiB, by stage {fig['peak_mib_by_stage']}")
+                f" s, peak RSS {peaks(fig)[0]:.0f} MiB, by stage {fig['peak_mib_by_stage']}")
             if args.json:
                 args.json.write_text(json.dumps(out, indent=1, default=str))
     out["load_after"] = _load()

@@ -199,3 +199,41 @@ def test_the_dock_adds_a_large_result_a_few_layers_per_turn(
     assert json.loads(geo.read_text()) == json.loads(json.dumps(geojson_dict(p)))
     csv_path = widget.export("csv", tmp_path / "p.csv")
     assert len(csv_path.read_text().splitlines()) == p.n_patches + 1
+
+
+def test_cancel_while_the_large_result_goes_in_leaves_nothing(
+    make_napari_viewer, prediction, tmp_path, qtbot
+):
+    p = prediction
+    viewer = make_napari_viewer(show=True)
+    slide = _slide_layer(viewer, p)
+    widget = PrognosisWidget(viewer, cache_dir=tmp_path / "cache", model_path=demo_bundle_path())
+    viewer.window.add_dock_widget(widget, name="G-HANet prognosis")
+    layers = qt_layers.build_result_layers(p, widget.shown_layers.geometry(slide))
+    # cancelled before the first quiet turn: nothing goes in, later turns add nothing
+    widget.show_prediction(p, slide, layers=layers, incremental=True)
+    assert widget.running
+    widget.cancel()
+    qtbot.wait(1500)  # longer than the wait for a quiet turn
+    assert [layer for layer in viewer.layers if "ghanet_overlay" in layer.metadata] == []
+    assert not widget.running and widget.prediction is None
+    assert gc.get_freeze_count() == 0
+    # cancelled half-way (after the turn that inserted the second layer): the layers
+    # inserted so far are taken out again
+    original = widget.shown_layers._insert
+    inserted: list[int] = []
+
+    def insert_then_cancel(budget_s=0.04):
+        original(budget_s)
+        inserted.append(len(widget.shown_layers.layers))
+        if len(widget.shown_layers.layers) >= 2 and widget.shown_layers.busy:
+            widget.cancel()
+
+    widget.shown_layers._insert = insert_then_cancel
+    widget.show_prediction(p, slide, layers=qt_layers.build_result_layers(
+        p, widget.shown_layers.geometry(slide)), incremental=True)
+    qtbot.waitUntil(lambda: not widget.running, timeout=TIMEOUT_MS)
+    qtbot.wait(200)
+    assert 2 <= max(inserted) < 5 and widget.prediction is None
+    assert [layer for layer in viewer.layers if "ghanet_overlay" in layer.metadata] == []
+    assert gc.get_freeze_count() == 0 and list(viewer.layers) == [slide]

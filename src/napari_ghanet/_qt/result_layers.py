@@ -3,8 +3,9 @@
 :class:`ResultLayers` owns the layers a prediction adds to the viewer (attention,
 tissue, regions, QC, ... one set per slide): it adds them hidden a few per turn of the
 event loop (:class:`~._qt.layers.LayerBatch`, holding the GC freeze of
-:mod:`~._qt.gc_hold` meanwhile), renders the labels' glyphs a few per turn and shows the
-layers one per turn (a layer's text a turn after it), removes the previous result's layers, renames them when
+:mod:`~._qt.gc_hold` meanwhile) from the first quiet turn after the numbers are shown,
+renders the labels' glyphs a few per turn and shows the layers one per turn (a layer's
+text a turn after it), removes the previous result's layers, renames them when
 several slide layers are open, switches the genome layer's category and centres the view
 on a top region. The layers themselves are made by :mod:`~._qt.layers` (napari only).
 """
@@ -12,6 +13,7 @@ on a top region. The layers themselves are made by :mod:`~._qt.layers` (napari o
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -24,6 +26,11 @@ from napari_ghanet.inference import overlays
 logger = logging.getLogger(__name__)
 
 __all__ = ["ResultLayers"]
+
+#: a 1 ms timer firing this late (seconds) means other work ran in its turn of the loop
+IDLE_LATE_S = 0.02
+#: the longest wait (seconds) for a quiet turn before the first layer goes in anyway
+SETTLE_MAX_S = 1.0
 
 
 class ResultLayers:
@@ -56,6 +63,7 @@ class ResultLayers:
         self.layers: dict[str, Any] = {}
         self.slide_layers: list = []
         self.batch: qt_layers.LayerBatch | None = None
+        self._settle_until = 0.0
 
     @property
     def busy(self) -> bool:
@@ -130,10 +138,30 @@ class ResultLayers:
             return
         self.batch = qt_layers.LayerBatch(self.viewer, layers, active=slide_layers[0])
         if incremental:
-            QTimer.singleShot(1, self._insert)
+            self._settle_until = time.perf_counter() + SETTLE_MAX_S
+            self._probe(self.batch)
         else:
             while self.batch is not None:
                 self._insert(budget_s=float("inf"))
+
+    def _probe(self, batch) -> None:
+        """Start inserting ``batch`` at the first turn of the event loop with nothing else
+        to do (a 1 ms timer that fires on time), at most :data:`SETTLE_MAX_S` seconds
+        after :meth:`add`: the panels shown with the numbers lay themselves out and redraw
+        (the survival plot: 50-100 ms a draw) over the turns that follow, and a layer
+        inserted in one of those turns would add its own 50-100 ms to the same stall."""
+        scheduled = time.perf_counter()
+
+        def probed() -> None:
+            if self.batch is not batch:
+                return  # cancelled or replaced meanwhile
+            now = time.perf_counter()
+            if now - scheduled > IDLE_LATE_S and now < self._settle_until:
+                self._probe(batch)  # something else ran in this turn: wait for a quiet one
+            else:
+                self._insert()
+
+        QTimer.singleShot(1, probed)
 
     def _insert(self, budget_s: float = 0.04) -> None:
         batch = self.batch

@@ -56,10 +56,12 @@ def test_no_source_file_over_800_lines_and_no_function_over_150():
     assert max(n for _, n in _functions(ast.parse(f"def f():\n{body}\n"))) > MAX_FUNCTION_LINES
 
 
-#: exceptions that never leave the package: a command's usage error (exit 2) and a slide
-#: backend declining a file (the next backend is tried)
+#: exceptions that never leave the package: a command's usage error (exit 2), a slide
+#: backend declining a file (the next backend is tried) and an int8 model rejected against
+#: fp32 (the encoder falls back to fp32 ONNX Runtime)
 INTERNAL_ERRORS = {"napari_ghanet.cli._options.UsageError",
-                   "napari_ghanet.io.backends.base.BackendDeclined"}
+                   "napari_ghanet.io.backends.base.BackendDeclined",
+                   "napari_ghanet.encoders.onnx_backend.Int8Rejected"}
 GUI = ("napari_ghanet._reader", "napari_ghanet._sample_data", "napari_ghanet._widget",
        "napari_ghanet._qt")
 
@@ -86,8 +88,10 @@ WRITES = re.compile(r"(\.write_text|\.write_bytes|\.to_csv|\.to_parquet|savefig|
 #: functions that write outside ``io.atomic.atomic_path``, and why that is still atomic or
 #: not a file
 DIRECT_WRITES = {
-    "encoders/onnx_backend.py:model_path":
-        "the ONNX export folder: written in a temporary folder beside it, then renamed",
+    "encoders/onnx_backend.py:_build_folder":
+        "an ONNX cache folder (fp32 export, int8 model): built in a temporary folder beside "
+        "it, then renamed",
+    "encoders/onnx_backend.py:build": "fills _build_folder's temporary folder",
     "inference/spatialdata_export.py:write_spatialdata":
         "a .zarr store (a folder): written beside it, then renamed over the target",
     "cli/_progress.py:__call__": "tqdm.write to the terminal",

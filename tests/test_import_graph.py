@@ -85,6 +85,8 @@ DEFERRED = {
         "none known: it can move to the top",
     ("napari_ghanet.io.features", "napari_ghanet._version"):
         "none known: it can move to the top",
+    ("napari_ghanet.inference.progressive", "napari_ghanet.preprocessing.qc"):
+        "none known: it can move to the top",
     ("napari_ghanet.options.groups", "napari_ghanet.preprocessing.tissue"):
         "the options (read by every `ghanet --help`) do not import the slide reader",
     ("napari_ghanet.options.groups", "napari_ghanet.preprocessing.roi"):

@@ -51,7 +51,8 @@ def test_visit_order_is_a_reproducible_block_permutation():
     assert np.array_equal(np.sort(order), np.arange(len(coords)))
     assert np.array_equal(order, visit_order(coords, 512))  # same grid, same order
     assert not np.array_equal(order, visit_order(coords, 512, seed=1))
-    # the patches of a block are consecutive and keep their grid order
+    # blocks: the patches of a block are consecutive and keep their grid order
+    order = visit_order(coords, 512, block=4)
     blocks = block_ids(coords, 512)[order]
     changes = np.flatnonzero(np.diff(blocks)) + 1
     runs = np.split(np.arange(len(order)), changes)
@@ -101,10 +102,36 @@ def test_features_and_qc_measures_come_back_in_grid_order(slides, bundle):
         np.testing.assert_allclose(got.qc_measures[pick], acc.measures(), rtol=1e-6)
         # and embed_slide reports batches in visiting order, as grid indices
         seen = []
-        embed_slide(slide, grid, enc, device="cpu", batch_size=16,
-                    on_encoded=lambda index, f: seen.append(index))
+        spread = embed_slide(slide, grid, enc, device="cpu", batch_size=16, order="spread",
+                             on_encoded=lambda index, f: seen.append(index))
         seen = np.concatenate(seen)
         assert np.array_equal(seen, visit_order(grid.coords, grid.step_level0))
+        plain = embed_slide(slide, grid, enc, device="cpu", batch_size=16)
+        assert np.array_equal(spread.features, plain.features)
+        assert np.array_equal(spread.coords, plain.coords)
+
+
+@pytest.mark.parametrize("backend", ["torch", "onnx"])
+def test_a_cnn_gives_the_same_features_in_either_order(slides, tmp_path, backend):
+    """A patch's ResNet50 features do not depend on which patches share its batch, so a
+    run with preliminary answers (spread order) ends with exactly the plain run's."""
+    import torch
+    import torchvision
+
+    from napari_ghanet.encoders import create_encoder
+
+    torch.manual_seed(0)
+    weights = tmp_path / "resnet50.pth"
+    torch.save(torchvision.models.resnet50().state_dict(), weights)
+    enc = create_encoder("resnet50_trunc", weights=weights)
+    with open_slide(slides[1]) as slide:
+        _, grid = grid_stage(slide, patch_px=256, target_mpp=0.5)
+        grid = grid.select(np.arange(min(40, len(grid))))
+        kw = dict(device="cpu", batch_size=16, backend=backend)
+        a = embed_slide(slide, grid, enc, order="spread", **kw)
+        b = embed_slide(slide, grid, enc, order="grid", **kw)
+    assert len(grid) >= 20 and a.attrs["backend"] == {"torch": "torch", "onnx": "onnxruntime"}[backend]
+    assert np.array_equal(a.features, b.features)
 
 
 def test_preliminary_risks_then_the_exact_answer(slides, bundle):

@@ -288,7 +288,9 @@ def features_stage(
 
     ``on_encoded(index, features, measures)`` is called after each batch is embedded
     (not for cached features): int64 (B,) grid indices, float32 (B, D) features and
-    float32 (B, 3) their QC measures (None without ``qc``).
+    float32 (B, 3) their QC measures (None without ``qc``). With it, patches are embedded
+    in the spread order of :func:`~napari_ghanet.inference.progressive.visit_order`
+    (the features are the same).
     """
     clock = Clock(timings)
     spec = feature_spec(encoder, grid.patch_px, grid.target_mpp)
@@ -358,6 +360,7 @@ def features_stage(
             cancel=cancel,
             on_batch=measure if acc is not None else None,
             on_encoded=encoded if on_encoded is not None else None,
+            order="spread" if on_encoded is not None else "grid",
             backend=backend,
             compile=compile,
             **embed_kw,

@@ -12,22 +12,24 @@ When export or ONNX Runtime fail, the encoder runs in torch, with one logged war
 morphometric encoder (and any encoder without ``onnx_ok = True``) always runs in torch.
 
 8-bit (``backend="onnx-int8"``, only when asked; ``auto`` never picks it): the fp32 export
-is statically quantized by ONNX Runtime (QDQ format; int8 weights per output channel, uint8
-activations with min-max ranges; only Conv, MatMul and Gemm are quantized, residual adds,
-normalisation, softmax, GELU and pooling stay fp32), calibrated on real H&E patches: 32
-tissue patches read at the input side S (px, about 0.5 um/px) from the real Aperio slide
+is statically quantized by ONNX Runtime: QDQ format, int8 weights per output channel,
+uint8 activations with min-max ranges; only Conv, MatMul and Gemm are quantized (residual
+adds, normalisation, softmax, GELU and pooling stay fp32). Calibration: 32 real H&E tissue
+patches read at the input side S (px, about 0.5 um/px) from the Aperio slide
 ``cmu_small_region.svs`` (:func:`~napari_ghanet.io.slide.cmu_slide_path`), the same for
 every slide, so that all slides of a cohort are embedded by one network. Without that
 slide, the first batch of the slide being embedded calibrates (one model per calibration,
-a notice says so); ``wrap_for_cpu(..., calibration=PATCHES)`` gives an explicit set. The
-quantized model is cached under ``<cache>/int8-<key>/`` (key: the fp32 key, the digest of
-the calibration patches, the ONNX Runtime version and the recipe), written atomically with
-the fp32 features of the calibration patches. On first use in a process its features on
-the calibration patches are compared with those fp32 features (cosine, per patch):
-below :data:`INT8_MIN_COSINE` (or a mean centred cosine below
-:data:`INT8_MIN_CENTRED_COSINE`) it is refused and the fp32 export runs instead, with one
-logged warning. ONNX Runtime's CPU provider has no bfloat16 Conv/MatMul kernels, so there
-is no bf16 path.
+a notice says so); ``wrap_for_cpu(..., calibration=PATCHES)`` gives an explicit set. Bias
+correction: the mean difference of the fp32 and int8 features (D,) on the calibration
+patches is added to every int8 output, which removes the part of the error common to all
+patches. The quantized model is cached under ``<cache>/int8-<key>/`` (key: the fp32 key,
+the digest of the calibration patches, the ONNX Runtime version and the recipe), written
+atomically with the bias and the fp32 features of the calibration patches. On first use
+in a process its (corrected) features on the calibration patches are compared with those
+fp32 features, per patch: a cosine below :data:`INT8_MIN_COSINE`, or a mean centred cosine
+below :data:`INT8_MIN_CENTRED_COSINE`, refuses it and the fp32 export runs instead, with
+one logged warning. ONNX Runtime's CPU provider has no bfloat16 Conv/MatMul kernels, so
+there is no bf16 path.
 
 >>> import torch
 >>> from napari_ghanet.encoders import create_encoder
@@ -100,6 +102,7 @@ _INT8_RECIPE = {  # part of the cache key: any change gives a new quantized mode
     "weights": "int8 per channel",
     "activations": "uint8 min-max",
     "calibration_batch": 8,
+    "bias_correction": "mean fp32 - int8 feature on the calibration patches",
 }
 _sessions: OrderedDict[tuple[str, int], Any] = OrderedDict()
 _sessions_lock = threading.Lock()
@@ -524,7 +527,7 @@ class OnnxInt8Encoder(OnnxEncoder):
                     f"{calibration.dtype} {tuple(calibration.shape)}")
         self.calibration = calibration
         self.checks: dict[int, Int8Check] = {}
-        self._int8: dict[int, Any] = {}  # side -> accepted session
+        self._int8: dict[int, tuple[Any, torch.Tensor]] = {}  # side -> session, bias
         self._calib: dict[int, tuple[np.ndarray, str, str]] = {}
         self._int8_failed: str | None = None
 
@@ -584,6 +587,8 @@ class OnnxInt8Encoder(OnnxEncoder):
             if not err <= _PARITY_ATOL * max(1.0, float(np.abs(torch_ref).max())):
                 raise RuntimeError(f"exported model differs from torch by {err:.3g}")
             _quantize(fp32, tmp / "model.onnx", x)
+            raw = _run_batches(_new_session(tmp / "model.onnx", _threads()), x)
+            np.save(tmp / "bias.npy", (ref - raw).mean(0).astype(np.float32))
             np.save(tmp / "reference.npy", ref.astype(np.float32))
             info = {"encoder": getattr(self.encoder, "name", ""), "side": side,
                     "calibration": source, "calibration_digest": digest,
@@ -599,8 +604,9 @@ class OnnxInt8Encoder(OnnxEncoder):
         sess = _session(model, _threads())
         x, source, _ = self._calib[side]
         ref = np.load(model.parent / "reference.npy")
-        y = _run_batches(sess, x)
-        if y.shape != ref.shape:
+        bias = np.load(model.parent / "bias.npy")
+        y = _run_batches(sess, x) + bias
+        if y.shape != ref.shape or bias.shape != ref.shape[1:]:
             raise RuntimeError(f"int8 features {y.shape} do not match fp32 {ref.shape}")
         check = compare_features(y, ref, side, source)
         self.checks[side] = check
@@ -611,15 +617,15 @@ class OnnxInt8Encoder(OnnxEncoder):
                 f"{check.centred_cosine:.4f} (needs >= {INT8_MIN_CENTRED_COSINE})")
         logger.info("int8 %s at %d px: %s", getattr(self.encoder, "name", ""), side,
                     asdict(check))
-        self._int8[side] = sess
-        return sess
+        self._int8[side] = (sess, torch.from_numpy(bias))
+        return self._int8[side]
 
     def _run(self, x: torch.Tensor) -> torch.Tensor:
         if self._int8_failed is None:
             try:
-                sess = self._int8_session(int(x.shape[-1]), x)
+                sess, bias = self._int8_session(int(x.shape[-1]), x)
                 arr = np.ascontiguousarray(x.detach().cpu().numpy(), dtype=np.float32)
-                return torch.from_numpy(sess.run(None, {"x": arr})[0])
+                return torch.from_numpy(sess.run(None, {"x": arr})[0]).add_(bias)
             except Exception as exc:  # noqa: BLE001 - any quantization/runtime failure
                 name = getattr(self.encoder, "name", "encoder")
                 msg = _one_line(exc)

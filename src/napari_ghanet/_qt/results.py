@@ -209,7 +209,10 @@ class ResultsPanel(QWidget):
 
         self.survival_figure = Figure(figsize=(3.6, 2.4), dpi=90, layout="constrained")
         self.survival_canvas = FigureCanvasQTAgg(self.survival_figure)
-        self.survival_canvas.setMinimumSize(120, 190)
+        # a fixed height: the panel's layout passes after a result is shown change only
+        # the heights of the views above, which would otherwise redraw the plot each time
+        self.survival_canvas.setMinimumWidth(120)
+        self.survival_canvas.setFixedHeight(200)
         layout.addWidget(_wrapped("<b>Predicted survival</b>"))
         layout.addWidget(self.survival_canvas)
         self.horizon_label = _wrapped("")

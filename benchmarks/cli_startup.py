@@ -11,15 +11,20 @@ gives the package modules that cost the most (cumulative import time, ms) and th
 package module that pulled torch in, i.e. the import to defer.
 
 Absolute times depend on the machine and its load (a cold disk cache is slower still:
-the first repeat is reported separately); compare commands within one run.
+the first repeat is reported separately); compare commands within one run. With
+``--against SRC`` (a folder holding another version's ``napari_ghanet`` package, e.g. an
+exported older commit with ``training/`` copied to ``SRC/napari_ghanet/training``), each
+command is timed alternately with that version (on ``PYTHONPATH``) and with the installed
+one, so that both see the same machine load, and the ratio of the medians is printed.
 
-Usage: python benchmarks/cli_startup.py [--repeat 5] [--top 12]
+Usage: python benchmarks/cli_startup.py [--repeat 5] [--top 12] [--against SRC]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import statistics
 import subprocess
@@ -38,6 +43,7 @@ COMMANDS = {
         ("napari_ghanet.cli", ["predict", "x.svs", "--out", "o", "--batch-size", "0"]),
     "ghanet-train --help": ("napari_ghanet.training.cli", ["--help"]),
     "ghanet-train cv --help": ("napari_ghanet.training.cli", ["cv", "--help"]),
+    "ghanet-train demo --help": ("napari_ghanet.training.cli", ["demo", "--help"]),
 }
 
 
@@ -59,10 +65,26 @@ def _code(module: str, argv: list[str], report: bool) -> str:
     return "\n".join(lines)
 
 
-def _run(code: str, *flags: str) -> tuple[float, subprocess.CompletedProcess]:
+def _run(code: str, *flags: str, src: str | None = None
+         ) -> tuple[float, subprocess.CompletedProcess]:
+    env = None
+    if src is not None:  # another version of the package first on the path
+        env = {**os.environ, "PYTHONPATH": src}
     t0 = time.perf_counter()
-    done = subprocess.run([sys.executable, *flags, "-c", code], capture_output=True, text=True)
+    done = subprocess.run([sys.executable, *flags, "-c", code], capture_output=True, text=True,
+                          env=env)
     return time.perf_counter() - t0, done
+
+
+def compare(module: str, argv: list[str], repeat: int, src: str) -> dict:
+    """Median wall times (s) of ``repeat`` fresh runs each of the version in ``src`` and
+    the installed one, alternated run by run (the same load for both)."""
+    code = _code(module, argv, report=False)
+    base, this = [], []
+    for _ in range(repeat):
+        base.append(_run(code, src=src)[0])
+        this.append(_run(code)[0])
+    return {"base": statistics.median(base), "this": statistics.median(this)}
 
 
 def time_command(module: str, argv: list[str], repeat: int) -> dict:
@@ -107,7 +129,19 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--repeat", type=int, default=5, help="fresh runs per command (default 5)")
     p.add_argument("--top", type=int, default=12, help="modules listed by -X importtime")
+    p.add_argument("--against", default=None, metavar="SRC",
+                   help="also time the package version in SRC, alternating with this one")
     args = p.parse_args(argv)
+    if args.against:
+        print(f"{args.repeat} alternating runs per command: {args.against} (before) vs the "
+              "installed package (after); medians in s (machine load affects absolute "
+              "figures, less so the ratio)\n")
+        print(f"{'command':46s} {'before':>7s} {'after':>7s} {'after/before':>13s}")
+        for label, (module, cmd) in COMMANDS.items():
+            r = compare(module, cmd, args.repeat, args.against)
+            print(f"{label:46s} {r['base']:7.2f} {r['this']:7.2f} "
+                  f"{r['this'] / r['base']:13.2f}")
+        return 0
     print(f"python {sys.version.split()[0]}, {args.repeat} runs per command; target "
           f"{TARGET_S:.1f} s (machine load affects absolute figures)\n")
     print(f"{'command':46s} {'first':>6s} {'median':>7s} {'min':>6s}  ok   heavy imports")

@@ -3,6 +3,7 @@ subpackage is installed; training installs as ``napari_ghanet.training`` only; o
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import tomllib
@@ -95,3 +96,47 @@ def test_what_the_command_line_parsers_read_imports_no_torch(tmp_path):
         [sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, check=True
     ).stdout.split()
     assert out == ["True", "True", "True"]
+
+
+def _heavy_after(module: str, argv: list[str], cwd: Path) -> tuple[int, str, list[str]]:
+    """Run ``main(argv)`` of ``module`` in a fresh interpreter: its exit code, what it
+    printed, and which of torch / napari / distributed it left in ``sys.modules``."""
+    code = "\n".join([
+        "import contextlib, io, json, sys",
+        f"from {module} import main",
+        "out = io.StringIO()",
+        "with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):",
+        "    try:",
+        f"        rc = main({argv!r})",
+        "    except SystemExit as e:",
+        "        rc = e.code",
+        "heavy = sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'napari', "
+        "'distributed'})",
+        "print(json.dumps([rc, out.getvalue(), heavy]))",
+    ])
+    done = subprocess.run([sys.executable, "-c", code], cwd=cwd, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    rc, text, heavy = json.loads(done.stdout.strip().splitlines()[-1])
+    return rc, text, heavy
+
+
+def test_help_and_argument_errors_import_no_torch(tmp_path):
+    # issue 21: `--help` and an argument error answer without importing torch (the
+    # benchmark benchmarks/cli_startup.py times them)
+    cases = [
+        ("napari_ghanet.cli", ["--help"], 0, "usage: ghanet"),
+        ("napari_ghanet.cli", ["predict", "--help"], 0, "--spatialdata"),
+        ("napari_ghanet.cli", ["embed", "--help"], 0, "--encoder-weights"),
+        ("napari_ghanet.cli", ["predict", "x.svs", "--out", str(tmp_path / "o"),
+                               "--batch-size", "0"], 2, "--batch-size must be >= 1"),
+        ("napari_ghanet.training.cli", ["demo", "--help"], 0, "--patients"),
+    ]
+    for module, argv, code, text in cases:
+        rc, printed, heavy = _heavy_after(module, argv, tmp_path)
+        assert (rc, heavy) == (code, []), (argv, rc, heavy, printed[-500:])
+        assert text in printed, (argv, printed[-500:])
+    assert not (tmp_path / "o").exists()  # the argument error came before any work
+    # the check sees torch when a command needs it: listing the encoders imports them
+    rc, printed, heavy = _heavy_after("napari_ghanet.cli", ["encoders"], tmp_path)
+    assert rc == 0 and "morphometric" in printed and "torch" in heavy

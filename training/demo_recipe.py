@@ -29,18 +29,19 @@ import os
 import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
-from napari_ghanet.training.bundle_cmd import make_bundle
-from napari_ghanet.training.cv import RunConfig, run_cv
-from napari_ghanet.training.trainer import TrainConfig
 
-from napari_ghanet.datasets.synthetic import ACTIVITY_TRAITS, write_synthetic_cohort_slides
-from napari_ghanet.encoders import create_encoder
 from napari_ghanet.errors import TrainingError
-from napari_ghanet.inference.stages import embed_to_file
 from napari_ghanet.io.atomic import atomic_path, atomic_write
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+# The recipe's steps (the synthetic slides, the encoders, the pipeline, training: torch,
+# pandas) are imported by the functions that run them: `ghanet-train demo --help` reads
+# only this module's options.
 
 __all__ = ["DemoRecipe", "DEMO_INTENDED_USE", "make_demo_cohort", "run_demo_recipe",
            "configure_parser"]
@@ -99,6 +100,8 @@ def _atomic_csv(df: pd.DataFrame, path: Path, **kwargs) -> None:
 
 
 def _activities(rng: np.random.Generator, n: int) -> np.ndarray:
+    from napari_ghanet.datasets.synthetic import ACTIVITY_TRAITS
+
     # A shared "aggressiveness" factor makes the six activities correlate, as pathways
     # of one tumour do; the logistic keeps them in (0, 1).
     shared = rng.normal(size=(n, 1))
@@ -113,6 +116,12 @@ def make_demo_cohort(out: Path, recipe: DemoRecipe, *, device: str = "auto",
     Returns paths: ``cohort`` (CSV), ``signatures``, ``splits`` (folder), ``slides``,
     ``features`` (folder of per-slide .h5).
     """
+    import pandas as pd
+
+    from napari_ghanet.datasets.synthetic import ACTIVITY_TRAITS, write_synthetic_cohort_slides
+    from napari_ghanet.encoders import create_encoder
+    from napari_ghanet.inference.stages import embed_to_file
+
     rng = np.random.default_rng(recipe.seed)
     n = recipe.patients
     act = _activities(rng, n)
@@ -197,6 +206,10 @@ def make_demo_cohort(out: Path, recipe: DemoRecipe, *, device: str = "auto",
 def run_demo_recipe(out_bundle: Path, work_dir: Path, recipe: DemoRecipe | None = None, *,
                     device: str = "auto", workers: int = 2) -> Path:
     """Run the whole recipe; the run (metrics, plots, fold checkpoints) stays in work_dir."""
+    from napari_ghanet.training.bundle_cmd import make_bundle
+    from napari_ghanet.training.cv import RunConfig, run_cv
+    from napari_ghanet.training.trainer import TrainConfig
+
     recipe = recipe or DemoRecipe()
     work_dir.mkdir(parents=True, exist_ok=True)
     atomic_write(work_dir / "recipe.json", json.dumps(asdict(recipe), indent=2))

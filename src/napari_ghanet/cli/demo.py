@@ -17,9 +17,6 @@ from pathlib import Path
 from napari_ghanet.cli._options import UsageError, add_shared_options, command
 from napari_ghanet.cli._progress import TerminalProgress
 from napari_ghanet.cli.predict import load_model, output_folder, report_lines, write_exports
-from napari_ghanet.datasets.demo import demo_slide_path
-from napari_ghanet.inference.predict import predict_slide
-from napari_ghanet.models.bundle import demo_bundle_path
 
 __all__ = ["NO_DISPLAY", "add_parser", "check_display", "format_report", "run"]
 
@@ -85,6 +82,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def _inputs(args) -> tuple[Path, Path]:
+    from napari_ghanet.datasets.demo import demo_slide_path
+    from napari_ghanet.models.bundle import demo_bundle_path
+
     model = args.model if args.model else demo_bundle_path()
     if not model.is_file():
         raise UsageError(
@@ -112,6 +112,8 @@ def _run_headless(slide: Path, model: Path, args) -> int:
 
 
 def _headless(slide: Path, model: Path, args) -> int:
+    from napari_ghanet.inference.predict import predict_slide
+
     bundle = load_model(model)
     with TerminalProgress(quiet=args.quiet) as progress:
         prediction = predict_slide(

@@ -6,8 +6,6 @@ import argparse
 import json
 from typing import Any
 
-from napari_ghanet.encoders import describe_encoders
-
 __all__ = ["add_parser", "describe", "run"]
 
 
@@ -20,6 +18,8 @@ def describe() -> list[dict[str, Any]]:
     >>> {"name": "uni", "dim": 1024} in [{k: r[k] for k in ("name", "dim")} for r in rows]
     True
     """
+    from napari_ghanet.encoders import describe_encoders  # torch: only when listing
+
     rows = []
     for row in describe_encoders():
         status = str(row.get("weights", ""))
@@ -35,8 +35,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         help="list the patch encoders and whether their weights are on this machine",
         description=(
             "List every registered patch encoder with its feature width, network input "
-            "size, patch resolution and whether its weights were found (weights=PATH, "
-            "torch's hub cache or the Hugging Face hub cache). Nothing is downloaded."
+            "size, patch resolution and whether its weights were found (torch's hub cache or "
+            "the Hugging Face hub cache; a file can also be given with --encoder-weights "
+            "FILE). Nothing is downloaded."
         ),
     )
     p.add_argument("--json", action="store_true", help="print a JSON list of objects")
@@ -73,5 +74,5 @@ def run(args: argparse.Namespace) -> int:
         print("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip())
         if j == 0:
             print("  ".join("-" * w for w in widths))
-    print("weights: '-' = none needed or a file you name (weights=PATH / --weights PATH)")
+    print("weights: '-' = none needed, or a file you name (--encoder-weights FILE)")
     return 0

@@ -91,9 +91,13 @@ def test_embed_usage_errors(tmp_path, tiled_tiff, monkeypatch, capsys):
 
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
     fresh = tmp_path / "features"
-    rc = main(["embed", str(tiled_tiff), "--out", str(fresh), "--encoder", "resnet50_trunc"])
+    rc = main(["embed", str(tiled_tiff), "--out", str(fresh)])  # the default encoder
+    err = capsys.readouterr().err
     assert rc == 2
-    assert "ResNet50 ImageNet weights not found" in capsys.readouterr().err
+    # one line: where to get the weights, the flag that gives them, the weight-free choice
+    assert len(err.strip().splitlines()) == 1 and "ResNet50 ImageNet weights not found" in err
+    assert "https://download.pytorch.org/models/resnet50-0676ba61.pth" in err
+    assert "--encoder-weights FILE" in err and "--encoder morphometric" in err
     assert not fresh.exists()  # the folder it made for the run is gone again
     rc = main(["embed", str(tiled_tiff), "--out", str(tmp_path), "--encoder", "torchscript"])
     assert rc == 2 and "--dim" in capsys.readouterr().err
@@ -124,3 +128,23 @@ def test_embed_backend_reaches_the_encoder(tmp_path, tiled_tiff, capsys):
     assert "does not run in ONNX Runtime" in err and err.strip().endswith("0 done, 0 skipped, 1 failed")
     assert main(["embed", str(tiled_tiff), "--out", str(tmp_path), *FAST, "--backend", "torch"]) == 0
     assert load_features(tmp_path / "tiled.h5").attrs["backend"] == "torch"
+
+
+def test_embed_help_says_which_encoders_need_weights_and_the_default(capsys):
+    import pytest
+
+    from napari_ghanet.cli import build_parser
+    from napari_ghanet.cli.embed import DEFAULT_ENCODER, WEIGHT_FREE
+    from napari_ghanet.encoders import list_encoders, takes_weights
+
+    # the help's weight-free list is the registry's
+    names = [n + "vit_small_patch16_224" if n.endswith(":") else n for n in list_encoders()]
+    assert set(WEIGHT_FREE) == {n for n in names if not takes_weights(n)}
+    with pytest.raises(SystemExit):
+        main(["embed", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "Every encoder but morphometric needs a weights file" in text
+    assert "--encoder-weights FILE" in text and "morphometric is weight-free" in text
+    # without --encoder: the encoder the documentation names as the default
+    assert build_parser().parse_args(["embed", "--out", "x"]).encoder == DEFAULT_ENCODER
+    assert DEFAULT_ENCODER == "resnet50_trunc" and DEFAULT_ENCODER in list_encoders()

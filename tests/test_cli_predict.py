@@ -5,16 +5,15 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import sys
 
 import numpy as np
 import pytest
 
-from _plugin_helpers import make_bundle, write_tiff_slide
+from _plugin_helpers import FAST_ENCODER, make_bundle, write_tiff_slide
 from napari_ghanet.cli import predict as _cli_predict
 from napari_ghanet.inference.predict import predict_slide
 from napari_ghanet.io.slide import cmu_slide_path
-
-FAST_ENCODER = {"name": "morphometric", "dim": 64, "patch_px": 64, "target_mpp": 2.0}
 
 
 def run_cli(argv: list[str]) -> int:
@@ -137,3 +136,111 @@ def test_progressive_prints_preliminary_risks_then_the_same_result(tmp_path, cap
     code = run_cli([str(slide), str(slide.with_name("t.tif")), "--model", str(bundle),
                     "--out", str(tmp_path / "c"), "--progressive"])
     assert code == 2 and "--progressive" in capsys.readouterr().err
+
+
+def test_library_messages_name_no_flag_and_the_cli_adds_it(bundle_path, tmp_path, capsys):
+    from _plugin_helpers import tissue_rgb
+    from napari_ghanet.errors import SlideError
+    from napari_ghanet.io.slide import open_slide
+
+    slide = write_tiff_slide(tmp_path / "nompp.tif", tissue_rgb(256, 256), mpp=None, levels=1)
+    with pytest.raises(SlideError) as e:
+        open_slide(slide, require_mpp=True)
+    assert "microns per pixel" in str(e.value)
+    assert "--" not in str(e.value) and "mpp=" not in str(e.value)
+    rc = run_cli([str(slide), "--model", str(bundle_path), "--out", str(tmp_path / "o"),
+                  "--quiet", "--no-cache"])
+    err = capsys.readouterr().err
+    assert rc == 1 and "with --mpp UM" in err and "mpp=" not in err
+
+
+@pytest.mark.slow
+def test_backend_reaches_the_engine(tmp_path, resnet50_weights, capsys, monkeypatch):
+    from _plugin_helpers import tissue_rgb
+
+    monkeypatch.setenv("NAPARI_GHANET_ONNX_CACHE", str(tmp_path / "onnx"))
+    resnet = {"name": "resnet50_trunc", "dim": 1024, "patch_px": 64, "target_mpp": 2.0}
+    bundle = make_bundle(tmp_path / "r.safetensors", input_dim=1024, encoder=resnet)
+    slide = write_tiff_slide(tmp_path / "s.tif", tissue_rgb(512, 768), mpp=0.5, levels=2)
+    reports = {}
+    for backend in ("torch", "onnx"):
+        out = tmp_path / backend
+        rc = run_cli([str(slide), "--model", str(bundle), "--out", str(out), "--device", "cpu",
+                      "--backend", backend, "--encoder-weights", str(resnet50_weights),
+                      "--no-cache", "--quiet"])
+        assert rc == 0, capsys.readouterr().err
+        reports[backend] = json.loads((out / "s.ghanet.json").read_text())
+    # the engine that computed the features is recorded: the choice reached embed_slide
+    assert reports["torch"]["settings"]["backend"] == "torch"
+    assert reports["onnx"]["settings"]["backend"] == "onnxruntime"
+    assert reports["onnx"]["settings"]["options"]["embed"]["backend"] == "onnx"
+    assert reports["onnx"]["prediction"]["risk"] == pytest.approx(
+        reports["torch"]["prediction"]["risk"], abs=1e-4)
+    assert list((tmp_path / "onnx").iterdir())  # the ONNX export was made (and cached)
+
+
+def test_a_refused_backend_is_a_usage_error_naming_the_flag(bundle_path, tmp_path, capsys):
+    # the morphometric encoder has no ONNX export: insisting on ONNX Runtime is refused by
+    # the engine, and the command line names its flag
+    out = tmp_path / "o"
+    rc = run_cli([str(cmu_slide_path()), "--model", str(bundle_path), "--out", str(out),
+                  "--device", "cpu", "--backend", "onnx", "--no-cache", "--quiet"])
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert "--backend onnx" in err and "--backend torch" in err and "backend='" not in err
+    assert not out.exists()
+    from napari_ghanet.encoders import EncoderError, create_encoder
+    from napari_ghanet.encoders.onnx_backend import wrap_for_cpu
+
+    with pytest.raises(EncoderError) as e:  # the library's own message names no flag
+        wrap_for_cpu(create_encoder("morphometric"), "onnx")
+    assert "does not run in ONNX Runtime" in str(e.value) and "--" not in str(e.value)
+    rc = run_cli([str(cmu_slide_path()), "--model", str(bundle_path), "--out", str(out),
+                  "--device", "cpu", "--backend", "torch", "--cache-dir", str(tmp_path / "c"),
+                  "--quiet"])
+    assert rc == 0
+    report = json.loads(next(out.glob("*.ghanet.json")).read_text())
+    assert report["settings"]["backend"] == "torch"
+    assert report["settings"]["options"]["embed"]["backend"] == "torch"
+
+
+def test_spatialdata_store_of_one_slide(bundle_path, tmp_path, capsys, monkeypatch):
+    pytest.importorskip("spatialdata")
+    from _plugin_helpers import tissue_rgb
+    from napari_ghanet.inference.spatialdata_export import TABLE_KEY, read_spatialdata_report
+
+    slide = write_tiff_slide(tmp_path / "s.tif", tissue_rgb(512, 768), mpp=0.5, levels=2)
+    store = tmp_path / "s.zarr"
+    base = [str(slide), "--model", str(bundle_path), "--device", "cpu", "--quiet",
+            "--cache-dir", str(tmp_path / "c")]
+    rc = run_cli([*base, "--out", str(tmp_path / "o"), "--spatialdata", str(store)])
+    captured = capsys.readouterr()
+    assert rc == 0, captured.err
+    assert str(store) in captured.out.split()  # listed with the other exports
+    report = json.loads((tmp_path / "o" / "s.ghanet.json").read_text())
+    stored = read_spatialdata_report(store)
+    assert stored["prediction"]["risk"] == report["prediction"]["risk"]
+    import spatialdata as sd
+
+    table = sd.read_zarr(store).tables[TABLE_KEY]
+    with open(tmp_path / "o" / "s.patches.csv", newline="") as fh:
+        assert table.n_obs == len(list(csv.DictReader(fh))) > 0
+    # an existing store is kept unless --overwrite, refused before any work
+    stamp = store.stat().st_mtime_ns
+    rc = run_cli([*base, "--out", str(tmp_path / "o2"), "--spatialdata", str(store)])
+    err = capsys.readouterr().err
+    assert rc == 2 and "--spatialdata" in err and "--overwrite" in err
+    assert not (tmp_path / "o2").exists() and store.stat().st_mtime_ns == stamp
+    assert run_cli([*base, "--out", str(tmp_path / "o2"), "--spatialdata", str(store),
+                    "--overwrite"]) == 0
+    # one slide or one patient: a cohort has no single store
+    rc = run_cli([str(slide), str(slide), "--model", str(bundle_path), "--out",
+                  str(tmp_path / "c2"), "--spatialdata", str(tmp_path / "x.zarr")])
+    assert rc == 2 and "--spatialdata" in capsys.readouterr().err
+    # without the spatial extra: a clear error naming the flag and the install, no work
+    monkeypatch.setitem(sys.modules, "spatialdata", None)
+    rc = run_cli([*base, "--out", str(tmp_path / "o3"), "--spatialdata",
+                  str(tmp_path / "y.zarr")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "--spatialdata" in err and "napari-ghanet[spatial]" in err
+    assert not (tmp_path / "o3").exists()

@@ -63,7 +63,7 @@ def test_missing_weights_name_the_hub_repo(tmp_path, monkeypatch):
     from napari_ghanet.errors import EncoderError
 
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))
-    with pytest.raises(EncoderError, match=r"kaiko-ai/midnight.*weights=PATH"):
+    with pytest.raises(EncoderError, match=r"kaiko-ai/midnight.*as the encoder weights"):
         create_encoder("midnight-12k")
 
 

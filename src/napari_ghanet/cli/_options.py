@@ -5,6 +5,10 @@ Every command takes the same ``--device``, ``--mpp``, ``--batch-size``, ``--work
 :class:`~napari_ghanet.errors.GHANetError` ends it with ``error: <message>`` and exit code
 1, a :class:`UsageError` with code 2, and a cancellation or Ctrl-C with code 130.
 
+Library messages say what to change without naming a flag ("give its path as the encoder
+weights"); :func:`cli_wording` names the flag that does it, and :func:`backend_error` turns
+the library's refusal of an asked CPU engine into a usage error naming ``--backend``.
+
 Examples
 --------
 >>> import argparse
@@ -27,8 +31,22 @@ from napari_ghanet.errors import Cancelled, GHANetError
 from napari_ghanet.io.atomic import check_writable_dir
 from napari_ghanet.options import EmbedOptions, GridOptions, OptionError, add_arguments, from_args
 
-__all__ = ["UsageError", "add_shared_options", "command", "flag_error", "group_from_args",
-           "output_folder"]
+__all__ = ["UsageError", "add_shared_options", "backend_error", "cli_wording", "command",
+           "flag_error", "group_from_args", "output_folder"]
+
+#: library wording -> the same with the command-line flag that does it
+_FLAG_HINTS = {
+    "allow overwriting": "pass --overwrite",
+    "as the encoder weights": "as the encoder weights (--encoder-weights FILE)",
+    "give its level-0 resolution explicitly": "give its level-0 resolution explicitly with "
+                                              "--mpp UM",
+    "use backend='torch' or 'auto'": "use --backend torch or --backend auto",
+    "choose the torch or auto backend": "use --backend torch or --backend auto",
+}
+#: library wordings of a CPU engine that cannot run as asked (encoders.onnx_backend,
+#: inference.embedding): the --backend choice is then the usage error
+_BACKEND_REFUSALS = ("does not run in ONNX Runtime", "onnxruntime is not installed",
+                     "runs on the CPU only")
 
 
 class UsageError(Exception):
@@ -41,6 +59,46 @@ def add_shared_options(p: argparse.ArgumentParser) -> None:
     add_arguments(p, GridOptions, only=("mpp",), group=False)
     add_arguments(p, EmbedOptions, only=("device", "batch_size", "workers"), group=False)
     p.add_argument("--quiet", action="store_true", help="no progress on stderr")
+
+
+def cli_wording(message: str) -> str:
+    """A library message with the command-line flag named where it says what to change.
+
+    Examples
+    --------
+    >>> cli_wording("x.h5 exists: allow overwriting to replace it")
+    'x.h5 exists: pass --overwrite to replace it'
+    >>> cli_wording("not found: give its path as the encoder weights")
+    'not found: give its path as the encoder weights (--encoder-weights FILE)'
+    >>> cli_wording(_) == _  # worded once
+    True
+    """
+    for text, flag in _FLAG_HINTS.items():
+        if flag not in message:
+            message = message.replace(text, flag)
+    return message
+
+
+def backend_error(e: BaseException, backend: str | None) -> UsageError | None:
+    """The library refusing the CPU engine ``backend`` that was asked for (ONNX Runtime for
+    an encoder without an ONNX export, onnxruntime missing, ONNX on CUDA) as a usage error
+    naming ``--backend``; None when ``e`` is no such refusal.
+
+    Examples
+    --------
+    >>> e = ValueError("encoder morphometric does not run in ONNX Runtime; use torch")
+    >>> print(backend_error(e, "onnx"))
+    --backend onnx: encoder morphometric does not run in ONNX Runtime: use --backend torch or --backend auto
+    >>> backend_error(e, "auto") is None, backend_error(ValueError("x"), "onnx") is None
+    (True, True)
+    """
+    text = " ".join(str(e).split())
+    if not backend or backend == "auto" or not any(t in text for t in _BACKEND_REFUSALS):
+        return None
+    reason = text.split(";")[0].rstrip(". ")
+    fix = ("--device cpu or --backend auto" if "CPU only" in text
+           else "--backend torch or --backend auto")
+    return UsageError(f"--backend {backend}: {reason}: use {fix}")
 
 
 def flag_error(e: OptionError) -> UsageError:
@@ -75,7 +133,11 @@ def command(run: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Name
             print("cancelled: nothing written", file=sys.stderr)
             return 130
         except GHANetError as e:
-            print(f"error: {e}", file=sys.stderr)
+            usage = backend_error(e, getattr(args, "backend", None))
+            if usage is not None:
+                print(f"error: {usage}", file=sys.stderr)
+                return 2
+            print(f"error: {cli_wording(str(e))}", file=sys.stderr)
             return 1
         except KeyboardInterrupt:
             print("\ninterrupted: nothing written", file=sys.stderr)

@@ -27,24 +27,9 @@ from typing import TextIO
 
 from tqdm import tqdm
 
+from napari_ghanet.cli._options import cli_wording
+
 __all__ = ["CohortProgress", "TerminalProgress", "cli_wording"]
-
-
-#: library wording -> the flag that does it on the command line
-_FLAG_HINTS = {"allow overwriting": "pass --overwrite"}
-
-
-def cli_wording(message: str) -> str:
-    """A library message with the command-line flag named where it says what to change.
-
-    Examples
-    --------
-    >>> cli_wording("x.h5 exists: allow overwriting to replace it")
-    'x.h5 exists: pass --overwrite to replace it'
-    """
-    for text, flag in _FLAG_HINTS.items():
-        message = message.replace(text, flag)
-    return message
 
 
 class TerminalProgress:

@@ -17,6 +17,7 @@ from typing import Any
 from napari_ghanet.cli._cohort import add_cohort_options
 from napari_ghanet.cli._options import (
     UsageError,
+    cli_wording,
     command,
     group_from_args,
     output_folder,
@@ -26,7 +27,20 @@ from napari_ghanet.device import resolve_device
 from napari_ghanet.errors import CohortError, EncoderError
 from napari_ghanet.options import EmbedOptions, ExecutionOptions, GridOptions, add_arguments
 
-__all__ = ["add_parser", "encoder_arguments", "run"]
+__all__ = ["DEFAULT_ENCODER", "WEIGHT_FREE", "add_parser", "encoder_arguments", "run"]
+
+#: the encoder ``ghanet embed`` uses without ``--encoder`` (the docs' default: the CLAM
+#: features the G-HANet paper's models were trained on)
+DEFAULT_ENCODER = "resnet50_trunc"
+#: the registered encoders that need no weights file (the registry's ``takes_weights`` is
+#: False for them; a test checks this against the registry, which imports torch, so that
+#: ``--help`` does not have to)
+WEIGHT_FREE = ("morphometric",)
+#: the one line added when the encoder's weights are missing
+NO_WEIGHTS_HINT = (
+    f"without a weights file: --encoder {WEIGHT_FREE[0]} (weight-free, works offline)"
+)
+
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
     """Register ``ghanet embed`` on an ``argparse`` sub-parser collection."""
@@ -52,9 +66,12 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--encoder",
-        default="resnet50_trunc",
-        help="encoder name (default resnet50_trunc); `ghanet encoders` lists them all "
-             "(morphometric, torchscript, uni, virchow2, ..., timm:<arch>)",
+        default=DEFAULT_ENCODER,
+        help=f"encoder name (default {DEFAULT_ENCODER}); `ghanet encoders` lists them all "
+             "and whether their weights are on this machine. Every encoder but "
+             f"{', '.join(WEIGHT_FREE)} needs a weights file, found in torch's or the "
+             "Hugging Face hub cache or given with --encoder-weights FILE (torchscript: its "
+             f"model file; nothing is downloaded); {', '.join(WEIGHT_FREE)} is weight-free",
     )
     p.add_argument("--out", type=Path, required=True, help="output folder (created if needed)")
     p.add_argument(
@@ -108,7 +125,7 @@ def encoder_arguments(args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
     applies = _APPLIES.get(name, _TIMM if name.startswith("timm:") else ("weights",))
     for opt in ("weights", "resize", "dim", "input_size", "mean", "std"):
         if getattr(args, opt) is not None and opt not in applies:
-            flag = "--weights" if opt == "weights" else f"--{opt.replace('_', '-')}"
+            flag = "--encoder-weights" if opt == "weights" else f"--{opt.replace('_', '-')}"
             raise UsageError(f"{flag} does not apply to encoder {name}")
     kw: dict[str, Any] = {}
     if args.patch_px is not None:
@@ -117,7 +134,7 @@ def encoder_arguments(args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
         kw["target_mpp"] = args.target_mpp
     if name == "torchscript":
         if args.weights is None or args.dim is None:
-            raise UsageError("--encoder torchscript needs --weights MODEL_FILE and --dim D")
+            raise UsageError("--encoder torchscript needs --encoder-weights MODEL_FILE and --dim D")
         kw.update(path=args.weights, dim=args.dim, input_size=args.input_size)
     elif args.weights is not None:
         kw["weights"] = args.weights
@@ -163,7 +180,10 @@ def run(args: argparse.Namespace) -> int:
                 execution=execution, progress=progress, say=progress.say,
             )
         except EncoderError as exc:
-            raise UsageError(str(exc)) from exc
+            message = cli_wording(" ".join(str(exc).split()))
+            if args.weights is None and name not in WEIGHT_FREE and "weights" in message:
+                message = f"{message}; {NO_WEIGHTS_HINT}"
+            raise UsageError(message) from exc
     print(f"summary: {summary.summary_path}", file=sys.stderr)
     print(summary.line, file=sys.stderr, flush=True)
     return summary.exit_code

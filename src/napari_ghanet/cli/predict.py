@@ -5,7 +5,10 @@ A thin layer over :func:`~napari_ghanet.inference.predict.predict_slide` (one sl
 ``--patient``) and :func:`~napari_ghanet.inference.exports.export_all`. Regions of
 interest (``--roi`` / ``--exclude`` QuPath GeoJSON), artifact QC (``--qc`` / ``--no-qc`` and
 its thresholds) and overlapping heatmaps (``--heatmap-overlap``) map onto the library's
-``regions``, ``qc`` and ``heatmap_overlap`` arguments.
+``regions``, ``qc`` and ``heatmap_overlap`` arguments. ``--spatialdata OUT.zarr`` also
+writes the prediction as a SpatialData store
+(:func:`~napari_ghanet.inference.spatialdata_export.write_spatialdata`; the ``spatial``
+extra), after the other exports.
 
 Several slides (without ``--patient``), folders, glob patterns, ``--manifest`` or any cohort
 option (``--cluster``, ``--scheduler``, ``--survival``) make a cohort run:
@@ -17,6 +20,7 @@ external-validation report. QC and heatmap options apply there too.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import sys
 import threading
 from pathlib import Path
@@ -31,13 +35,9 @@ from napari_ghanet.cli._options import (
 )
 from napari_ghanet.cli._progress import CohortProgress, TerminalProgress
 from napari_ghanet.cli.embed import resolve_slides
-from napari_ghanet.cohort import predict_cohort
 from napari_ghanet.cohort.inputs import _GLOB_CHARS
 from napari_ghanet.device import resolve_device
-from napari_ghanet.errors import BundleError, PredictionError
-from napari_ghanet.inference.exports import export_all
-from napari_ghanet.inference.predict import predict_patient, predict_slide
-from napari_ghanet.models.bundle import demo_bundle_path, load_bundle
+from napari_ghanet.errors import BundleError, GHANetError, PredictionError
 from napari_ghanet.models.risk import risk_text
 from napari_ghanet.options import (
     CacheOptions,
@@ -91,6 +91,12 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         help="one slide or patient: while patches are embedded, print a preliminary risk "
              "from the patches embedded so far (bootstrap interval, risk group) to stderr, "
              "refined as embedding proceeds; the final result is the same as without it",
+    )
+    p.add_argument(
+        "--spatialdata", type=Path, default=None, metavar="OUT.zarr",
+        help="one slide or patient: also write the prediction as a SpatialData store "
+             "(patch squares in level-0 px, attention table, QC-flagged patches, the report) "
+             "for napari-spatialdata and LazySlide; needs pip install 'napari-ghanet[spatial]'",
     )
     add_arguments(p, GridOptions)
     add_arguments(p, EmbedOptions)
@@ -152,6 +158,8 @@ def report_lines(r: dict) -> list[str]:
 
 def load_model(path: Path | None):
     """The bundle at ``path``, or the bundled demo model; a BundleError names which."""
+    from napari_ghanet.models.bundle import demo_bundle_path, load_bundle
+
     try:
         return load_bundle(path if path is not None else demo_bundle_path())
     except BundleError as e:
@@ -160,7 +168,10 @@ def load_model(path: Path | None):
 
 
 def write_exports(prediction, out: Path) -> dict[str, Path]:
-    """:func:`export_all`, with an unwritable folder as a PredictionError."""
+    """:func:`~napari_ghanet.inference.exports.export_all`, with an unwritable folder as a
+    PredictionError."""
+    from napari_ghanet.inference.exports import export_all
+
     try:
         return export_all(prediction, out)
     except OSError as e:
@@ -182,6 +193,8 @@ def is_cohort(args: argparse.Namespace) -> bool:
 
 def run_cohort(args: argparse.Namespace, options: PredictOptions) -> int:
     """The cohort path of ``ghanet predict`` (see the module docstring)."""
+    from napari_ghanet.cohort import predict_cohort
+
     items = resolve_slides(args)
     resolve_device(options.embed.device)
     execution = group_from_args(ExecutionOptions, args)
@@ -212,6 +225,11 @@ def run(args: argparse.Namespace) -> int:
     options = options_from_args(args)
     regions = group_from_args(RegionOptions, args)
     if not args.patient and is_cohort(args):
+        if getattr(args, "spatialdata", None) is not None:
+            raise UsageError(
+                "--spatialdata writes one slide's (or one patient's) store: give one slide, "
+                "or the patient's slides with --patient"
+            )
         if getattr(args, "progressive", False):
             raise UsageError(
                 "--progressive shows one slide's (or one patient's) preliminary risk: give "
@@ -227,11 +245,42 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(
             "--roi / --exclude are in one slide's level-0 pixels: give them with one slide"
         )
+    check_spatialdata(args)
     with output_folder(args.out):
         return _predict(args, options, regions)
 
 
+def check_spatialdata(args: argparse.Namespace) -> None:
+    """Before any work: ``--spatialdata`` needs the spatialdata package and a store name
+    that is free (or ``--overwrite``)."""
+    store = getattr(args, "spatialdata", None)
+    if store is None:
+        return
+    if importlib.util.find_spec("spatialdata") is None:
+        raise UsageError(
+            "--spatialdata needs the spatialdata package, which is not installed: "
+            "pip install 'napari-ghanet[spatial]'"
+        )
+    if Path(store).exists() and not getattr(args, "overwrite", False):
+        raise UsageError(f"--spatialdata {store} already exists: choose another name or "
+                         "pass --overwrite to replace it")
+
+
+def write_spatialdata_store(prediction, args: argparse.Namespace) -> Path:
+    """The ``--spatialdata`` store, written after the other exports (a failure names
+    the flag; the command's error policy then words it for the command line)."""
+    from napari_ghanet.inference.spatialdata_export import write_spatialdata
+
+    try:
+        return write_spatialdata(prediction, args.spatialdata,
+                                 overwrite=bool(getattr(args, "overwrite", False)))
+    except GHANetError as e:
+        raise GHANetError(f"--spatialdata: {e}") from e
+
+
 def _predict(args: argparse.Namespace, options: PredictOptions, regions: RegionOptions) -> int:
+    from napari_ghanet.inference.predict import predict_patient, predict_slide
+
     bundle = load_model(args.model)
     cancel = threading.Event()
     try:
@@ -257,6 +306,8 @@ def _predict(args: argparse.Namespace, options: PredictOptions, regions: RegionO
     except OptionError as e:
         raise flag_error(e) from None
     written = write_exports(prediction, args.out)
+    if getattr(args, "spatialdata", None) is not None:
+        written["spatialdata"] = write_spatialdata_store(prediction, args)
 
     p = prediction
     for w in p.warnings:

@@ -53,8 +53,7 @@ def _missing_weights_message() -> str:
     return (
         "ResNet50 ImageNet weights not found. Download torchvision's IMAGENET1K_V1 file "
         f"({_RESNET50_URL}) on a machine with internet access and either put it in "
-        f"{folder}/ (torch's hub cache, $TORCH_HOME) or pass its path with weights=... "
-        "(ghanet embed --weights PATH)"
+        f"{folder}/ (torch's hub cache, $TORCH_HOME) or give its path as the encoder weights"
     )
 
 

@@ -283,10 +283,10 @@ def _missing_message(card: FoundationModelCard) -> str:
         f"{card.title} weights not found for encoder {card.name!r}. The weights are "
         f"licence-gated by their authors ({card.licence}): request access at "
         f"https://huggingface.co/{repo}, then on a machine with internet access download "
-        f"{' or '.join(card.files)} (e.g. `hf download {repo}`) and either pass the file "
-        f"with weights=PATH (ghanet embed --encoder {card.name} --weights PATH) or copy the "
-        f"Hugging Face cache so that the file lies in {folder}/ (set HF_HOME or HF_HUB_CACHE "
-        "if the cache is elsewhere). Nothing is downloaded by napari-ghanet."
+        f"{' or '.join(card.files)} (e.g. `hf download {repo}`) and either give the file "
+        f"as the encoder weights or copy the Hugging Face cache so that the file lies in "
+        f"{folder}/ (set HF_HOME or HF_HUB_CACHE if the cache is elsewhere). Nothing is "
+        "downloaded by napari-ghanet."
     )
 
 
@@ -386,7 +386,8 @@ class TimmEncoder(PatchEncoder):
         meta = device is not None and torch.device(device).type == "meta"
         if pretrained and not meta and weights is None:
             raise EncoderError(
-                _missing() if _missing else f"timm:{arch}: give the weights file (weights=...)"
+                _missing() if _missing else f"timm:{arch}: no weights file: give the network's "
+                "weights file as the encoder weights"
             )
         # built on the meta device first: no memory, no random initialisation of a billion
         # parameters that the weights file replaces anyway
@@ -548,7 +549,7 @@ class TimmArchEncoder(TimmEncoder):
     input_size = None
     patch_px = 256
     target_mpp = 0.5
-    weights_hint = "user file (weights=...)"
+    weights_hint = "user file (the encoder weights)"
 
     def __init__(self, arch: str, **kwargs: Any):
         super().__init__(arch, **kwargs)

@@ -53,7 +53,7 @@ class TorchScriptEncoder(PatchEncoder):
     #: spec names of this encoder's features (see registry.from_spec)
     spec_prefix = "torchscript:"
     #: describe_encoders: the weights are the user's file
-    weights_hint = "user file (path=...)"
+    weights_hint = "user file (its TorchScript file as the encoder weights)"
 
     @classmethod
     def spec_kwargs(cls, spec: EncoderSpec) -> dict[str, Any]:
@@ -84,7 +84,7 @@ class TorchScriptEncoder(PatchEncoder):
         if path is None:
             raise EncoderError(
                 f"the TorchScript encoder {name or 'torchscript'!r} needs its model file: "
-                "give path=FILE (ghanet embed --weights FILE)"
+                "give it as the encoder weights"
             )
         path = Path(path).expanduser()
         if not path.is_file():

@@ -265,10 +265,6 @@ class Slide:
         """Level-0 (width, height) in pixels."""
         return self.level_dimensions[0]
 
-    def level_mpp(self, level: int) -> float | None:
-        """Microns per pixel at ``level`` (None when the slide mpp is unknown)."""
-        return None if self.mpp is None else self.mpp * self.level_downsamples[level]
-
     def __repr__(self) -> str:
         w, h = self.dimensions
         mpp = "?" if self.mpp is None else f"{self.mpp:.4g}"
@@ -622,8 +618,8 @@ def open_slide(
                 value, source = None, "unknown"
         elif require_mpp:
             raise SlideError(
-                f"{path}: the file records no microns per pixel; pass the level-0 resolution "
-                "explicitly with mpp=... (ghanet embed --mpp), e.g. 0.25 for 40x, 0.5 for 20x"
+                f"{path}: the file records no microns per pixel; give its level-0 resolution "
+                "explicitly, e.g. 0.25 for 40x, 0.5 for 20x"
             )
         else:
             value, source = None, "unknown"

@@ -445,6 +445,7 @@ def bag_settings(
         "min_tissue_fraction": float(options.min_tissue_fraction),
         "tissue": first.mask.describe(),
         "batch_size": options.options.embed.batch_size,
+        "backend": first.features.features.attrs.get("backend"),  # engine that computed them
         "encoder": enc_spec,
         "top_k": int(top_k),
         "regions": _regions_settings(region_list, runs),

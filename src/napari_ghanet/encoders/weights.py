@@ -29,7 +29,7 @@ from torch import nn
 from napari_ghanet.encoders.base import file_digest
 from napari_ghanet.errors import EncoderError
 
-__all__ = ["file_digest", "load_checkpoint", "load_weights_into", "match_state_dict"]
+__all__ = ["file_digest", "load_checkpoint", "match_state_dict"]
 
 PREFIXES = ("module.", "model.", "backbone.", "encoder.", "_orig_mod.")
 _WRAPPERS = ("state_dict", "model", "model_state_dict", "teacher", "student", "module")
@@ -143,11 +143,3 @@ def match_state_dict(
             f"e.g. {extra[0]!r} (shape {tuple(state[extra[0]].shape)})"
         )
     return {k: state[k] for k in ref}
-
-
-def load_weights_into(model: nn.Module, path: str | os.PathLike, what: str = "encoder") -> str:
-    """Load a checkpoint file into ``model`` (checked); return ``"<file> sha256:<digest>"``."""
-    path = Path(path).expanduser()
-    state = match_state_dict(load_checkpoint(path, what), model, source=str(path), what=what)
-    model.load_state_dict(state, strict=True)
-    return f"{path.name} sha256:{file_digest(path)}"

@@ -199,11 +199,6 @@ class Prediction:
     def category_names(self) -> list[str]:
         return [c.name for c in self.categories]
 
-    @property
-    def category_scores(self) -> np.ndarray:
-        """float32 (T,): mean reconstructed z-score of each category."""
-        return np.array([c.score for c in self.categories], dtype=np.float32)
-
     def survival_curve(self, last_month: float | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Step curve for plotting: months (K + 1,) and survival (K + 1,) starting at
         (0, 1); an infinite last edge is drawn at ``last_month`` (default 1.5x the last

@@ -657,8 +657,3 @@ def load_official_checkpoint(
         raise CheckpointError(f"{path}: shape mismatch for " + "; ".join(bad))
     model.load_state_dict(native)
     return model.eval()
-
-
-def count_parameters(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
-

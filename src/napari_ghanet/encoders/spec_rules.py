@@ -57,6 +57,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from napari_ghanet.encoders import registry
+from napari_ghanet.encoders.spec import EncoderSpec
 from napari_ghanet.errors import EncoderError
 
 __all__ = [
@@ -411,8 +412,6 @@ def _build_problems(spec_json: str) -> list[str]:
 
 @functools.lru_cache(maxsize=64)
 def _build_cached(spec_json: str) -> tuple[str, ...]:
-    from napari_ghanet.encoders.spec import EncoderSpec
-
     spec = EncoderSpec.from_dict(json.loads(spec_json))
     try:
         enc = registry.from_spec(spec, device="meta")

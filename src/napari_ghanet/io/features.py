@@ -53,6 +53,7 @@ from typing import Any
 
 import numpy as np
 
+from napari_ghanet._version import __version__
 from napari_ghanet.encoders.spec import EncoderSpec, encoder_mismatch
 from napari_ghanet.errors import FeaturesError, GHANetError
 from napari_ghanet.io.atomic import atomic_path
@@ -405,8 +406,6 @@ def save_features(path: str | os.PathLike, feats: PatchFeatures) -> Path:
     Returns the final path.
     """
     import h5py
-
-    from napari_ghanet._version import __version__
 
     path = Path(path)
     attrs = dict(feats.attrs)

@@ -99,3 +99,36 @@ def test_napari_plugin_settings_persist_across_a_restart(tmp_path, monkeypatch):
         assert widget_settings_store().load() == default_settings()
     finally:
         nsettings._clear_plugin_settings_cache()
+
+
+def test_the_defaults_ranges_and_manifest_are_the_declared_options():
+    import yaml
+
+    from napari_ghanet import options
+    from napari_ghanet._settings_store import OPTION_OF
+
+    defaults = default_settings()
+    for key, (group, name) in OPTION_OF.items():
+        declared = getattr(getattr(options, group)(), name)
+        assert defaults[key] == ("" if declared is None else declared), key
+    # values outside a declared range or choice fall back to the default
+    store = SettingsStore(JsonFileBackend("/nonexistent/s.json"))
+    kept = store.validate({"backend": "onnx-int8", "fold_od": 2.5, "heatmap_overlap": 0.75})
+    assert (kept["backend"], kept["fold_od"], kept["heatmap_overlap"]) == ("onnx-int8", 2.5, 0.75)
+    bad = store.validate({"backend": "tensorrt", "fold_od": 0.0, "blur_fraction": 1.5})
+    assert (bad["backend"], bad["fold_od"], bad["blur_fraction"]) == (
+        defaults["backend"], defaults["fold_od"], defaults["blur_fraction"])
+    # napari's manifest declares the same settings, defaults and choices (without napari)
+    from pathlib import Path
+
+    manifest = yaml.safe_load((Path(__file__).parents[1] / "napari.yaml").read_text())
+    props = manifest["contributions"]["configurations"]["widget"]["properties"]
+    assert props.pop("settings_version")["default"] == SETTINGS_VERSION
+    assert {k: v["default"] for k, v in props.items()} == defaults
+    backends = options.fields_of(options.EmbedOptions)
+    (backend,) = [f for f in backends if f.name == "backend"]
+    assert props["backend"]["enum"] == list(backend.info.choices) == [
+        "auto", "onnx", "onnx-int8", "torch"]
+    assert all(c in props["backend"]["description"] for c in backend.info.choices)
+    (overlap,) = [f for f in options.fields_of(options.HeatmapOptions) if f.name == "overlap"]
+    assert props["heatmap_overlap"]["enum"] == list(overlap.info.choices)

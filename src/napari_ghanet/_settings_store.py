@@ -1,8 +1,8 @@
 """The dock widget's settings, remembered between napari sessions (no Qt, no napari).
 
 :class:`SettingsStore` validates a flat dict of settings against :func:`default_settings`
-(known keys only, each of its default's type, heatmap overlap one of its choices) and
-keeps it in a backend:
+(known keys only, each of its default's type, within the range or among the choices its
+option declares) and keeps it in a backend:
 
 * :class:`JsonFileBackend` (the default here): ``widget-settings.json`` in the user
   config folder (``$NAPARI_GHANET_CONFIG_DIR``, else ``platformdirs.user_config_dir
@@ -16,6 +16,11 @@ keeps it in a backend:
 A stored file of another version, an unreadable file or a value of the wrong type falls
 back to the defaults for what it cannot use, never to an error: settings are a
 convenience.
+
+Every setting but the last model is a run option declared once in
+:mod:`napari_ghanet.options` (:data:`OPTION_OF`: setting -> group and field): its default,
+range and choices are read from there, imported when first needed so that this module
+stays light (no numpy).
 
 Examples
 --------
@@ -31,8 +36,10 @@ Examples
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
+import math
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -42,7 +49,7 @@ from napari_ghanet.io.atomic import atomic_write
 
 __all__ = [
     "CONFIG_DIR_ENV",
-    "HEATMAP_OVERLAPS",
+    "OPTION_OF",
     "SETTINGS_VERSION",
     "JsonFileBackend",
     "SettingsBackend",
@@ -57,30 +64,71 @@ logger = logging.getLogger(__name__)
 SETTINGS_VERSION = 1
 #: environment variable naming the folder of the settings file (tests, portable installs)
 CONFIG_DIR_ENV = "NAPARI_GHANET_CONFIG_DIR"
-#: the heatmap overlaps the widget offers (fraction of the patch side)
-HEATMAP_OVERLAPS = (0.0, 0.5, 0.75)
+#: setting -> (option group class name in :mod:`napari_ghanet.options`, field name)
+OPTION_OF = {
+    "encoder_weights": ("EmbedOptions", "weights"),
+    "device": ("EmbedOptions", "device"),
+    "backend": ("EmbedOptions", "backend"),
+    "batch_size": ("EmbedOptions", "batch_size"),
+    "qc_on": ("QCOptions", "enabled"),
+    "pen_min_fraction": ("QCOptions", "pen_min_fraction"),
+    "fold_od": ("QCOptions", "fold_od"),
+    "fold_min_fraction": ("QCOptions", "fold_min_fraction"),
+    "blur_fraction": ("QCOptions", "blur_fraction"),
+    "heatmap_overlap": ("HeatmapOptions", "overlap"),
+}
+
+
+@functools.lru_cache(maxsize=1)
+def _declared() -> dict[str, Any]:
+    """setting -> its option's :class:`~napari_ghanet.options.declare.Field`."""
+    import napari_ghanet.options as options
+
+    out = {}
+    for key, (group, name) in OPTION_OF.items():
+        (f,) = [f for f in options.fields_of(getattr(options, group)) if f.name == name]
+        out[key] = f
+    return out
+
+
+def _setting_value(default: Any) -> Any:
+    """An option default as a setting value: None (a path not given) -> ''."""
+    if default is None or isinstance(default, Path):
+        return "" if default is None else str(default)
+    return default
 
 
 def default_settings() -> dict[str, Any]:
     """The widget's defaults: encoder weights file ('' = look in the caches), device,
     inference backend, batch size, artifact QC switch and thresholds (fractions; fold OD
-    in log10 units), heatmap overlap (fraction) and the last model file ('' = none)."""
-    from napari_ghanet.preprocessing.qc import QCParams
+    in log10 units), heatmap overlap (fraction), all as :mod:`napari_ghanet.options`
+    declares them, and the last model file ('' = none).
 
-    qc = QCParams()
-    return {
-        "encoder_weights": "",
-        "device": "auto",
-        "backend": "auto",
-        "batch_size": 64,
-        "qc_on": True,
-        "pen_min_fraction": float(qc.pen_min_fraction),
-        "fold_od": float(qc.fold_od),
-        "fold_min_fraction": float(qc.fold_min_fraction),
-        "blur_fraction": float(qc.blur_fraction),
-        "heatmap_overlap": 0.0,
-        "last_model": "",
-    }
+    >>> d = default_settings()
+    >>> d["batch_size"], d["backend"], d["heatmap_overlap"], d["encoder_weights"]
+    (64, 'auto', 0.0, '')
+    """
+    out = {key: _setting_value(f.default) for key, f in _declared().items()}
+    for key in ("pen_min_fraction", "fold_od", "fold_min_fraction", "blur_fraction",
+                "heatmap_overlap"):
+        out[key] = float(out[key])
+    out["last_model"] = ""
+    return out
+
+
+def _allowed(key: str, value: Any) -> bool:
+    """Whether ``value`` is within the range or among the choices of the option behind
+    setting ``key`` (True for a setting without one)."""
+    f = _declared().get(key)
+    if f is None or isinstance(value, str) and not f.info.choices:
+        return True
+    i = f.info
+    if i.choices:
+        return any(math.isclose(value, c) if isinstance(c, float) else value == c
+                   for c in i.choices)
+    if i.low is not None and (value <= i.low if i.low_open else value < i.low):
+        return False
+    return i.high is None or value <= i.high
 
 
 def default_config_dir() -> Path:
@@ -181,15 +229,8 @@ class SettingsStore:
         out = dict(self.defaults)
         for key, value in values.items():
             if key in out:
-                out[key] = _coerce(value, out[key])
-        if "heatmap_overlap" in out and out["heatmap_overlap"] not in HEATMAP_OVERLAPS:
-            out["heatmap_overlap"] = self.defaults.get("heatmap_overlap", 0.0)
-        for key in ("batch_size",):
-            if key in out and out[key] < 1:
-                out[key] = self.defaults[key]
-        for key in ("pen_min_fraction", "fold_min_fraction", "blur_fraction"):
-            if key in out and not 0.0 <= out[key] <= 1.0:
-                out[key] = self.defaults[key]
+                value = _coerce(value, out[key])
+                out[key] = value if _allowed(key, value) else self.defaults[key]
         return out
 
     def load(self) -> dict[str, Any]:

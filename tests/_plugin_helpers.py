@@ -15,6 +15,10 @@ SIZES = (4, 6, 5, 3, 7, 4)
 CATEGORIES = ("Tumor Suppression", "Oncogenesis", "Protein Kinases", "Cellular Differentiation",
               "Transcription", "Cytokines and Growth")
 MORPHOMETRIC_DIM = 64
+#: the encoder spec of the fast test bundles: morphometric, 64 px patches at 2 um/px (the
+#: CLAM field of view, 128 um, at 1/16 of the pixels)
+FAST_ENCODER = {"name": "morphometric", "dim": MORPHOMETRIC_DIM, "patch_px": 64,
+                "target_mpp": 2.0}
 
 
 def small_model(input_dim: int = MORPHOMETRIC_DIM, seed: int = 0) -> GHANet:

@@ -11,7 +11,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from _plugin_helpers import make_bundle
+from _plugin_helpers import FAST_ENCODER, make_bundle
 from conftest import he_image, write_pyramid
 from napari_ghanet.cli import main
 from napari_ghanet.cohort.summary import read_summary
@@ -19,7 +19,6 @@ from napari_ghanet.io.features import load_features
 
 FAST = ["--encoder", "morphometric", "--patch-px", "64", "--target-mpp", "2.0",
         "--device", "cpu", "--workers", "0"]
-FAST_ENCODER = {"name": "morphometric", "dim": 64, "patch_px": 64, "target_mpp": 2.0}
 
 
 @pytest.fixture(scope="module")

@@ -18,15 +18,13 @@ from pathlib import Path
 
 import pytest
 
-from _plugin_helpers import make_bundle
+from _plugin_helpers import FAST_ENCODER, make_bundle
 from conftest import he_image, write_pyramid
 from napari_ghanet.cohort import predict_cohort
 from napari_ghanet.cohort import tasks as cohort_tasks
 from napari_ghanet.cohort.inputs import SlideItem
 from napari_ghanet.io import slide as slide_mod
 from napari_ghanet.models import bundle as bundle_mod
-
-FAST_ENCODER = {"name": "morphometric", "dim": 64, "patch_px": 64, "target_mpp": 2.0}
 
 #: (what, path) -> calls, in the process these functions run in
 COUNTS: collections.Counter = collections.Counter()

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from _plugin_helpers import make_bundle
+from _plugin_helpers import FAST_ENCODER, make_bundle
 from conftest import he_image, write_pyramid
 from napari_ghanet.cohort import embed_cohort, predict_cohort, resolve_inputs, run_tasks
 from napari_ghanet.cohort.engine import open_client
@@ -26,7 +26,6 @@ from napari_ghanet.options import EmbedOptions, GridOptions
 
 # 64 px patches at 2 um/px (the CLAM field of view, 16x cheaper to embed)
 FAST = {"encoder": "morphometric", "patch_px": 64, "target_mpp": 2.0}
-FAST_ENCODER = {"name": "morphometric", "dim": 64, "patch_px": 64, "target_mpp": 2.0}
 
 
 @pytest.fixture(scope="module")

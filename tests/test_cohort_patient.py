@@ -10,11 +10,9 @@ import json
 import pandas as pd
 import pytest
 
-from _plugin_helpers import make_bundle
+from _plugin_helpers import FAST_ENCODER, make_bundle
 from conftest import he_image, write_pyramid
 from napari_ghanet.cohort import predict_cohort
-
-FAST_ENCODER = {"name": "morphometric", "dim": 64, "patch_px": 64, "target_mpp": 2.0}
 
 
 def test_slides_sharing_a_case_id_are_one_patient(tmp_path):

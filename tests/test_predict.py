@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from _plugin_helpers import make_bundle, tissue_rgb, write_tiff_slide
+from _plugin_helpers import FAST_ENCODER, make_bundle, tissue_rgb, write_tiff_slide
 from napari_ghanet.inference import overlays
 from napari_ghanet.inference.predict import (
     NoTissueError,
@@ -29,7 +29,6 @@ from napari_ghanet.models.bundle import EncoderMismatchError, load_bundle
 
 # 64 px patches at 2 um/px cover the same 128 um as CLAM's 256 px at 0.5 um/px, and are
 # 16x cheaper to embed: the same pipeline, sized for tests.
-FAST_ENCODER = {"name": "morphometric", "dim": 64, "patch_px": 64, "target_mpp": 2.0}
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from _plugin_helpers import make_bundle, tissue_rgb, write_tiff_slide
+from _plugin_helpers import FAST_ENCODER, make_bundle, tissue_rgb, write_tiff_slide
 from napari_ghanet.errors import Cancelled, NoTissueError, SlideError
 from napari_ghanet.inference.exports import export_all, export_paths
 from napari_ghanet.inference.predict import predict_patient, predict_slide
@@ -25,8 +25,6 @@ from napari_ghanet.inference.stages import (
 )
 from napari_ghanet.io.features import load_features
 from napari_ghanet.models.bundle import load_bundle
-
-FAST_ENCODER = {"name": "morphometric", "dim": 64, "patch_px": 64, "target_mpp": 2.0}
 
 
 @pytest.fixture(scope="module")

@@ -10,14 +10,13 @@ import pytest
 from napari.utils.notifications import notification_manager
 from qtpy.QtCore import Qt
 
-from _plugin_helpers import make_bundle, tissue_rgb, write_tiff_slide
+from _plugin_helpers import FAST_ENCODER, make_bundle, tissue_rgb, write_tiff_slide
 from napari_ghanet._widget import PrognosisWidget
 from napari_ghanet.inference import overlays
 from napari_ghanet.inference.predict import predict_slide
 from napari_ghanet.io.slide import cmu_slide_path
 from napari_ghanet.models.bundle import load_bundle
 
-FAST_ENCODER = {"name": "morphometric", "dim": 64, "patch_px": 64, "target_mpp": 2.0}
 TIMEOUT_MS = 60_000
 
 

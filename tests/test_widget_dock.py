@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from qtpy.QtCore import Qt
 
-from _plugin_helpers import CATEGORIES, SIZES, make_bundle
+from _plugin_helpers import CATEGORIES, FAST_ENCODER, SIZES, make_bundle
 from napari_ghanet._qt import layers as qt_layers
 from napari_ghanet._qt.gc_hold import GCHold, holders
 from napari_ghanet._widget import PrognosisWidget
@@ -18,9 +18,6 @@ from napari_ghanet.inference import overlays
 from napari_ghanet.inference.predict import predict_slide
 from napari_ghanet.io.slide import cmu_slide_path
 from napari_ghanet.models.bundle import load_bundle
-
-FAST_ENCODER = {"name": "morphometric", "dim": 64, "patch_px": 64, "target_mpp": 2.0}
-
 
 #: category names as long as real ones ("Cell Differentiation Markers"), and longer
 LONG_NAMES = [f"{name} and Related Signalling Pathways" for name in CATEGORIES]

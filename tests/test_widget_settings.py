@@ -10,12 +10,10 @@ import json
 
 import pytest
 
-from _plugin_helpers import make_bundle
+from _plugin_helpers import FAST_ENCODER, make_bundle
 from napari_ghanet._settings_store import JsonFileBackend, SettingsStore, default_settings
 from napari_ghanet._widget import PrognosisWidget
 from napari_ghanet.options import EmbedOptions, QCOptions
-
-FAST_ENCODER = {"name": "morphometric", "dim": 64, "patch_px": 64, "target_mpp": 2.0}
 
 
 @pytest.fixture(scope="module")

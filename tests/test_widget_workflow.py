@@ -11,12 +11,11 @@ import pytest
 import shapely
 from napari.utils.notifications import notification_manager
 
-from _plugin_helpers import make_bundle, tissue_rgb, write_tiff_slide
+from _plugin_helpers import FAST_ENCODER, make_bundle, tissue_rgb, write_tiff_slide
 from napari_ghanet._qt.layers import QC_COLOURS, heatmap_display
 from napari_ghanet.models.risk import risk_colour, risk_text
 from napari_ghanet.options import PredictOptions, QCOptions
 
-FAST_ENCODER = {"name": "morphometric", "dim": 64, "patch_px": 64, "target_mpp": 2.0}
 TIMEOUT_MS = 90_000
 
 

@@ -4,6 +4,10 @@
 # copies, inference) on CUDA for resnet50_trunc and a ViT-L/16 (UNI's architecture), both
 # with random weights; bf16 autocast, channels-last (CNN), SDPA (ViT), pinned buffers.
 # Targets on an H200: resnet50_trunc >= 3,000 patches/s end to end, ViT-L/16 >= 1,500.
+# Then (skip with WHOLE_SLIDE=0; about 5 more minutes) the real-size slide of
+# benchmarks/whole_slide.py (98,304 px, 18,413 patches) through the whole ghanet predict
+# path with a random-weight resnet50_trunc bundle on CUDA: time by stage, patches/s, peak
+# RSS (whole_slide.json / .txt).
 #
 # Usage: benchmarks/gpu_check.sh [OUTPUT_FOLDER]   (default: $OUT, else ./gpu-figures)
 # Writes gpu_check.json and gpu_check.txt there. Without CUDA it says so, writes a note
@@ -36,5 +40,14 @@ rc=${PIPESTATUS[0]}
 echo "elapsed $(( $(date +%s) - START )) s, exit $rc" | tee -a "$OUTDIR/gpu_check.txt"
 if [ "$rc" -eq 124 ]; then
     echo "timed out: the figures above are partial" | tee -a "$OUTDIR/gpu_check.txt"
+fi
+if [ "${WHOLE_SLIDE:-1}" != "0" ]; then
+    # the slide is built once (1.2 GB in $GHANET_BENCH_DIR), then reused
+    GHANET_BENCH_DIR="${GHANET_BENCH_DIR:-${TMPDIR:-/tmp}/ghanet-bench}" timeout 330 \
+        "$PY" benchmarks/whole_slide.py --sizes 1 --encoders resnet50 --batch-size 256 \
+        --json "$OUTDIR/whole_slide.json" 2>&1 | tee "$OUTDIR/whole_slide.txt"
+    ws=${PIPESTATUS[0]}
+    echo "whole slide: exit $ws, elapsed $(( $(date +%s) - START )) s" | tee -a "$OUTDIR/whole_slide.txt"
+    [ "$rc" -eq 0 ] && rc=$ws
 fi
 exit "$rc"

@@ -101,7 +101,7 @@ _INT8_RECIPE = {  # part of the cache key: any change gives a new quantized mode
     "ops": ["Conv", "MatMul", "Gemm"],
     "weights": "int8 per channel",
     "activations": "uint8 min-max",
-    "calibration_batch": 8,
+    "calibration_batch": 1,  # ORT's calibrator holds ~activations x batch: 1 keeps it low
     "bias_correction": "mean fp32 - int8 feature on the calibration patches",
 }
 _sessions: OrderedDict[tuple[str, int], Any] = OrderedDict()

@@ -131,15 +131,25 @@ def test_embed_backend_reaches_the_encoder(tmp_path, tiled_tiff, capsys):
 
 
 def test_embed_help_says_which_encoders_need_weights_and_the_default(capsys):
+    # the help's weight-free list is the registry's built-in encoders' (a fresh interpreter:
+    # other tests register encoders of their own in this one)
+    import json
+    import subprocess
+    import sys
+
     import pytest
 
     from napari_ghanet.cli import build_parser
     from napari_ghanet.cli.embed import DEFAULT_ENCODER, WEIGHT_FREE
-    from napari_ghanet.encoders import list_encoders, takes_weights
+    from napari_ghanet.encoders import list_encoders
 
-    # the help's weight-free list is the registry's
-    names = [n + "vit_small_patch16_224" if n.endswith(":") else n for n in list_encoders()]
-    assert set(WEIGHT_FREE) == {n for n in names if not takes_weights(n)}
+    code = ("import json; from napari_ghanet.encoders import list_encoders, takes_weights; "
+            "names = [n + 'vit_small_patch16_224' if n.endswith(':') else n "
+            "for n in list_encoders()]; "
+            "print(json.dumps(sorted(n for n in names if not takes_weights(n))))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout
+    assert sorted(WEIGHT_FREE) == json.loads(out.strip().splitlines()[-1])
     with pytest.raises(SystemExit):
         main(["embed", "--help"])
     text = " ".join(capsys.readouterr().out.split())

@@ -193,3 +193,23 @@ def test_cached_features_give_the_answer_at_once(slides, bundle, tmp_path):
     p = predict_slide(slides[0], bundle, device="cpu", cache_dir=tmp_path,
                       preliminary=got.append)
     assert [g.final for g in got] == [True] and got[0].risk == p.risk
+
+
+def test_int8_and_full_precision_features_are_cached_apart(slides, bundle, tmp_path):
+    """A prediction made with 8-bit features never reuses full-precision ones (and back)."""
+    from napari_ghanet.inference.stages import BagRun
+    from napari_ghanet.options import PredictOptions
+
+    with open_slide(slides[0]) as slide:
+        _, grid = grid_stage(slide, patch_px=32, target_mpp=1.0)
+        spec = bundle.encoder.with_geometry(32, 1.0)
+        paths = {}
+        for backend in ("auto", "onnx-int8"):
+            run = BagRun.create(bundle, PredictOptions.create(cache_dir=tmp_path,
+                                                              backend=backend))
+            paths[backend] = run.cache_path(slide, spec, grid)
+    assert paths["onnx-int8"].name.endswith(".int8.h5")
+    assert paths["onnx-int8"].with_name(paths["onnx-int8"].name.replace(".int8", "")) == \
+        paths["auto"]
+    off = BagRun.create(bundle, PredictOptions.create(use_cache=False))
+    assert off.cache_path(None, spec, None) is None

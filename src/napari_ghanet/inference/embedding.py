@@ -483,7 +483,6 @@ def embed_slide(
     encoder.eval()
     encoder.to(dev)
     undo: Callable[[], None] = lambda: None  # noqa: E731
-    attrs["backend"] = getattr(runner, "backend", "torch")
     try:
         pipe = None
         if cuda:
@@ -494,6 +493,8 @@ def embed_slide(
         batches.close()
         undo()
         encoder.train(was_training)
+    # read after the run: an engine that fell back on its first batch says so
+    attrs["backend"] = getattr(runner, "backend", "torch")
 
     n_skipped = int((~valid).sum())
     if n_skipped == n:

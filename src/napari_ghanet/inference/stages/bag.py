@@ -189,6 +189,17 @@ class BagRun:
     def heatmap_overlap(self) -> float:
         return self.options.heatmap.overlap
 
+    def cache_path(self, slide: Slide, enc_spec: EncoderSpec, grid) -> Path | None:
+        """Where this run caches a grid's features (None: no cache). 8-bit features
+        (``backend="onnx-int8"``) are kept apart from full-precision ones, so neither
+        run ever reuses the other's."""
+        if self.cache_root is None:
+            return None
+        path = cached_features_path(self.cache_root, slide, enc_spec, grid)
+        if self.options.embed.backend == "onnx-int8":
+            path = path.with_name(f"{path.stem}.int8{path.suffix}")
+        return path
+
     def stage_kw(self) -> dict[str, Any]:
         """The keyword arguments of :func:`features_stage` that come from these options."""
         e = self.options.embed
@@ -276,9 +287,7 @@ def slide_stage(
             slide,
             grid,
             enc,
-            cache_path=cached_features_path(o.cache_root, slide, enc_spec, grid)
-            if o.cache_root is not None
-            else None,
+            cache_path=o.cache_path(slide, enc_spec, grid),
             progress=o.progress,
             timings=timings,
             on_encoded=o.preliminary.on_encoded if o.preliminary is not None else None,
@@ -371,9 +380,7 @@ def _overlap_features(
         slide,
         ogrid,
         encoder,
-        cache_path=cached_features_path(options.cache_root, slide, enc_spec, ogrid)
-        if options.cache_root is not None
-        else None,
+        cache_path=options.cache_path(slide, enc_spec, ogrid),
         progress=relay,
         **options.stage_kw(),
     )

@@ -675,7 +675,7 @@ def wrap_for_cpu(
     if not supports_onnx(encoder):
         if backend == "onnx":
             raise EncoderError(
-                f"encoder {name} does not run in ONNX Runtime; use backend='torch' or 'auto'"
+                f"encoder {name} does not run in ONNX Runtime; choose the torch or auto backend"
             )
         if backend == "onnx-int8":
             logger.warning("encoder %s does not run in ONNX Runtime: no int8, running in "

@@ -10,7 +10,7 @@ import sys
 import numpy as np
 import pytest
 
-from _plugin_helpers import FAST_ENCODER, make_bundle, write_tiff_slide
+from _plugin_helpers import FAST_ENCODER, make_bundle, need, write_tiff_slide
 from napari_ghanet.cli import predict as _cli_predict
 from napari_ghanet.inference.predict import predict_slide
 from napari_ghanet.io.slide import cmu_slide_path
@@ -205,7 +205,7 @@ def test_a_refused_backend_is_a_usage_error_naming_the_flag(bundle_path, tmp_pat
 
 
 def test_spatialdata_store_of_one_slide(bundle_path, tmp_path, capsys, monkeypatch):
-    pytest.importorskip("spatialdata")
+    need("spatialdata")
     from _plugin_helpers import tissue_rgb
     from napari_ghanet.inference.spatialdata_export import TABLE_KEY, read_spatialdata_report
 

@@ -16,6 +16,7 @@ import torch
 from napari_ghanet.training.bundle_cmd import encoder_spec_from_attrs
 from napari_ghanet.training.cohort import FeatureStore, find_feature_files
 
+from _plugin_helpers import need
 from napari_ghanet.encoders import describe_encoders
 from napari_ghanet.encoders.aliases import (
     ALIASES,
@@ -217,7 +218,7 @@ def test_slide2vec_tile_embeddings_and_meta_json(tmp_path, fmt):
 
 
 def test_lazyslide_store_features_in_tile_order_with_level0_coordinates(tmp_path):
-    pytest.importorskip("spatialdata")
+    need("spatialdata")
     from napari_ghanet.io.wsidata import read_wsidata_features
 
     stores = tmp_path / "stores"

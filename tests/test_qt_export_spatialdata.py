@@ -7,8 +7,10 @@ from pathlib import Path
 
 import pytest
 
-pytest.importorskip("spatialdata")
-pytest.importorskip("qtpy")
+from _plugin_helpers import need
+
+need("spatialdata")
+need("qtpy")
 
 sys.path.insert(0, str(Path(__file__).parent))
 

@@ -5,8 +5,7 @@ from __future__ import annotations
 
 import json
 
-import pytest
-
+from _plugin_helpers import need
 from napari_ghanet._settings_store import (
     CONFIG_DIR_ENV,
     SETTINGS_VERSION,
@@ -66,7 +65,7 @@ def test_unwritable_folder_is_logged_not_raised(tmp_path, caplog):
 
 
 def test_napari_plugin_settings_persist_across_a_restart(tmp_path, monkeypatch):
-    pytest.importorskip("napari")
+    need("napari")
     monkeypatch.delenv("NAPARI_GHANET_CONFIG_DIR")  # no folder named: napari's settings
     from napari import settings as nsettings
 

@@ -11,7 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-pytest.importorskip("spatialdata")
+from _plugin_helpers import need
+
+need("spatialdata")
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _plugin_helpers import make_bundle  # noqa: E402

@@ -107,3 +107,23 @@ def need(module: str):
     if os.environ.get("CI"):
         return importlib.import_module(module)
     return pytest.importorskip(module)
+
+
+def small_vit(seed: int = 3):
+    """A two-block timm ViT (48-d, 64 px input) with seeded random weights, in eval mode:
+    small enough to export, quantize and run in a test."""
+    import torch
+
+    from napari_ghanet.encoders.timm_models import TimmArchEncoder
+
+    enc = TimmArchEncoder(
+        "vit_tiny_patch16_224",
+        model_args={"depth": 2, "embed_dim": 48, "num_heads": 2, "img_size": 64},
+        input_size=64,
+        pretrained=False,
+    )
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in enc.model.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.05)
+    return enc.eval()

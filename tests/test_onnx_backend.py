@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from _plugin_helpers import small_vit
 from napari_ghanet.encoders import EncoderError, PatchEncoder, create_encoder
 from napari_ghanet.encoders.onnx_backend import (
     OnnxEncoder,
@@ -15,7 +16,6 @@ from napari_ghanet.encoders.onnx_backend import (
     supports_onnx,
     wrap_for_cpu,
 )
-from napari_ghanet.encoders.timm_models import TimmArchEncoder
 from napari_ghanet.inference.embedding import embed_slide
 from napari_ghanet.io.slide import open_slide
 from napari_ghanet.preprocessing.patches import patch_grid
@@ -28,18 +28,6 @@ def _onnx_cache(tmp_path, monkeypatch):
     return tmp_path / "onnx"
 
 
-def small_vit(seed: int = 3) -> TimmArchEncoder:
-    enc = TimmArchEncoder(
-        "vit_tiny_patch16_224",
-        model_args={"depth": 2, "embed_dim": 48, "num_heads": 2, "img_size": 64},
-        input_size=64,
-        pretrained=False,
-    )
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in enc.model.parameters():
-            p.copy_(torch.randn(p.shape, generator=g) * 0.05)
-    return enc.eval()
 
 
 def batch(n=6, side=256, seed=0) -> torch.Tensor:

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import napari_ghanet.encoders.onnx_backend as ob
-from _plugin_helpers import make_bundle
+from _plugin_helpers import make_bundle, small_vit
 from napari_ghanet.encoders import EncoderError, PatchEncoder, create_encoder
 from napari_ghanet.encoders.onnx_backend import (
     BACKENDS,
@@ -23,7 +23,6 @@ from napari_ghanet.encoders.onnx_backend import (
     calibration_patches,
     wrap_for_cpu,
 )
-from napari_ghanet.encoders.timm_models import TimmArchEncoder
 from napari_ghanet.inference.embedding import embed_slide
 from napari_ghanet.inference.predict import predict_slide
 from napari_ghanet.io.slide import cmu_slide_path, open_slide
@@ -45,18 +44,6 @@ def resnet(resnet50_weights):
     return create_encoder("resnet50_trunc", weights=resnet50_weights).eval()
 
 
-def small_vit(seed: int = 3) -> TimmArchEncoder:
-    enc = TimmArchEncoder(
-        "vit_tiny_patch16_224",
-        model_args={"depth": 2, "embed_dim": 48, "num_heads": 2, "img_size": 64},
-        input_size=64,
-        pretrained=False,
-    )
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in enc.model.parameters():
-            p.copy_(torch.randn(p.shape, generator=g) * 0.05)
-    return enc.eval()
 
 
 def held_out_patches(side: int, n: int = 12) -> torch.Tensor:

@@ -37,6 +37,7 @@ from napari_ghanet._qt.results import ResultsPanel
 from napari_ghanet._qt.run import PredictionRun, ProgressBar
 from napari_ghanet._qt.settings import AdvancedSettings
 from napari_ghanet.errors import GHANetError
+from napari_ghanet.io.names import make_safe_name
 
 if TYPE_CHECKING:
     import napari
@@ -413,7 +414,7 @@ class PrognosisWidget(QWidget):
         kwargs.update(cache_dir=self.cache_dir, top_k=10)
         if len(layers) > 1:
             kwargs.update(mpp=mpps, regions=[regions] + [None] * (len(layers) - 1),
-                          patient=layers[0].name)
+                          patient=make_safe_name(layers[0].name, "patient"))
         else:
             kwargs.update(mpp=mpps[0], regions=regions)
         return kwargs

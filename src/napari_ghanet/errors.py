@@ -28,6 +28,7 @@ __all__ = [
     "EncoderError",
     "EncoderMismatchError",
     "FeaturesError",
+    "InputFileError",
     "GHANetError",
     "NoTissueError",
     "NotWritableError",
@@ -35,6 +36,7 @@ __all__ = [
     "RegionError",
     "SlideError",
     "TrainingError",
+    "UnsafeNameError",
 ]
 
 
@@ -76,6 +78,16 @@ class NotWritableError(GHANetError, PermissionError):
 
 class RegionError(GHANetError, ValueError):
     """A region file (GeoJSON) or drawn shape cannot be used as a region of interest."""
+
+
+class InputFileError(GHANetError, ValueError):
+    """A file the user named (manifest, survival table, regions, settings) is missing, not a
+    regular file, too large or not text."""
+
+
+class UnsafeNameError(GHANetError, ValueError):
+    """A name that is to become a file name (a patient, a case_id) could write outside its
+    output folder or is not a plain file name."""
 
 
 class PredictionError(GHANetError, ValueError):

@@ -150,12 +150,19 @@ def command(run: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Name
 def output_folder(out: Path):
     """Check ``out`` is a writable folder before any work (creating it); remove it again
     when the command then fails and it is still empty, so a failure leaves nothing."""
-    created = not Path(out).exists()
+    out = Path(out)
+    created = []  # the folders this command makes, deepest first
+    for folder in (out, *out.parents):
+        if folder.exists() or folder.is_symlink():
+            break
+        created.append(folder)
     check_writable_dir(out)
     try:
-        yield Path(out)
+        yield out
     except BaseException:
-        if created:
-            with contextlib.suppress(OSError):
-                Path(out).rmdir()  # only when empty
+        for folder in created:
+            try:
+                folder.rmdir()  # only when empty
+            except OSError:
+                break
         raise

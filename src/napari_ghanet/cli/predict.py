@@ -37,7 +37,8 @@ from napari_ghanet.cli._progress import CohortProgress, TerminalProgress
 from napari_ghanet.cli.embed import resolve_slides
 from napari_ghanet.cohort.inputs import _GLOB_CHARS
 from napari_ghanet.device import resolve_device
-from napari_ghanet.errors import BundleError, GHANetError, PredictionError
+from napari_ghanet.errors import BundleError, GHANetError, PredictionError, UnsafeNameError
+from napari_ghanet.io.names import safe_name
 from napari_ghanet.models.risk import risk_text
 from napari_ghanet.options import (
     CacheOptions,
@@ -222,6 +223,11 @@ def run(args: argparse.Namespace) -> int:
     130 interrupted)."""
     if not args.slides and args.manifest is None:
         raise UsageError("no slide given: give a slide (or folders, glob patterns, or --manifest FILE)")
+    if args.patient is not None:  # names the output files: refused before any work
+        try:
+            safe_name(args.patient, "--patient")
+        except UnsafeNameError as e:
+            raise UsageError(str(e)) from None
     options = options_from_args(args)
     regions = group_from_args(RegionOptions, args)
     if not args.patient and is_cohort(args):

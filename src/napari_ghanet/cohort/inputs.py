@@ -26,6 +26,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from napari_ghanet.errors import CohortError
+from napari_ghanet.io.names import safe_name
 
 __all__ = ["SlideItem", "SlideInputError", "resolve_inputs", "slide_extensions"]
 
@@ -149,6 +150,14 @@ def _parse_mpp(value: str | None, where: str) -> float | None:
     return mpp
 
 
+def _case_id(value: str | None, where: str) -> str | None:
+    """A manifest's ``case_id``: it names the patient's output folder, so it must be a
+    plain file name (:func:`~napari_ghanet.io.names.safe_name`)."""
+    if not value:
+        return None
+    return safe_name(value, f"{where}: case_id")
+
+
 def read_manifest(path: str | os.PathLike) -> list[SlideItem]:
     """Slide items of a manifest CSV (``slide`` column; optional ``mpp``, ``case_id``)."""
     path = Path(path).expanduser()
@@ -177,7 +186,7 @@ def read_manifest(path: str | os.PathLike) -> list[SlideItem]:
             SlideItem(
                 str(sp.resolve()),
                 _parse_mpp(r.get("mpp"), f"{path}, line {i}"),
-                r.get("case_id") or None,
+                _case_id(r.get("case_id"), f"{path}, line {i}"),
             )
         )
     if missing:

@@ -32,6 +32,7 @@ from napari_ghanet.errors import EncoderError, GHANetError
 from napari_ghanet.inference.predict import export_all, predict_patient, predict_slide
 from napari_ghanet.inference.stages import embed_to_file
 from napari_ghanet.io.atomic import atomic_write
+from napari_ghanet.io.names import safe_name
 from napari_ghanet.io.slide import open_slide
 from napari_ghanet.models.bundle import load_bundle, read_bundle_metadata
 from napari_ghanet.options import EmbedOptions, GridOptions, PredictOptions
@@ -197,8 +198,8 @@ def _bundle(path: str, digest: str):
 def unit_name(items: list[SlideItem]) -> str:
     """Output folder name of a task: the slide's stem, or the case_id of several slides."""
     if len(items) == 1:
-        return items[0].stem
-    return str(items[0].case_id)
+        return safe_name(items[0].stem, "slide name")
+    return safe_name(str(items[0].case_id), "case_id")
 
 
 def predict_task(

@@ -36,6 +36,7 @@ from napari_ghanet.inference.overlays import percentile_normalise
 from napari_ghanet.inference.result import Prediction
 from napari_ghanet.io.atomic import atomic_path, atomic_write
 from napari_ghanet.io.features import json_default
+from napari_ghanet.io.names import child_path
 
 __all__ = [
     "export_all",
@@ -262,12 +263,14 @@ def export_paths(prediction: Prediction, out_dir: str | os.PathLike) -> dict[str
     ['case.ghanet.json', 'case.patches.csv', 'case.patches.geojson']
     """
     patient = prediction.slide.get("patient")
-    stem = str(patient) if patient else Path(prediction.slide.get("name") or "slide").stem
-    out = Path(out_dir)
+    if patient:
+        stem, what = str(patient), "patient name"
+    else:
+        stem, what = Path(str(prediction.slide.get("name") or "slide")).stem, "slide name"
     return {
-        "report": out / f"{stem}.ghanet.json",
-        "csv": out / f"{stem}.patches.csv",
-        "geojson": out / f"{stem}.patches.geojson",
+        "report": child_path(out_dir, stem, ".ghanet.json", what),
+        "csv": child_path(out_dir, stem, ".patches.csv", what),
+        "geojson": child_path(out_dir, stem, ".patches.geojson", what),
     }
 
 

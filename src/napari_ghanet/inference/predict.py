@@ -61,6 +61,7 @@ from napari_ghanet.inference.stages import (
     slide_regions,
     slide_stage,
 )
+from napari_ghanet.io.names import safe_name
 from napari_ghanet.io.slide import Slide
 from napari_ghanet.models.bundle import ModelBundle, load_bundle
 from napari_ghanet.options import PredictOptions
@@ -248,6 +249,8 @@ def predict_patient(
     if mpp is not None and not per_slide_mpp:
         shortcuts["mpp"] = mpp
     options = PredictOptions.create(options, **shortcuts)  # every value checked here, once
+    if patient is not None:  # becomes the export file names: refused before any work
+        safe_name(patient, "patient name")
     slides, mpps = patient_slides(slides, mpp if per_slide_mpp else options.grid.mpp)
     if not isinstance(bundle, ModelBundle):
         bundle = load_bundle(bundle)

@@ -9,7 +9,7 @@
   with 1 = censored): ``OUT/validation.json`` (Harrell's and Uno's c-index of the predicted
   risk, time-dependent AUC and integrated Brier score where computable, and the log-rank
   test of the model's risk groups) and ``OUT/validation_km.png`` (Kaplan-Meier curves of
-  the predicted risk groups), computed with :mod:`napari_ghanet.training.metrics`.
+  the predicted risk groups), computed with :mod:`napari_ghanet.models.metrics`.
 """
 
 from __future__ import annotations
@@ -27,8 +27,9 @@ import numpy as np
 from napari_ghanet.errors import CohortError
 from napari_ghanet.inference.exports import strict_json
 from napari_ghanet.io.atomic import atomic_write
+from napari_ghanet.io.figures import save_figure
+from napari_ghanet.models.metrics import fold_metrics, logrank
 from napari_ghanet.models.risk import risk_colour
-from napari_ghanet.training import metrics as M
 
 __all__ = ["cohort_rows", "read_survival", "validation_report", "write_cohort_csv"]
 
@@ -160,7 +161,7 @@ def validation_report(
         edges = np.linspace(0.0, float(t.max()), len(surv[0]) + 1)
     if not np.isfinite(edges[-1]):  # open last bin: survival stays flat after the last knot
         edges[-1] = 2.0 * max(float(edges[np.isfinite(edges)].max()), float(t.max()))
-    fm = M.fold_metrics(t, e, t, e, rk, np.asarray(surv), edges)
+    fm = fold_metrics(t, e, t, e, rk, np.asarray(surv), edges)
     ga = np.asarray(groups)
     labels = sorted(set(groups), key=lambda g: float(np.median(rk[ga == g])))
     result = {
@@ -176,7 +177,7 @@ def validation_report(
         "ibs": fm.get("ibs"),
         "ibs_km_reference": fm.get("ibs_km_reference"),
         "notes": fm.get("notes", {}),
-        "km": {**M.logrank(t, e, np.asarray(groups)),
+        "km": {**logrank(t, e, np.asarray(groups)),
                "groups": {g: int(sum(1 for x in groups if x == g)) for g in labels}},
         "risk_definition": "higher risk = worse predicted prognosis; c-index 0.5 = chance",
         "units": matched,
@@ -219,4 +220,4 @@ def _km_plot(t, e, groups, labels, result, path: Path) -> Path:
     except BaseException:
         plt.close(fig)
         raise
-    return M.save_figure(fig, path)
+    return save_figure(fig, path)

@@ -142,67 +142,17 @@ def embed_to_file(
     out = Path(out_dir) / f"{slide_path.stem}.h5"
     outcome = EmbedOutcome(slide=str(slide_path), status="failed", path=str(out))
     try:
-        if isinstance(encoder, str):
-            kw = dict(encoder_kwargs or {})
-            if emb.weights is not None:
-                kw.setdefault("path" if encoder == "torchscript" else "weights", emb.weights)
-            encoder = create_encoder(encoder, **kw)
+        encoder = _build_encoder(encoder, encoder_kwargs, emb)
         outcome.encoder = encoder.name
-        spec = encoder.spec()
-        px = grid_opts.patch_px if grid_opts.patch_px is not None else spec.patch_px
-        um = grid_opts.target_mpp if grid_opts.target_mpp is not None else spec.target_mpp
-        slide, opened = open_stage(slide_path, mpp=grid_opts.mpp, progress=progress,
-                                   cancel=cancel)
-        try:
-            _mask, patches = grid_stage(
-                slide,
-                patch_px=px,
-                target_mpp=um,
-                tissue_params=grid_opts.tissue_params(),
-                min_tissue_fraction=grid_opts.min_tissue_fraction,
-                progress=progress,
-                cancel=cancel,
-                purpose="embed",
-            )
-            if out.exists() and not overwrite:
-                hit = load_matching_features(
-                    out,
-                    slide_fingerprint=slide.fingerprint(),
-                    encoder_spec=feature_spec(encoder, patches.patch_px, patches.target_mpp),
-                    grid=patches,
-                )
-                if hit is None:
-                    outcome.error = (
-                        f"{out} exists but was made from another slide, encoder or grid: "
-                        "allow overwriting to replace it, or choose another output folder"
-                    )
-                    return outcome
-                outcome.status, outcome.n_patches, outcome.dim = "skipped", len(hit), hit.dim
-                return outcome
-            Path(out_dir).mkdir(parents=True, exist_ok=True)
-            result = features_stage(
-                slide,
-                patches,
-                encoder,
-                cache_path=out,
-                reuse=False,
-                strict_save=True,
-                device=emb.device,
-                batch_size=emb.batch_size,
-                workers=emb.workers,
-                progress=progress,
-                cancel=cancel,
-                backend=emb.backend,
-                compile=emb.compile,
-            )
-        finally:
-            if opened:
-                slide.close()
+        result = _slide_to_file(slide_path, out, encoder, grid_opts, emb, outcome,
+                                overwrite=overwrite, progress=progress, cancel=cancel)
     except Cancelled:
         raise
     except (GHANetError, ValueError, OSError, RuntimeError) as exc:
         outcome.error = str(exc)
         outcome.seconds = time.perf_counter() - t0
+        return outcome
+    if result is None:  # kept ("skipped") or refused: ``outcome`` says which
         return outcome
     feats = result.features
     outcome.seconds = time.perf_counter() - t0
@@ -211,3 +161,87 @@ def embed_to_file(
     outcome.n_skipped = int(feats.attrs.get("n_skipped", 0))
     outcome.rate = len(feats) / max(float(feats.attrs.get("seconds", outcome.seconds)), 1e-9)
     return outcome
+
+
+def _build_encoder(encoder: PatchEncoder | str, encoder_kwargs: dict[str, Any] | None,
+                   emb: EmbedOptions) -> PatchEncoder:
+    """``encoder`` itself, or the registry's encoder of that name with ``encoder_kwargs``
+    and the weights of ``emb``."""
+    if not isinstance(encoder, str):
+        return encoder
+    kw = dict(encoder_kwargs or {})
+    if emb.weights is not None:
+        kw.setdefault("path" if encoder == "torchscript" else "weights", emb.weights)
+    return create_encoder(encoder, **kw)
+
+
+def _slide_to_file(
+    slide_path: Path,
+    out: Path,
+    encoder: PatchEncoder,
+    grid_opts: GridOptions,
+    emb: EmbedOptions,
+    outcome: EmbedOutcome,
+    *,
+    overwrite: bool,
+    progress: ProgressCallback | None,
+    cancel: threading.Event | None,
+) -> Any:
+    """Open the slide, lay its grid and embed it into ``out``: the features stage's result,
+    or None when ``out`` already holds these features or another's (``outcome`` updated)."""
+    spec = encoder.spec()
+    px = grid_opts.patch_px if grid_opts.patch_px is not None else spec.patch_px
+    um = grid_opts.target_mpp if grid_opts.target_mpp is not None else spec.target_mpp
+    slide, opened = open_stage(slide_path, mpp=grid_opts.mpp, progress=progress, cancel=cancel)
+    try:
+        _mask, patches = grid_stage(
+            slide,
+            patch_px=px,
+            target_mpp=um,
+            tissue_params=grid_opts.tissue_params(),
+            min_tissue_fraction=grid_opts.min_tissue_fraction,
+            progress=progress,
+            cancel=cancel,
+            purpose="embed",
+        )
+        if out.exists() and not overwrite:
+            _existing_file(out, slide, encoder, patches, outcome)
+            return None
+        out.parent.mkdir(parents=True, exist_ok=True)
+        return features_stage(
+            slide,
+            patches,
+            encoder,
+            cache_path=out,
+            reuse=False,
+            strict_save=True,
+            device=emb.device,
+            batch_size=emb.batch_size,
+            workers=emb.workers,
+            progress=progress,
+            cancel=cancel,
+            backend=emb.backend,
+            compile=emb.compile,
+        )
+    finally:
+        if opened:
+            slide.close()
+
+
+def _existing_file(out: Path, slide: Any, encoder: PatchEncoder, patches: Any,
+                   outcome: EmbedOutcome) -> None:
+    """``out`` exists: "skipped" when it holds this slide's features from this encoder and
+    grid, else a failure asking for overwrite (nothing is replaced)."""
+    hit = load_matching_features(
+        out,
+        slide_fingerprint=slide.fingerprint(),
+        encoder_spec=feature_spec(encoder, patches.patch_px, patches.target_mpp),
+        grid=patches,
+    )
+    if hit is None:
+        outcome.error = (
+            f"{out} exists but was made from another slide, encoder or grid: "
+            "allow overwriting to replace it, or choose another output folder"
+        )
+        return
+    outcome.status, outcome.n_patches, outcome.dim = "skipped", len(hit), hit.dim

@@ -129,7 +129,7 @@ def test_library_refuses_a_path_as_patient_before_any_work(tmp_path):
 def test_export_paths_refuse_a_forged_patient(tmp_path):
     """A prediction whose recorded patient was changed after the run still cannot write
     outside the folder: export_paths checks the name again."""
-    from napari_ghanet.inference.exports import export_all
+    from napari_ghanet.inference.export_registry import export_all
     from napari_ghanet.inference.predict import predict_slide
 
     d = _slides(tmp_path, n=1)

@@ -12,7 +12,7 @@ import torch
 
 from _plugin_helpers import FAST_ENCODER, make_bundle, tissue_rgb, write_tiff_slide
 from napari_ghanet.errors import Cancelled, NoTissueError, SlideError
-from napari_ghanet.inference.exports import export_all, export_paths
+from napari_ghanet.inference.export_registry import export_all, export_paths
 from napari_ghanet.inference.predict import predict_patient, predict_slide
 from napari_ghanet.inference.stages import (
     EmbedOutcome,

@@ -1,12 +1,13 @@
-"""Export buttons: JSON report, patch CSV, GeoJSON (QuPath), PNG canvas snapshot and a
-SpatialData store (``.zarr``, for napari-spatialdata / LazySlide; needs ``spatialdata``).
+"""Export buttons: one per kind of the export registry
+(:mod:`napari_ghanet.inference.export_registry`: JSON report, patch CSV, GeoJSON (QuPath),
+SpatialData store, PNG canvas snapshot, and any kind registered later).
 
-Every file goes through :mod:`napari_ghanet.io.atomic` (the report writers do it
-themselves; the snapshot here): a file is complete or absent. Failures become a
-notification, never an exception. The buttons write in a worker thread (all but the
-snapshot, which reads the canvas): a GeoJSON of 20,000 patches or a first SpatialData
-export (seconds, spatialdata's import included) never freezes the viewer; the button is
-disabled until its file is written.
+The panel only lists the registry's kinds and calls their writers (the writers go through
+:mod:`napari_ghanet.io.atomic`: a file is complete or absent). Failures become a
+notification, never an exception. The buttons write in a worker thread (all but a canvas
+kind, whose image is taken from the canvas in the GUI thread first): a GeoJSON of 20,000
+patches or a first SpatialData export (seconds, spatialdata's import included) never
+freezes the viewer; the button is disabled until its file is written.
 """
 
 from __future__ import annotations
@@ -21,74 +22,44 @@ from qtpy.QtCore import Signal
 from qtpy.QtWidgets import QFileDialog, QGridLayout, QGroupBox, QPushButton, QWidget
 
 from napari_ghanet._qt.notify import notify
-from napari_ghanet.io.atomic import atomic_path
 
-__all__ = ["KINDS", "ExportPanel", "write_snapshot"]
+__all__ = ["ExportPanel", "button_text", "write_snapshot"]
 
 logger = logging.getLogger(__name__)
 
-#: export kind -> (button text, file dialog filter)
-KINDS = {
-    "json": ("JSON report", "JSON report (*.json)"),
-    "csv": ("Patch CSV", "CSV (*.csv)"),
-    "geojson": ("GeoJSON (QuPath)", "GeoJSON (*.geojson *.json)"),
-    "png": ("PNG snapshot", "PNG image (*.png)"),
-    "spatialdata": ("Export SpatialData...", "SpatialData store (*.zarr)"),
-}
+
+def _registry():
+    from napari_ghanet.inference import export_registry
+
+    return export_registry
+
+
+def button_text(fmt) -> str:
+    """A kind's button text: its label ("Export <label>..." for a folder store)."""
+    return f"Export {fmt.label}..." if fmt.folder else fmt.label
 
 
 def write_snapshot(viewer, path: str | os.PathLike) -> Path:
     """Save the viewer's canvas as a PNG (``.png`` added when missing), atomically."""
-    from napari.utils.io import imsave
-
-    path = Path(path)
-    if path.suffix.lower() != ".png":
-        path = path.with_suffix(".png")
-    image = np.asarray(viewer.screenshot(canvas_only=True, flash=False))
-    with atomic_path(path, suffix=".png") as tmp:
-        imsave(str(tmp), image)
-    return path
+    return _registry().write_export("png", _canvas(viewer), path)
 
 
-def _write(kind: str, prediction, path: str | os.PathLike) -> Path:
-    """Write one export of ``prediction`` (not the snapshot) and return its path."""
-    from napari_ghanet.inference.predict import (
-        write_geojson,
-        write_patch_csv,
-        write_report_json,
-    )
-
-    writers = {
-        "json": write_report_json,
-        "csv": write_patch_csv,
-        "geojson": write_geojson,
-        "spatialdata": _write_store,
-    }
-    if kind not in writers:
-        raise ValueError(f"unknown export kind {kind!r}")
-    return writers[kind](prediction, path)
+def _canvas(viewer) -> np.ndarray:
+    return np.asarray(viewer.screenshot(canvas_only=True, flash=False))
 
 
-def _write_caught(kind: str, prediction, path) -> tuple[Path | None, str | None]:
-    """:func:`_write` for a worker thread: (path, None) or (None, the error)."""
+def _write_caught(kind: str, source, path) -> tuple[Path | None, str | None]:
+    """The registry's writer for a worker thread: (path, None) or (None, the error)."""
     try:
-        return _write(kind, prediction, path), None
+        return _registry().write_export(kind, source, path), None
     except Exception as e:  # noqa: BLE001 - a failed export is a notification
         logger.debug("export failed", exc_info=True)
         return None, str(e)
 
 
-def _write_store(prediction, path: str | os.PathLike) -> Path:
-    from napari_ghanet.inference.spatialdata_export import write_spatialdata
-
-    path = Path(path)
-    if path.suffix.lower() != ".zarr":
-        path = path.with_name(path.name + ".zarr")
-    return write_spatialdata(prediction, path, overwrite=True)
-
-
 class ExportPanel(QGroupBox):
-    """The export buttons (two per row) for the prediction ``get_prediction()`` returns.
+    """One export button per registered kind (two per row) for the prediction
+    ``get_prediction()`` returns.
 
     Signals
     -------
@@ -105,72 +76,79 @@ class ExportPanel(QGroupBox):
         self._get_prediction = get_prediction
         grid = QGridLayout(self)
         self.buttons: dict[str, QPushButton] = {}
-        for i, (key, (text, _)) in enumerate(KINDS.items()):
-            button = QPushButton(text)
-            button.clicked.connect(lambda _=False, k=key: self.choose(k))
+        for i, fmt in enumerate(_registry().export_formats()):
+            button = QPushButton(button_text(fmt))
+            button.setToolTip(fmt.missing_message() if not fmt.available
+                              else f"Write the result as {fmt.file_filter}")
+            button.setEnabled(fmt.available)
+            button.clicked.connect(lambda _=False, k=fmt.key: self.choose(k))
             grid.addWidget(button, i // 2, i % 2)
-            self.buttons[key] = button
+            self.buttons[fmt.key] = button
+
+    def _source(self, fmt, prediction):
+        return _canvas(self.viewer) if fmt.source == "canvas" else prediction
 
     def choose(self, kind: str) -> None:
-        """Ask for a file name, then :meth:`export` (the buttons)."""
+        """Ask for a file name (the registry's default name in the home folder), then
+        :meth:`export_in_background` (the buttons)."""
         prediction = self._get_prediction()
         if prediction is None:
             notify("warning", "Nothing to export yet: predict first")
             return
-        from napari_ghanet.inference.predict import export_paths
-
-        stem = Path(prediction.slide.get("name") or "slide").stem
-        defaults = export_paths(prediction, Path.home())
-        default = {"json": defaults["report"], "csv": defaults["csv"],
-                   "geojson": defaults["geojson"], "png": Path.home() / f"{stem}.ghanet.png",
-                   "spatialdata": Path.home() / f"{stem}.ghanet.zarr"}
-        path, _ = QFileDialog.getSaveFileName(self, "Export", str(default[kind]),
-                                              KINDS[kind][1])
+        fmt = _registry().get_export(kind)
+        default = _registry().export_paths(prediction, Path.home(), [fmt.key])[fmt.key]
+        path, _ = QFileDialog.getSaveFileName(self, "Export", str(default), fmt.file_filter)
         if path:
             self.export_in_background(kind, path)
 
     def export_in_background(self, kind: str, path: str | os.PathLike) -> None:
-        """:meth:`export` in a worker thread (the snapshot in this thread: it reads the
-        canvas); the kind's button is disabled until ``exported`` says it is done."""
-        if kind == "png" or kind not in KINDS:
-            self.exported.emit(kind, self.export(kind, path))
-            return
+        """:meth:`export` in a worker thread (a canvas kind's image is read here first);
+        the kind's button is disabled until ``exported`` says it is done."""
         prediction = self._get_prediction()
         if prediction is None:
             notify("warning", "Nothing to export yet: predict first")
             return
+        try:
+            fmt = _registry().get_export(kind)
+            source = self._source(fmt, prediction)
+        except Exception as e:  # noqa: BLE001 - a failed export is a notification
+            notify("error", f"Export failed: {e}")
+            self.exported.emit(kind, None)
+            return
         from superqt.utils import create_worker
 
-        button = self.buttons[kind]
-        button.setEnabled(False)
+        button = self.buttons.get(fmt.key)
+        if button is not None:
+            button.setEnabled(False)
 
         def done(result) -> None:
             out, error = result
-            self._workers.pop(kind, None)
-            button.setEnabled(True)
+            self._workers.pop(fmt.key, None)
+            if button is not None:
+                button.setEnabled(True)
             if error is not None:
                 notify("error", f"Export failed: {error}")
             else:
                 notify("info", f"Saved {out}")
             self.exported.emit(kind, out)
 
-        worker = create_worker(_write_caught, kind, prediction, path, _start_thread=False,
+        worker = create_worker(_write_caught, fmt.key, source, path, _start_thread=False,
                                _connect={"returned": done})
-        self._workers[kind] = worker  # kept alive until it reports
+        self._workers[fmt.key] = worker  # kept alive until it reports
         worker.start()
 
     def export(self, kind: str, path: str | os.PathLike) -> Path | None:
-        """Write the current result: kind "json", "csv", "geojson", "png" (a snapshot
-        of the canvas) or "spatialdata" (a ``.zarr`` store, ``.zarr`` added when missing,
-        replacing a store of that name). Returns the path, or None (with a notification)
-        on failure."""
+        """Write the current result as ``kind`` (a registered kind or alias: "json",
+        "csv", "geojson", "png" (a snapshot of the canvas), "spatialdata" (a ``.zarr``
+        store, ``.zarr`` added when missing, replacing a store of that name), ...).
+        Returns the path, or None (with a notification) on failure."""
         prediction = self._get_prediction()
         if prediction is None:
             notify("warning", "Nothing to export yet: predict first")
             return None
         try:
-            out = (write_snapshot(self.viewer, path) if kind == "png"
-                   else _write(kind, prediction, path))
+            fmt = _registry().get_export(kind)
+            out = _registry().write_export(fmt.key, self._source(fmt, prediction), path)
         except Exception as e:  # noqa: BLE001 - a failed export is a notification
             logger.debug("export failed", exc_info=True)
             notify("error", f"Export failed: {e}")

@@ -2,7 +2,8 @@
 
 A thin layer over :func:`~napari_ghanet.inference.predict.predict_slide` (one slide),
 :func:`~napari_ghanet.inference.predict.predict_patient` (several slides with
-``--patient``) and :func:`~napari_ghanet.inference.exports.export_all`. Regions of
+``--patient``) and :func:`~napari_ghanet.inference.export_registry.export_all` (the
+kinds of the export registry; ``--export KIND`` chooses them). Regions of
 interest (``--roi`` / ``--exclude`` QuPath GeoJSON), artifact QC (``--qc`` / ``--no-qc`` and
 its thresholds) and overlapping heatmaps (``--heatmap-overlap``) map onto the library's
 ``regions``, ``qc`` and ``heatmap_overlap`` arguments. ``--spatialdata OUT.zarr`` also
@@ -42,6 +43,7 @@ from napari_ghanet.io.names import safe_name
 from napari_ghanet.models.risk import risk_text
 from napari_ghanet.options import (
     CacheOptions,
+    DistributionOptions,
     EmbedOptions,
     ExecutionOptions,
     GridOptions,
@@ -99,16 +101,36 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
              "(patch squares in level-0 px, attention table, QC-flagged patches, the report) "
              "for napari-spatialdata and LazySlide; needs pip install 'napari-ghanet[spatial]'",
     )
+    add_export_argument(p)
     add_arguments(p, GridOptions)
     add_arguments(p, EmbedOptions)
     add_arguments(p, RegionOptions)
     add_arguments(p, QCOptions)
     add_arguments(p, HeatmapOptions)
     add_arguments(p, ReportOptions)
+    add_arguments(p, DistributionOptions)
     add_arguments(p, CacheOptions)
     add_cohort_options(p, predict=True)
     p.set_defaults(func=run)
     return p
+
+
+def add_export_argument(p: argparse.ArgumentParser) -> None:
+    """``--export KIND`` (repeatable), its choices and help read from the export registry
+    (:mod:`napari_ghanet.inference.export_registry`): every kind written from a prediction."""
+    from napari_ghanet.inference.export_registry import export_formats
+
+    kinds = export_formats(source="prediction")
+    listed = "; ".join(
+        f"{f.key}: {f.label} (<name>{f.suffix}"
+        + (f", needs pip install 'napari-ghanet[{f.extra}]'" if f.extra else "") + ")"
+        for f in kinds)
+    default = ", ".join(f.key for f in kinds if f.default)
+    p.add_argument(
+        "--export", action="append", default=None, metavar="KIND",
+        choices=[f.key for f in kinds],
+        help=f"what to write into OUT, repeatable (default: {default}): {listed}",
+    )
 
 
 def options_from_args(args: argparse.Namespace) -> PredictOptions:
@@ -118,6 +140,7 @@ def options_from_args(args: argparse.Namespace) -> PredictOptions:
         grid=group_from_args(GridOptions, args), embed=group_from_args(EmbedOptions, args),
         qc=group_from_args(QCOptions, args), heatmap=group_from_args(HeatmapOptions, args),
         report=group_from_args(ReportOptions, args), cache=group_from_args(CacheOptions, args),
+        distribution=group_from_args(DistributionOptions, args),
     )
 
 
@@ -130,6 +153,12 @@ def report_lines(r: dict) -> list[str]:
         f"{risk_text(group, p.get('percentile_in_training_cohort'))}; "
         f"risk {p.get('risk', float('nan')):.4f}",
     ]
+    dist = r.get("distribution") or {}
+    if dist.get("verdict"):
+        reasons = dist.get("reasons") or []
+        lines.append(f"training distribution: {dist['verdict']}"
+                     + (f" ({'; '.join(reasons)})" if reasons else "")
+                     + (f"; {dist['note']}" if dist.get("note") and not reasons else ""))
     if r.get("horizon_note"):
         lines.append(str(r["horizon_note"]))
     qc = r.get("qc")
@@ -168,13 +197,13 @@ def load_model(path: Path | None):
         raise BundleError(f"cannot load the model{hint}: {e}") from e
 
 
-def write_exports(prediction, out: Path) -> dict[str, Path]:
-    """:func:`~napari_ghanet.inference.exports.export_all`, with an unwritable folder as a
-    PredictionError."""
-    from napari_ghanet.inference.exports import export_all
+def write_exports(prediction, out: Path, kinds=None) -> dict[str, Path]:
+    """:func:`~napari_ghanet.inference.export_registry.export_all` (the registry's default
+    kinds, or ``kinds``, ``--export``), with an unwritable folder as a PredictionError."""
+    from napari_ghanet.inference.export_registry import export_all
 
     try:
-        return export_all(prediction, out)
+        return export_all(prediction, out, kinds)
     except OSError as e:
         raise PredictionError(f"cannot write the results to {out}: {e}") from e
 
@@ -311,7 +340,7 @@ def _predict(args: argparse.Namespace, options: PredictOptions, regions: RegionO
         raise
     except OptionError as e:
         raise flag_error(e) from None
-    written = write_exports(prediction, args.out)
+    written = write_exports(prediction, args.out, getattr(args, "export", None))
     if getattr(args, "spatialdata", None) is not None:
         written["spatialdata"] = write_spatialdata_store(prediction, args)
 

@@ -1,7 +1,8 @@
 """Exports of a :class:`~napari_ghanet.inference.result.Prediction`: the JSON report, the
 per-patch CSV and the QuPath GeoJSON, each written atomically.
 
-The dock widget and ``ghanet predict`` write the same files with :func:`export_all`.
+Each writer is registered once in :mod:`.export_registry` (its key, default file name and
+options), which the dock, ``ghanet predict`` and the cohort runs read.
 Coordinates are level-0 pixels, (x, y) top-left corners. A several-slide (patient)
 prediction adds a ``slide`` column to the CSV and a ``slide`` property to the GeoJSON.
 
@@ -36,11 +37,8 @@ from napari_ghanet.inference.overlays import percentile_normalise
 from napari_ghanet.inference.result import Prediction
 from napari_ghanet.io.atomic import atomic_path, atomic_write
 from napari_ghanet.io.features import json_default
-from napari_ghanet.io.names import child_path
 
 __all__ = [
-    "export_all",
-    "export_paths",
     "geojson_dict",
     "geojson_lines",
     "patch_table",
@@ -244,41 +242,3 @@ def write_geojson(
 def _then(chunks: Iterator[str], last: str) -> Iterator[str]:
     yield from chunks
     yield last
-
-
-def export_paths(prediction: Prediction, out_dir: str | os.PathLike) -> dict[str, Path]:
-    """Where :func:`export_all` writes: ``<slide stem>.ghanet.json``, ``.patches.csv``,
-    ``.patches.geojson`` in ``out_dir`` (the patient name instead of the slide stem for a
-    patient prediction that was given one).
-
-    Examples
-    --------
-    >>> import numpy as np
-    >>> from napari_ghanet.inference.result import Prediction
-    >>> p = Prediction(0.0, 50.0, "low", np.zeros(1), np.zeros(1), np.zeros(2), [],
-    ...                np.zeros((0, 2), np.int64), 256, 256, np.zeros(0), np.zeros((0, 0)),
-    ...                np.zeros((1, 1), bool), 16.0, [], {"name": "case.svs"}, {}, "", {},
-    ...                {}, False)
-    >>> sorted(v.name for v in export_paths(p, "out").values())
-    ['case.ghanet.json', 'case.patches.csv', 'case.patches.geojson']
-    """
-    patient = prediction.slide.get("patient")
-    if patient:
-        stem, what = str(patient), "patient name"
-    else:
-        stem, what = Path(str(prediction.slide.get("name") or "slide")).stem, "slide name"
-    return {
-        "report": child_path(out_dir, stem, ".ghanet.json", what),
-        "csv": child_path(out_dir, stem, ".patches.csv", what),
-        "geojson": child_path(out_dir, stem, ".patches.geojson", what),
-    }
-
-
-def export_all(prediction: Prediction, out_dir: str | os.PathLike) -> dict[str, Path]:
-    """Write the JSON report, per-patch CSV and GeoJSON into ``out_dir``."""
-    check_prediction_finite(prediction)  # refuse non-finite numbers before writing
-    paths = export_paths(prediction, out_dir)
-    write_report_json(prediction, paths["report"])
-    write_patch_csv(prediction, paths["csv"])
-    write_geojson(prediction, paths["geojson"])
-    return paths

@@ -25,9 +25,8 @@ from typing import Any
 
 from napari_ghanet.errors import Cancelled, NoTissueError, PredictionError
 from napari_ghanet.inference.checks import check_prediction_finite
+from napari_ghanet.inference.export_registry import export_all, export_paths
 from napari_ghanet.inference.exports import (
-    export_all,
-    export_paths,
     geojson_dict,
     patch_table,
     write_geojson,

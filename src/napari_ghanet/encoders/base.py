@@ -24,8 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from napari_ghanet.encoders.spec import EncoderSpec, encoder_mismatch, file_digest
 from napari_ghanet.errors import EncoderError
+from napari_ghanet.io.encoder_spec import EncoderSpec, encoder_mismatch, file_digest
 
 __all__ = [
     "IMAGENET_MEAN",

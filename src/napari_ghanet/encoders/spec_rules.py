@@ -1,7 +1,7 @@
 """Rules for an encoder spec read from a file: a model bundle's ``encoder`` entry is
 untrusted input, checked here before any encoder is built.
 
-A stored :class:`~napari_ghanet.encoders.spec.EncoderSpec` decides which network is built
+A stored :class:`~napari_ghanet.io.encoder_spec.EncoderSpec` decides which network is built
 (``timm:<arch>`` with its architecture arguments), how large the patches read from the
 slide are and what the preprocessing allocates. :func:`spec_problems` returns one line per
 problem, each naming the field and what is allowed (empty when the spec is sound):
@@ -57,8 +57,8 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from napari_ghanet.encoders import registry
-from napari_ghanet.encoders.spec import EncoderSpec
 from napari_ghanet.errors import EncoderError
+from napari_ghanet.io.encoder_spec import EncoderSpec
 
 __all__ = [
     "ARCH_ARGS",

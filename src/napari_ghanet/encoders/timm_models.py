@@ -38,10 +38,10 @@ import torch.nn.functional as F
 
 from napari_ghanet.encoders.base import IMAGENET_MEAN, IMAGENET_STD, PatchEncoder, file_digest
 from napari_ghanet.encoders.registry import register_encoder
-from napari_ghanet.encoders.spec import EncoderSpec
 from napari_ghanet.encoders.spec_rules import layer_names, resolve_model_args
 from napari_ghanet.encoders.weights import load_checkpoint, match_state_dict
 from napari_ghanet.errors import EncoderError
+from napari_ghanet.io.encoder_spec import EncoderSpec
 
 __all__ = [
     "FOUNDATION_MODELS",

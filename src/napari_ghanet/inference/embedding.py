@@ -35,6 +35,7 @@ from napari_ghanet.device import resolve_device
 from napari_ghanet.encoders import EncoderSpec, PatchEncoder, create_encoder
 from napari_ghanet.encoders.onnx_backend import BACKENDS, wrap_for_cpu
 from napari_ghanet.errors import Cancelled, EncoderError
+from napari_ghanet.inference.calibration import CMU_CALIBRATION
 from napari_ghanet.inference.progressive import visit_order
 from napari_ghanet.io.features import PatchFeatures, grid_key
 from napari_ghanet.io.slide import Slide, SlideError
@@ -445,7 +446,8 @@ def embed_slide(
     workers = _check_args(encoder, grid, dev, batch_size, workers, backend)
     n = len(grid)
     attrs = _provenance(slide, grid, encoder, dev)
-    runner: Any = wrap_for_cpu(encoder, backend) if dev.type == "cpu" else encoder
+    runner: Any = (wrap_for_cpu(encoder, backend, calibration=CMU_CALIBRATION)
+                   if dev.type == "cpu" else encoder)
     t0 = time.perf_counter()
     if progress is not None:
         progress(0, n)

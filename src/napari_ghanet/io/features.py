@@ -54,9 +54,9 @@ from typing import Any
 import numpy as np
 
 from napari_ghanet._version import __version__
-from napari_ghanet.encoders.spec import EncoderSpec, encoder_mismatch
 from napari_ghanet.errors import FeaturesError, GHANetError
 from napari_ghanet.io.atomic import atomic_path
+from napari_ghanet.io.encoder_spec import EncoderSpec, encoder_mismatch
 
 logger = logging.getLogger(__name__)
 
@@ -222,7 +222,7 @@ def load_matching_features(
     A damaged file (digest mismatch, coordinates off the grid or outside the slide) is
     not reused: a warning is logged and, when ``notices`` is a list, appended to it.
     ``encoder_spec`` (dict or EncoderSpec) is compared with the stored one by
-    :func:`napari_ghanet.encoders.spec.encoder_mismatch`.
+    :func:`napari_ghanet.io.encoder_spec.encoder_mismatch`.
     """
     path = Path(path)
     if not path.is_file():

@@ -20,12 +20,12 @@ import torch
 from torch import nn
 
 from napari_ghanet._version import __version__
-from napari_ghanet.encoders.spec import (  # the one spec; bundle.EncoderSpec alias
+from napari_ghanet.errors import BundleError, EncoderError, EncoderMismatchError
+from napari_ghanet.io.atomic import atomic_path
+from napari_ghanet.io.encoder_spec import (  # the one spec; bundle.EncoderSpec alias
     EncoderSpec,
     encoder_mismatch,
 )
-from napari_ghanet.errors import BundleError, EncoderError, EncoderMismatchError
-from napari_ghanet.io.atomic import atomic_path
 from napari_ghanet.models import bundle_schema as schema
 from napari_ghanet.models.baselines import build_model
 from napari_ghanet.models.ghanet import BatchOutput, GHANet, GHANetConfig
@@ -200,7 +200,7 @@ class ModelBundle:
 
     def check_encoder(self, features_spec: EncoderSpec | dict[str, Any]) -> None:
         """Raise EncoderMismatchError when features do not fit this model (the checks of
-        :func:`~napari_ghanet.encoders.spec.encoder_mismatch`)."""
+        :func:`~napari_ghanet.io.encoder_spec.encoder_mismatch`)."""
         why = encoder_mismatch(self.encoder, features_spec, model=self.name)
         if why:
             raise EncoderMismatchError(why)

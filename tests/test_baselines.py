@@ -123,8 +123,8 @@ def test_multimodal_uses_both_inputs_and_trains():
 
 
 def test_registry_errors_and_describe_round_trip():
-    with pytest.raises(ValueError, match="unknown model 'transmil'"):
-        build_model("transmil")
+    with pytest.raises(ValueError, match="unknown model 'motcat'"):
+        build_model("motcat")
     with pytest.raises(ValueError, match=r"unknown abmil config field\(s\) \['width'\]"):
         build_model("abmil", width=3)
     assert isinstance(build_model("ghanet", **SMALL["ghanet"]), GHANet)

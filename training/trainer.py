@@ -97,6 +97,7 @@ class SurvivalData:
     targets: list[np.ndarray] | None = None
     bag: Callable[[int], np.ndarray] | None = None
     sizes: np.ndarray | None = None  # patches per bag, for batching; filled lazily
+    clusters: Callable[[int], np.ndarray] | None = None  # int64 (N,) phenotype ids per bag
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -113,6 +114,8 @@ class SurvivalData:
             targets=None if self.targets is None else [t[idx] for t in self.targets],
             bag=None if parent is None else (lambda i, _p=parent, _ix=idx: _p(int(_ix[i]))),
             sizes=None if self.sizes is None else self.sizes[idx],
+            clusters=None if self.clusters is None
+            else (lambda i, _p=self.clusters, _ix=idx: _p(int(_ix[i]))),
         )
 
 
@@ -147,7 +150,8 @@ def _collate(
     patch_index: dict[int, np.ndarray] | None = None,
 ) -> dict:
     """Micro-batch tensors: x (B, Nmax, D) zero-padded + mask (B, Nmax), omics (B, G),
-    targets [(B, size_i)], y (B,), c (B,)."""
+    targets [(B, size_i)], y (B,), c (B,); cluster_id (B, Nmax) (-1 = padding) for
+    models that read phenotype clusters."""
     batch: dict = {
         "y": torch.as_tensor(data.y[idx], device=device),
         "c": torch.as_tensor(data.c[idx], dtype=torch.float32, device=device),
@@ -155,6 +159,7 @@ def _collate(
         "mask": None,
         "omics": None,
         "targets": None,
+        "cluster_id": None,
     }
     if "wsi" in uses:
         bags = []
@@ -171,6 +176,16 @@ def _collate(
             mask[k, : len(b)] = True
         batch["x"] = torch.from_numpy(x).to(device, non_blocking=True)
         batch["mask"] = torch.from_numpy(mask).to(device, non_blocking=True)
+    if "clusters" in uses:
+        if data.clusters is None:
+            raise ValueError("this model needs phenotype clusters but the data carries none")
+        ids = np.full((len(idx), batch["x"].shape[1]), -1, np.int64)
+        for k, i in enumerate(idx):
+            cl = data.clusters(i)
+            if patch_index is not None and i in patch_index:
+                cl = cl[patch_index[i]]
+            ids[k, : len(cl)] = cl
+        batch["cluster_id"] = torch.from_numpy(ids).to(device)
     if "omics" in uses:
         if data.omics is None:
             raise ValueError("this model needs genomics but the data carries none")
@@ -185,6 +200,13 @@ def _autocast(device: torch.device, cfg: TrainConfig):
         dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
         return torch.autocast("cuda", dtype=dtype)
     return nullcontext()
+
+
+def _forward(model: nn.Module, batch: dict):
+    if batch["cluster_id"] is not None:
+        return model(batch["x"], mask=batch["mask"], omics=batch["omics"],
+                     cluster_id=batch["cluster_id"])
+    return model(batch["x"], mask=batch["mask"], omics=batch["omics"])
 
 
 def _loss(out, batch: dict, cfg: TrainConfig) -> tuple[torch.Tensor, dict]:
@@ -248,7 +270,7 @@ def train_epoch(
                 raise TrainingCancelled("training cancelled")
             batch = _collate(data, mb, uses, device, patch_index)
             with _autocast(device, cfg):
-                out = model(batch["x"], mask=batch["mask"], omics=batch["omics"])
+                out = _forward(model, batch)
             loss, parts = _loss(out, batch, cfg)
             if not torch.isfinite(loss):
                 raise FloatingPointError(
@@ -317,7 +339,7 @@ def predict(
     for mb in batches:
         batch = _collate(data, mb, uses, device)
         with _autocast(device, cfg):
-            out = model(batch["x"], mask=batch["mask"], omics=batch["omics"])
+            out = _forward(model, batch)
         s = out.survival.float().cpu().numpy()
         h = out.hazards.float().cpu().numpy()
         if surv is None:

@@ -5,6 +5,11 @@
   genomic vector; needs genomics at inference.
 * ``abmil_snn``: both branches, their embeddings concatenated (late fusion); the
   multimodal upper reference for what distillation into a WSI-only model can reach.
+* the official comparison models ``amil``, ``deepattnmisl``, ``transmil``, ``mcat`` and
+  ``survpath`` (:mod:`napari_ghanet.models.official`; ``abmil`` here is a narrower
+  gated-attention MIL, 1024 -> 256, not MCAT's ``MIL_Attention_FC_surv``);
+* G-HANet's ablations ``ghanet-no-recon``, ``ghanet-no-genome``, ``ghanet-no-hyper`` and
+  top-k variants ``ghanet@R`` (one GHANetConfig switch each).
 
 Every model takes ``forward(x, mask=None, omics=None) -> BatchOutput`` like
 :class:`napari_ghanet.models.ghanet.GHANet`: ``x`` (B, N, D) padded patch features with ``mask``
@@ -29,6 +34,7 @@ from napari_ghanet.models.ghanet import (
     SurvivalHeadMixin,
     valid_mask,
 )
+from napari_ghanet.models.official import OFFICIAL_MODELS
 
 __all__ = [
     "ABMILConfig",
@@ -38,11 +44,56 @@ __all__ = [
     "SNN",
     "ABMILSNN",
     "MODEL_NAMES",
+    "OFFICIAL_NAMES",
+    "GHANET_VARIANTS",
+    "topk_model_name",
+    "ghanet_overrides",
+    "is_ghanet",
+    "known_model",
     "build_model",
     "model_inputs",
 ]
 
-MODEL_NAMES = ("ghanet", "abmil", "snn", "abmil_snn")
+#: G-HANet ablations (one config switch each; the paper's model has them all on)
+GHANET_VARIANTS = {
+    "ghanet": {},
+    "ghanet-no-recon": {"reconstruction": False},
+    "ghanet-no-genome": {"genome_edges": False},
+    "ghanet-no-hyper": {"hypergraph": False},
+}
+#: the official comparison models (napari_ghanet.models.official)
+OFFICIAL_NAMES = ("amil", "deepattnmisl", "transmil", "mcat", "survpath")
+MODEL_NAMES = ("ghanet", "abmil", "snn", "abmil_snn", *OFFICIAL_NAMES,
+               "ghanet-no-recon", "ghanet-no-genome", "ghanet-no-hyper")
+
+
+def topk_model_name(ratio: float) -> str:
+    """The run name of G-HANet at top-k ratio ``ratio``: ``ghanet@0.1``."""
+    return f"ghanet@{float(ratio):g}"
+
+
+def ghanet_overrides(name: str) -> dict | None:
+    """The GHANetConfig fields a G-HANet model name sets (``ghanet``, an ablation, or
+    ``ghanet@R`` for top-k ratio R), or None when ``name`` is not a G-HANet."""
+    if name in GHANET_VARIANTS:
+        return dict(GHANET_VARIANTS[name])
+    if name.startswith("ghanet@"):
+        try:
+            ratio = float(name.split("@", 1)[1])
+        except ValueError:
+            return None
+        if 0.0 < ratio <= 1.0:
+            return {"ratio": ratio}
+    return None
+
+
+def is_ghanet(name: str) -> bool:
+    """True for G-HANet and its variants (they reconstruct genomics in training)."""
+    return ghanet_overrides(name) is not None
+
+
+def known_model(name: str) -> bool:
+    return name in MODEL_NAMES or is_ghanet(name)
 
 
 def _masked(x: Tensor | None, mask: Tensor | None) -> Tensor:
@@ -214,10 +265,18 @@ _BASELINES = {"abmil": (ABMIL, ABMILConfig), "snn": (SNN, SNNConfig), "abmil_snn
 
 
 def build_model(name: str, **config) -> nn.Module:
-    """A fresh model by name (``ghanet``, ``abmil``, ``snn``, ``abmil_snn``) from its
-    config fields. Unknown names or fields raise ValueError naming them."""
-    if name == "ghanet":
-        return GHANet(GHANetConfig.from_dict(config))
+    """A fresh model by name (see :data:`MODEL_NAMES`, and ``ghanet@R``) from its config
+    fields. Unknown names or fields raise ValueError naming them."""
+    overrides = ghanet_overrides(name)
+    if overrides is not None:
+        return GHANet(GHANetConfig.from_dict({**config, **overrides}))
+    if name in OFFICIAL_NAMES:
+        cfg_cls = OFFICIAL_MODELS[name][1]
+        known = {f.name for f in fields(cfg_cls)}
+        unknown = sorted(set(config) - known)
+        if unknown:
+            raise ValueError(f"unknown {name} config field(s) {unknown}; known: {sorted(known)}")
+        return OFFICIAL_MODELS[name][0](cfg_cls(**config))
     if name not in _BASELINES:
         raise ValueError(f"unknown model {name!r}; choose one of {list(MODEL_NAMES)}")
     cls, cfg_cls = _BASELINES[name]
@@ -232,8 +291,10 @@ def model_inputs(model_or_name) -> tuple[str, ...]:
     """What a model reads: a subset of ``("wsi", "omics")``. G-HANet reads the WSI only
     (genomics are its training targets, not inputs)."""
     if isinstance(model_or_name, str):
-        if model_or_name == "ghanet":
+        if is_ghanet(model_or_name):
             return ("wsi",)
+        if model_or_name in OFFICIAL_NAMES:
+            return OFFICIAL_MODELS[model_or_name][0].inputs
         if model_or_name not in _BASELINES:
             raise ValueError(f"unknown model {model_or_name!r}; choose one of {list(MODEL_NAMES)}")
         return _BASELINES[model_or_name][0].inputs

@@ -52,6 +52,13 @@ class GHANetConfig:
     functional category, so ``len(omic_sizes) == num_tokens``).
     ``official_compat=True`` reproduces the official forward, which applies the first
     cross-attention block in both CAB rounds (the second block exists but is unused).
+
+    Ablations (RQ2; each switch off changes one thing, the defaults are the paper's model):
+    ``reconstruction=False`` computes no reconstruction (CAB's tokens are not taught by
+    genomics: the training loss is the NLL alone); ``genome_edges=False`` builds the
+    hyperedges from the morphology attention only (no genome-informed top-k weights);
+    ``hypergraph=False`` replaces the hypergraph aggregation by attention pooling (the
+    hyperedge weights' average of the patch features, without the hyperedge MLP).
     """
 
     omic_sizes: tuple[int, ...] = (100, 200, 300, 400, 500, 600)
@@ -67,6 +74,9 @@ class GHANetConfig:
     compress_dim: int = 256
     ffn_mult: int = 4
     official_compat: bool = False
+    reconstruction: bool = True
+    genome_edges: bool = True
+    hypergraph: bool = True
 
     def __post_init__(self) -> None:
         self.omic_sizes = tuple(int(s) for s in self.omic_sizes)
@@ -116,6 +126,7 @@ class BatchOutput:
     morphology_attention: Tensor | None = None
     genome_attention: Tensor | None = None
     similarity: Tensor | None = None
+    attention: dict[str, Tensor] | None = None
 
     def bag(self, i: int, n: int | None = None) -> BagOutput:
         """The outputs of bag ``i``, attentions cut to its first ``n`` patches."""
@@ -135,6 +146,8 @@ class BatchOutput:
             morphology_attention=cut(self.morphology_attention),
             genome_attention=cut(self.genome_attention),
             similarity=cut(self.similarity),
+            attention=None if self.attention is None
+            else {k: v[i] for k, v in self.attention.items()},
         )
 
 
@@ -142,7 +155,8 @@ class BatchOutput:
 class BagOutput:
     """Outputs for one bag of N patches: hazards/survival/logits (K,), risk (),
     reconstructed [(size_i,)], morphology_attention (N,), genome_attention (T, N),
-    similarity (T, N)."""
+    similarity (T, N); attention: a comparison model's own attention maps by name (see
+    :mod:`napari_ghanet.models.official_mil`)."""
 
     hazards: Tensor
     survival: Tensor
@@ -152,6 +166,7 @@ class BagOutput:
     morphology_attention: Tensor | None = None
     genome_attention: Tensor | None = None
     similarity: Tensor | None = None
+    attention: dict[str, Tensor] | None = None
 
 
 def survival_from_logits(logits: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -294,6 +309,7 @@ class CrossModalAssociatingBranch(nn.Module):
         super().__init__()
         w = cfg.width
         self.official_compat = cfg.official_compat
+        self.reconstruction = cfg.reconstruction
         self.patch_proj = nn.Sequential(nn.Linear(cfg.input_dim, w), nn.ReLU(), nn.Dropout(cfg.dropout))
         self.tokens = nn.Parameter(torch.randn(1, cfg.num_tokens, w))
         self.cross_attn = nn.ModuleList(
@@ -341,7 +357,9 @@ class CrossModalAssociatingBranch(nn.Module):
         h, sim = self.second_attention(self.second_query(context, mask), context, mask)
         h = self.ffn[1](self.norm_ffn2(h)) + h
         h = self.norm_out(h)
-        reconstructed = [head(h[:, i]) for i, head in enumerate(self.reconstruct)]
+        reconstructed = (
+            [head(h[:, i]) for i, head in enumerate(self.reconstruct)] if self.reconstruction else []
+        )
         return reconstructed, sim.mean(dim=1), h
 
 
@@ -427,8 +445,12 @@ class GHANet(SurvivalHeadMixin, nn.Module):
         # Genome-informed weights guide the hyperedges but are not trained through here.
         genome = genome_logits.softmax(dim=-1).detach()
 
-        G = (morph[:, None, :] + genome) / 2  # (B, T, N)
-        hyper = self.hyper(h, G)
+        if cfg.genome_edges:
+            G = (morph[:, None, :] + genome) / 2  # (B, T, N)
+        else:  # ablation: every hyperedge is the morphology attention
+            G = morph[:, None, :].expand_as(genome)
+        # ablation: attention pooling (G's weighted average) instead of the hypergraph MLP
+        hyper = self.hyper(h, G) if cfg.hypergraph else torch.matmul(G, h)
         fused = (hyper + cab_tokens) / 2
         fused = self.self_attn(fused, fused)[0] + fused
         fused = self.ffn(self.norm_ffn(fused)) + fused

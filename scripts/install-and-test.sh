@@ -6,7 +6,9 @@ cd "$(dirname "$0")/.."
 
 apt_packages=(xvfb xauth libgl1-mesa-dri libegl1 libxkbcommon-x11-0 libxcb-cursor0 libxcb-icccm4
   libxcb-image0 libxcb-keysyms1 libxcb-randr0 libxcb-render-util0 libxcb-shape0 libxcb-xinerama0
-  libxcb-xfixes0 libdbus-1-3 libfontconfig1)
+  libxcb-xfixes0 libdbus-1-3 libfontconfig1
+  # DICOMweb tests: a real Orthanc server with its DICOMweb plugin; libturbojpeg for wsidicomizer
+  orthanc orthanc-dicomweb libturbojpeg0)
 missing=()
 for p in "${apt_packages[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")

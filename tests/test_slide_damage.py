@@ -80,7 +80,7 @@ def test_fallback_from_openslide_to_tifffile_is_recorded(tmp_path):
         assert s.warnings == []
     with pytest.raises(SlideError, match="the openslide backend cannot open it.*50001"):
         open_slide(path, backend="openslide")
-    assert backend_names() == ["jpegtiles", "openslide", "tifffile", "pillow"]
+    assert backend_names() == ["jpegtiles", "openslide", "tifffile", "pillow", "dicomweb"]
 
 
 def _corrupt_tile(path, tile_index):

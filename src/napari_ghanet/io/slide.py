@@ -57,7 +57,7 @@ from pathlib import Path
 
 import numpy as np
 
-from napari_ghanet.errors import SlideError
+from napari_ghanet.errors import InputFileError, SlideError
 from napari_ghanet.io.backends.base import (
     WHITE,
     Backend,
@@ -66,10 +66,12 @@ from napari_ghanet.io.backends.base import (
     TiffLogCapture,
     resize_rgb,
 )
+from napari_ghanet.io.backends.dicomweb import DicomWebBackend
 from napari_ghanet.io.backends.image import ImageBackend
 from napari_ghanet.io.backends.jpegtiles import JpegTilesBackend
 from napari_ghanet.io.backends.openslide import OpenSlideBackend
 from napari_ghanet.io.backends.tiff import TiffBackend
+from napari_ghanet.io.safe_read import check_regular_file
 
 logger = logging.getLogger(__name__)
 
@@ -123,7 +125,7 @@ def register_backend(
     ...     def can_open(cls, probe):
     ...         return probe.path.suffix.lower() == ".png"
     >>> backend_names()
-    ['jpegtiles', 'openslide', 'tifffile', 'png-only', 'pillow']
+    ['jpegtiles', 'openslide', 'tifffile', 'png-only', 'pillow', 'dicomweb']
     >>> _ = _BACKENDS.pop("png-only")  # tidy up
     """
 
@@ -152,7 +154,7 @@ def backend_names() -> list[str]:
     Examples
     --------
     >>> backend_names()
-    ['jpegtiles', 'openslide', 'tifffile', 'pillow']
+    ['jpegtiles', 'openslide', 'tifffile', 'pillow', 'dicomweb']
     """
     return list(_BACKENDS)
 
@@ -161,6 +163,7 @@ register_backend("jpegtiles")(JpegTilesBackend)
 register_backend("openslide")(OpenSlideBackend)
 register_backend("tifffile")(TiffBackend)
 register_backend("pillow")(ImageBackend)
+register_backend("dicomweb")(DicomWebBackend)  # URLs only (``accepts_url``), never a file
 
 
 def cmu_slide_path() -> Path | None:
@@ -288,6 +291,9 @@ class Slide:
         It does not use the modification time, so a copied slide keeps its cached features;
         any edit of the header, the directory or the image data changes it.
         """
+        own = getattr(self._backend, "fingerprint", None)
+        if self._fingerprint is None and callable(own):  # not a file (a DICOMweb series)
+            self._fingerprint = own()
         if self._fingerprint is None:
             h = hashlib.sha256()
             size = os.path.getsize(self.path)
@@ -583,11 +589,17 @@ def open_slide(
     (96, 64) 0.5 tifffile []
     [255 255 255]
     """
+    url_backend = _url_backend(path, backend)
+    if url_backend is not None:  # a DICOMweb series URL: no file to probe
+        opened = url_backend(path, None)
+        return _finish_open(opened.path, opened, list(opened.warnings), mpp, require_mpp)
     path = Path(path).expanduser()
     if not path.exists():
         raise SlideError(f"{path}: no such file")
-    if path.is_dir():
-        raise SlideError(f"{path}: is a directory, not a slide file")
+    try:  # a folder, FIFO or device is refused before any backend opens it (no hang)
+        check_regular_file(path, "slide")
+    except InputFileError as e:
+        raise SlideError(str(e)) from None
     if path.stat().st_size == 0:
         raise SlideError(f"{path}: file is empty")
     try:
@@ -596,6 +608,26 @@ def open_slide(
         raise
     except Exception as exc:
         raise SlideError(f"{path}: cannot open: {type(exc).__name__}: {exc}") from exc
+    return _finish_open(path, opened, notes, mpp, require_mpp)
+
+
+def _url_backend(path, backend: str | None) -> type[Backend] | None:
+    """The registered backend that reads ``path`` when it is a URL (``accepts_url``)."""
+    text = path.url if getattr(path, "url", None) else path
+    if not isinstance(text, str) or "://" not in text[:12]:
+        return None
+    for name, cls in _BACKENDS.items():
+        accepts = getattr(cls, "accepts_url", None)
+        wanted = backend is None or _ALIASES.get(backend, backend) == name
+        if wanted and accepts is not None and accepts(text):
+            return cls
+    raise SlideError(f"{text}: no slide backend reads this URL (DICOMweb series URLs: "
+                     "http(s)://HOST/ROOT/studies/<Study>/series/<Series>)")
+
+
+def _finish_open(path, opened: Backend, notes: list[str], mpp: float | None,
+                 require_mpp: bool) -> Slide:
+    """The mpp decision and the :class:`Slide` of an opened backend."""
     try:
         if mpp is not None:
             value = _validate_mpp(mpp, path, "the mpp argument")

@@ -14,6 +14,7 @@ import re
 from pathlib import Path
 
 import pytest
+from napari_ghanet.training import cli as train_cli
 
 from napari_ghanet.cli import embed as embed_cmd
 from napari_ghanet.cli import predict as predict_cmd
@@ -26,21 +27,39 @@ from napari_ghanet.options import (
     from_args,
     markdown_tables,
 )
-from napari_ghanet.options.cli import BEGIN, END, flags_of, main, update_page
+from napari_ghanet.options.cli import BEGIN, DOC_GROUPS, END, flags_of, main, update_page
 
 PAGE = Path(__file__).resolve().parents[1] / "docs" / "options.md"
-COMMANDS = {"ghanet embed": embed_cmd, "ghanet predict": predict_cmd}
+COMMANDS = {"ghanet embed": embed_cmd, "ghanet predict": predict_cmd,
+            "ghanet-train cv": train_cli}
+#: the arguments a command needs to parse at all
+REQUIRED = {"ghanet-train cv": ["--cohort", "c", "--signatures", "s", "--splits", "d",
+                                "--model", "ghanet", "--out", "x"]}
 #: defaults a command sets on purpose, as the page's text says ("reads patches on 4
 #: threads unless told otherwise")
 COMMAND_DEFAULTS = {("ghanet embed", "workers"): 4}
+#: groups a command takes only in part, as the page's table says
+PARTLY = {("ghanet-train cv", "ExecutionOptions"): ("cluster", "scheduler")}
 
 
 def _parsers() -> dict[str, argparse.ArgumentParser]:
     out = {}
     for name, module in COMMANDS.items():
+        if module is train_cli:
+            [sub] = [a for a in train_cli.build_parser()._actions
+                     if isinstance(a, argparse._SubParsersAction)]
+            out[name] = sub.choices["cv"]
+            continue
         sub = argparse.ArgumentParser(prog="ghanet").add_subparsers()
         out[name] = module.add_parser(sub)
     return out
+
+
+def _flag_help(f, flag: str) -> str:
+    """The help a flag of ``f`` starts with (a negating flag says what it does)."""
+    if flag == f.info.negate:
+        return f.info.negate_help or f"do not {f.info.help}"
+    return f.info.help
 
 
 def _page_tables(text: str) -> dict[str, list[dict[str, str]]]:
@@ -69,7 +88,7 @@ def _page_commands(text: str) -> dict[str, tuple[str, ...]]:
     for line in text.split(BEGIN, 1)[0].splitlines():
         m = re.fullmatch(r"\| (\w+Options) \| (.+) \|", line.strip())
         if m:
-            out[m.group(1)] = tuple(re.findall(r"`(ghanet \w+)`", m.group(2)))
+            out[m.group(1)] = tuple(re.findall(r"`(ghanet(?:-train)? \w+)`", m.group(2)))
     return out
 
 
@@ -80,8 +99,9 @@ def test_the_page_tables_are_the_generated_tables():
     assert update_page(text) == text
     # every group and every declared field has its row, in declaration order
     tables = _page_tables(text)
-    assert list(tables) == [cls.__name__ for cls in ALL_GROUPS]
-    for cls in ALL_GROUPS:
+    assert list(tables) == [cls.__name__ for cls in DOC_GROUPS]
+    assert set(ALL_GROUPS) < set(DOC_GROUPS)
+    for cls in DOC_GROUPS:
         assert [r["field"].strip("`") for r in tables[cls.__name__]] == [
             f.name for f in fields_of(cls)]
 
@@ -90,7 +110,7 @@ def test_every_documented_flag_is_in_the_parsers_with_its_declaration():
     text = PAGE.read_text(encoding="utf-8")
     tables, commands, parsers = _page_tables(text), _page_commands(text), _parsers()
     assert set(commands) == set(tables), "the page says which commands take each group"
-    by_name = {cls.__name__: cls for cls in ALL_GROUPS}
+    by_name = {cls.__name__: cls for cls in DOC_GROUPS}
     checked = 0
     for group, rows in tables.items():
         fields = {f.name: f for f in fields_of(by_name[group])}
@@ -102,19 +122,24 @@ def test_every_documented_flag_is_in_the_parsers_with_its_declaration():
             for cmd, parser in parsers.items():
                 actions = parser._option_string_actions
                 for flag in flags:
-                    if cmd not in commands[group]:
-                        assert flag not in actions, f"{cmd} has {flag}; the page says it has not"
+                    takes = cmd in commands[group] and f.name in PARTLY.get(
+                        (cmd, group), (f.name,))
+                    if not takes:  # absent, or another group's option of that flag
+                        assert flag not in actions or not actions[flag].help.replace(
+                            "%%", "%").startswith(_flag_help(f, flag)), (
+                            f"{cmd} has {flag} of {group}; the page says it has not")
                         continue
                     assert flag in actions, f"{cmd} has no {flag} ({group}.{f.name})"
                     action = actions[flag]
                     assert action.dest == f.name, (cmd, flag, action.dest)
-                    assert action.help.replace("%%", "%").startswith(f.info.help), (cmd, flag)
+                    assert action.help.replace("%%", "%").startswith(_flag_help(f, flag)), (
+                        cmd, flag)
                     if f.info.choices and f.kind in ("str", "int", "float"):
                         assert tuple(action.choices) == f.info.choices, (cmd, flag)
                     else:
                         assert action.choices is None, (cmd, flag)
                     checked += 1
-    assert checked >= 40  # the two commands' option flags, not an empty loop
+    assert checked >= 65  # the three commands' option flags, not an empty loop
 
 
 @pytest.mark.parametrize("cmd", sorted(COMMANDS))
@@ -122,9 +147,9 @@ def test_the_parsed_defaults_are_the_declared_defaults(cmd):
     text = PAGE.read_text(encoding="utf-8")
     commands = _page_commands(text)
     parser = _parsers()[cmd]
-    args = parser.parse_args(["--out", "x"])
-    for cls in ALL_GROUPS:
-        if cmd not in commands[cls.__name__]:
+    args = parser.parse_args(REQUIRED.get(cmd, ["--out", "x"]))
+    for cls in DOC_GROUPS:
+        if cmd not in commands[cls.__name__] or (cmd, cls.__name__) in PARTLY:
             continue
         overrides = {name: v for (c, name), v in COMMAND_DEFAULTS.items()
                      if c == cmd and name in {f.name for f in fields_of(cls)}}
@@ -157,3 +182,131 @@ def test_the_page_is_regenerated_and_checked_in_place(tmp_path, capsys):
     page.write_text("# no markers\n")
     assert main([str(page)]) == 2
     assert "no '<!-- options:begin" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- napari.yaml
+
+MANIFEST = Path(__file__).resolve().parents[1] / "napari.yaml"
+
+
+def test_the_manifest_settings_are_the_declarations_field_by_field():
+    import yaml
+
+    from napari_ghanet._settings_store import SETTINGS_VERSION
+    from napari_ghanet.options import persisted_fields
+    from napari_ghanet.options.surfaces import NOT_OPTIONS, update_manifest
+
+    text = MANIFEST.read_text(encoding="utf-8")
+    assert update_manifest(text) == text, "run python -m napari_ghanet.options"
+    props = yaml.safe_load(text)["contributions"]["configurations"]["widget"]["properties"]
+    assert props.pop("settings_version")["default"] == SETTINGS_VERSION
+    declared = persisted_fields()
+    assert list(props) == [*declared, *NOT_OPTIONS]  # names, in declaration order
+    json_type = {"bool": "boolean", "int": "integer", "float": "number", "str": "string",
+                 "path": "string"}
+    for key, f in declared.items():
+        p, i = props[key], f.info
+        assert p["type"] == json_type[f.kind], key
+        assert p["default"] == ("" if f.default is None else f.default), key
+        assert type(p["default"]) is type("" if f.default is None else f.default), key
+        assert p.get("enum") == (list(i.choices) if i.choices else None), key
+        low = "exclusiveMinimum" if i.low_open else "minimum"
+        assert p.get(low) == (None if i.choices else i.low), key
+        assert p.get("maximum") == (None if i.choices else i.high), key
+        assert p["description"].lower().startswith(i.help.lower()), key
+        assert p["title"] == (i.label or key.replace("_", " ").capitalize()), key
+    assert {"batch_size", "top_k", "heatmap_overlap", "qc_on"} <= set(declared)
+
+
+def test_the_manifest_is_regenerated_in_place(tmp_path):
+    good = MANIFEST.read_text(encoding="utf-8")
+    stale = tmp_path / "napari.yaml"
+    stale.write_text(good.replace("default: 64", "default: 32"), encoding="utf-8")
+    page = tmp_path / "options.md"
+    page.write_text(PAGE.read_text(encoding="utf-8"), encoding="utf-8")
+    assert main(["--check", str(page), "--manifest", str(stale)]) == 1
+    assert main([str(page), "--manifest", str(stale)]) == 0
+    assert stale.read_text(encoding="utf-8") == good
+
+
+# --------------------------------------------------------------------------- one spelling
+
+#: the entry points: no default of a declared option is spelled here
+ENTRY_POINTS = [*sorted((ROOT := Path(__file__).resolve().parents[1]).glob(
+    "src/napari_ghanet/cli/*.py")), *sorted(ROOT.glob("src/napari_ghanet/_qt/*.py")),
+    ROOT / "src/napari_ghanet/_widget.py", ROOT / "training/cli.py",
+    ROOT / "training/demo_recipe.py", ROOT / "src/napari_ghanet/inference/embedding.py",
+    ROOT / "src/napari_ghanet/inference/stages/slide.py"]
+
+
+def _declared_defaults() -> dict[str, set]:
+    """name (field and flag spellings) -> the declared defaults of options of that name."""
+    out: dict[str, set] = {}
+    for cls in DOC_GROUPS:
+        for f in fields_of(cls):
+            if f.default is None or isinstance(f.default, bool | tuple) or f.default in (
+                    0, "auto"):
+                continue  # None, switches, lists, 0 and auto say nothing on their own
+            for name in {f.name, f.key, f.flag.lstrip("-").replace("-", "_")}:
+                out.setdefault(name, set()).add(f.default)
+    return out
+
+
+def _spelled_defaults(path: Path, declared: dict[str, set]) -> list[str]:
+    """``name=<literal>`` (keywords, parameter defaults, dict entries, add_argument's
+    default) in ``path`` whose literal is the declared default of an option of that name."""
+    import ast
+
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    found = []
+
+    def check(name, node, line):
+        if isinstance(node, ast.Constant) and name in declared and any(
+                type(node.value) is type(d) and node.value == d for d in declared[name]):
+            found.append(f"{path.name}:{line}: {name}={node.value!r}")
+
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call):
+            for kw in node.keywords:
+                if kw.arg:
+                    check(kw.arg, kw.value, node.lineno)
+            flags = [a.value for a in node.args if isinstance(a, ast.Constant)
+                     and isinstance(a.value, str) and a.value.startswith("--")]
+            default = next((k.value for k in node.keywords if k.arg == "default"), None)
+            for flag in flags:
+                if default is not None:
+                    check(flag.lstrip("-").replace("-", "_"), default, node.lineno)
+        elif isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+            args = node.args.args + node.args.kwonlyargs
+            defaults = [None] * (len(node.args.args) - len(node.args.defaults)) + list(
+                node.args.defaults) + list(node.args.kw_defaults)
+            for a, d in zip(args, defaults):
+                if d is not None:
+                    check(a.arg, d, node.lineno)
+        elif isinstance(node, ast.Dict):
+            for k, v in zip(node.keys, node.values):
+                if isinstance(k, ast.Constant) and isinstance(k.value, str):
+                    check(k.value, v, node.lineno)
+    return found
+
+
+def test_no_entry_point_spells_a_declared_default():
+    declared = _declared_defaults()
+    assert declared["batch_size"] == {64, 16} and declared["top_k"] == {10}
+    found = [hit for path in ENTRY_POINTS for hit in _spelled_defaults(path, declared)]
+    assert found == [], "spelled again (read the declaration instead): " + "; ".join(found)
+    # napari.yaml: the persisted options only in the generated section
+    from napari_ghanet.options import persisted_fields
+    from napari_ghanet.options.surfaces import MANIFEST_BEGIN, MANIFEST_END
+
+    text = MANIFEST.read_text(encoding="utf-8")
+    outside = text.split(MANIFEST_BEGIN)[0] + text.split(MANIFEST_END)[1]
+    assert not [k for k in persisted_fields() if f"        {k}:" in outside]
+
+
+def test_the_scan_finds_a_spelled_default(tmp_path):
+    bad = tmp_path / "entry.py"
+    bad.write_text("def f(batch_size=64):\n    return g(top_k=10, **{'heatmap_overlap': 0.5})\n"
+                   "p.add_argument('--epochs', type=int, default=20)\n")
+    hits = _spelled_defaults(bad, _declared_defaults())
+    assert len(hits) == 3 and any("top_k=10" in h for h in hits)

@@ -104,10 +104,10 @@ def test_the_defaults_ranges_and_manifest_are_the_declared_options():
     import yaml
 
     from napari_ghanet import options
-    from napari_ghanet._settings_store import OPTION_OF
+    from napari_ghanet._settings_store import option_of
 
     defaults = default_settings()
-    for key, (group, name) in OPTION_OF.items():
+    for key, (group, name) in option_of().items():
         declared = getattr(getattr(options, group)(), name)
         assert defaults[key] == ("" if declared is None else declared), key
     # values outside a declared range or choice fall back to the default
@@ -131,3 +131,108 @@ def test_the_defaults_ranges_and_manifest_are_the_declared_options():
     assert all(c in props["backend"]["description"] for c in backend.info.choices)
     (overlap,) = [f for f in options.fields_of(options.HeatmapOptions) if f.name == "overlap"]
     assert props["heatmap_overlap"]["enum"] == list(overlap.info.choices)
+
+
+# --------------------------------------------------------------------------- hostile files
+
+
+def _in_thread(fn, seconds: float = 20.0):
+    """``fn()`` in a daemon thread; fails (instead of hanging the suite) past ``seconds``."""
+    import threading
+
+    box: dict = {}
+
+    def target():
+        try:
+            box["value"] = fn()
+        except BaseException as exc:  # noqa: BLE001 - handed to the test
+            box["error"] = exc
+
+    t = threading.Thread(target=target, daemon=True)
+    t.start()
+    t.join(seconds)
+    assert not t.is_alive(), f"{fn} still blocked after {seconds} s"
+    if "error" in box:
+        raise box["error"]
+    return box["value"]
+
+
+def test_a_fifo_settings_file_never_blocks_load_or_save(tmp_path, caplog):
+    import os
+
+    fifo = tmp_path / "widget-settings.json"
+    os.mkfifo(fifo)
+    store = SettingsStore(JsonFileBackend(fifo))
+    assert _in_thread(store.load) == default_settings()
+    assert "not a regular file" in caplog.text
+    saved = _in_thread(lambda: store.save({"device": "cpu"}))
+    assert saved["device"] == "cpu"  # kept for this session; the FIFO is left alone
+    assert fifo.is_fifo()
+    # a folder, /dev/zero-like devices and huge files read as "nothing stored"
+    assert SettingsStore(JsonFileBackend(tmp_path)).load() == default_settings()
+    big = tmp_path / "big.json"
+    big.write_bytes(b" " * (2 * 1024 * 1024))
+    assert SettingsStore(JsonFileBackend(big)).load() == default_settings()
+
+
+def test_crafted_values_fall_back_to_each_default_with_a_warning(tmp_path, caplog):
+    path = tmp_path / "s.json"
+    crafted = {"batch_size": 10**400, "fold_od": 10**400, "top_k": -1, "qc_on": "yes",
+               "heatmap_overlap": float("nan"), "backend": ["onnx"], "device": "cpu",
+               "encoder_weights": {"x": 1}, "last_model": 7, "blur_fraction": 0.25}
+    path.write_text(json.dumps({"version": SETTINGS_VERSION, "settings": crafted}))
+    loaded = SettingsStore(JsonFileBackend(path)).load()
+    defaults = default_settings()
+    kept = {"device": "cpu", "blur_fraction": 0.25}
+    assert loaded == {**defaults, **kept}
+    for key in set(crafted) - set(kept):
+        assert f"settings: {key} " in caplog.text, key
+    # a 100,000-deep nesting or a 5000-digit number is no settings file, not a crash
+    path.write_text('{"version": 1, "settings": ' + "[" * 100_000 + "]" * 100_000 + "}")
+    assert SettingsStore(JsonFileBackend(path)).load() == defaults
+    path.write_text('{"version": 1, "settings": {"batch_size": ' + "9" * 5000 + "}}")
+    assert SettingsStore(JsonFileBackend(path)).load() == defaults
+
+
+def test_generated_values_never_crash_the_store():
+    hypothesis = need("hypothesis")
+    st = hypothesis.strategies
+    keys = st.sampled_from(sorted(default_settings()) + ["no_such_key"])
+    values = st.recursive(
+        st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
+        lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5),
+                                                                     inner, max_size=3),
+        max_leaves=6)
+    store = SettingsStore(JsonFileBackend("/nonexistent/s.json"))
+    defaults = default_settings()
+
+    @hypothesis.settings(max_examples=300, deadline=None, derandomize=True)
+    @hypothesis.given(st.dictionaries(keys, values, max_size=6))
+    def check(values):
+        out = store.validate(values)
+        assert set(out) == set(defaults)
+        for key, v in out.items():
+            assert type(v) is type(defaults[key]), (key, v)
+        assert store.validate(out) == out  # what it keeps it keeps again
+
+    check()
+
+
+def test_a_settings_file_of_another_version_is_kept_before_it_is_overwritten(tmp_path):
+    path = tmp_path / "widget-settings.json"
+    old = json.dumps({"version": 0, "settings": {"device": "cuda:1"}})
+    path.write_text(old)
+    store = SettingsStore(JsonFileBackend(path))
+    assert store.load() == default_settings()  # another version: not reused
+    store.save({"device": "cpu"})
+    backup = tmp_path / "widget-settings.json.bak-v0"
+    assert backup.read_text() == old
+    assert json.loads(path.read_text())["settings"]["device"] == "cpu"
+    store.save({"device": "cuda"})  # the current version is not backed up again
+    assert backup.read_text() == old
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "widget-settings.json", "widget-settings.json.bak-v0"]
+    garbage = tmp_path / "g.json"
+    garbage.write_text("not json")
+    SettingsStore(JsonFileBackend(garbage)).save({"device": "cpu"})
+    assert (tmp_path / "g.json.bak-vunknown").read_text() == "not json"

@@ -151,9 +151,10 @@ def _final_model(cfg: RunConfig, results: dict, cohort, all_fold: FoldData, feat
     final_cfg.inner_val = 0.0
     if cfg.train.selection == "inner":
         chosen = [f["selected_epoch"] for f in results["folds"]]
-        final_cfg.train.epochs = max(1, int(round(statistics.median(chosen))))
+        final_cfg.train = final_cfg.train.replace(
+            epochs=max(1, int(round(statistics.median(chosen)))))
         provenance["epochs_from_inner_validation"] = chosen
-    final_cfg.train.selection = "last"
+    final_cfg.train = final_cfg.train.replace(selection="last")
     setup = prepare_fold(cohort, all_fold, final_cfg, features)
     seed_everything(final_cfg.train.seed)
     model = build_model(cfg.model, **setup.model_config)

@@ -17,6 +17,16 @@ import sys
 from pathlib import Path
 
 from napari_ghanet.errors import Cancelled, GHANetError
+from napari_ghanet.options import (
+    CVOptions,
+    ExecutionOptions,
+    OptionError,
+    TrainOptions,
+    add_arguments,
+    fields_of,
+    from_args,
+    parse_cluster,
+)
 
 __all__ = ["main", "build_parser", "HelpFormatter", "DESCRIPTION"]
 
@@ -70,13 +80,6 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
         return f"{text} (default: {shown})"
 
 
-def _positive_int(text: str) -> int:
-    v = int(text)
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {v}")
-    return v
-
-
 def _model_config(text: str) -> dict:
     try:
         d = json.loads(text)
@@ -87,37 +90,20 @@ def _model_config(text: str) -> dict:
     return d
 
 
+def _cluster(text: str) -> str:
+    """``--cluster``: checked as it is parsed (argparse's error, exit 2)."""
+    try:
+        parse_cluster(text)
+    except OptionError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
 def _add_train_options(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("training recipe (defaults: the paper's)")
-    g.add_argument("--epochs", type=_positive_int, default=20,
-                   help="passes over the training patients per fold")
-    g.add_argument("--lr", type=float, default=2e-4, help="Adam learning rate")
-    g.add_argument("--weight-decay", type=float, default=1e-5,
-                   help="Adam L2 weight decay")
-    g.add_argument("--accumulation", type=_positive_int, default=32,
-                   help="bags per optimizer step (gradient accumulation)")
-    g.add_argument("--batch-size", type=_positive_int, default=16,
-                   help="bags per forward pass (speed/memory only)")
-    g.add_argument("--max-patches", type=_positive_int, default=None,
-                   help="patches sampled per bag and epoch in training (default: all)")
-    g.add_argument("--recon-weight", type=float, default=0.3,
-                   help="weight of SCE + MSE reconstruction losses (G-HANet)")
-    g.add_argument("--alpha-surv", type=float, default=0.0,
-                   help="extra weight of uncensored patients in the NLL")
-    g.add_argument("--seed", type=int, default=1,
-                   help="random seed of initialisation, sampling and dropout")
-    g.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
-    g.add_argument("--no-amp", action="store_true", help="disable mixed precision on CUDA")
-    g.add_argument("--no-init-hazards", action="store_true",
-                   help="start the survival head at a hazard of 0.5 per bin (the paper's "
-                        "initialisation) instead of the training patients' hazards")
-    g.add_argument("--selection", choices=["last", "inner"], default="last",
-                   help="score the model at the last epoch, or at the epoch with the best "
-                        "inner-validation c-index (needs --inner-val)")
-    g.add_argument("--inner-val", type=float, default=0.0,
-                   help="fraction of each fold's training patients held out as inner "
-                        "validation (0 = none)")
-    g.add_argument("--model-config", type=_model_config, default={},
+    """The recipe's flags, from :class:`~napari_ghanet.options.TrainOptions`, and the
+    model sizes."""
+    add_arguments(p, TrainOptions)
+    p.add_argument("--model-config", type=_model_config, default={},
                    help='model size overrides as JSON, e.g. \'{"width": 256, "dropout": 0.5}\' '
                         "(default: none, the model's own sizes)")
 
@@ -138,63 +124,35 @@ def _add_cv(sub) -> None:
     p.add_argument("--out", required=True, help="run folder")
     p.add_argument("--folds", type=int, nargs="+", default=None,
                    help="run only these folds (default: every split in --splits)")
-    p.add_argument("--recon-genes", choices=["significant", "all"], default="significant",
-                   help="genes G-HANet reconstructs: Welch t-test p < 0.05 between low- and "
-                        "high-risk training patients, or all")
-    p.add_argument("--p-threshold", type=float, default=0.05,
-                   help="p-value below which a gene counts as significant for "
-                        "--recon-genes significant")
-    p.add_argument("--n-bins", type=_positive_int, default=4,
-                   help="survival time bins (quantiles of the uncensored training patients' "
-                        "times)")
-    p.add_argument("--allow-missing", action="store_true",
-                   help="skip split cases absent from the table and slides without features "
-                        "(counts recorded) instead of stopping")
-    p.add_argument("--cache-gb", type=float, default=4.0, help="memory for cached feature bags")
-    p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
-    p.add_argument("--overwrite", action="store_true", help="discard a previous run in --out")
+    add_arguments(p, CVOptions, group=False)
     _add_train_options(p)
-    g = p.add_argument_group("execution (default: folds one after another in this process)")
-    m = g.add_mutually_exclusive_group()
-    m.add_argument("--cluster", default=None, metavar="local:N",
-                   help="train the folds (of every model) as parallel tasks on a Dask "
-                        "LocalCluster of N worker processes (local:gpus: one per GPU)")
-    m.add_argument("--scheduler", default=None, metavar="ADDRESS",
-                   help="train the folds as tasks on an existing Dask scheduler")
+    add_arguments(p, ExecutionOptions, only=("cluster", "scheduler"),
+                  exclusive=("cluster", "scheduler"), types={"cluster": _cluster})
     p.set_defaults(func=_run_cv)
 
 
 def train_config_from_args(args):
-    """The :class:`~napari_ghanet.training.trainer.TrainConfig` of the parsed options."""
-    from napari_ghanet.training.trainer import TrainConfig
-
-    return TrainConfig(
-        epochs=args.epochs, lr=args.lr, weight_decay=args.weight_decay,
-        accumulation=args.accumulation, batch_size=args.batch_size,
-        max_patches=args.max_patches, recon_weight=args.recon_weight,
-        alpha_surv=args.alpha_surv, seed=args.seed, device=args.device,
-        amp=not args.no_amp, selection=args.selection, init_hazards=not args.no_init_hazards,
-    )
+    """The :class:`~napari_ghanet.training.trainer.TrainConfig` (the declared
+    :class:`~napari_ghanet.options.TrainOptions`) of the parsed options."""
+    return from_args(TrainOptions, args)
 
 
 def _run_cv(args) -> int:
     from napari_ghanet.training.cv import RunConfig, run_cv_many
 
     models = list(dict.fromkeys(args.model))
+    cv = from_args(CVOptions, args)
+    execution = from_args(ExecutionOptions, args)
+    train = train_config_from_args(args)
+    evaluated = {k: v for k, v in cv.to_dict().items() if k not in ("resume", "overwrite")}
     cfgs = [RunConfig(
         model=model, cohort=args.cohort, signatures=args.signatures, splits=args.splits,
-        features=args.features, recon_genes=args.recon_genes, p_threshold=args.p_threshold,
-        n_bins=args.n_bins, inner_val=args.inner_val, allow_missing=args.allow_missing,
-        folds=args.folds, cache_gb=args.cache_gb, model_config=args.model_config,
-        train=train_config_from_args(args),
+        features=args.features, folds=args.folds, model_config=args.model_config,
+        train=train, **evaluated,
     ) for model in models]
     outs = [args.out] if len(models) == 1 else [str(Path(args.out) / m) for m in models]
-    if args.cluster is not None:
-        from napari_ghanet.cohort.engine import parse_cluster
-
-        parse_cluster(args.cluster)  # a CohortError (exit 2) for a bad value
-    results = run_cv_many(cfgs, outs, resume=args.resume, overwrite=args.overwrite,
-                          cluster=args.cluster, scheduler=args.scheduler)
+    results = run_cv_many(cfgs, outs, resume=cv.resume, overwrite=cv.overwrite,
+                          cluster=execution.cluster, scheduler=execution.scheduler)
     for res in results:
         print(json.dumps({k: res[k] for k in ("model", "c_index_mean", "c_index_std",
                                               "c_index_optimistic_mean", "uno_c_index_mean")}))
@@ -267,6 +225,11 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     # GHANetError covers every bad input (cohort, run, training, bundle errors); OSError
     # a file that cannot be read or written.
+    except OptionError as exc:  # a value outside its declaration: name the flag
+        flag = next((f.info.negate or f.flag for g in (TrainOptions, CVOptions,
+                     ExecutionOptions) for f in fields_of(g) if f.name == exc.name), exc.name)
+        print(f"ghanet-train {args.command}: error: {flag} {exc.reason}", file=sys.stderr)
+        return 2
     except (GHANetError, OSError) as exc:
         print(f"ghanet-train {args.command}: error: {exc}", file=sys.stderr)
         return 2

@@ -187,12 +187,12 @@ def make_demo_cohort(out: Path, recipe: DemoRecipe, *, device: str = "auto",
         progress=progress,
     )
     slides = sorted(paths["slides"].glob("*.tiff"))
-    # 256 px patches at 0.5 um/px, 64 patches per batch: the ghanet embed defaults.
-    encoder = create_encoder("morphometric", patch_px=256, target_mpp=0.5)
+    # the encoder's own patch geometry and the declared batch size: what ghanet embed runs
+    encoder = create_encoder("morphometric")
     failed = []
     for k, slide in enumerate(slides):
         outcome = embed_to_file(slide, paths["features"], encoder, device=device,
-                                batch_size=64, workers=workers)
+                                workers=workers)
         if not outcome.ok:
             log.error("%s", outcome.summary())
             failed.append(slide.name)
@@ -215,17 +215,13 @@ def run_demo_recipe(out_bundle: Path, work_dir: Path, recipe: DemoRecipe | None 
     atomic_write(work_dir / "recipe.json", json.dumps(asdict(recipe), indent=2))
     paths = make_demo_cohort(work_dir / "cohort", recipe, device=device, workers=workers)
     run_dir = work_dir / "run"
-    train = TrainConfig(
-        epochs=recipe.epochs, lr=recipe.lr, weight_decay=1e-5,
-        accumulation=recipe.accumulation, batch_size=recipe.batch_size, max_patches=None,
-        recon_weight=0.3, alpha_surv=0.0, seed=recipe.seed, device=device, amp=True,
-        selection="last", init_hazards=True,
-    )
+    # the recipe's own sizes; everything else is the declared (the paper's) default
+    train = TrainConfig(epochs=recipe.epochs, lr=recipe.lr, accumulation=recipe.accumulation,
+                        batch_size=recipe.batch_size, seed=recipe.seed, device=device)
     config = RunConfig(
         model="ghanet", cohort=str(paths["cohort"]), signatures=str(paths["signatures"]),
         splits=str(paths["splits"]), features=str(paths["features"]), recon_genes="all",
-        p_threshold=0.05, n_bins=4, inner_val=0.0, allow_missing=False, folds=None,
-        cache_gb=4.0, model_config=dict(recipe.model_config), train=train,
+        model_config=dict(recipe.model_config), train=train,
     )
     run_cv(config, run_dir, resume=False, overwrite=True)
     out_bundle.parent.mkdir(parents=True, exist_ok=True)
@@ -255,7 +251,7 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--patients", type=int, default=DemoRecipe.patients,
                    help="synthetic patients (one slide each)")
     p.add_argument("--slide-px", type=int, default=DemoRecipe.slide_shape[0],
-                   help="side of each square synthetic slide in pixels at 0.5 um/px")
+                   help="side of each square synthetic slide in pixels at 0.5 µm/px")
     p.add_argument("--epochs", type=int, default=DemoRecipe.epochs,
                    help="training epochs per fold and for the final model")
     p.add_argument("--folds", type=int, default=DemoRecipe.folds,

@@ -17,7 +17,7 @@ import math
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -28,6 +28,7 @@ from napari_ghanet.device import resolve_device
 from napari_ghanet.errors import Cancelled
 from napari_ghanet.models.baselines import model_inputs
 from napari_ghanet.models.losses import ghanet_loss, nll_loss
+from napari_ghanet.options.training import TrainOptions
 
 __all__ = [
     "TrainConfig",
@@ -45,38 +46,10 @@ __all__ = [
 TrainingCancelled = Cancelled  # the package's one cancellation type
 
 
-@dataclass
-class TrainConfig:
-    """Optimisation recipe. Defaults are the paper's (Adam, lr 2e-4, weight decay 1e-5,
-    20 epochs, 32 bags per step, loss NLL + 0.3 (SCE + MSE), alpha 0).
-
-    batch_size: bags per forward pass (micro-batch); only speed and memory depend on it.
-    max_patches: patches sampled per bag and epoch during training (None = all).
-    eval_max_tokens: patches per evaluation forward pass (bags are never cut).
-    selection: "last" (model at the end of training) or "inner" (epoch with the best
-    c-index on an inner validation split of the training patients).
-    init_hazards: start the survival head's bias at the training patients' discrete
-    hazards (Kaplan-Meier per bin), so an untrained model predicts the cohort's curve
-    rather than a hazard of 0.5 per bin; ranking is unaffected, calibration much better.
-    """
-
-    epochs: int = 20
-    lr: float = 2e-4
-    weight_decay: float = 1e-5
-    accumulation: int = 32
-    batch_size: int = 16
-    max_patches: int | None = None
-    recon_weight: float = 0.3
-    alpha_surv: float = 0.0
-    seed: int = 1
-    device: str = "auto"
-    amp: bool = True
-    eval_max_tokens: int = 400_000
-    selection: str = "last"
-    init_hazards: bool = True
-
-    def to_dict(self) -> dict:
-        return asdict(self)
+#: the optimisation recipe: declared once, with its defaults (the paper's), units, ranges
+#: and help, as :class:`napari_ghanet.options.TrainOptions` (a frozen, validated group;
+#: ``dataclasses.replace`` / ``.replace(...)`` makes a changed copy)
+TrainConfig = TrainOptions
 
 
 @dataclass

@@ -13,12 +13,16 @@ option declares) and keeps it in a backend:
   napari's Preferences): :class:`napari_ghanet._qt.plugin_settings.NapariPluginBackend`,
   which lives in ``_qt/`` because it imports napari.
 
-A stored file of another version, an unreadable file or a value of the wrong type falls
-back to the defaults for what it cannot use, never to an error: settings are a
-convenience.
+A stored file of another version, an unreadable file (a FIFO, a device, a folder, a huge
+or non-UTF-8 file: never opened or read whole) or a value its option does not allow (a
+wrong type, out of range, a 400-digit number) falls back to the defaults for what it
+cannot use, with a logged warning, never to an error: settings are a convenience. A file
+of another version is copied to ``widget-settings.json.bak-v<N>`` (atomically) before it
+is first overwritten.
 
 Every setting but the last model is a run option declared once in
-:mod:`napari_ghanet.options` (:data:`OPTION_OF`: setting -> group and field): its default,
+:mod:`napari_ghanet.options` with ``persist=True`` (:func:`~napari_ghanet.options.
+persisted_fields`; :func:`option_of`: setting -> group and field): its name, default,
 range and choices are read from there, imported when first needed so that this module
 stays light (no numpy).
 
@@ -39,23 +43,25 @@ from __future__ import annotations
 import functools
 import json
 import logging
-import math
 import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
+from napari_ghanet.errors import GHANetError
 from napari_ghanet.io.atomic import atomic_write
+from napari_ghanet.io.safe_read import check_regular_file, read_regular_file, read_text_file
 
 __all__ = [
     "CONFIG_DIR_ENV",
-    "OPTION_OF",
+    "MAX_SETTINGS_BYTES",
     "SETTINGS_VERSION",
     "JsonFileBackend",
     "SettingsBackend",
     "SettingsStore",
     "default_config_dir",
     "default_settings",
+    "option_of",
 ]
 
 logger = logging.getLogger(__name__)
@@ -64,71 +70,63 @@ logger = logging.getLogger(__name__)
 SETTINGS_VERSION = 1
 #: environment variable naming the folder of the settings file (tests, portable installs)
 CONFIG_DIR_ENV = "NAPARI_GHANET_CONFIG_DIR"
-#: setting -> (option group class name in :mod:`napari_ghanet.options`, field name)
-OPTION_OF = {
-    "encoder_weights": ("EmbedOptions", "weights"),
-    "device": ("EmbedOptions", "device"),
-    "backend": ("EmbedOptions", "backend"),
-    "batch_size": ("EmbedOptions", "batch_size"),
-    "qc_on": ("QCOptions", "enabled"),
-    "pen_min_fraction": ("QCOptions", "pen_min_fraction"),
-    "fold_od": ("QCOptions", "fold_od"),
-    "fold_min_fraction": ("QCOptions", "fold_min_fraction"),
-    "blur_fraction": ("QCOptions", "blur_fraction"),
-    "heatmap_overlap": ("HeatmapOptions", "overlap"),
-}
+#: the largest settings file read (a real one is about 1 KB)
+MAX_SETTINGS_BYTES = 1024 * 1024
 
 
 @functools.lru_cache(maxsize=1)
 def _declared() -> dict[str, Any]:
-    """setting -> its option's :class:`~napari_ghanet.options.declare.Field`."""
+    """setting -> its option's :class:`~napari_ghanet.options.declare.Field` (the options
+    declared ``persist=True``)."""
     import napari_ghanet.options as options
 
-    out = {}
-    for key, (group, name) in OPTION_OF.items():
-        (f,) = [f for f in options.fields_of(getattr(options, group)) if f.name == name]
-        out[key] = f
-    return out
+    return options.persisted_fields()
 
 
-def _setting_value(default: Any) -> Any:
-    """An option default as a setting value: None (a path not given) -> ''."""
-    if default is None or isinstance(default, Path):
-        return "" if default is None else str(default)
-    return default
+def option_of() -> dict[str, tuple[str, str]]:
+    """setting -> (option group class name in :mod:`napari_ghanet.options`, field name).
+
+    >>> option_of()["qc_on"]
+    ('QCOptions', 'enabled')
+    """
+    import napari_ghanet.options as options
+
+    by_group = {cls.group: cls.__name__ for cls in options.ALL_GROUPS}
+    return {key: (by_group[f.group], f.name) for key, f in _declared().items()}
 
 
 def default_settings() -> dict[str, Any]:
-    """The widget's defaults: encoder weights file ('' = look in the caches), device,
-    inference backend, batch size, artifact QC switch and thresholds (fractions; fold OD
-    in log10 units), heatmap overlap (fraction), all as :mod:`napari_ghanet.options`
-    declares them, and the last model file ('' = none).
+    """The dock's defaults: every persisted option's declared default (a path not given
+    is '') and the last model file ('' = none).
 
     >>> d = default_settings()
     >>> d["batch_size"], d["backend"], d["heatmap_overlap"], d["encoder_weights"]
     (64, 'auto', 0.0, '')
     """
-    out = {key: _setting_value(f.default) for key, f in _declared().items()}
-    for key in ("pen_min_fraction", "fold_od", "fold_min_fraction", "blur_fraction",
-                "heatmap_overlap"):
-        out[key] = float(out[key])
-    out["last_model"] = ""
+    import napari_ghanet.options as options
+
+    out = {key: options.surfaces.setting_default(f) for key, f in _declared().items()}
+    out.update({key: "" for key in options.surfaces.NOT_OPTIONS})
     return out
 
 
-def _allowed(key: str, value: Any) -> bool:
-    """Whether ``value`` is within the range or among the choices of the option behind
-    setting ``key`` (True for a setting without one)."""
+def _checked(key: str, value: Any, default: Any) -> Any:
+    """``value`` of setting ``key`` as its option allows it, else ``default`` (with a
+    logged warning naming the key and why)."""
     f = _declared().get(key)
-    if f is None or isinstance(value, str) and not f.info.choices:
-        return True
-    i = f.info
-    if i.choices:
-        return any(math.isclose(value, c) if isinstance(c, float) else value == c
-                   for c in i.choices)
-    if i.low is not None and (value <= i.low if i.low_open else value < i.low):
-        return False
-    return i.high is None or value <= i.high
+    try:
+        if f is None:
+            if not isinstance(value, str):
+                raise TypeError(f"must be text, got {type(value).__name__}")
+            return value
+        import napari_ghanet.options as options
+
+        return options.surfaces.setting_value(f, value)
+    except (GHANetError, TypeError, ValueError, OverflowError) as exc:
+        text = str(exc)
+        logger.warning("settings: %s %s; using the default %r", key,
+                       text[:200] + ("..." if len(text) > 200 else ""), default)
+        return default
 
 
 def default_config_dir() -> Path:
@@ -168,12 +166,11 @@ class JsonFileBackend:
         self.path = Path(path) if path is not None else default_config_dir() / "widget-settings.json"
 
     def read(self) -> dict[str, Any] | None:
-        try:
-            data = json.loads(self.path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
+        """The stored settings; None when there is no file, or it cannot be used (logged)."""
+        if not os.path.lexists(self.path):
             return None
-        except (OSError, ValueError) as exc:
-            logger.warning("ignoring unreadable settings file %s: %s", self.path, exc)
+        data = self._load()
+        if data is None:
             return None
         if not isinstance(data, dict) or data.get("version") != SETTINGS_VERSION:
             logger.info("settings file %s is of another version; using defaults", self.path)
@@ -181,8 +178,45 @@ class JsonFileBackend:
         values = data.get("settings")
         return dict(values) if isinstance(values, dict) else None
 
+    def _load(self) -> Any:
+        """The file's JSON, or None (logged) when it is no regular file, too large, not
+        UTF-8, not JSON or nested beyond what the parser takes."""
+        try:
+            text = read_text_file(self.path, "settings file", MAX_SETTINGS_BYTES)
+            return json.loads(text)
+        except (GHANetError, OSError, ValueError, RecursionError) as exc:
+            logger.warning("ignoring unreadable settings file %s: %s", self.path,
+                           str(exc)[:300])
+            return None
+
+    def backup_path(self, version: Any) -> Path:
+        """Where a settings file of ``version`` is kept before it is overwritten."""
+        tag = version if isinstance(version, int) and not isinstance(version, bool) and (
+            0 <= version < 10**6) else "unknown"
+        return self.path.with_name(f"{self.path.name}.bak-v{tag}")
+
+    def _keep_other_version(self) -> None:
+        """Copy a settings file of another version (or unreadable as settings) aside,
+        atomically, once, before it is overwritten."""
+        raw = read_regular_file(self.path, "settings file", MAX_SETTINGS_BYTES)
+        try:
+            data = json.loads(raw.decode("utf-8"))
+        except (ValueError, RecursionError):
+            data = None
+        version = data.get("version") if isinstance(data, dict) else None
+        if version == SETTINGS_VERSION:
+            return
+        backup = self.backup_path(version)
+        if not backup.exists():
+            atomic_write(backup, raw)
+            logger.warning("settings file %s was of another version (%r): kept as %s",
+                           self.path, version, backup)
+
     def write(self, values: dict[str, Any]) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        if os.path.lexists(self.path):
+            check_regular_file(self.path, "settings file", MAX_SETTINGS_BYTES)
+            self._keep_other_version()
         text = json.dumps({"version": SETTINGS_VERSION, "settings": values}, indent=2)
         atomic_write(self.path, text + "\n")
 
@@ -191,20 +225,6 @@ class JsonFileBackend:
             self.path.unlink()
         except FileNotFoundError:
             pass
-
-
-def _coerce(value: Any, default: Any) -> Any:
-    """``value`` as the type of ``default``, or ``default`` when it is not one."""
-    if isinstance(default, bool):
-        return value if isinstance(value, bool) else default
-    if isinstance(default, int):
-        return int(value) if isinstance(value, int) and not isinstance(value, bool) else default
-    if isinstance(default, float):
-        ok = isinstance(value, int | float) and not isinstance(value, bool)
-        return float(value) if ok and float(value) == float(value) else default
-    if isinstance(default, str):
-        return value if isinstance(value, str) else default
-    return default
 
 
 class SettingsStore:
@@ -224,13 +244,12 @@ class SettingsStore:
         self.defaults = dict(defaults) if defaults is not None else default_settings()
 
     def validate(self, values: Mapping[str, Any]) -> dict[str, Any]:
-        """The defaults updated with the usable entries of ``values`` (unknown keys and
-        values of the wrong type are dropped)."""
+        """The defaults updated with the usable entries of ``values`` (unknown keys are
+        dropped; a value its option does not allow falls back to the default, logged)."""
         out = dict(self.defaults)
         for key, value in values.items():
             if key in out:
-                value = _coerce(value, out[key])
-                out[key] = value if _allowed(key, value) else self.defaults[key]
+                out[key] = _checked(key, value, self.defaults[key])
         return out
 
     def load(self) -> dict[str, Any]:

@@ -411,7 +411,7 @@ class PrognosisWidget(QWidget):
         """Keyword arguments of predict_slide (one slide layer) or predict_patient
         (several), less ``cancel`` and ``progress`` (the run adds them)."""
         kwargs = self.prediction_settings()
-        kwargs.update(cache_dir=self.cache_dir, top_k=10)
+        kwargs.update(cache_dir=self.cache_dir)
         if len(layers) > 1:
             kwargs.update(mpp=mpps, regions=[regions] + [None] * (len(layers) - 1),
                           patient=make_safe_name(layers[0].name, "patient"))

@@ -1,19 +1,22 @@
-"""Advanced prediction settings as a magicgui form, built from the option declarations.
+"""Advanced prediction settings as a magicgui form, made from the option declarations.
 
-Every field is made by :func:`option_widget` from its declaration in
-:mod:`napari_ghanet.options` (label, help as tooltip with unit and range, bounds,
-choices), so the form, ``ghanet predict`` and ``docs/options.md`` describe an option the
-same way: patch size and resolution (the model's until changed), tissue threshold (0 =
-automatic), the encoder's weights file, CPU engine, batch size, artifact QC (on/off and
-its main thresholds) and the heatmap overlap (with what it costs).
-:meth:`AdvancedSettings.predict_kwargs` returns option values by field name for
-``predict_slide``. With a settings store (:mod:`napari_ghanet._settings_store`) the
-fields start at the stored values and every change is saved; "Reset to defaults" goes
-back to the declared defaults (and the model's patch geometry) and clears the store.
+Which fields the form has, their order, widgets, labels, bounds, choices, tooltips (help,
+unit, range), the note beside a choice (what a heatmap overlap costs) and which values
+are kept between sessions all come from :mod:`napari_ghanet.options`: every option of a
+prediction's groups with a form ``label`` is a field (:func:`~napari_ghanet.options.
+form_fields`), made by :func:`option_widget`; one declared ``persist=True`` is saved to the
+settings store (:mod:`napari_ghanet._settings_store`) on every change and read back when
+the form is made. An optional number (patch size and resolution: the model's; tissue
+threshold: Otsu) shows ``auto`` and its declared meaning of None as the spin box's lowest
+entry ("auto (Otsu)"), one step below the declared range. The QC thresholds are enabled only
+while QC is on. :meth:`AdvancedSettings.predict_options` gives the typed
+:class:`~napari_ghanet.options.PredictOptions`; "Reset to defaults" goes back to the
+declared defaults (and the model's patch geometry) and clears the store.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from pathlib import Path
 from typing import Any
@@ -29,53 +32,15 @@ from magicgui.widgets import (
     SpinBox,
 )
 
-from napari_ghanet.options import (
-    EmbedOptions,
-    Field,
-    GridOptions,
-    HeatmapOptions,
-    QCOptions,
-    fields_of,
-)
+from napari_ghanet.options import PREDICT_GROUPS, Field, PredictOptions, form_fields
 
-__all__ = ["OVERLAP_COST", "AdvancedSettings", "option_widget"]
+__all__ = ["AdvancedSettings", "option_widget"]
 
-#: heatmap overlap -> what it costs, shown beside the choice
-OVERLAP_COST = {
-    0.0: "patch grid only (no extra cost)",
-    0.5: "smooth map: about 4x the patches to embed",
-    0.75: "smoother map: about 16x the patches to embed",
-}
-
-#: form attribute -> (option group, field); also the keys of the settings store
-_FORM = {
-    "patch_px": (GridOptions, "patch_px"),
-    "target_mpp": (GridOptions, "target_mpp"),
-    "tissue_threshold": (GridOptions, "tissue_threshold"),
-    "encoder_weights": (EmbedOptions, "weights"),
-    "backend": (EmbedOptions, "backend"),
-    "batch_size": (EmbedOptions, "batch_size"),
-    "qc_on": (QCOptions, "enabled"),
-    "pen_min_fraction": (QCOptions, "pen_min_fraction"),
-    "fold_od": (QCOptions, "fold_od"),
-    "fold_min_fraction": (QCOptions, "fold_min_fraction"),
-    "blur_fraction": (QCOptions, "blur_fraction"),
-    "heatmap_overlap": (HeatmapOptions, "overlap"),
-}
-#: fields kept between sessions (the patch geometry follows the model instead)
-_PERSISTED = ("encoder_weights", "backend", "batch_size", "qc_on", "pen_min_fraction",
-              "fold_od", "fold_min_fraction", "blur_fraction", "heatmap_overlap")
-#: form values of options whose declared default is None
-_NONE_VALUE = {"patch_px": 256, "target_mpp": 0.5, "tissue_threshold": 0.0}
+#: decimals of the form's number fields
+_DECIMALS = 3
 
 
-def _field(cls, name: str) -> Field:
-    return next(f for f in fields_of(cls) if f.name == name)
-
-
-def option_widget(f: Field, value: Any = None):
-    """The magicgui widget of one declared option: its label, a tooltip with help, unit
-    and range, its bounds or choices; ``value`` (default: the declared default)."""
+def _tooltip(f: Field) -> str:
     i = f.info
     tip = i.help[0].upper() + i.help[1:]
     if i.unit and i.unit not in ("fraction",):
@@ -83,9 +48,35 @@ def option_widget(f: Field, value: Any = None):
     if f.describe_range() and not i.choices:
         tip += f"; allowed {f.describe_range()}"
     if i.none:
-        tip += f"; empty or auto: {i.none}"
+        tip += f"; lowest entry or empty: {i.none}"
+    return tip
+
+
+def _bounds(f: Field) -> tuple[float, float, float]:
+    """(lowest, highest, step) of a number field; an optional one has one more entry
+    below its range, which stands for None."""
+    i = f.info
+    lo = i.low if i.low is not None else 0.0
+    hi = i.high if i.high is not None else 1e9
+    if f.kind == "int":
+        step = 1
+    else:
+        step = 0.01 if hi <= 1 else 0.05
+    if f.optional and not i.low_open:
+        lo = lo - step
+    elif not f.optional and i.low_open:
+        lo = lo + 10.0 ** -_DECIMALS
+    return lo, hi, step
+
+
+def option_widget(f: Field, value: Any = None):
+    """The magicgui widget of one declared option: its label, a tooltip with help, unit
+    and range, its bounds or choices; ``value`` (default: the declared default; None: the
+    declared meaning of None)."""
+    i = f.info
+    tip = _tooltip(f)
     label = i.label or f.name
-    value = f.default if value is None else value
+    value = f.default if value is None and not f.optional else value
     if f.kind == "bool":
         return CheckBox(text=label, value=bool(value), tooltip=tip)
     if i.choices:
@@ -94,17 +85,22 @@ def option_widget(f: Field, value: Any = None):
     if f.kind == "path":
         return FileEdit(label=label, mode="r", value="" if value is None else str(value),
                         tooltip=tip)
-    lo = i.low if i.low is not None else 0
-    hi = i.high if i.high is not None else 1e9
+    lo, hi, step = _bounds(f)
     if f.kind == "int":
-        return SpinBox(label=label, min=int(lo), max=int(hi), value=int(value), tooltip=tip)
-    step = 0.01 if hi <= 1 else 0.05
-    return FloatSpinBox(label=label, min=float(lo), max=float(hi), step=step,
-                        value=float(value), tooltip=tip)
+        w = SpinBox(label=label, min=int(lo), max=int(hi), tooltip=tip)
+    else:
+        w = FloatSpinBox(label=label, min=float(lo), max=float(hi), step=step, tooltip=tip)
+        w.native.setDecimals(_DECIMALS)
+    if f.optional:
+        w.native.setSpecialValueText(f"auto ({i.none})")
+    w.value = lo if value is None else value
+    return w
 
 
 class AdvancedSettings(Container):
-    """magicgui form of the advanced settings; ``.native`` is its Qt widget.
+    """magicgui form of the advanced settings; ``.native`` is its Qt widget. Each field is
+    an attribute named by its setting key (``batch_size``, ``qc_on``, ...); a field with
+    choice notes has a ``<key>_note`` label beside it (``overlap_cost`` for the heatmap).
 
     Parameters
     ----------
@@ -114,45 +110,118 @@ class AdvancedSettings(Container):
 
     def __init__(self, store=None) -> None:
         self._store = None
-        for attr, (cls, name) in _FORM.items():
-            f = _field(cls, name)
-            setattr(self, attr, option_widget(f, _NONE_VALUE.get(attr)))
-        self.overlap_cost = Label(value=OVERLAP_COST[0.0])
-        self.reset_button = PushButton(text="Reset to defaults")
-        super().__init__(widgets=[*(getattr(self, a) for a in _FORM), self.overlap_cost,
-                                  self.reset_button], labels=True)
-        self.target_mpp.native.setDecimals(3)
-        self.tissue_threshold.native.setDecimals(3)
-        self.tissue_threshold.native.setSpecialValueText("auto (Otsu)")
-        self.overlap_cost.native.setWordWrap(True)
-        self.native.layout().setContentsMargins(4, 0, 4, 4)
         self._encoder = None
+        self._fields = form_fields()
+        widgets = []
+        for key, f in self._fields.items():
+            setattr(self, key, option_widget(f))
+            widgets.append(getattr(self, key))
+            if f.info.notes:
+                note = Label(value=f.choice_note(f.default))
+                note.native.setWordWrap(True)
+                setattr(self, f"{key}_note", note)
+                widgets.append(note)
+        self.overlap_cost = self.heatmap_overlap_note
+        self.reset_button = PushButton(text="Reset to defaults")
+        super().__init__(widgets=[*widgets, self.reset_button], labels=True)
+        self.native.layout().setContentsMargins(4, 0, 4, 4)
         self.reset_button.changed.connect(self.reset_to_defaults)
-        self.qc_on.changed.connect(self._on_qc_toggled)
-        self.heatmap_overlap.changed.connect(self._on_overlap)
+        for key, f in self._fields.items():
+            if f.info.notes:
+                getattr(self, key).changed.connect(self._on_choice)
+            if f.kind == "bool" and f.name == "enabled":
+                getattr(self, key).changed.connect(self._on_switch)
         if store is not None:
             self._apply(store.load())
             self._store = store
-        for attr in _PERSISTED:
-            getattr(self, attr).changed.connect(self._save)
+        for key in self._persisted():
+            getattr(self, key).changed.connect(self._save)
+
+    def _persisted(self) -> list[str]:
+        return [k for k, f in self._fields.items() if f.info.persist]
+
+    # ------------------------------------------------------------------ values
+
+    def value_of(self, key: str) -> Any:
+        """The typed option value of field ``key`` (None: its declared meaning of None, an
+        empty file field)."""
+        f, w = self._fields[key], getattr(self, key)
+        if f.kind == "path":
+            return self.weights_file() if key == "encoder_weights" else _path(w.value)
+        if f.optional and f.kind in ("int", "float") and w.value <= w.min:
+            return None
+        return {"int": int, "float": float, "bool": bool}.get(f.kind, str)(w.value)
+
+    def set_value(self, key: str, value: Any) -> None:
+        """Show ``value`` in field ``key`` (None: the declared meaning of None)."""
+        f, w = self._fields[key], getattr(self, key)
+        if value is None and f.kind in ("int", "float"):
+            value = w.min if f.optional else f.default
+        w.value = "" if value is None else value
+
+    def weights_file(self) -> Path | None:
+        """The encoder weights file chosen in the form, or None (left empty; magicgui
+        shows an emptied file field as the current folder, which is no weights file)."""
+        path = _path(self.encoder_weights.value)
+        return None if path is None or path.is_dir() else path
+
+    def option_groups(self) -> dict[str, Any]:
+        """The form's values as typed option groups (group name -> group) over the
+        declared defaults: the patch geometry None (the model's) where it is the model's."""
+        opts = self.predict_options()
+        return {name: getattr(opts, name) for name in PREDICT_GROUPS}
+
+    def predict_options(self, base: PredictOptions | None = None) -> PredictOptions:
+        """``base`` (default: the declared defaults) with the form's fields: the typed
+        options a prediction takes. The patch size and resolution are None (the model's)
+        while they equal the loaded model's."""
+        base = base if base is not None else PredictOptions()
+        changes: dict[str, dict[str, Any]] = {}
+        enc = self._encoder
+        for key, f in self._fields.items():
+            v = self.value_of(key)
+            if enc is not None and f.name == "patch_px" and v == enc.patch_px:
+                v = None
+            if enc is not None and f.name == "target_mpp" and v is not None and math.isclose(
+                    v, enc.target_mpp, rel_tol=0.01):
+                v = None
+            changes.setdefault(f.group, {})[f.name] = v
+        groups = {name: getattr(base, name) for name in PREDICT_GROUPS}
+        attr = {cls.group: name for name, cls in PREDICT_GROUPS.items()}
+        for group, kw in changes.items():
+            groups[attr[group]] = groups[attr[group]].replace(**kw)
+        return dataclasses.replace(base, **groups)
+
+    def predict_kwargs(self) -> dict[str, Any]:
+        """The form's option values by field name for ``predict_slide`` (the QC group
+        whole as ``qc``; options left at None omitted)."""
+        opts = self.predict_options()
+        kw: dict[str, Any] = {"qc": opts.qc}
+        for f in self._fields.values():
+            if f.group == "qc":
+                continue
+            attr = next(n for n, c in PREDICT_GROUPS.items() if c.group == f.group)
+            v = getattr(getattr(opts, attr), f.name)
+            if v is not None:
+                kw[f.name] = v
+        return kw
 
     # ------------------------------------------------------------------ persistence
 
     def stored_values(self) -> dict[str, Any]:
-        """The persisted fields as the settings store keeps them."""
+        """The persisted fields as the settings store keeps them (paths as text)."""
         out: dict[str, Any] = {}
-        for attr in _PERSISTED:
-            v = getattr(self, attr).value
-            out[attr] = str(v) if attr == "encoder_weights" and self.weights_file() else (
-                "" if attr == "encoder_weights" else v)
+        for key in self._persisted():
+            v = self.value_of(key)
+            out[key] = "" if v is None else (str(v) if isinstance(v, Path) else v)
         return out
 
     def _apply(self, values: dict[str, Any]) -> None:
-        for attr in _PERSISTED:
-            if attr in values:
-                getattr(self, attr).value = values[attr]
-        self._on_qc_toggled()
-        self._on_overlap()
+        for key in self._persisted():
+            if key in values:
+                self.set_value(key, values[key] if values[key] != "" else None)
+        self._on_switch()
+        self._on_choice()
 
     def _save(self, *_: Any) -> None:
         if self._store is not None:
@@ -160,33 +229,36 @@ class AdvancedSettings(Container):
 
     # ------------------------------------------------------------------ reactions
 
-    def _qc_fields(self) -> list:
-        return [self.pen_min_fraction, self.fold_od, self.fold_min_fraction, self.blur_fraction]
+    def _on_switch(self, *_: Any) -> None:
+        """A group's fields are enabled only while its ``enabled`` switch is on."""
+        for key, f in self._fields.items():
+            if f.kind == "bool" and f.name == "enabled":
+                on = bool(getattr(self, key).value)
+                for k2, f2 in self._fields.items():
+                    if f2.group == f.group and k2 != key:
+                        getattr(self, k2).enabled = on
 
-    def _on_qc_toggled(self, *_: Any) -> None:
-        for w in self._qc_fields():
-            w.enabled = bool(self.qc_on.value)
-
-    def _on_overlap(self, *_: Any) -> None:
-        self.overlap_cost.value = OVERLAP_COST.get(float(self.heatmap_overlap.value), "")
+    def _on_choice(self, *_: Any) -> None:
+        for key, f in self._fields.items():
+            if f.info.notes:
+                getattr(self, f"{key}_note").value = f.choice_note(getattr(self, key).value)
 
     def use_model(self, encoder) -> None:
-        """Remember the bundle's encoder spec and take its patch geometry (None: keep)."""
+        """Remember the bundle's encoder spec and take its patch geometry (None: keep);
+        the tissue threshold goes back to its default (auto)."""
         self._encoder = encoder
-        if encoder is not None:
-            self.patch_px.value = int(encoder.patch_px)
-            self.target_mpp.value = float(encoder.target_mpp)
-        self.tissue_threshold.value = 0.0
+        for key, f in self._fields.items():
+            if encoder is not None and f.name in ("patch_px", "target_mpp"):
+                self.set_value(key, getattr(encoder, f.name))
+            elif f.name == "tissue_threshold":
+                self.set_value(key, f.default)
 
     def reset(self, *_: Any) -> None:
         """Every field back to its declared default (the model's patch geometry)."""
         store, self._store = self._store, None  # one save at the end, not one per field
         try:
-            for attr, (cls, name) in _FORM.items():
-                if attr in _NONE_VALUE:
-                    continue
-                default = _field(cls, name).default
-                getattr(self, attr).value = "" if default is None else default
+            for key, f in self._fields.items():
+                self.set_value(key, f.default)
             self.use_model(self._encoder)
         finally:
             self._store = store
@@ -197,39 +269,7 @@ class AdvancedSettings(Container):
         if self._store is not None:
             self._store.reset()
 
-    # ------------------------------------------------------------------ values
 
-    def weights_file(self) -> Path | None:
-        """The encoder weights file chosen in the form, or None (left empty; magicgui
-        shows an emptied file field as the current folder, which is no weights file)."""
-        text = str(self.encoder_weights.value or "").strip()
-        if text in ("", "."):
-            return None
-        path = Path(text)
-        return None if path.is_dir() else path
-
-    def predict_kwargs(self) -> dict[str, Any]:
-        """Option values by field name for ``predict_slide``: batch size, CPU engine, QC
-        (a :class:`~napari_ghanet.options.QCOptions`), heatmap overlap, the encoder
-        weights file when one is chosen, and the patch geometry / tissue threshold where
-        they differ from the model."""
-        enc = self._encoder
-        qc = QCOptions(enabled=bool(self.qc_on.value),
-                       pen_min_fraction=float(self.pen_min_fraction.value),
-                       fold_od=float(self.fold_od.value),
-                       fold_min_fraction=float(self.fold_min_fraction.value),
-                       blur_fraction=float(self.blur_fraction.value))
-        kw: dict[str, Any] = {"batch_size": int(self.batch_size.value),
-                              "backend": str(self.backend.value), "qc": qc,
-                              "overlap": float(self.heatmap_overlap.value)}
-        if enc is None or int(self.patch_px.value) != enc.patch_px:
-            kw["patch_px"] = int(self.patch_px.value)
-        if enc is None or not math.isclose(self.target_mpp.value, enc.target_mpp, rel_tol=0.01):
-            kw["target_mpp"] = float(self.target_mpp.value)
-        weights = self.weights_file()
-        if weights is not None:
-            kw["weights"] = weights
-        threshold = float(self.tissue_threshold.value)
-        if threshold > 0:
-            kw["tissue_threshold"] = threshold
-        return kw
+def _path(value: Any) -> Path | None:
+    text = str(value or "").strip()
+    return None if text in ("", ".") else Path(text)

@@ -29,7 +29,14 @@ from pathlib import Path
 
 from napari_ghanet.errors import Cancelled, GHANetError
 from napari_ghanet.io.atomic import check_writable_dir
-from napari_ghanet.options import EmbedOptions, GridOptions, OptionError, add_arguments, from_args
+from napari_ghanet.options import (
+    ConsoleOptions,
+    EmbedOptions,
+    GridOptions,
+    OptionError,
+    add_arguments,
+    from_args,
+)
 
 __all__ = ["UsageError", "add_shared_options", "backend_error", "cli_wording", "command",
            "flag_error", "group_from_args", "output_folder"]
@@ -54,11 +61,11 @@ class UsageError(Exception):
 
 
 def add_shared_options(p: argparse.ArgumentParser) -> None:
-    """Add --device, --mpp, --batch-size, --workers (declared in
-    :mod:`napari_ghanet.options`) and --quiet."""
+    """Add --device, --mpp, --batch-size, --workers and --quiet (declared in
+    :mod:`napari_ghanet.options`)."""
     add_arguments(p, GridOptions, only=("mpp",), group=False)
     add_arguments(p, EmbedOptions, only=("device", "batch_size", "workers"), group=False)
-    p.add_argument("--quiet", action="store_true", help="no progress on stderr")
+    add_arguments(p, ConsoleOptions, group=False)
 
 
 def cli_wording(message: str) -> str:

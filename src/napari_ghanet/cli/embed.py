@@ -25,13 +25,21 @@ from napari_ghanet.cli._options import (
 from napari_ghanet.cli._progress import CohortProgress
 from napari_ghanet.device import resolve_device
 from napari_ghanet.errors import CohortError, EncoderError
-from napari_ghanet.options import EmbedOptions, ExecutionOptions, GridOptions, add_arguments
+from napari_ghanet.options import (
+    CPU_READERS,
+    ConsoleOptions,
+    EmbedOptions,
+    EncoderOptions,
+    ExecutionOptions,
+    GridOptions,
+    add_arguments,
+)
 
 __all__ = ["DEFAULT_ENCODER", "WEIGHT_FREE", "add_parser", "encoder_arguments", "run"]
 
-#: the encoder ``ghanet embed`` uses without ``--encoder`` (the docs' default: the CLAM
-#: features the G-HANet paper's models were trained on)
-DEFAULT_ENCODER = "resnet50_trunc"
+#: the encoder ``ghanet embed`` uses without ``--encoder`` (declared in
+#: :class:`~napari_ghanet.options.EncoderOptions`)
+DEFAULT_ENCODER = EncoderOptions().encoder
 #: the registered encoders that need no weights file (the registry's ``takes_weights`` is
 #: False for them; a test checks this against the registry, which imports torch, so that
 #: ``--help`` does not have to)
@@ -50,8 +58,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "embed",
         help="extract patch features from whole-slide images (a slide or a cohort)",
         description=(
-            "Detect tissue, tile it into patches (default: the encoder's, 256 px at 0.5 um/px "
-            "for resnet50_trunc) and embed every patch with an encoder. Writes "
+            "Detect tissue, tile it into patches (default: the encoder's patch size and "
+            "resolution) and embed every patch with an encoder. Writes "
             "OUT/<slide stem>.h5 (datasets 'features' and 'coords', the CLAM layout) and "
             "OUT/summary.csv (one row per slide: slide, status done|skipped|failed, "
             "n_patches, seconds, error). A file made from the same slide with the same "
@@ -64,39 +72,35 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         help="slide files, folders (searched recursively for slide files) and glob "
              "patterns (quote them: 'data/**/*.svs')",
     )
-    p.add_argument(
-        "--encoder",
-        default=DEFAULT_ENCODER,
-        help=f"encoder name (default {DEFAULT_ENCODER}); `ghanet encoders` lists them all "
-             "and whether their weights are on this machine. Every encoder but "
-             f"{', '.join(WEIGHT_FREE)} needs a weights file, found in torch's or the "
-             "Hugging Face hub cache or given with --encoder-weights FILE (torchscript: its "
-             f"model file; nothing is downloaded); {', '.join(WEIGHT_FREE)} is weight-free",
-    )
+    add_arguments(p, EncoderOptions, group=False)
     p.add_argument("--out", type=Path, required=True, help="output folder (created if needed)")
     p.add_argument(
         "--resize",
         type=int,
         default=None,
-        help="resnet50_trunc, timm:<arch>: resize patches to this side first (224 as CLAM)",
+        help="resnet50_trunc, timm:<arch>: resize patches to this side first, in px (224 "
+             "as CLAM)",
     )
-    p.add_argument("--dim", type=int, default=None, help="torchscript: feature dimension")
+    p.add_argument("--dim", type=int, default=None,
+                   help="torchscript: feature dimension (numbers per patch)")
     p.add_argument(
         "--input-size", type=int, default=None,
         help="torchscript, timm:<arch>: network input side (px)",
     )
     p.add_argument(
         "--mean", type=float, nargs=3, default=None,
-        help="torchscript, timm:<arch>: RGB normalisation mean",
+        help="torchscript, timm:<arch>: RGB normalisation mean (three numbers, 0-1 "
+             "scale)",
     )
     p.add_argument(
         "--std", type=float, nargs=3, default=None,
-        help="torchscript, timm:<arch>: RGB normalisation std",
+        help="torchscript, timm:<arch>: RGB normalisation standard deviation (three "
+             "numbers, 0-1 scale)",
     )
-    p.add_argument("--quiet", action="store_true", help="no progress on stderr")
+    add_arguments(p, ConsoleOptions, group=False)
     add_arguments(p, GridOptions)
     add_arguments(p, EmbedOptions, aliases={"weights": ("--weights",)},
-                  defaults={"workers": 4})
+                  defaults={"workers": CPU_READERS})
     add_cohort_options(p)
     p.set_defaults(func=run)
     return p

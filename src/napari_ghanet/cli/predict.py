@@ -43,6 +43,7 @@ from napari_ghanet.io.names import safe_name
 from napari_ghanet.models.risk import risk_text
 from napari_ghanet.options import (
     CacheOptions,
+    ConsoleOptions,
     DistributionOptions,
     EmbedOptions,
     ExecutionOptions,
@@ -88,7 +89,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         help="model bundle (.safetensors); default: the bundled demonstration model",
     )
     p.add_argument("--out", type=Path, required=True, help="output folder (created if needed)")
-    p.add_argument("--quiet", action="store_true", help="no progress on stderr")
+    add_arguments(p, ConsoleOptions, group=False)
     p.add_argument(
         "--progressive", action="store_true",
         help="one slide or patient: while patches are embedded, print a preliminary risk "

@@ -39,6 +39,7 @@ from napari_ghanet.inference.calibration import CMU_CALIBRATION
 from napari_ghanet.inference.progressive import visit_order
 from napari_ghanet.io.features import PatchFeatures, grid_key
 from napari_ghanet.io.slide import Slide, SlideError
+from napari_ghanet.options import CPU_READERS, EmbedOptions
 from napari_ghanet.preprocessing.patches import PatchGrid
 
 logger = logging.getLogger(__name__)
@@ -150,8 +151,8 @@ def iter_patch_batches(
     slide: Slide,
     grid: PatchGrid,
     *,
-    batch_size: int = 64,
-    workers: int = 4,
+    batch_size: int = EmbedOptions.batch_size,
+    workers: int = CPU_READERS,
     prefetch: int | None = None,
     cancel: threading.Event | Callable[[], bool] | None = None,
     names: np.ndarray | None = None,
@@ -343,7 +344,8 @@ def _check_args(encoder, grid: PatchGrid, dev, batch_size: int, workers: int | N
     if backend not in BACKENDS:
         raise EncoderError(f"unknown backend {backend!r}; use one of {', '.join(BACKENDS)}")
     if workers is None:
-        workers = max(4, os.cpu_count() or 4) if dev.type == "cuda" else 4
+        workers = (max(CPU_READERS, os.cpu_count() or CPU_READERS) if dev.type == "cuda"
+                   else CPU_READERS)
     if workers < 0:
         raise ValueError(f"workers must be >= 0, got {workers}")
     if backend.startswith("onnx") and dev.type != "cpu":
@@ -364,7 +366,7 @@ def embed_slide(
     encoder: PatchEncoder | str,
     *,
     device: str | torch.device = "auto",
-    batch_size: int = 64,
+    batch_size: int = EmbedOptions.batch_size,
     workers: int | None = None,
     prefetch: int | None = None,
     progress: Callable[[int, int], Any] | None = None,

@@ -1,22 +1,28 @@
 """Every run option, declared once: type, default, unit, range and help.
 
 A run's settings come in small frozen groups: :class:`GridOptions` (which pixels become
-patches), :class:`EmbedOptions` (how patches become features), :class:`QCOptions`
-(artifact QC), :class:`HeatmapOptions`, :class:`ReportOptions`, :class:`CacheOptions`,
-:class:`RegionOptions` (include / exclude files) and :class:`ExecutionOptions` (where a
-cohort runs). :class:`PredictOptions` bundles what a prediction needs. Each field carries
-an :class:`OptionInfo` (help, unit, range, choices, command-line flag, form label); from
-that one declaration come
+patches), :class:`EncoderOptions` (which encoder ``ghanet embed`` runs),
+:class:`EmbedOptions` (how patches become features), :class:`QCOptions` (artifact QC),
+:class:`HeatmapOptions`, :class:`ReportOptions`, :class:`CacheOptions`,
+:class:`RegionOptions` (include / exclude files), :class:`ExecutionOptions` (where a
+cohort runs), :class:`ConsoleOptions` (``--quiet``) and the training groups
+:class:`TrainOptions` and :class:`CVOptions` (``ghanet-train cv``).
+:class:`PredictOptions` bundles what a prediction needs. Each field carries an
+:class:`OptionInfo` (help, unit, range, choices, command-line flag, form label, persisted
+or not); from that one declaration come
 
 * the checks: a group validates (and normalises) its values when it is made, raising
   :class:`OptionError` naming the field and what is allowed;
 * the ``ghanet embed`` / ``ghanet predict`` options (:func:`add_arguments`,
   :func:`from_args`);
-* the widget's settings form (``_qt/settings.py`` builds its fields from
-  :func:`fields_of`);
+* the ``ghanet-train cv`` options (``training/cli.py``);
+* the dock's settings form (``_qt/settings.py`` builds its fields from
+  :func:`form_fields`), the settings kept between sessions (``_settings_store.py`` checks
+  them against :func:`persisted_fields`) and the ``configurations`` of ``napari.yaml``
+  (:mod:`~napari_ghanet.options.surfaces`);
 * the option tables of ``docs/options.md`` (:func:`markdown_tables`;
-  ``python -m napari_ghanet.options`` regenerates the page, ``tests/test_options.py``
-  checks it against the declarations and the ``ghanet`` parsers);
+  ``python -m napari_ghanet.options`` regenerates the page and the manifest section,
+  ``tests/test_options.py`` checks them against the declarations and the parsers);
 * the JSON recorded in the report and in the cohort resume marker (:meth:`to_dict`).
 
 The groups are plain picklable dataclasses, so Dask workers receive them as they are.
@@ -42,6 +48,7 @@ napari_ghanet.options.OptionError: batch_size must be >= 1 patches (patches per 
 
 from __future__ import annotations
 
+from napari_ghanet.options import surfaces
 from napari_ghanet.options.cli import add_arguments, argument, from_args, markdown_tables
 from napari_ghanet.options.declare import (
     Field,
@@ -53,8 +60,12 @@ from napari_ghanet.options.declare import (
 )
 from napari_ghanet.options.groups import (
     ALL_GROUPS,
+    CPU_READERS,
     CacheOptions,
+    ConsoleOptions,
+    DistributionOptions,
     EmbedOptions,
+    EncoderOptions,
     ExecutionOptions,
     GridOptions,
     HeatmapOptions,
@@ -63,12 +74,19 @@ from napari_ghanet.options.groups import (
     ReportOptions,
     parse_cluster,
 )
-from napari_ghanet.options.prediction import PredictOptions, apply
+from napari_ghanet.options.prediction import PREDICT_GROUPS, PredictOptions, apply
+from napari_ghanet.options.surfaces import form_fields, persisted_fields
+from napari_ghanet.options.training import TRAINING_GROUPS, CVOptions, TrainOptions
 
 __all__ = [
     "ALL_GROUPS",
+    "CPU_READERS",
+    "CVOptions",
     "CacheOptions",
+    "ConsoleOptions",
+    "DistributionOptions",
     "EmbedOptions",
+    "EncoderOptions",
     "ExecutionOptions",
     "Field",
     "GridOptions",
@@ -76,16 +94,22 @@ __all__ = [
     "OptionError",
     "OptionGroup",
     "OptionInfo",
+    "PREDICT_GROUPS",
     "PredictOptions",
     "QCOptions",
     "RegionOptions",
     "ReportOptions",
+    "TRAINING_GROUPS",
+    "TrainOptions",
     "add_arguments",
     "apply",
     "argument",
     "fields_of",
+    "form_fields",
     "from_args",
     "markdown_tables",
     "option",
     "parse_cluster",
+    "persisted_fields",
+    "surfaces",
 ]

@@ -59,8 +59,14 @@ class OptionInfo:
     ``low`` / ``high``: inclusive bounds (``low_open``: the lower bound is exclusive);
     ``choices``: the allowed values; ``flag``: the command-line flag (default
     ``--field-name``), ``negate``: a flag that sets a bool option to False instead;
-    ``label``: the settings-form label (None: not in the form); ``cli``: on the command
-    line at all; ``none``: what None means, shown in the help.
+    ``label``: the dock's settings-form label (None: not in the form); ``cli``: on the
+    command line at all; ``none``: what None means, shown in the help (on the command line
+    and in the form the word ``auto`` stands for it); ``persist``: kept between dock
+    sessions (the settings store and the ``configurations`` of ``napari.yaml``);
+    ``key``: the setting's name there and the form's attribute (default: the field name);
+    ``notes``: one line per choice saying what it costs or means, shown in the help, the
+    docs and beside the form's choice; ``negate_help``: the help of the ``negate`` flag
+    (what it does, not what the option does).
     """
 
     help: str
@@ -75,6 +81,14 @@ class OptionInfo:
     cli: bool = True
     none: str = ""
     metavar: str | None = None
+    persist: bool = False
+    key: str | None = None
+    notes: tuple[str, ...] = ()
+    negate_help: str = ""
+
+    def __post_init__(self) -> None:
+        if self.notes and len(self.notes) != len(self.choices):
+            raise TypeError("an option's notes must be one per choice")
 
 
 def option(default: Any, help: str, **info: Any) -> Any:
@@ -97,10 +111,42 @@ class Field:
     def flag(self) -> str:
         return self.info.flag or "--" + self.name.replace("_", "-")
 
+    @property
+    def key(self) -> str:
+        """The setting's name in the settings store, ``napari.yaml`` and the form."""
+        return self.info.key or self.name
+
+    @property
+    def surfaces(self) -> tuple[str, ...]:
+        """Where the option shows: ``cli``, ``form`` (the dock's settings form),
+        ``persisted`` (the settings store and ``napari.yaml``)."""
+        return tuple(s for s, on in (("cli", self.info.cli), ("form", self.info.label),
+                                     ("persisted", self.info.persist)) if on)
+
+    def choice_note(self, value: Any) -> str:
+        """The declared note of choice ``value`` ('' when there is none)."""
+        for c, note in zip(self.info.choices, self.info.notes):
+            if value == c or isinstance(c, float) and isinstance(value, int | float) and (
+                    math.isclose(value, c)):
+                return note
+        return ""
+
+    def show(self, v: Any) -> str:
+        """A value of this option as the help, the docs and the form show it: None as its
+        declared meaning, a bool as on/off, a float choice as the choice is written
+        (``0.0`` among 0.0, 0.5, 0.75)."""
+        if self.kind == "bool":
+            return "on" if v else "off"
+        if v is None or v == ():
+            return self.info.none
+        if self.info.choices and isinstance(v, float):
+            return repr(v)
+        return show_value(v)
+
     def describe_range(self) -> str:
         i = self.info
         if i.choices:
-            return ", ".join(show_value(c) for c in i.choices)
+            return ", ".join(self.show(c) for c in i.choices)
         if i.low is None and i.high is None:
             return ""
         lo = "" if i.low is None else ("> " if i.low_open else ">= ") + show_value(i.low)

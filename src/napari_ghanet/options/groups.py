@@ -17,15 +17,22 @@ Examples
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
 
+from napari_ghanet.io.slide import MAX_MPP
 from napari_ghanet.options.declare import OptionError, OptionGroup, option
 from napari_ghanet.preprocessing.qc import REASONS, QCParams
 
-__all__ = ["ALL_GROUPS", "CacheOptions", "EmbedOptions", "ExecutionOptions", "GridOptions",
-           "HeatmapOptions", "QCOptions", "RegionOptions", "ReportOptions", "parse_cluster"]
+__all__ = ["ALL_GROUPS", "CPU_READERS", "CacheOptions", "ConsoleOptions", "EmbedOptions",
+           "EncoderOptions",
+           "ExecutionOptions", "GridOptions", "HeatmapOptions", "QCOptions", "RegionOptions",
+           "ReportOptions", "parse_cluster"]
+
+#: patch reader threads on the CPU when the workers option is left to its default
+CPU_READERS = 4
 
 @dataclass(frozen=True)
 class GridOptions(OptionGroup):
@@ -36,11 +43,12 @@ class GridOptions(OptionGroup):
 
     mpp: float | None = option(
         None, "microns per pixel of level 0, for slides whose file does not record it",
-        unit="µm/px", low=0.01, high=100.0, none="read from the slide", metavar="UM",
+        unit="µm/px", low=0.0, low_open=True, high=MAX_MPP, none="read from the slide",
+        metavar="UM",
     )
     patch_px: int | None = option(
         None, "patch side in pixels at the patch resolution", unit="px", low=16,
-        high=4096, none="the encoder's (256 for resnet50_trunc)", label="Patch size (px)",
+        high=4096, none="the encoder's", label="Patch size (px)",
         metavar="PX",
     )
     target_mpp: float | None = option(
@@ -52,8 +60,8 @@ class GridOptions(OptionGroup):
         high=1.0, flag="--min-tissue", metavar="F",
     )
     tissue_threshold: float | None = option(
-        None, "HSV saturation (0-1) above which a pixel is tissue", unit="0-1", low=0.0,
-        high=1.0, none="automatic (Otsu)", label="Tissue threshold", metavar="S",
+        None, "HSV saturation above which a pixel is tissue", unit="saturation", low=0.0,
+        low_open=True, high=1.0, none="Otsu", label="Tissue threshold", metavar="S",
     )
 
     def tissue_params(self):
@@ -67,6 +75,34 @@ class GridOptions(OptionGroup):
 
 
 @dataclass(frozen=True)
+class EncoderOptions(OptionGroup):
+    """Which patch encoder ``ghanet embed`` runs (a prediction takes its bundle's)."""
+
+    group: ClassVar[str] = "encoder"
+    title: ClassVar[str] = "encoder"
+
+    encoder: str = option(
+        "resnet50_trunc", "patch encoder name (the CLAM features the G-HANet paper's models "
+        "were trained on by default); ghanet encoders lists them all and whether their "
+        "weights are on this machine. Every encoder but morphometric needs a weights file, "
+        "found in torch's or the Hugging Face hub cache or given with --encoder-weights FILE "
+        "(torchscript: its model file; nothing is downloaded); morphometric is weight-free",
+        metavar="NAME",
+    )
+
+
+@dataclass(frozen=True)
+class ConsoleOptions(OptionGroup):
+    """What a command prints while it works."""
+
+    group: ClassVar[str] = "console"
+    title: ClassVar[str] = "console"
+
+    quiet: bool = option(False, "print no progress on stderr (errors and the final summary "
+                                "still are)")
+
+
+@dataclass(frozen=True)
 class EmbedOptions(OptionGroup):
     """How patches become features: encoder weights, device, engine, batches, readers."""
 
@@ -77,24 +113,26 @@ class EmbedOptions(OptionGroup):
         None, "weights file of the patch encoder, when it is not found on this machine "
         "(a ResNet50 .pth, a foundation model's checkpoint, a TorchScript file)",
         flag="--encoder-weights", none="look in the usual caches", label="Encoder weights",
-        metavar="FILE",
+        metavar="FILE", persist=True, key="encoder_weights",
     )
     device: str = option(
         "auto", "where the encoder and the model run: auto (CUDA when available), cpu, "
-        "cuda or cuda:N", metavar="DEVICE",
+        "cuda or cuda:N", metavar="DEVICE", persist=True,
     )
     backend: str = option(
         "auto", "CPU engine: auto (ONNX Runtime when the encoder supports it, else torch), "
         "onnx (insist), onnx-int8 (8-bit ONNX Runtime, only when asked), torch; no effect "
         "on CUDA", choices=("auto", "onnx", "onnx-int8", "torch"), label="CPU engine",
+        persist=True,
     )
     batch_size: int = option(
         64, "patches per encoder batch", unit="patches", low=1, high=65536,
-        label="Batch size", metavar="N",
+        label="Batch size", metavar="N", persist=True,
     )
     workers: int | None = option(
         None, "patch reader threads (0 reads on the calling thread)", unit="threads",
-        low=0, high=256, none="4 on the CPU, one per core on CUDA", metavar="N",
+        low=0, high=256, none=f"{CPU_READERS} on the CPU, one per core on CUDA",
+        metavar="N",
     )
     compile: bool = option(
         False, "CUDA: run the encoder through torch.compile (slow first batch; pays off "
@@ -112,31 +150,32 @@ class QCOptions(OptionGroup):
 
     enabled: bool = option(
         True, "flag pen marks, dark folds and blurred patches and leave them out",
-        flag="--qc", label="Artifact QC (pen, blur, folds)",
+        flag="--qc", label="Artifact QC (pen, blur, folds)", persist=True, key="qc_on",
     )
     detect: tuple[str, ...] = option(
         QCParams.detect, "comma-separated detectors to run",
         choices=REASONS, flag="--qc-detectors", metavar="LIST",
     )
     pen_min_fraction: float = option(
-        QCParams.pen_min_fraction, "pen: least fraction of a patch's pixels in saturated green/blue or black "
-        "ink hues to flag it", unit="fraction", low=0.0, high=1.0,
-        flag="--qc-pen-fraction", label="Pen ink (fraction)", metavar="F",
+        QCParams.pen_min_fraction, "pen: flag a patch when at least this fraction of its "
+        "pixels are saturated green/blue or black ink hues", unit="fraction", low=0.0,
+        high=1.0, flag="--qc-pen-fraction", label="Pen ink (fraction)", metavar="F",
+        persist=True,
     )
     fold_od: float = option(
         QCParams.fold_od, "fold: optical density (mean of R, G, B; 1.0 = 10% transmission) above which "
         "a pixel is dark", unit="log10 OD", low=0.0, low_open=True, high=5.0,
-        flag="--qc-fold-od", label="Fold OD (log10)", metavar="OD",
+        flag="--qc-fold-od", label="Fold OD (log10)", metavar="OD", persist=True,
     )
     fold_min_fraction: float = option(
-        QCParams.fold_min_fraction, "fold: least fraction of a patch's pixels darker than the fold OD to flag it",
-        unit="fraction", low=0.0, high=1.0, flag="--qc-fold-fraction",
-        label="Fold dark (fraction)", metavar="F",
+        QCParams.fold_min_fraction, "fold: flag a patch when at least this fraction of its "
+        "pixels are darker than the fold OD", unit="fraction", low=0.0, high=1.0,
+        flag="--qc-fold-fraction", label="Fold dark (fraction)", metavar="F", persist=True,
     )
     blur_fraction: float = option(
         QCParams.blur_fraction, "blur: flag a patch whose Laplacian energy is below this ratio of the "
         "slide's median", unit="ratio", low=0.0, high=1.0, flag="--qc-blur-ratio",
-        label="Blur (x median)", metavar="R",
+        label="Blur (x median)", metavar="R", persist=True,
     )
 
     def params(self):
@@ -165,10 +204,11 @@ class HeatmapOptions(OptionGroup):
     title: ClassVar[str] = "heatmaps"
 
     overlap: float = option(
-        0.0, "overlap of extra shifted patch grids for smooth attention maps; the "
-        "prediction is unchanged but about 4x (0.5) or 16x (0.75) the patches are embedded",
-        unit="fraction", choices=(0.0, 0.5, 0.75), flag="--heatmap-overlap",
-        label="Heatmap overlap",
+        0.0, "overlap of extra shifted patch grids for smooth attention maps (the "
+        "prediction is unchanged)", unit="fraction", choices=(0.0, 0.5, 0.75),
+        notes=("patch grid only (no extra cost)", "smooth map: about 4x the patches to embed",
+               "smoother map: about 16x the patches to embed"),
+        flag="--heatmap-overlap", label="Heatmap overlap", persist=True, key="heatmap_overlap",
     )
 
 
@@ -180,9 +220,37 @@ class ReportOptions(OptionGroup):
     title: ClassVar[str] = "report"
 
     top_k: int = option(10, "number of top-attention regions to report", unit="regions",
-                        low=0, high=10000, metavar="K")
+                        low=0, high=10000, metavar="K", label="Top regions", persist=True)
     top_genes: int = option(10, "genes listed per pathway category", unit="genes", low=0,
                             high=100000, metavar="N")
+
+
+@dataclass(frozen=True)
+class DistributionOptions(OptionGroup):
+    """Is the slide like the model's training slides? (the verdict never changes the risk;
+    docs/user-guide.md, "Can I trust this prediction?")"""
+
+    group: ClassVar[str] = "distribution"
+    title: ClassVar[str] = "training-distribution check (docs/user-guide.md)"
+
+    distribution_check: bool = option(
+        True, "compare the slide with the model's training slides (appearance, stain, "
+        "resolution, tissue) and report in distribution / unusual / out of distribution",
+        negate="--no-distribution-check",
+    )
+    unusual_margin: float = option(
+        0.1, "a value beyond the training slides' range by more than this fraction of the "
+        "range is unusual", unit="fraction of the range", low=0.0, high=10.0, metavar="F",
+    )
+    ood_margin: float = option(
+        0.5, "a value beyond the training slides' range by more than this fraction of the "
+        "range is out of distribution", unit="fraction of the range", low=0.0, high=100.0,
+        metavar="F",
+    )
+
+    def check(self) -> None:
+        if self.ood_margin < self.unusual_margin:
+            raise OptionError("ood_margin", "must be at least the unusual margin")
 
 
 @dataclass(frozen=True)
@@ -197,6 +265,8 @@ class CacheOptions(OptionGroup):
     )
     use_cache: bool = option(
         True, "read and write cached patch features", negate="--no-cache",
+        negate_help="neither read nor write cached patch features (every patch is embedded "
+        "again; default: cached features are reused and new ones kept)",
     )
 
 
@@ -238,23 +308,36 @@ class ExecutionOptions(OptionGroup):
     title: ClassVar[str] = "execution (default: in this process)"
 
     cluster: str | None = option(
-        None, "run one task per slide on a Dask cluster on this machine: N worker "
-        "processes (torch threads split so workers x threads <= cores), or one worker per "
-        "GPU", none="in this process", metavar="local:N|local:gpus",
+        None, "run one task per slide (ghanet-train cv: per fold) on a Dask cluster on "
+        "this machine: N worker processes (torch threads split so workers x threads <= "
+        "cores), or one worker per GPU", none="in this process",
+        metavar="local:N|local:gpus",
     )
     scheduler: str | None = option(
-        None, "run on an existing Dask scheduler, e.g. tcp://node01:8786; GPU workers "
-        "should offer the resource GPU=1", metavar="ADDRESS",
+        None, "run the tasks on an existing Dask scheduler, e.g. tcp://node01:8786; GPU "
+        "workers should offer the resource GPU=1", none="none", metavar="ADDRESS",
     )
     overwrite: bool = option(
-        False, "recompute outputs that already exist (default: keep them and resume)",
+        False, "recompute outputs that already exist instead of keeping them and "
+        "resuming",
     )
 
     def check(self) -> None:
         if self.cluster is not None and self.scheduler is not None:
             raise OptionError("scheduler", "cannot be combined with cluster: choose one")
-        if self.cluster is not None:
-            parse_cluster(self.cluster)
+        _ = self.cluster_plan  # a bad cluster fails here, when the options are made
+
+    @functools.cached_property
+    def cluster_plan(self) -> tuple[str, int | None]:
+        """``cluster`` parsed, once per options object (:func:`parse_cluster`): what the
+        cohort engine runs on.
+
+        Examples
+        --------
+        >>> ExecutionOptions(cluster="local:2").cluster_plan
+        ('local', 2)
+        """
+        return parse_cluster(self.cluster)
 
 
 def parse_cluster(cluster: str | None) -> tuple[str, int | None]:
@@ -283,6 +366,6 @@ def parse_cluster(cluster: str | None) -> tuple[str, int | None]:
 
 #: every group, in the order of the docs' tables
 ALL_GROUPS: tuple[type[OptionGroup], ...] = (
-    GridOptions, EmbedOptions, QCOptions, HeatmapOptions, ReportOptions, CacheOptions,
-    RegionOptions, ExecutionOptions,
+    GridOptions, EncoderOptions, EmbedOptions, QCOptions, HeatmapOptions, ReportOptions,
+    CacheOptions, RegionOptions, ExecutionOptions, ConsoleOptions,
 )

@@ -14,6 +14,7 @@ from typing import Any
 from napari_ghanet.options.declare import OptionError, OptionGroup, fields_of
 from napari_ghanet.options.groups import (
     CacheOptions,
+    DistributionOptions,
     EmbedOptions,
     GridOptions,
     HeatmapOptions,
@@ -21,12 +22,13 @@ from napari_ghanet.options.groups import (
     ReportOptions,
 )
 
-__all__ = ["PredictOptions", "apply"]
+__all__ = ["PREDICT_GROUPS", "PredictOptions", "apply"]
 
 #: the groups a prediction takes, by attribute name
-_PREDICT_GROUPS: dict[str, type[OptionGroup]] = {
+PREDICT_GROUPS: dict[str, type[OptionGroup]] = {
     "grid": GridOptions, "embed": EmbedOptions, "qc": QCOptions,
     "heatmap": HeatmapOptions, "report": ReportOptions, "cache": CacheOptions,
+    "distribution": DistributionOptions,
 }
 
 
@@ -40,7 +42,7 @@ def _owner(groups: Mapping[str, type[OptionGroup]]) -> dict[str, str]:
     return owner
 
 
-_PREDICT_OWNER = _owner(_PREDICT_GROUPS)
+_PREDICT_OWNER = _owner(PREDICT_GROUPS)
 
 
 @dataclass(frozen=True)
@@ -59,6 +61,7 @@ class PredictOptions:
     heatmap: HeatmapOptions = field(default_factory=HeatmapOptions)
     report: ReportOptions = field(default_factory=ReportOptions)
     cache: CacheOptions = field(default_factory=CacheOptions)
+    distribution: DistributionOptions = field(default_factory=DistributionOptions)
 
     @classmethod
     def create(cls, base: PredictOptions | None = None, **values: Any) -> PredictOptions:
@@ -68,12 +71,12 @@ class PredictOptions:
         return dataclasses.replace(base, **apply(dict(base.groups()), **values))
 
     def __post_init__(self) -> None:
-        for name, cls in _PREDICT_GROUPS.items():
+        for name, cls in PREDICT_GROUPS.items():
             if not isinstance(getattr(self, name), cls):
                 raise TypeError(f"PredictOptions.{name} must be a {cls.__name__}")
 
     def groups(self) -> Iterator[tuple[str, OptionGroup]]:
-        for name in _PREDICT_GROUPS:
+        for name in PREDICT_GROUPS:
             yield name, getattr(self, name)
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
@@ -82,11 +85,11 @@ class PredictOptions:
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Mapping[str, Any]]) -> PredictOptions:
-        unknown = sorted(set(values) - set(_PREDICT_GROUPS))
+        unknown = sorted(set(values) - set(PREDICT_GROUPS))
         if unknown:
             raise OptionError(unknown[0], f"is not an option group (groups: "
-                              f"{', '.join(_PREDICT_GROUPS)})")
-        return cls(**{k: _PREDICT_GROUPS[k].from_dict(v) for k, v in values.items()})
+                              f"{', '.join(PREDICT_GROUPS)})")
+        return cls(**{k: PREDICT_GROUPS[k].from_dict(v) for k, v in values.items()})
 
     def outcome_settings(self) -> dict[str, Any]:
         """The options that change a prediction's numbers (not device, batch size,

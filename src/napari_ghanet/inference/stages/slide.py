@@ -39,6 +39,7 @@ from napari_ghanet.io.features import (
 )
 from napari_ghanet.io.slide import Slide, open_slide
 from napari_ghanet.models.bundle import ModelBundle
+from napari_ghanet.options import CPU_READERS, EmbedOptions, GridOptions
 from napari_ghanet.preprocessing.patches import PatchGrid, patch_grid
 from napari_ghanet.preprocessing.qc import (
     QCAccumulator,
@@ -153,7 +154,7 @@ def grid_stage(
     patch_px: int = 256,
     target_mpp: float = 0.5,
     tissue_params: TissueParams | dict | None = None,
-    min_tissue_fraction: float = 0.5,
+    min_tissue_fraction: float = GridOptions.min_tissue_fraction,
     progress: ProgressCallback | None = None,
     cancel: threading.Event | None = None,
     timings: dict[str, float] | None = None,
@@ -244,8 +245,8 @@ def _qc_pass(
     for _lo, _hi, batch, _ok in iter_patch_batches(
         slide,
         sub,
-        batch_size=int(batch_size or 64),
-        workers=4 if workers is None else int(workers),
+        batch_size=int(batch_size or EmbedOptions.batch_size),
+        workers=CPU_READERS if workers is None else int(workers),
         cancel=cancel,
     ):
         acc.update(batch)

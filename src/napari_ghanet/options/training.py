@@ -1,0 +1,109 @@
+"""The training options of ``ghanet-train cv`` (and ``bundle``'s final model), declared once.
+
+:class:`TrainOptions` is the optimisation recipe (the trainer's ``TrainConfig``: epochs,
+learning rate, weight decay, gradient accumulation, batch size, patches per bag, loss
+weights, seed, device, mixed precision, model selection); :class:`CVOptions` what a
+cross-validated run evaluates and how it treats its run folder. Defaults are the G-HANet
+paper's. The flags and ``--help`` of ``ghanet-train cv`` and the tables of
+``docs/options.md`` come from these declarations (:mod:`napari_ghanet.options.cli`); the
+training package imports them, never the reverse. No torch, napari or Qt import here.
+
+Examples
+--------
+>>> TrainOptions().epochs, TrainOptions(lr=1e-3).lr
+(20, 0.001)
+>>> TrainOptions(selection="best")
+Traceback (most recent call last):
+...
+napari_ghanet.options.OptionError: selection must be one of last, inner (...), got best
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+from napari_ghanet.options.declare import OptionGroup, option
+
+__all__ = ["TRAINING_GROUPS", "CVOptions", "TrainOptions"]
+
+
+@dataclass(frozen=True)
+class TrainOptions(OptionGroup):
+    """The optimisation recipe (defaults: the paper's Adam, lr 2e-4, weight decay 1e-5,
+    20 epochs, 32 bags per step, loss NLL + 0.3 (SCE + MSE), alpha 0).
+
+    ``batch_size`` changes only speed and memory; ``init_hazards`` starts the survival
+    head's bias at the training patients' discrete hazards (Kaplan-Meier per bin), so an
+    untrained model predicts the cohort's curve rather than a hazard of 0.5 per bin.
+    """
+
+    group: ClassVar[str] = "train"
+    title: ClassVar[str] = "training recipe (defaults: the paper's)"
+
+    epochs: int = option(20, "passes over the training patients per fold", unit="epochs",
+                         low=1, high=100000, metavar="N")
+    lr: float = option(2e-4, "Adam learning rate", low=0.0, low_open=True, high=1.0,
+                       metavar="LR")
+    weight_decay: float = option(1e-5, "Adam L2 weight decay", low=0.0, high=1.0,
+                                 metavar="WD")
+    accumulation: int = option(32, "bags per optimizer step (gradient accumulation)",
+                               unit="bags", low=1, high=100000, metavar="N")
+    batch_size: int = option(16, "bags per forward pass (speed and memory only)",
+                             unit="bags", low=1, high=100000, metavar="N")
+    max_patches: int | None = option(
+        None, "patches sampled per bag and epoch in training", unit="patches", low=1,
+        high=10_000_000, none="all", metavar="N")
+    recon_weight: float = option(0.3, "weight of the SCE + MSE reconstruction losses "
+                                 "(G-HANet)", unit="ratio", low=0.0, high=100.0, metavar="W")
+    alpha_surv: float = option(0.0, "extra weight of uncensored patients in the NLL",
+                               unit="ratio", low=0.0, high=1.0, metavar="A")
+    seed: int = option(1, "random seed of initialisation, sampling and dropout", low=0,
+                       high=2**32 - 1, metavar="N")
+    device: str = option("auto", "where training runs: auto (CUDA when available), cpu, "
+                         "cuda or cuda:N", metavar="DEVICE")
+    amp: bool = option(True, "mixed precision on CUDA", negate="--no-amp",
+                       negate_help="disable mixed precision on CUDA (default: on)")
+    eval_max_tokens: int = option(400_000, "patches per evaluation forward pass (bags are "
+                                  "never cut)", unit="patches", low=1, cli=False)
+    selection: str = option(
+        "last", "which epoch's model is scored", choices=("last", "inner"),
+        notes=("the model at the end of training",
+               "the epoch with the best inner-validation c-index (needs --inner-val)"))
+    init_hazards: bool = option(
+        True, "start the survival head at the training patients' hazards",
+        negate="--no-init-hazards",
+        negate_help="start the survival head at a hazard of 0.5 per bin (the paper's "
+                    "initialisation) instead of the training patients' hazards (default: the "
+                    "training patients' hazards)")
+
+
+@dataclass(frozen=True)
+class CVOptions(OptionGroup):
+    """What a cross-validated run evaluates, and what it does with an existing run folder."""
+
+    group: ClassVar[str] = "cv"
+    title: ClassVar[str] = "cross-validation"
+
+    recon_genes: str = option(
+        "significant", "genes G-HANet reconstructs", choices=("significant", "all"),
+        notes=("Welch t-test p below --p-threshold between low- and high-risk training "
+               "patients", "every gene of the signatures"))
+    p_threshold: float = option(0.05, "p-value below which a gene counts as significant for "
+                                "--recon-genes significant", low=0.0, low_open=True,
+                                high=1.0, metavar="P")
+    n_bins: int = option(4, "survival time bins (quantiles of the uncensored training "
+                         "patients' times)", unit="bins", low=1, high=100, metavar="N")
+    inner_val: float = option(0.0, "fraction of each fold's training patients held out as "
+                              "inner validation (0: none)", unit="fraction", low=0.0,
+                              high=0.9, metavar="F")
+    allow_missing: bool = option(False, "skip split cases absent from the table and slides "
+                                 "without features (counts recorded) instead of stopping")
+    cache_gb: float = option(4.0, "memory for cached feature bags", unit="GB", low=0.0,
+                             high=65536.0, metavar="GB")
+    resume: bool = option(False, "continue an interrupted run in --out")
+    overwrite: bool = option(False, "discard a previous run in --out")
+
+
+#: the training groups, in the order of the docs' tables
+TRAINING_GROUPS: tuple[type[OptionGroup], ...] = (TrainOptions, CVOptions)

@@ -58,6 +58,11 @@ def test_demo_recipe_runs_the_real_pipeline_end_to_end(tmp_path):
                                   device="cpu", workers=1)
     bundle = load_bundle(bundle_path)
     assert "NOT FOR CLINICAL USE" in bundle.intended_use
+    # issue 26: the provenance names no folder of the machine that built it
+    meta = json.dumps(bundle.metadata)
+    assert str(tmp_path) not in meta and str(tmp_path.resolve()) not in meta
+    assert bundle.provenance["run_dir"] == "run"
+    assert bundle.provenance["cohort"]["table"] == "cohort/cohort.csv"
     assert bundle.encoder.name == "morphometric"
     # every stage left its product in the formats a real cohort uses
     work = tmp_path / "work"

@@ -16,8 +16,9 @@ the features' attributes, gene names per category, genomic normalisation statist
 the reconstructed genes, survival bin edges in months, the cohort's risk quantiles (the
 bundled model's risks on the run's patients, for percentiles) and their tertiles (the
 low / intermediate / high risk groups), the 90th percentile of the patients' follow-up in
-months (the survival plot's horizon), the run's metrics and provenance, and an
-intended-use text.
+months (the survival plot's horizon), the run's metrics and provenance, an intended-use
+text, and the training-distribution summary (:func:`training_summary`: what the training
+slides looked like, so a prediction can say whether a new slide is like them).
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ import numpy as np
 from napari_ghanet.training.cohort import (
     FeatureStore,
     FoldData,
+    _read_features,
     describe,
     read_cohort,
     read_splits,
@@ -54,9 +56,10 @@ from napari_ghanet.training.trainer import fit, predict, seed_everything
 from napari_ghanet._version import __version__
 from napari_ghanet.models.baselines import build_model, model_inputs
 from napari_ghanet.models.bundle import EncoderSpec, EnsembleModel, save_bundle
+from napari_ghanet.models.distribution_summary import build_summary
 from napari_ghanet.models.risk import followup_p90, risk_groups_metadata
 
-__all__ = ["make_bundle", "encoder_spec_from_attrs", "INTENDED_USE"]
+__all__ = ["make_bundle", "encoder_spec_from_attrs", "training_summary", "INTENDED_USE"]
 
 INTENDED_USE = (
     "Research use only. Not a medical device and not for clinical decision making. "
@@ -284,8 +287,13 @@ def make_bundle(
     encoder: str | None = None,
     intended_use: str | None = None,
     progress=None,
+    relative_to: str | Path | None = None,
 ) -> Path:
     """Write the bundle of a finished run; returns its path. See module docstring.
+
+    ``relative_to``: a folder (the demo recipe's temporary work folder) whose paths the
+    metadata records relative to it (``cohort/cohort.csv``, ``run``), so that no
+    builder's machine-specific path ends up in a shipped bundle.
 
     The steps: read and check the run; read the cohort, its features and all of the run's
     patients (one split's train + held-out sets); make the model of ``mode``
@@ -312,9 +320,70 @@ def make_bundle(
     spec = encoder_spec_from_attrs(features.attrs(), features.feature_dim, encoder)
     meta = _metadata(cfg, results, made, risks, spec, cohort, all_idx, run_dir=run_dir,
                      mode=mode, name=name, intended_use=intended_use)
+    summary = training_summary(cohort, features, all_idx, spec)
+    if summary is not None:
+        meta["distribution"] = summary
+    if relative_to is not None:
+        meta = relative_paths(meta, Path(relative_to))
     path = save_bundle(out, made.model.cpu().eval(), meta)
     _log(f"bundle written: {path}")
     return path
+
+
+def relative_paths(obj: Any, root: Path) -> Any:
+    """``obj`` (JSON-like) with every string that is ``root`` or a path inside it written
+    relative to ``root`` (``"."`` for ``root`` itself), with ``/`` separators.
+
+    Examples
+    --------
+    >>> relative_paths({"run": "/tmp/w/run", "n": 3, "x": ["/tmp/w", "/etc"]}, Path("/tmp/w"))
+    {'run': 'run', 'n': 3, 'x': ['.', '/etc']}
+    """
+    if isinstance(obj, dict):
+        return {k: relative_paths(v, root) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [relative_paths(v, root) for v in obj]
+    if isinstance(obj, str):
+        # the folder as given, made absolute and with links resolved (/tmp -> /private/tmp)
+        for base in dict.fromkeys((str(root), str(root.absolute()), str(root.resolve()))):
+            if obj == base or obj.startswith(base.rstrip("/") + "/"):
+                return Path(obj).relative_to(base).as_posix()
+    return obj
+
+
+def training_summary(cohort, features: FeatureStore, index: np.ndarray, spec: dict,
+                     max_patches: int = 400) -> dict | None:
+    """The training-distribution summary of the patients ``index``
+    (:func:`napari_ghanet.models.distribution_summary.build_summary`): each slide's mean
+    patch feature, a random sample of at most ``max_patches`` of its patches and the
+    acquisition its features file recorded (``ghanet embed`` files; other tools' files
+    leave the stain, resolution and tissue checks out). None, with a message, when fewer
+    than 5 slides have features."""
+    rng = np.random.default_rng(0)
+    samples, means, acquisition = [], [], []
+    for i in index:
+        for slide_id in cohort.patients.at[int(i), "slide_ids"]:
+            path = features.slide_path(slide_id)
+            if path is None:
+                continue
+            feats, attrs = _read_features(path)
+            if not len(feats):
+                continue
+            means.append(feats.mean(axis=0, dtype=np.float64))
+            if len(feats) > max_patches:
+                feats = feats[np.sort(rng.choice(len(feats), max_patches, replace=False))]
+            samples.append(np.asarray(feats, np.float32))
+            acq = attrs.get("acquisition")
+            acquisition.append(acq if isinstance(acq, dict) else None)
+    if len(samples) < 5:
+        _log(f"no training-distribution summary: {len(samples)} slide(s) with features "
+             "(at least 5 needed)")
+        return None
+    summary = build_summary(samples, acquisition, encoder=spec["name"],
+                            target_mpp=spec.get("target_mpp"), means=means)
+    _log(f"training-distribution summary of {len(samples)} slides: checks "
+         f"{', '.join(summary['checks'])}")
+    return summary
 
 
 def _no_inner(cfg: RunConfig) -> RunConfig:

@@ -43,8 +43,8 @@ if TYPE_CHECKING:
 # pandas) are imported by the functions that run them: `ghanet-train demo --help` reads
 # only this module's options.
 
-__all__ = ["DemoRecipe", "DEMO_INTENDED_USE", "make_demo_cohort", "run_demo_recipe",
-           "configure_parser"]
+__all__ = ["DEFAULT_OUT", "DemoRecipe", "DEMO_INTENDED_USE", "check_out", "configure_parser",
+           "make_demo_cohort", "run_demo_recipe"]
 
 log = logging.getLogger(__name__)
 
@@ -225,11 +225,15 @@ def run_demo_recipe(out_bundle: Path, work_dir: Path, recipe: DemoRecipe | None 
     )
     run_cv(config, run_dir, resume=False, overwrite=True)
     out_bundle.parent.mkdir(parents=True, exist_ok=True)
+    # paths recorded relative to the work folder: a shipped bundle names no builder's folder
     make_bundle(run_dir, out_bundle, mode="final", fold=None,
                 name="G-HANet demo model (synthetic data)", encoder=None,
-                intended_use=DEMO_INTENDED_USE)
+                intended_use=DEMO_INTENDED_USE, relative_to=work_dir)
     return out_bundle
 
+
+#: where ``ghanet-train demo`` writes its bundle unless told (the current folder)
+DEFAULT_OUT = "ghanet-demo-model.safetensors"
 
 DEMO_DESCRIPTION = """\
 Build the plugin's demonstration model end to end, the way a researcher makes a real one:
@@ -244,8 +248,12 @@ Research and demonstration only: the model carries no information about real pat
 def configure_parser(p: argparse.ArgumentParser) -> None:
     """The options of ``ghanet-train demo`` on its (sub)parser ``p``."""
     p.description = DEMO_DESCRIPTION
-    p.add_argument("--out", default="src/napari_ghanet/data/demo_model.safetensors",
-                   help="bundle to write (default: the package's demo model)")
+    p.add_argument("--out", default=DEFAULT_OUT,
+                   help=f"bundle to write (default: {DEFAULT_OUT} in the current folder; the "
+                        "package's own demo model only with --replace-shipped)")
+    p.add_argument("--replace-shipped", action="store_true",
+                   help="allow --out to be the demo model shipped with the package (its "
+                        "maintainers' rebuild)")
     p.add_argument("--work-dir", default=None,
                    help="keep the cohort, features and run here (default: a temporary folder)")
     p.add_argument("--patients", type=int, default=DemoRecipe.patients,
@@ -263,8 +271,33 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     p.set_defaults(func=_run)
 
 
+def check_out(out: Path, replace_shipped: bool = False) -> Path:
+    """``out`` unless it is the demo model shipped with the package and
+    ``replace_shipped`` is not set: then a :class:`~napari_ghanet.errors.TrainingError`
+    before any work (rebuilding it takes minutes and changes every demo result).
+
+    Examples
+    --------
+    >>> from napari_ghanet.models.bundle import demo_bundle_path
+    >>> check_out(Path("my-demo.safetensors")).name
+    'my-demo.safetensors'
+    >>> check_out(demo_bundle_path())
+    Traceback (most recent call last):
+    ...
+    napari_ghanet.errors.TrainingError: --out ... is the demo model shipped with the package: give another --out, or pass --replace-shipped to rebuild the shipped model
+    """
+    from napari_ghanet.models.bundle import demo_bundle_path
+
+    if not replace_shipped and Path(os.path.abspath(out)).resolve() == demo_bundle_path():
+        raise TrainingError(
+            f"--out {out} is the demo model shipped with the package: give another --out, "
+            "or pass --replace-shipped to rebuild the shipped model")
+    return out
+
+
 def _run(args) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    check_out(Path(args.out), bool(getattr(args, "replace_shipped", False)))
     recipe = DemoRecipe(patients=args.patients, slide_shape=(args.slide_px, args.slide_px),
                         epochs=args.epochs, folds=args.folds, seed=args.seed)
     out = Path(args.out)

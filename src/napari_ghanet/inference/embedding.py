@@ -156,6 +156,7 @@ def iter_patch_batches(
     prefetch: int | None = None,
     cancel: threading.Event | Callable[[], bool] | None = None,
     names: np.ndarray | None = None,
+    read_ahead: int = EmbedOptions.read_ahead,
 ) -> Iterator[tuple[int, int, np.ndarray, np.ndarray]]:
     """Read the grid's patches in batches, in grid order, on ``workers`` threads.
 
@@ -177,7 +178,7 @@ def iter_patch_batches(
     unit = max(d for d in range(1, min(batch_size, _MAX_UNIT) + 1) if batch_size % d == 0)
     units_per_batch = batch_size // unit
     if prefetch is None:
-        prefetch = max(2, math.ceil(max(workers, 1) / units_per_batch) + 1)
+        prefetch = max(read_ahead, math.ceil(max(workers, 1) / units_per_batch) + 1)
     if prefetch < 1:
         raise ValueError(f"prefetch must be >= 1, got {prefetch}")
     reader = _Reader(slide, grid, unit, workers, max_units=prefetch * units_per_batch,
@@ -369,6 +370,7 @@ def embed_slide(
     batch_size: int = EmbedOptions.batch_size,
     workers: int | None = None,
     prefetch: int | None = None,
+    read_ahead: int = EmbedOptions.read_ahead,
     progress: Callable[[int, int], Any] | None = None,
     cancel: threading.Event | Callable[[], bool] | None = None,
     backend: str = "auto",
@@ -394,7 +396,10 @@ def embed_slide(
         Reader threads (0 reads on the calling thread). Default: 4 on the CPU; on CUDA
         one per core (at least 4), enough decoding to keep the GPU busy.
     prefetch : int, optional
-        Batches read ahead (default: 2, or ``workers`` / batch units if larger).
+        Batches read ahead (default: ``read_ahead``, or ``workers`` / batch units if
+        larger).
+    read_ahead : int
+        Least batches read ahead when ``prefetch`` is not given (the declared option).
     progress : callable(done, total), optional
         Called with the number of patches embedded so far.
     cancel : threading.Event or callable returning bool, optional
@@ -480,7 +485,7 @@ def embed_slide(
 
     batches = iter_patch_batches(
         slide, grid.select(order) if spread else grid, batch_size=batch_size,
-        workers=workers, prefetch=prefetch, cancel=cancel, names=order if spread else None,
+        workers=workers, prefetch=prefetch, read_ahead=read_ahead, cancel=cancel, names=order if spread else None,
     )
     cuda = dev.type == "cuda"
     was_training = encoder.training

@@ -134,6 +134,12 @@ class EmbedOptions(OptionGroup):
         low=0, high=256, none=f"{CPU_READERS} on the CPU, one per core on CUDA",
         metavar="N",
     )
+    read_ahead: int = option(
+        2, "least encoder batches read ahead of the encoder (more keeps the encoder fed "
+        "from slow disks and network slides, at the memory of that many batches; more are "
+        "read when the reader threads need them)", unit="batches", low=1, high=64,
+        label="Read-ahead (batches)", persist=True, metavar="N",
+    )
     compile: bool = option(
         False, "CUDA: run the encoder through torch.compile (slow first batch; pays off "
         "on whole cohorts with large ViTs)",

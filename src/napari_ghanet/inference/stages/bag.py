@@ -203,7 +203,7 @@ class BagRun:
     def stage_kw(self) -> dict[str, Any]:
         """The keyword arguments of :func:`features_stage` that come from these options."""
         e = self.options.embed
-        return dict(device=self.device, batch_size=e.batch_size, workers=e.workers,
+        return dict(device=self.device, batch_size=e.batch_size, workers=e.workers, read_ahead=e.read_ahead,
                     backend=e.backend, compile=e.compile, qc=self.qc, cancel=self.cancel)
 
 

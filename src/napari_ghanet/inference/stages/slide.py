@@ -264,6 +264,7 @@ def features_stage(
     device: str = "auto",
     batch_size: int | None = None,
     workers: int | None = None,
+    read_ahead: int | None = None,
     qc: QCParams | None = None,
     progress: ProgressCallback | None = None,
     cancel: threading.Event | None = None,
@@ -340,6 +341,8 @@ def features_stage(
         embed_kw["batch_size"] = int(batch_size)
     if workers is not None:
         embed_kw["workers"] = int(workers)
+    if read_ahead is not None:
+        embed_kw["read_ahead"] = int(read_ahead)
     acc = QCAccumulator(measure_params(qc)) if qc is not None else None
     seen: list[np.ndarray] = []  # grid indices in the order the patches were measured
 

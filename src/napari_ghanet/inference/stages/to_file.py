@@ -218,6 +218,7 @@ def _slide_to_file(
             device=emb.device,
             batch_size=emb.batch_size,
             workers=emb.workers,
+            read_ahead=emb.read_ahead,
             progress=progress,
             cancel=cancel,
             backend=emb.backend,

@@ -82,3 +82,48 @@ def test_a_missing_last_model_falls_back_to_the_demo_model(make_napari_viewer, t
 
     assert widget.bundle is not None
     assert widget.bundle.name == load_bundle(demo_bundle_path()).name
+
+
+def test_the_form_is_the_declarations(make_napari_viewer, tmp_path, bundle_path):
+    """Every declared form option is a field with its label, tooltip, bounds and choices;
+    every declared persisted one is saved; auto entries mean None; the form's values are
+    the typed options a prediction takes."""
+    from napari_ghanet.options import PredictOptions, form_fields
+
+    widget = widget_on(make_napari_viewer(), tmp_path / "settings.json")
+    s = widget.settings
+    declared = form_fields()
+    assert {"top_k", "read_ahead", "tissue_threshold", "heatmap_overlap"} <= set(declared)
+    for key, f in declared.items():
+        w = getattr(s, key)
+        assert f.info.help[1:] in w.tooltip, key
+        if f.info.choices:
+            assert tuple(w.choices) == f.info.choices, key
+        elif f.kind in ("int", "float"):
+            assert w.max == f.info.high, key
+            assert (w.min < f.info.low) if f.optional and not f.info.low_open else (
+                w.min >= f.info.low), key
+    stored = s.stored_values()
+    assert set(stored) == {k for k, f in declared.items() if f.info.persist}
+    # a fresh form (no model) is the declared defaults as typed options
+    assert s.predict_options() == PredictOptions()
+    assert s.tissue_threshold.native.text() == "auto (Otsu)"
+    s.tissue_threshold.value = 0.2
+    s.top_k.value = 3
+    s.read_ahead.value = 6
+    opts = s.predict_options(PredictOptions.create(device="cpu"))
+    assert (opts.grid.tissue_threshold, opts.report.top_k, opts.embed.read_ahead) == (0.2, 3, 6)
+    assert opts.embed.device == "cpu"  # what the form does not show comes from the base
+    stored = json.loads((tmp_path / "settings.json").read_text())["settings"]
+    assert (stored["top_k"], stored["read_ahead"]) == (3, 6)
+    # with a model, its patch geometry shows and reads back as "the encoder's" (None)
+    assert widget.load_model(bundle_path)
+    enc = widget.bundle.encoder
+    assert (s.patch_px.value, s.target_mpp.value) == (enc.patch_px, pytest.approx(enc.target_mpp))
+    assert s.tissue_threshold.value == s.tissue_threshold.min  # back to auto
+    opts = s.predict_options()
+    assert (opts.grid.patch_px, opts.grid.target_mpp, opts.grid.tissue_threshold) == (
+        None, None, None)
+    s.patch_px.value = enc.patch_px * 2
+    assert s.predict_options().grid.patch_px == enc.patch_px * 2
+    assert s.predict_kwargs()["top_k"] == 3 and s.predict_kwargs()["read_ahead"] == 6

@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from napari_ghanet.training import metrics as M
+from napari_ghanet.training.calibration import write_calibration
 from napari_ghanet.training.cohort import (
     Cohort,
     CohortError,
@@ -527,6 +528,8 @@ def _finish_run(run: _Run, log) -> dict:
         "device": str(device),
         "seconds_this_session": time.perf_counter() - run.t_start,
     }
+    # D-calibration of each held-out fold's survival curves, calibration_fold_K.png
+    results["calibration"] = write_calibration(folds, out, cfg.model)
     M.atomic_write_text(out / RESULTS_FILE, json.dumps(results, indent=1))
     M.atomic_write_text(out / "metrics.md", M.markdown_table(results))
     M.write_plots(results, out)

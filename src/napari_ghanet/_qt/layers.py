@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from napari_ghanet._qt.distribution import unlike_layer
 from napari_ghanet._qt.gc_hold import GCHold
 from napari_ghanet.inference import overlays
 
@@ -259,7 +260,8 @@ def build_result_layers(prediction, geometry) -> list[tuple[str, Any]]:
     several-slide prediction (None for a slide without a layer: no layers for it). Per
     slide (keys from :func:`slide_key`): "tissue" (outline, hidden), "morphology",
     "genome" (one layer, hidden, showing the category picked in the dock; every
-    category's image is in its ``metadata["ghanet_images"]``), "qc" (flagged patches, when
+    category's image is in its ``metadata["ghanet_images"]``), "unlike" (how unlike the
+    training patches each patch is, hidden, when the distribution check ran), "qc" (flagged patches, when
     QC flagged some) and "regions" (top-k boxes with rank labels, when there are regions).
     Attention maps hold one pixel per patch-lattice cell, or the overlapping-stride
     heatmap's cells when the prediction has heatmaps; 0 (no patch) is transparent.
@@ -315,6 +317,10 @@ def _slide_layers(p, k: int, geometry: SlideGeometry) -> list[tuple[str, Any]]:
         (slide_key("morphology", k), Image(morph_image, **meta("morphology", "morphology"),
                                           **morph_kw)),
     ]
+    unlike = unlike_layer(p, k, lattice, {"scale": grid_scale, "translate": grid_translate,
+                                          **style, **meta("unlike", "unlike training")})
+    if unlike is not None:  # per patch: how unlike the training patches (hidden)
+        layers.append((slide_key("unlike", k), unlike))
     if p.category_names:
         made = [attention(name, genome[i]) for i, name in enumerate(p.category_names)]
         images = [image for image, _ in made]

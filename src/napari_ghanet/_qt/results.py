@@ -28,6 +28,7 @@ from qtpy.QtWidgets import (
 
 __all__ = ["ResultsPanel", "ordinal"]
 
+from napari_ghanet._qt.distribution import DistributionBadge
 from napari_ghanet.models.risk import risk_colour, risk_text
 
 #: QC reason colours (as the QC layer draws them)
@@ -201,6 +202,8 @@ class ResultsPanel(QWidget):
         font.setBold(True)
         self.risk_label.setFont(font)
         layout.addWidget(self.risk_label)
+        self.distribution_badge = DistributionBadge()  # is the slide like the training's?
+        layout.addWidget(self.distribution_badge)
         self.risk_detail = _wrapped("")
         layout.addWidget(self.risk_detail)
 
@@ -290,6 +293,7 @@ class ResultsPanel(QWidget):
             f"of the model's training cohort. {p.n_patches:,} patches of "
             f"{p.settings.get('patch_px')} px at {p.settings.get('target_mpp'):g} um/px."
         )
+        self.distribution_badge.show_report(getattr(p, "distribution", None))
         self.plot_survival(p)
         self.fill_pathways(p)
         self.category_combo.blockSignals(True)
@@ -372,6 +376,7 @@ class ResultsPanel(QWidget):
 
     def clear(self) -> None:
         """Empty and hide the panel."""
+        self.distribution_badge.clear()
         self.pathway_tree.clear()
         self.pathway_tree.fit()
         self.regions_table.setRowCount(0)

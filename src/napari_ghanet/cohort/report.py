@@ -57,6 +57,9 @@ def cohort_rows(task_rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], 
                "case_id": r.get("case_id") or "", "n_patches": r.get("n_patches"),
                "risk": p["risk"], "percentile": p["percentile_in_training_cohort"],
                "risk_group": p["risk_group"]}
+        dist = rep.get("distribution") or {}  # is the slide like the training slides?
+        row["distribution"] = dist.get("verdict", "not available")
+        row["distribution_reasons"] = "; ".join(dist.get("reasons") or [])
         for k, s in enumerate(p["survival"], start=1):
             row[f"survival_bin{k}"] = s
         for c in rep.get("pathways", []):

@@ -25,6 +25,7 @@ from typing import Any
 
 from napari_ghanet.errors import Cancelled, NoTissueError, PredictionError
 from napari_ghanet.inference.checks import check_prediction_finite
+from napari_ghanet.inference.distribution import distribution_stage
 from napari_ghanet.inference.export_registry import export_all, export_paths
 from napari_ghanet.inference.exports import (
     geojson_dict,
@@ -285,6 +286,9 @@ def predict_patient(
         heatmaps=heatmaps,
     )
     check_prediction_finite(prediction)  # NaN/inf -> PredictionError naming the model, never a report
+    # is the slide like the training slides? (never changes the risk)
+    prediction.distribution = distribution_stage(bundle.distribution, bag, runs,
+                                                 options.distribution)
     if run.preliminary is not None:
         run.preliminary.estimator.final(prediction.risk, len(bag))
     if progress is not None:

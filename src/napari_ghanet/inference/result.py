@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from napari_ghanet._version import __version__
+from napari_ghanet.inference.distribution import DistributionReport, not_available
 from napari_ghanet.models.risk import risk_text
 
 __all__ = ["REPORT_FORMAT", "REPORT_FORMAT_VERSION", "CategoryResult", "Prediction", "Region"]
@@ -111,6 +112,10 @@ class Prediction:
     "morphology" and each category name; the first slide's, and ``heatmaps_by_slide``
     every slide's. ``horizon_months`` / ``horizon_note``: how far the survival curve is
     meaningful and why (:func:`napari_ghanet.models.risk.survival_horizon`).
+    ``distribution``: is the slide like the model's training slides (the verdict, its
+    checks and reasons, and ``patch_unlike`` per patch,
+    :class:`~napari_ghanet.inference.distribution.DistributionReport`); None when the
+    check did not run. It never changes the risk.
     """
 
     risk: float
@@ -148,6 +153,7 @@ class Prediction:
     heatmaps_by_slide: list[dict[str, Any]] = field(default_factory=list)
     horizon_months: float | None = None
     horizon_note: str = ""
+    distribution: DistributionReport | None = None
 
     def __post_init__(self) -> None:
         if self.slide_index is None:
@@ -276,6 +282,8 @@ class Prediction:
             "timings_s": self.timings,
             "features_cached": self.features_cached,
             "warnings": list(self.warnings),
+            "distribution": (self.distribution or not_available(
+                "the training-distribution check was not run")).to_dict(),
         } | (self._slides_dict() if self.n_slides > 1 else {})
 
     def _slides_dict(self) -> dict[str, Any]:

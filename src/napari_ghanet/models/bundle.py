@@ -185,6 +185,13 @@ class ModelBundle:
         return self.metadata.get("provenance", {})
 
     @property
+    def distribution(self) -> dict[str, Any] | None:
+        """The training-distribution summary
+        (:mod:`~napari_ghanet.models.distribution_summary`, checked on load), or None for a
+        bundle made without one."""
+        return self.metadata.get("distribution")
+
+    @property
     def name(self) -> str:
         return self.metadata.get("name") or (self.path.stem if self.path else "model")
 

@@ -35,6 +35,7 @@ import numpy as np
 from napari_ghanet.encoders.spec_rules import spec_problems
 from napari_ghanet.errors import BundleError
 from napari_ghanet.models import baselines
+from napari_ghanet.models.distribution_summary import summary_problems
 from napari_ghanet.models.ghanet import GHANetConfig
 
 __all__ = [
@@ -498,6 +499,10 @@ def metadata_problems(meta: Any) -> list[str]:
     for key in ("provenance", "genomic_stats", "metrics"):
         if meta.get(key) is not None and not isinstance(meta[key], dict):
             problems.append(f"{key!r} must be an object, got {type(meta[key]).__name__}")
+    if meta.get("distribution") is not None:  # the training-distribution summary
+        enc = meta.get("encoder")
+        dim = enc.get("dim") if isinstance(enc, dict) and _is_int(enc.get("dim")) else None
+        problems += summary_problems(meta["distribution"], dim)
     if problems:
         return problems
     n_bins = _n_bins(meta["model"])

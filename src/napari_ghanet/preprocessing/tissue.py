@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from napari_ghanet.io.slide import Slide
+from napari_ghanet.preprocessing.stain_stats import stain_descriptors
 
 logger = logging.getLogger(__name__)
 
@@ -96,6 +97,9 @@ class TissueMask:
     mpp: float
     threshold: float
     params: TissueParams = field(default_factory=TissueParams)
+    stain: dict | None = None
+    """Stain colour of the tissue pixels on the thumbnail
+    (:func:`~napari_ghanet.preprocessing.stain_stats.stain_descriptors`), None when unmeasured."""
 
     @property
     def tissue_fraction(self) -> float:
@@ -242,7 +246,8 @@ def tissue_mask(slide: Slide, params: TissueParams | None = None, **overrides) -
     mpp = slide.mpp * ds
     mask, thr = tissue_mask_from_rgb(rgb, mpp, params)
     result = TissueMask(
-        mask=mask, downsample=float(ds), mpp=float(mpp), threshold=thr, params=params
+        mask=mask, downsample=float(ds), mpp=float(mpp), threshold=thr, params=params,
+        stain=stain_descriptors(rgb, mask),
     )
     if result.empty:
         logger.warning("%s: no tissue found (saturation threshold %.3f)", slide.path, thr)

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from napari_ghanet.device import resolve_device
 from napari_ghanet.encoders import (
@@ -203,8 +204,10 @@ class BagRun:
     def stage_kw(self) -> dict[str, Any]:
         """The keyword arguments of :func:`features_stage` that come from these options."""
         e = self.options.embed
-        return dict(device=self.device, batch_size=e.batch_size, workers=e.workers, read_ahead=e.read_ahead,
-                    backend=e.backend, compile=e.compile, qc=self.qc, cancel=self.cancel)
+        # the device as resolved once for the run (a torch.device is not resolved again)
+        return dict(device=torch.device(self.device), batch_size=e.batch_size,
+                    workers=e.workers, read_ahead=e.read_ahead, backend=e.backend,
+                    compile=e.compile, qc=self.qc, cancel=self.cancel)
 
 
 class BagEncoder:

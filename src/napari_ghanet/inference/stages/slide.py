@@ -272,6 +272,7 @@ def features_stage(
     backend: str = "auto",
     compile: bool = False,
     on_encoded: Callable[[np.ndarray, np.ndarray, np.ndarray | None], Any] | None = None,
+    attrs: dict[str, Any] | None = None,
 ) -> SlideFeatures:
     """The grid's patch features: from ``cache_path`` when it holds features of this slide,
     encoder and grid (and ``reuse``), else embedded and then saved there (atomically).
@@ -293,6 +294,9 @@ def features_stage(
     float32 (B, 3) their QC measures (None without ``qc``). With it, patches are embedded
     in the spread order of :func:`~napari_ghanet.inference.progressive.visit_order`
     (the features are the same).
+
+    ``attrs``: more attributes recorded with newly embedded features (``embed_to_file``
+    records the slide's acquisition: mpp, tissue area, stain colour).
     """
     clock = Clock(timings)
     spec = feature_spec(encoder, grid.patch_px, grid.target_mpp)
@@ -378,6 +382,7 @@ def features_stage(
         feats.qc_measures = acc.measures()[order]
         feats.attrs["qc_measure_key"] = key
         feats.__post_init__()  # check the measures' shape
+    feats.attrs.update(attrs or {})
     result = SlideFeatures(feats, False, warnings=cache_warnings,
                            qc_source="embedding" if acc is not None else None)
     if cache_path is not None:

@@ -18,6 +18,7 @@ from napari_ghanet.errors import (
     Cancelled,
     GHANetError,
 )
+from napari_ghanet.inference.distribution import slide_acquisition
 from napari_ghanet.inference.stages.run import ProgressCallback
 from napari_ghanet.inference.stages.slide import (
     feature_spec,
@@ -194,7 +195,7 @@ def _slide_to_file(
     um = grid_opts.target_mpp if grid_opts.target_mpp is not None else spec.target_mpp
     slide, opened = open_stage(slide_path, mpp=grid_opts.mpp, progress=progress, cancel=cancel)
     try:
-        _mask, patches = grid_stage(
+        mask, patches = grid_stage(
             slide,
             patch_px=px,
             target_mpp=um,
@@ -223,6 +224,7 @@ def _slide_to_file(
             cancel=cancel,
             backend=emb.backend,
             compile=emb.compile,
+            attrs={"acquisition": slide_acquisition(slide.mpp, mask, len(patches))},
         )
     finally:
         if opened:

@@ -98,6 +98,10 @@ DIRECT_WRITES = {
     "cli/_progress.py:_write": "tqdm.write to the terminal",
     "cli/_progress.py:say": "tqdm.write to the terminal",
     "_settings_store.py:save": "its backend: a file backend writes with atomic_write",
+    "io/h5safe.py:write_h5": "h5py writes into a BytesIO (memory); the bytes then go "
+                             "to disk through atomic_path",
+    "io/cache.py:_new_key": "the 0600 key: written to a private O_EXCL temporary file, "
+                            "then linked (or renamed) into place",
 }
 
 

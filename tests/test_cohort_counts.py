@@ -11,6 +11,7 @@ The counters wrap the two functions every path goes through:
 
 from __future__ import annotations
 
+import argparse
 import collections
 import functools
 import os
@@ -123,3 +124,81 @@ def test_on_a_local_cluster_one_load_per_worker_and_one_open_per_slide(cohort, t
     for it in items:
         opened = sum(c.get(_key("open", it.path), 0) for _, c in per_worker.values())
         assert opened == 1, it.name
+
+
+class _Calls:
+    """Counts the calls of a function (module attribute) while it still does its work."""
+
+    def __init__(self, monkeypatch, fn, *where):
+        self.n = 0
+
+        def counted(*args, **kwargs):
+            self.n += 1
+            return fn(*args, **kwargs)
+
+        for module, name in where:
+            monkeypatch.setattr(module, name, counted)
+
+
+def test_ghanet_predict_cohort_checks_once_and_resolves_the_device_once_per_run(
+        cohort, tmp_path, monkeypatch, capsys):
+    """`ghanet predict` on two slides with the demo model (no --model), in this process:
+    the parent reads the bundle's header once and loads no weights of its own (only the
+    task path loads them, once), and the device is resolved once for the cohort's up-front
+    check and once per slide's prediction (not again by the embedding below it)."""
+    from napari_ghanet.cli import main
+    from napari_ghanet.cohort import api as cohort_api
+    from napari_ghanet.device import resolve_device
+    from napari_ghanet.inference import embedding
+    from napari_ghanet.inference.stages import bag
+    from napari_ghanet.models.bundle import demo_bundle_path
+
+    items, _ = cohort
+    monkeypatch.setattr(cohort_tasks, "_BUNDLES", {})
+    monkeypatch.setattr(bundle_mod, "_load_checked", bundle_mod._load_checked)
+    header = _Calls(monkeypatch, cohort_tasks.read_bundle_metadata,
+                    (cohort_tasks, "read_bundle_metadata"))
+    device = _Calls(monkeypatch, resolve_device, (cohort_api, "resolve_device"),
+                    (bag, "resolve_device"), (embedding, "resolve_device"))
+    install_counters()
+    slides = [items[0].path, items[1].path]
+    code = main(["predict", *slides, "--out", str(tmp_path / "out"), "--device", "cpu",
+                 "--no-cache", "--quiet"])
+    assert code == 0, capsys.readouterr().err
+    assert header.n == 1
+    assert COUNTS[_key("load", demo_bundle_path())] == 1  # the tasks' one load, nothing more
+    assert device.n == 1 + len(slides)
+
+
+def test_the_cluster_text_is_parsed_once(tmp_path, monkeypatch):
+    """`--cluster local:1` is parsed once, when the command makes its ExecutionOptions;
+    the engine starts the cluster that parse describes (stopped here before it starts)."""
+    from napari_ghanet.cli._cohort import add_execution_options
+    from napari_ghanet.cli._options import group_from_args
+    from napari_ghanet.cohort import engine
+    from napari_ghanet.errors import CohortError
+    from napari_ghanet.options import ExecutionOptions, groups
+
+    parse = _Calls(monkeypatch, groups.parse_cluster, (groups, "parse_cluster"),
+                   (engine, "_parse_cluster"))
+    started = []
+
+    def no_cluster(kind, n, scheduler, **kw):
+        started.append((kind, n, scheduler))
+        raise CohortError("stopped before starting the cluster")
+
+    monkeypatch.setattr(engine, "_client", no_cluster)
+    p = add_execution_options(argparse.ArgumentParser())
+    execution = group_from_args(ExecutionOptions, p.parse_args(["--cluster", "local:1"]))
+    with pytest.raises(CohortError, match="stopped"):
+        engine.run_tasks(_tenth, [1, 2], execution=execution, progress=False)
+    assert started == [("local", 1, None)]
+    assert parse.n == 1
+    # the strings alone are parsed once too
+    with pytest.raises(CohortError, match="stopped"):
+        engine.run_tasks(_tenth, [1, 2], cluster="local:3", progress=False)
+    assert started[-1] == ("local", 3, None) and parse.n == 2
+
+
+def _tenth(x):
+    return {"n_patches": 10 // x}

@@ -7,6 +7,7 @@ import argparse
 import pytest
 
 from napari_ghanet.cli._cohort import add_cohort_options
+from napari_ghanet.cli._options import UsageError, group_from_args
 from napari_ghanet.cohort.engine import gpu_worker_specs, parse_cluster, run_tasks
 from napari_ghanet.cohort.inputs import (
     SlideInputError,
@@ -16,6 +17,7 @@ from napari_ghanet.cohort.inputs import (
 )
 from napari_ghanet.cohort.summary import CohortSummary, read_summary, write_summary
 from napari_ghanet.errors import Cancelled, CohortError, GHANetError
+from napari_ghanet.options import ExecutionOptions
 
 
 def _touch(path):
@@ -150,8 +152,11 @@ def test_cli_options():
         "m.csv", "local:2", None, "s.csv")
     with pytest.raises(SystemExit):
         p.parse_args(["--cluster", "local:2", "--scheduler", "tcp://h:8786"])
-    with pytest.raises(SystemExit):
-        p.parse_args(["--cluster", "remote"])
+    # the text is parsed once, into the execution options: a bad one is a usage error
+    with pytest.raises(UsageError, match="--cluster.*local:N"):
+        group_from_args(ExecutionOptions, p.parse_args(["--cluster", "remote"]))
+    plan = group_from_args(ExecutionOptions, a)
+    assert plan.cluster_plan == ("local", 2)
     q = argparse.ArgumentParser()
     add_cohort_options(q)
     assert not hasattr(q.parse_args([]), "survival")

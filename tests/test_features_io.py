@@ -127,7 +127,7 @@ def test_pickled_objects_are_refused(tmp_path, capsys):
 
 
 def test_bad_files(tmp_path):
-    with pytest.raises(FeaturesError, match="no such feature file"):
+    with pytest.raises(FeaturesError, match="missing.h5: not found"):
         load_features(tmp_path / "missing.h5")
     good = save_features(tmp_path / "good.h5", _feats())
     data = good.read_bytes()
@@ -191,7 +191,7 @@ def test_cache_hits_only_on_same_slide_encoder_and_grid(tmp_path, tiled_tiff, su
         path.write_bytes(b"garbage")
         with caplog.at_level(logging.WARNING):
             assert load_cached_features(tmp_path, slide, SPEC, grid) is None
-        assert "unreadable cached features" in caplog.text
+        assert "cached features that cannot be trusted, recomputing" in caplog.text
 
 
 def _flip(path, dataset, index):
@@ -250,7 +250,7 @@ def test_coordinates_outside_the_slide_or_off_the_grid_are_not_trusted(tmp_path,
         grid = patch_grid(slide, tissue_mask(slide))
         w, h = slide.dimensions
         path, feats = _cache(tmp_path, slide, grid)
-        # a file written without a digest (as 0.1 did): only the coordinate checks apply
+        # a signed file whose coordinates are wrong (as a bug would write them)
         for coords, why in (
             (lambda c: c.__setitem__((0, 1), h + 8 * grid.step_level0), "outside"),
             (lambda c: c.__setitem__((0, 0), c[0, 0] + 3), "lattice"),
@@ -259,17 +259,18 @@ def test_coordinates_outside_the_slide_or_off_the_grid_are_not_trusted(tmp_path,
         ):
             c = grid.coords.copy()
             coords(c)
-            with h5py.File(path, "r+") as f:
-                f["coords"][...] = c
-                del f.attrs["content_sha256"]
+            save_features(path, PatchFeatures(feats.features, c, feats.attrs))
             notices: list[str] = []
             assert load_cached_features(tmp_path, slide, SPEC, grid, notices=notices) is None
             assert why in notices[0], notices
             _cache(tmp_path, slide, grid)
-        # a 0.1 file whose coordinates are sound is reused
+        # a file without a digest (as 0.1 wrote them, or one altered) is never reused
         with h5py.File(path, "r+") as f:
             del f.attrs["content_sha256"]
-        assert load_cached_features(tmp_path, slide, SPEC, grid) is not None
+        notices = []
+        assert load_cached_features(tmp_path, slide, SPEC, grid, notices=notices) is None
+        assert "not trusted" in notices[0]
+        _cache(tmp_path, slide, grid)
         # coordinates that are sound but not of this grid
         c = grid.coords.copy()
         step, size, known = grid.step_level0, grid.patch_size_level0, set(map(tuple, c.tolist()))
@@ -277,8 +278,7 @@ def test_coordinates_outside_the_slide_or_off_the_grid_are_not_trusted(tmp_path,
                    if (x, y) not in known]
         assert missing, "the test slide's grid should not cover the whole slide"
         c[0] = missing[0]
-        with h5py.File(path, "r+") as f:
-            f["coords"][...] = c
+        save_features(path, PatchFeatures(feats.features, c, feats.attrs))
         notices = []
         assert load_cached_features(tmp_path, slide, SPEC, grid, notices=notices) is None
         assert "not on the slide's patch grid" in notices[0]

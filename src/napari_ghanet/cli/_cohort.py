@@ -6,28 +6,22 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from napari_ghanet.options import ExecutionOptions, OptionError, argument, fields_of, parse_cluster
+from napari_ghanet.options import ExecutionOptions, argument, fields_of
 
 __all__ = ["add_cohort_options", "add_execution_options"]
 
 
-def _cluster(text: str) -> str:
-    try:
-        parse_cluster(text)
-    except OptionError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-    return text
-
-
 def add_execution_options(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """``--cluster local:N|local:gpus`` and ``--scheduler ADDRESS`` (mutually exclusive)
-    and ``--overwrite``, as :class:`~napari_ghanet.options.ExecutionOptions` declares them."""
+    and ``--overwrite``, as :class:`~napari_ghanet.options.ExecutionOptions` declares them.
+
+    The text of ``--cluster`` is parsed once, when the command makes its
+    :class:`~napari_ghanet.options.ExecutionOptions` (``group_from_args``: a bad value is
+    a usage error naming the flag); the cohort engine runs on that parse."""
     g = parser.add_argument_group(ExecutionOptions.title)
     m = g.add_mutually_exclusive_group()
     for f in fields_of(ExecutionOptions):
         flags, kw = argument(f)
-        if f.name == "cluster":
-            kw["type"] = _cluster
         (m if f.name in ("cluster", "scheduler") else g).add_argument(*flags, **kw)
     return parser
 

@@ -15,6 +15,7 @@ import sys
 from typing import Any
 
 from napari_ghanet.cli._cohort import add_cohort_options
+from napari_ghanet.cli._inputs import resolve_slides
 from napari_ghanet.cli._options import (
     UsageError,
     cli_wording,
@@ -23,8 +24,7 @@ from napari_ghanet.cli._options import (
     output_folder,
 )
 from napari_ghanet.cli._progress import CohortProgress
-from napari_ghanet.device import resolve_device
-from napari_ghanet.errors import CohortError, EncoderError
+from napari_ghanet.errors import EncoderError
 from napari_ghanet.options import (
     CPU_READERS,
     ConsoleOptions,
@@ -152,19 +152,6 @@ def encoder_arguments(args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
     return name, kw
 
 
-def resolve_slides(args: argparse.Namespace):
-    """The cohort's slide items from the positional inputs and ``--manifest``; a name
-    that matches nothing is a usage error."""
-    from napari_ghanet.cohort import resolve_inputs
-
-    if not args.slides and args.manifest is None:
-        raise UsageError("no slide given: name slide files, folders, patterns or --manifest")
-    try:
-        return resolve_inputs(args.slides, args.manifest)
-    except CohortError as exc:
-        raise UsageError(str(exc)) from exc
-
-
 @command
 def run(args: argparse.Namespace) -> int:
     """Run ``ghanet embed``; returns 0 when every slide succeeded (done or skipped), 1 when
@@ -176,7 +163,6 @@ def run(args: argparse.Namespace) -> int:
     embed = group_from_args(EmbedOptions, args, weights=None)  # the encoder's own argument
     execution = group_from_args(ExecutionOptions, args)
     name, kw = encoder_arguments(args)
-    resolve_device(embed.device)  # a wrong device fails once, not once per slide
     with output_folder(args.out), CohortProgress(len(items), quiet=args.quiet) as progress:
         try:
             summary = embed_cohort(

@@ -27,6 +27,7 @@ import threading
 from pathlib import Path
 
 from napari_ghanet.cli._cohort import add_cohort_options
+from napari_ghanet.cli._inputs import resolve_slides
 from napari_ghanet.cli._options import (
     UsageError,
     command,
@@ -35,9 +36,7 @@ from napari_ghanet.cli._options import (
     output_folder,
 )
 from napari_ghanet.cli._progress import CohortProgress, TerminalProgress
-from napari_ghanet.cli.embed import resolve_slides
-from napari_ghanet.cohort.inputs import _GLOB_CHARS
-from napari_ghanet.device import resolve_device
+from napari_ghanet.cohort.inputs import is_pattern
 from napari_ghanet.errors import BundleError, GHANetError, PredictionError, UnsafeNameError
 from napari_ghanet.io.names import safe_name
 from napari_ghanet.models.risk import risk_text
@@ -219,7 +218,7 @@ def is_cohort(args: argparse.Namespace) -> bool:
     if len(args.slides) != 1:
         return True
     one = Path(args.slides[0])
-    return one.is_dir() or (not one.exists() and bool(_GLOB_CHARS.search(args.slides[0])))
+    return one.is_dir() or (not one.exists() and is_pattern(args.slides[0]))
 
 
 def run_cohort(args: argparse.Namespace, options: PredictOptions) -> int:
@@ -227,10 +226,9 @@ def run_cohort(args: argparse.Namespace, options: PredictOptions) -> int:
     from napari_ghanet.cohort import predict_cohort
 
     items = resolve_slides(args)
-    resolve_device(options.embed.device)
     execution = group_from_args(ExecutionOptions, args)
-    if args.model is None:
-        load_model(None)  # names the missing demo model
+    # predict_cohort checks the device and the bundle's header once, before any task;
+    # each worker loads the weights once
     with CohortProgress(len(items), quiet=args.quiet) as progress:
         try:
             summary = predict_cohort(
@@ -238,7 +236,8 @@ def run_cohort(args: argparse.Namespace, options: PredictOptions) -> int:
                 survival=args.survival, progress=progress, say=progress.say,
             )
         except BundleError as e:
-            raise BundleError(f"cannot load the model: {e}") from e
+            hint = "" if args.model is not None else " (the bundled demo model is missing)"
+            raise BundleError(f"cannot load the model{hint}: {e}") from e
     for key in ("cohort", "validation_json", "validation_png"):
         if key in summary.extra:
             print(summary.extra[key])

@@ -25,6 +25,7 @@ from napari_ghanet.cohort.report import (
 )
 from napari_ghanet.cohort.summary import CohortSummary, write_summary
 from napari_ghanet.cohort.tasks import check_bundle_file, embed_task, encoder_recipe, predict_task
+from napari_ghanet.device import resolve_device
 from napari_ghanet.io.atomic import check_writable_dir
 from napari_ghanet.models.bundle import demo_bundle_path
 from napari_ghanet.options import (
@@ -127,6 +128,7 @@ def embed_cohort(
                "execution": execution or ExecutionOptions()}, **options)
     grid, embed, execution = g["grid"], g["embed"], g["execution"]
     items = _items(inputs, manifest, notify)
+    resolve_device(embed.device)  # a wrong device fails once here, not once per slide
     out = check_writable_dir(out_dir)
     kwargs = dict(encoder_kwargs or {})
     if embed.weights is not None:
@@ -138,7 +140,7 @@ def embed_cohort(
     embed = embed.replace(weights=None)  # in the recipe
     results = run_tasks(embed_task, items, args=(str(out), recipe, grid, embed,
                                                  execution.overwrite),
-                        cluster=execution.cluster, scheduler=execution.scheduler,
+                        execution=execution,
                         gpu=None if embed.device != "cpu" else False,
                         progress=progress, cancel=cancel, say=say)
     return _summary(out, results)
@@ -193,18 +195,20 @@ def predict_cohort(
     """
 
     exec_fields = {f.name for f in fields_of(ExecutionOptions)}
-    execution = (execution or ExecutionOptions()).replace(
-        **{k: shortcuts.pop(k) for k in list(shortcuts) if k in exec_fields})
+    execution = apply({"execution": execution or ExecutionOptions()},
+                      **{k: shortcuts.pop(k) for k in list(shortcuts) if k in exec_fields}
+                      )["execution"]  # the same object when nothing changes: parsed once
     options = PredictOptions.create(options, **shortcuts)
     items = _items(inputs, manifest, notify)
     out = check_writable_dir(out_dir)
     bundle_path = Path(bundle_path) if bundle_path is not None else demo_bundle_path()
     digest = check_bundle_file(bundle_path)  # a bad model is a usage error, not N failed slides
     device = options.embed.device
+    resolve_device(device)  # a wrong device fails once here, not once per slide
     groups = patient_groups(items)
     results = run_tasks(predict_task, groups,
                         args=(str(out), str(bundle_path), digest, options, execution.overwrite),
-                        cluster=execution.cluster, scheduler=execution.scheduler,
+                        execution=execution,
                         gpu=None if device != "cpu" else False, progress=progress,
                         cancel=cancel, say=say,
                         unit="slide" if len(groups) == len(items) else "patient")

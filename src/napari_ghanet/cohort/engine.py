@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from napari_ghanet.errors import Cancelled, CohortError, GHANetError
-from napari_ghanet.options import OptionError
+from napari_ghanet.options import ExecutionOptions, OptionError
 from napari_ghanet.options import parse_cluster as _parse_cluster
 
 logger = logging.getLogger(__name__)
@@ -164,21 +164,43 @@ def _say(text: str) -> None:
     print(text, file=sys.stderr, flush=True)
 
 
+def _plan(cluster: str | None, scheduler: str | None,
+          execution: ExecutionOptions | None) -> tuple[str, int | None, str | None]:
+    """``(kind, n, scheduler)`` of a run: the execution options' plan (parsed when they
+    were made), or ``cluster`` parsed here, once."""
+    if execution is not None:
+        if cluster is not None or scheduler is not None:
+            raise TypeError("give the execution options or cluster/scheduler, not both")
+        kind, n = execution.cluster_plan
+        return kind, n, execution.scheduler
+    kind, n = parse_cluster(cluster)
+    if scheduler is not None and kind != "inprocess":
+        raise CohortError("give either a local cluster or a scheduler address, not both")
+    return kind, n, scheduler
+
+
 @contextmanager
 def open_client(
     cluster: str | None = None,
     scheduler: str | None = None,
     *,
+    execution: ExecutionOptions | None = None,
     threads: int | None = None,
     say: Callable[[str], None] | None = _say,
 ) -> Iterator[Any]:
     """A connected ``distributed.Client`` (a new local cluster, or an existing scheduler);
     yields None for in-process runs. Everything it started is closed on exit.
 
-    ``threads``: torch/OpenMP threads per local worker (default: cores // workers)."""
-    kind, n = parse_cluster(cluster)
-    if scheduler is not None and kind != "inprocess":
-        raise CohortError("give either a local cluster or a scheduler address, not both")
+    Where: ``cluster`` / ``scheduler``, or ``execution`` (their options, parsed once when
+    made). ``threads``: torch/OpenMP threads per local worker (default: cores // workers)."""
+    with _client(*_plan(cluster, scheduler, execution), threads=threads, say=say) as c:
+        yield c
+
+
+@contextmanager
+def _client(kind: str, n: int | None, scheduler: str | None, *, threads: int | None = None,
+            say: Callable[[str], None] | None = _say) -> Iterator[Any]:
+    """:func:`open_client` for a parsed plan."""
     if scheduler is None and kind == "inprocess":
         yield None
         return
@@ -315,6 +337,7 @@ def run_tasks(
     kwargs: dict | None = None,
     cluster: str | None = None,
     scheduler: str | None = None,
+    execution: ExecutionOptions | None = None,
     client: Any = None,
     gpu: bool | None = None,
     progress: bool | ProgressFn | None = True,
@@ -335,6 +358,9 @@ def run_tasks(
         Where to run (see the module docstring); None runs in this process.
     scheduler : str, optional
         Address of a running Dask scheduler (instead of ``cluster``).
+    execution : ExecutionOptions, optional
+        ``cluster`` and ``scheduler`` as options, parsed once when they were made (instead
+        of the two strings).
     client : distributed.Client, optional
         An already connected client (reused, not closed).
     gpu : bool, optional
@@ -363,7 +389,7 @@ def run_tasks(
     if client is not None:
         return _run_distributed(client, fn, items, args, kwargs, "client", gpu, progress, unit,
                                 cancel)
-    kind, _ = parse_cluster(cluster)
+    kind, n, scheduler = _plan(cluster, scheduler, execution)
     if scheduler is None and kind == "inprocess":
         out = []
         bar = _Progress(len(items), progress, unit)
@@ -377,7 +403,7 @@ def run_tasks(
         finally:
             bar.close()
         return out
-    with open_client(cluster, scheduler, say=say) as c:
+    with _client(kind, n, scheduler, say=say) as c:
         return _run_distributed(c, fn, items, args, kwargs, kind, gpu, progress, unit, cancel)
 
 

@@ -28,7 +28,7 @@ from pathlib import Path
 from napari_ghanet.errors import CohortError
 from napari_ghanet.io.names import safe_name
 
-__all__ = ["SlideItem", "SlideInputError", "resolve_inputs", "slide_extensions"]
+__all__ = ["SlideItem", "SlideInputError", "is_pattern", "resolve_inputs", "slide_extensions"]
 
 
 class SlideInputError(CohortError):
@@ -65,6 +65,18 @@ class SlideItem:
 
 
 _GLOB_CHARS = re.compile(r"[*?\[]")
+
+
+def is_pattern(text: str | os.PathLike) -> bool:
+    """Whether an input names a glob pattern (``*``, ``?`` or ``[``) rather than a file or
+    folder.
+
+    Examples
+    --------
+    >>> is_pattern("data/**/*.svs"), is_pattern("data/slide.svs")
+    (True, False)
+    """
+    return bool(_GLOB_CHARS.search(os.fspath(text)))
 
 
 @lru_cache(maxsize=1)

@@ -389,7 +389,9 @@ def embed_slide(
     encoder : PatchEncoder or str
         An encoder, or a registered name built with default arguments.
     device : str or torch.device
-        ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda"``, ``"cuda:N"``.
+        ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda"``, ``"cuda:N"``, checked by
+        :func:`~napari_ghanet.device.resolve_device`; a ``torch.device`` is taken as
+        already resolved (the pipeline resolves the device once per run).
     batch_size : int
         Patches per forward pass.
     workers : int, optional
@@ -449,7 +451,7 @@ def embed_slide(
     """
     if isinstance(encoder, str):
         encoder = create_encoder(encoder)
-    dev = resolve_device(device)
+    dev = device if isinstance(device, torch.device) else resolve_device(device)
     workers = _check_args(encoder, grid, dev, batch_size, workers, backend)
     n = len(grid)
     attrs = _provenance(slide, grid, encoder, dev)
@@ -466,51 +468,69 @@ def embed_slide(
     if order not in ("grid", "spread"):
         raise ValueError(f"order must be 'grid' or 'spread', got {order!r}")
     spread = order == "spread"
-    order = (visit_order(grid.coords, grid.step_level0) if spread
+    visit = (visit_order(grid.coords, grid.step_level0) if spread
              else np.arange(n, dtype=np.int64))
+    batches = iter_patch_batches(
+        slide, grid.select(visit) if spread else grid, batch_size=batch_size,
+        workers=workers, prefetch=prefetch, read_ahead=read_ahead, cancel=cancel,
+        names=visit if spread else None,
+    )
+    feats, valid = _encode_all(batches, visit, encoder, runner, dev, batch_size=batch_size,
+                               compile=compile, on_batch=on_batch, on_encoded=on_encoded,
+                               progress=progress)
+    # read after the run: an engine that fell back on its first batch says so
+    attrs["backend"] = getattr(runner, "backend", "torch")
+    return _embedded(slide, grid, feats, valid, attrs, time.perf_counter() - t0)
+
+
+def _encode_all(batches, visit: np.ndarray, encoder: PatchEncoder, runner: Any,
+                dev: torch.device, *, batch_size: int, compile: bool,
+                on_batch: Callable[[np.ndarray, np.ndarray], Any] | None,
+                on_encoded: Callable[[np.ndarray, np.ndarray], Any] | None,
+                progress: Callable[[int, int], Any] | None) -> tuple[np.ndarray, np.ndarray]:
+    """Encode every batch of ``batches`` (patches in ``visit`` order) with ``runner`` on
+    ``dev``: float32 (N, D) features in grid order and bool (N,) which patches were read.
+    ``batches`` is closed and the encoder's mode restored whatever happens."""
+    n = len(visit)
     feats = np.empty((n, encoder.dim), dtype=np.float32)
     valid = np.zeros(n, dtype=bool)
-    done = 0
 
     def finish(lo: int, hi: int, out: torch.Tensor) -> None:
-        nonlocal done
-        index = order[lo:hi]
+        index = visit[lo:hi]
         feats[index] = out.numpy()
-        done = hi
         if on_encoded is not None:
             ok = valid[index]
             on_encoded(index[ok], feats[index[ok]])
         if progress is not None:
-            progress(done, n)
+            progress(hi, n)
 
-    batches = iter_patch_batches(
-        slide, grid.select(order) if spread else grid, batch_size=batch_size,
-        workers=workers, prefetch=prefetch, read_ahead=read_ahead, cancel=cancel, names=order if spread else None,
-    )
-    cuda = dev.type == "cuda"
     was_training = encoder.training
     encoder.eval()
     encoder.to(dev)
     undo: Callable[[], None] = lambda: None  # noqa: E731
     try:
         pipe = None
-        if cuda:
+        if dev.type == "cuda":
             forward, undo = _cuda_setup(encoder, compile)
             pipe = _CudaPipe(encoder, forward, dev, batch_size)
-        _encode_batches(batches, order, valid, runner, encoder, pipe, on_batch, finish)
+        _encode_batches(batches, visit, valid, runner, encoder, pipe, on_batch, finish)
     finally:
         batches.close()
         undo()
         encoder.train(was_training)
-    # read after the run: an engine that fell back on its first batch says so
-    attrs["backend"] = getattr(runner, "backend", "torch")
+    return feats, valid
 
+
+def _embedded(slide: Slide, grid: PatchGrid, feats: np.ndarray, valid: np.ndarray,
+              attrs: dict[str, Any], seconds: float) -> PatchFeatures:
+    """The readable patches' features with their coordinates and the run's record
+    (patches skipped, seconds); a SlideError when none could be read."""
+    n = len(grid)
     n_skipped = int((~valid).sum())
     if n_skipped == n:
         raise SlideError(f"{slide.path}: none of the {n} patches could be read")
     if n_skipped:
         logger.warning("%s: %d of %d patches skipped (unreadable)", slide.path, n_skipped, n)
-    seconds = time.perf_counter() - t0
     attrs.update(n_skipped=n_skipped, seconds=round(seconds, 3))
     if n_skipped:
         bad = grid.coords[~valid][:1000]

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
 import shutil
 from pathlib import Path
 from typing import Any
@@ -37,6 +36,7 @@ from napari_ghanet.errors import GHANetError
 from napari_ghanet.inference.checks import check_prediction_finite
 from napari_ghanet.inference.exports import patch_table, strict_json
 from napari_ghanet.inference.result import Prediction
+from napari_ghanet.io.atomic import clean_folder_once, temp_name
 from napari_ghanet.io.features import json_default
 
 __all__ = [
@@ -231,22 +231,36 @@ def write_spatialdata(
     sdata = build_spatialdata(prediction)
     parent = path.parent if str(path.parent) else Path(".")
     parent.mkdir(parents=True, exist_ok=True)
-    tmp = parent / f".{path.name}.ghanet-tmp-{secrets.token_hex(4)}"
+    # temporaries carry this process's id: a killed run's are removed by the next one
+    clean_folder_once(parent)
+    tmp = temp_name(path)
     try:
         sdata.write(tmp)
         old = None
-        if path.exists():
-            old = parent / f".{path.name}.ghanet-old-{secrets.token_hex(4)}"
+        if os.path.lexists(path):
+            old = temp_name(path, "old")
             os.replace(path, old)
         os.replace(tmp, path)
         if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+            _remove(old)
     except OSError as exc:
         raise GHANetError(f"cannot write the SpatialData store {path}: {exc}") from exc
     finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+        if os.path.lexists(tmp):
+            _remove(tmp)
     return path
+
+
+def _remove(path: Path) -> None:
+    """Remove a file, link or folder tree; what cannot be removed is left for the next
+    run's cleanup (its name carries this process's id)."""
+    try:
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
+    except OSError:
+        pass
 
 
 def read_spatialdata_report(path: str | os.PathLike) -> dict[str, Any]:

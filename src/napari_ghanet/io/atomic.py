@@ -5,10 +5,16 @@ the data goes to a temporary file beside the target, is flushed to disk (``fsync
 the permissions an ordinary ``open()`` would give (``0o666`` less the process umask, not
 the ``0o600`` of a temporary file) and then renamed over the target with ``os.replace``.
 
-Temporary files are named ``.<target name>.ghanet-tmp-<random><suffix>``. One left behind
-by a killed process is removed the next time this process writes into that folder, once
-it is older than :data:`STALE_TEMP_SECONDS` (a day), so a run still writing is never
-disturbed.
+Temporary files are named ``.<target name>.ghanet-tmp-<pid>-<host>-<random><suffix>``:
+``pid`` is the writer's process id (base 36) and ``host`` six hex digits of a hash of the
+machine's boot id and the writer's PID namespace. One left behind by a killed process
+(``kill -9``, a power cut) is removed the next time napari-ghanet writes into, or reads
+its cache from, that folder: at once when it was written on this machine since its last
+boot and its writer process is gone (no process with that id, or one that started after
+the file was last written), else once it is older than :data:`STALE_TEMP_SECONDS` (a day:
+names of older versions, other machines sharing the folder), so a run still writing is
+never disturbed. Temporary folders (a SpatialData store being written, ``temp_name``) and
+stores set aside while being replaced (``.<name>.ghanet-old-...``) are removed the same way.
 
 :func:`check_writable_dir` lets the command lines and the widget refuse an output folder
 before the work rather than after it.
@@ -26,8 +32,10 @@ True
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
+import shutil
 import tempfile
 import threading
 import time
@@ -43,13 +51,19 @@ __all__ = [
     "atomic_path",
     "atomic_write",
     "check_writable_dir",
+    "clean_folder_once",
     "remove_stale_temp_files",
+    "temp_name",
 ]
 
 STALE_TEMP_SECONDS = 24 * 3600
 _TEMP_TAG = ".ghanet-tmp-"
-# .<name>.ghanet-tmp-<8 random chars from tempfile><suffix>
-_TEMP_RE = re.compile(r"^\..+\.ghanet-tmp-[A-Za-z0-9_]{8}(\.[A-Za-z0-9]{1,10})?$")
+_OLD_TAG = ".ghanet-old-"
+# .<name>.ghanet-(tmp|old)-[<pid base 36>-<host 6 hex>-]<8 random chars><suffix>
+_TEMP_RE = re.compile(
+    r"^\..+\.ghanet-(?P<kind>tmp|old)-(?:(?P<pid>[0-9a-z]{1,8})-(?P<host>[0-9a-f]{6})-)?"
+    r"[A-Za-z0-9_]{8}(\.[A-Za-z0-9]{1,10})?$")
+_DIGITS36 = "0123456789abcdefghijklmnopqrstuvwxyz"
 _cleaned: set[str] = set()
 _cleaned_lock = threading.Lock()
 
@@ -69,13 +83,103 @@ def _umask() -> int:
     return mask
 
 
+def _base36(n: int) -> str:
+    out = ""
+    while True:
+        n, r = divmod(n, 36)
+        out = _DIGITS36[r] + out
+        if not n:
+            return out
+
+
+def _read_small(path: str) -> str:
+    try:
+        with open(path, encoding="ascii", errors="replace") as fh:
+            return fh.read(4096)
+    except OSError:
+        return ""
+
+
+def _host_tag() -> str:
+    """Six hex digits naming this boot of this machine and this PID namespace (empty where
+    the system does not tell them: then only the age rule applies)."""
+    boot = _read_small("/proc/sys/kernel/random/boot_id").strip()
+    if not boot:
+        return ""
+    try:
+        ns = os.readlink("/proc/self/ns/pid")
+    except OSError:
+        ns = ""
+    return hashlib.sha256(f"{boot}|{ns}".encode()).hexdigest()[:6]
+
+
+_HOST = _host_tag()
+
+
+def _writer_tag() -> str:
+    """``<pid base 36>-<host>`` for this process (empty without a host tag)."""
+    return f"{_base36(os.getpid())}-{_HOST}" if _HOST else ""
+
+
+def temp_name(path: str | os.PathLike, kind: str = "tmp", suffix: str = "") -> Path:
+    """A fresh temporary name beside ``path`` carrying this process's writer tag:
+    ``.<name>.ghanet-<kind>-<pid>-<host>-<8 random chars><suffix>`` (``kind`` "tmp" for a
+    file or folder being written, "old" for one set aside while it is replaced), which
+    :func:`remove_stale_temp_files` removes once its writer is gone."""
+    import secrets
+
+    path = Path(path)
+    rand = "".join(secrets.choice(_DIGITS36) for _ in range(8))
+    tag = _writer_tag()
+    return path.parent / f".{path.name}.ghanet-{kind}-{tag + '-' if tag else ''}{rand}{suffix}"
+
+
+def _boot_time() -> float | None:
+    """When this machine booted (s since the epoch), from ``/proc/stat``; None elsewhere."""
+    try:
+        with open("/proc/stat", encoding="ascii", errors="replace") as fh:
+            for line in fh:
+                if line.startswith("btime "):
+                    return float(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def _writer_gone(pid: int, mtime: float, kind: str) -> bool:
+    """Whether process ``pid`` of this machine cannot be the writer of a temporary last
+    changed at ``mtime``: there is no such process, or it started after that change."""
+    if pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except (PermissionError, OSError):
+        return False  # a process of another user: alive
+    if kind != "tmp":  # a store set aside keeps its old time: the start-time test says nothing
+        return False
+    stat_text = _read_small(f"/proc/{pid}/stat")
+    boot = _boot_time()
+    try:
+        ticks = int(stat_text.rsplit(")", 1)[1].split()[19])
+    except (IndexError, ValueError):
+        return False
+    if boot is None:
+        return False
+    started = boot + ticks / os.sysconf("SC_CLK_TCK")
+    return started > mtime + 2.0  # the pid was reused by a process born after the write
+
+
 def remove_stale_temp_files(
     folder: str | os.PathLike, max_age_s: float = STALE_TEMP_SECONDS
 ) -> list[Path]:
-    """Delete this package's temporary files in ``folder`` older than ``max_age_s`` seconds.
+    """Delete this package's temporary files and folders in ``folder`` whose writer is
+    gone, or (names without a writer tag of this machine) older than ``max_age_s`` s.
 
-    Only names of the form ``.<name>.ghanet-tmp-<8 chars>[.ext]`` are touched. Returns the
-    removed paths; a file that cannot be removed is left alone.
+    Only names of the form ``.<name>.ghanet-tmp-[<pid>-<host>-]<8 chars>[.ext]`` (and
+    ``.ghanet-old-``) are touched; symbolic links are never followed. Returns the removed
+    paths; one that cannot be removed is left alone.
     """
     removed = []
     now = time.time()
@@ -84,24 +188,44 @@ def remove_stale_temp_files(
     except OSError:
         return removed
     for entry in entries:
-        if _TEMP_TAG not in entry.name or not _TEMP_RE.match(entry.name):
+        if (_TEMP_TAG not in entry.name and _OLD_TAG not in entry.name) or not (
+                m := _TEMP_RE.match(entry.name)):
             continue
         try:
-            if entry.is_file(follow_symlinks=False) and now - entry.stat().st_mtime > max_age_s:
+            st = entry.stat(follow_symlinks=False)
+            is_dir = entry.is_dir(follow_symlinks=False)
+            if not (is_dir or entry.is_file(follow_symlinks=False)):
+                continue
+            if m["host"] and m["host"] == _HOST:
+                stale = _writer_gone(int(m["pid"], 36), st.st_mtime, m["kind"])
+            else:
+                stale = now - st.st_mtime > max_age_s
+            if not stale:
+                continue
+            if is_dir:
+                shutil.rmtree(entry.path)
+            else:
                 os.unlink(entry.path)
-                removed.append(Path(entry.path))
-        except OSError:
+            removed.append(Path(entry.path))
+        except (OSError, ValueError):
             continue
     return removed
 
 
-def _clean_once(folder: Path) -> None:
-    key = str(folder.resolve())
+def clean_folder_once(folder: str | os.PathLike) -> None:
+    """:func:`remove_stale_temp_files` in ``folder``, once per process and folder."""
+    try:
+        key = str(Path(folder).resolve())
+    except OSError:
+        return
     with _cleaned_lock:
         if key in _cleaned:
             return
         _cleaned.add(key)
     remove_stale_temp_files(folder)
+
+
+_clean_once = clean_folder_once
 
 
 def _fsync_path(path: Path) -> None:
@@ -129,8 +253,10 @@ def atomic_path(path: str | os.PathLike, suffix: str = ".tmp") -> Iterator[Path]
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    _clean_once(path.parent)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}{_TEMP_TAG}", suffix=suffix, dir=path.parent)
+    clean_folder_once(path.parent)
+    tag = _writer_tag()
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}{_TEMP_TAG}{tag + '-' if tag else ''}",
+                               suffix=suffix, dir=path.parent)
     os.close(fd)
     tmp_path = Path(tmp)
     try:

@@ -42,11 +42,13 @@ reads stale features.
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
 import logging
 import math
 import os
 import re
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -54,9 +56,12 @@ from typing import Any
 import numpy as np
 
 from napari_ghanet._version import __version__
-from napari_ghanet.errors import FeaturesError, GHANetError
-from napari_ghanet.io.atomic import atomic_path
+from napari_ghanet.errors import FeaturesError, GHANetError, InputFileError
+from napari_ghanet.io.atomic import clean_folder_once
+from napari_ghanet.io.cache import feature_key
 from napari_ghanet.io.encoder_spec import EncoderSpec, encoder_mismatch
+from napari_ghanet.io.h5safe import open_h5, plain_dataset, read_attrs, write_h5
+from napari_ghanet.io.safe_read import check_regular_file
 
 logger = logging.getLogger(__name__)
 
@@ -70,7 +75,9 @@ __all__ = [
     "grid_key",
     "load_cached_features",
     "load_features",
+    "keyed_digest",
     "load_matching_features",
+    "match_features",
     "save_features",
 ]
 
@@ -208,39 +215,37 @@ def cached_features_path(
     return Path(cache_dir) / name / f"{_safe_name(Path(slide.path).stem)}.{key}.h5"
 
 
-def load_matching_features(
+def match_features(
     path: str | os.PathLike,
     *,
     slide_fingerprint: str,
     encoder_spec: dict[str, Any],
     grid: Any | None = None,
-    notices: list[str] | None = None,
-) -> PatchFeatures | None:
-    """Features at ``path`` if they were made from this slide with this encoder (and this
-    grid, when given); None when the file is missing, unreadable or does not match.
-
-    A damaged file (digest mismatch, coordinates off the grid or outside the slide) is
-    not reused: a warning is logged and, when ``notices`` is a list, appended to it.
-    ``encoder_spec`` (dict or EncoderSpec) is compared with the stored one by
-    :func:`napari_ghanet.io.encoder_spec.encoder_mismatch`.
-    """
+) -> tuple[PatchFeatures | None, str, str]:
+    """``(features, status, why)`` for the file at ``path``: status ``"hit"`` (features of
+    this slide, encoder and grid, signed with this user's key), ``"missing"``,
+    ``"damaged"`` (unreadable, crafted, unsigned or altered: never trusted; ``why`` says
+    how) or ``"differs"`` (sound, but of another slide, encoder or grid)."""
     path = Path(path)
-    if not path.is_file():
-        return None
+    if not os.path.lexists(path):
+        return None, "missing", ""
+    clean_folder_once(path.parent)
+    key = feature_key()
+    if key is None:
+        return None, "damaged", (f"{path}: no feature key to check it with (the user cache "
+                                 "folder is not writable)")
     try:
-        feats = load_features(path)
+        feats = load_features(path, key=key)
     except FeaturesError as exc:
-        _damaged(path, str(exc), notices)
-        return None
+        return None, "damaged", str(exc)
     a = feats.attrs
     why = []
     if a.get("slide_fingerprint") != slide_fingerprint:
         why.append("slide fingerprint")
-
     stored = a.get("encoder_spec")
     try:
         spec_why = encoder_mismatch(encoder_spec, stored) if isinstance(stored, dict) else "?"
-    except GHANetError:  # a malformed stored spec
+    except (GHANetError, TypeError, ValueError, KeyError, AttributeError):  # malformed spec
         spec_why = "?"
     if spec_why is not None:
         why.append("encoder spec")
@@ -249,8 +254,7 @@ def load_matching_features(
     if feats.coords is None:
         why.append("coordinates")
     if why:
-        logger.info("%s: not reused (%s differ)", path, ", ".join(why))
-        return None
+        return None, "differs", ", ".join(why)
     if grid is not None:
         problems = check_coords(
             feats.coords,
@@ -260,13 +264,37 @@ def load_matching_features(
             allowed=getattr(grid, "coords", None),
         )
         if problems:
-            _damaged(path, f"{path}: " + "; ".join(problems), notices)
-            return None
+            return None, "damaged", f"{path}: " + "; ".join(problems)
+    return feats, "hit", ""
+
+
+def load_matching_features(
+    path: str | os.PathLike,
+    *,
+    slide_fingerprint: str,
+    encoder_spec: dict[str, Any],
+    grid: Any | None = None,
+    notices: list[str] | None = None,
+) -> PatchFeatures | None:
+    """Features at ``path`` if they were made from this slide with this encoder (and this
+    grid, when given) and signed with this user's key; None otherwise.
+
+    A damaged, unsigned or altered file (see :func:`match_features`) is not reused: a
+    warning is logged and, when ``notices`` is a list, appended to it. ``encoder_spec``
+    (dict or EncoderSpec) is compared with the stored one by
+    :func:`napari_ghanet.io.encoder_spec.encoder_mismatch`.
+    """
+    feats, status, why = match_features(path, slide_fingerprint=slide_fingerprint,
+                                        encoder_spec=encoder_spec, grid=grid)
+    if status == "damaged":
+        _damaged(why, notices)
+    elif status == "differs":
+        logger.info("%s: not reused (%s differ)", path, why)
     return feats
 
 
-def _damaged(path: Path, why: str, notices: list[str] | None) -> None:
-    text = f"ignoring unreadable cached features, recomputing them: {why}"
+def _damaged(why: str, notices: list[str] | None) -> None:
+    text = f"ignoring cached features that cannot be trusted, recomputing them: {why}"
     logger.warning("%s", text)
     if notices is not None:
         notices.append(text)
@@ -397,18 +425,25 @@ def _attr_value(value: Any) -> Any:
     return str(value)
 
 
-def save_features(path: str | os.PathLike, feats: PatchFeatures) -> Path:
+def save_features(path: str | os.PathLike, feats: PatchFeatures,
+                  key: bytes | None | bool = True) -> Path:
     """Write ``feats`` to an HDF5 file atomically.
 
     The datasets are ``features`` (N, D) float32 and ``coords`` (N, 2) int64; every entry of
     ``feats.attrs`` becomes a root attribute (dicts as JSON text), ``encoder_spec`` is also
-    stored as JSON, and ``feature_dim`` / ``package_version`` are always set.
-    Returns the final path.
+    stored as JSON, and ``feature_dim`` / ``package_version`` are always set. With a key
+    (``True``: this user's :func:`~napari_ghanet.io.cache.feature_key`) the file is also
+    signed (``content_hmac``, :func:`keyed_digest`). The file is built in memory and
+    written by :func:`napari_ghanet.io.h5safe.write_h5`: free space is checked first and a
+    full disk is one :class:`~napari_ghanet.errors.NotWritableError` line (an ``OSError``),
+    nothing left behind. Returns the final path.
     """
-    import h5py
-
     path = Path(path)
+    if key is True:
+        key = feature_key()
     attrs = dict(feats.attrs)
+    for drop in ("content_hmac", "content_sha256", "coords_missing"):
+        attrs.pop(drop, None)
     attrs["feature_dim"] = feats.dim
     attrs.setdefault("n_skipped", 0)
     attrs["package_version"] = __version__
@@ -420,7 +455,8 @@ def save_features(path: str | os.PathLike, feats: PatchFeatures) -> Path:
     coords = feats.coords if feats.coords is not None else np.zeros((len(feats), 2), np.int64)
     coords = np.ascontiguousarray(coords, dtype=np.int64)
     attrs["content_sha256"] = features_digest(feats.features, coords)
-    with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
+
+    def build(f: Any) -> None:
         n = len(feats)
         f.create_dataset(
             "features",
@@ -429,17 +465,23 @@ def save_features(path: str | os.PathLike, feats: PatchFeatures) -> Path:
         )
         f.create_dataset("coords", data=coords)
         if feats.qc_measures is not None:
-            key = str(attrs.get("qc_measure_key", ""))
+            qkey = str(attrs.get("qc_measure_key", ""))
             f.create_dataset("qc_measures", data=feats.qc_measures)
-            attrs["qc_sha256"] = qc_digest(feats.qc_measures, key)
+            attrs["qc_sha256"] = qc_digest(feats.qc_measures, qkey)
         else:
             attrs.pop("qc_measure_key", None)
             attrs.pop("qc_sha256", None)
         if feats.coords is None:
             f.attrs["coords_missing"] = True
-        for key, value in attrs.items():
-            f.attrs[key] = _attr_value(value)
-    return path
+        for name, value in attrs.items():
+            f.attrs[name] = _attr_value(value)
+        if key:
+            # signed as a reader will see them: read back through the same checks
+            signed = _read_h5_data(f, path, data=False)[3]
+            f.attrs["content_hmac"] = keyed_digest(key, feats.features, coords,
+                                                   feats.qc_measures, signed)
+
+    return write_h5(path, build, "features file")
 
 
 # --------------------------------------------------------------------------- reading
@@ -447,20 +489,127 @@ def save_features(path: str | os.PathLike, feats: PatchFeatures) -> Path:
 
 _JSON_ATTRS = ("encoder_spec",)
 
+#: Attributes napari-ghanet interprets, and the types their values must have: a file
+#: whose attribute has another type is damaged (a cache is recomputed, not trusted).
+ATTR_TYPES: dict[str, tuple[type, ...]] = {
+    "slide_fingerprint": (str,), "grid_key": (str,), "content_sha256": (str,),
+    "content_hmac": (str,), "qc_sha256": (str,), "qc_measure_key": (str,),
+    "encoder": (str,), "encoder_spec": (dict,), "package_version": (str,),
+    "backend": (str,), "step_level0": (int,), "n_skipped": (int,), "feature_dim": (int,),
+    "seconds": (float,), "coords_missing": (bool,), "skipped_coords": (list,),
+}
 
-def _decode_attr(key: str, value: Any) -> Any:
-    if isinstance(value, bytes):
-        value = value.decode("utf-8", "replace")
-    if isinstance(value, np.ndarray) and value.size == 1:
-        value = value.reshape(()).item()
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, str) and (key in _JSON_ATTRS or value[:1] in "{[" or value == "null"):
-        try:
-            return json.loads(value)
-        except json.JSONDecodeError:
-            return value
-    return value
+
+def _read_h5_data(f: Any, path: Path, data: bool = True) -> tuple[np.ndarray, np.ndarray | None,
+                                                 np.ndarray | None, dict[str, Any]]:
+    """Raw ``features``, ``coords``, ``qc_measures`` and the attributes (root, coords,
+    features) of an open file, each checked by :mod:`napari_ghanet.io.h5safe` first."""
+    ds = plain_dataset(f, "features", path, kinds="fiu")
+    if ds is None:
+        raise FeaturesError(
+            f"{path}: no 'features' dataset (found: {', '.join(list(f.keys())[:8]) or 'nothing'})")
+    cds = plain_dataset(f, "coords", path, kinds="fiu")
+    qds = plain_dataset(f, "qc_measures", path, kinds="f")
+    read = {"types": ATTR_TYPES, "json_keys": _JSON_ATTRS}
+    signed = {
+        "root": read_attrs(f, path, **read),
+        "coords": read_attrs(cds, path, **read) if cds is not None else {},
+        "features": read_attrs(ds, path, **read),
+    }
+    if not data:
+        return None, None, None, signed
+    raw_feats = np.asarray(ds[()])
+    raw_coords = np.asarray(cds[()]) if cds is not None else None
+    qc = np.asarray(qds[()]) if qds is not None else None
+    return raw_feats, raw_coords, qc, signed
+
+
+def keyed_digest(key: bytes, features: np.ndarray, coords: np.ndarray | None,
+                 qc: np.ndarray | None, signed: dict[str, Any]) -> str:
+    """HMAC-SHA256 (hex) with ``key`` of the features (float32), coordinates (int64), QC
+    measures (float32), all little-endian, and the attributes ``signed`` (canonical JSON,
+    ``content_hmac`` itself left out). See :func:`napari_ghanet.io.cache.feature_key`.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> f, c = np.zeros((2, 3), np.float32), np.zeros((2, 2), np.int64)
+    >>> a = keyed_digest(b"k" * 32, f, c, None, {"root": {"grid_key": "g"}})
+    >>> b = keyed_digest(b"k" * 32, f, c, None, {"root": {"grid_key": "h"}})
+    >>> len(a), a == b
+    (64, False)
+    """
+    h = hmac.new(key, b"napari-ghanet features v1|", hashlib.sha256)
+    h.update(np.ascontiguousarray(features, dtype="<f4").tobytes())
+    h.update(b"|coords|")
+    if coords is not None:
+        h.update(np.ascontiguousarray(coords, dtype="<i8").tobytes())
+    h.update(b"|qc|")
+    if qc is not None:
+        h.update(np.ascontiguousarray(qc, dtype="<f4").tobytes())
+    clean = {part: {k: v for k, v in attrs.items() if k != "content_hmac"}
+             for part, attrs in signed.items()}
+    h.update(b"|attrs|" + _canonical(clean).encode())
+    return h.hexdigest()
+
+
+def _check_h5_digests(path: Path, raw_feats, raw_coords, qc, signed, attrs,
+                      key: bytes | None) -> None:
+    if qc is not None:
+        qkey = str(attrs.get("qc_measure_key", ""))
+        if attrs.get("qc_sha256") != qc_digest(qc, qkey) or qc.shape != (
+                raw_feats.shape[0], len(QC_MEASURES)):
+            raise FeaturesError(
+                f"{path}: damaged feature file: the QC measures no longer match the "
+                "digest stored when they were written; delete it (a cache file is "
+                "recomputed)")
+    digest = attrs.get("content_sha256")
+    if digest is not None and features_digest(raw_feats, raw_coords) != digest:
+        raise FeaturesError(
+            f"{path}: damaged feature file: the features or coordinates no longer "
+            "match the digest stored when it was written; delete it (a cache "
+            "file is recomputed) or re-embed the slide")
+    if key is None:
+        return
+    stored = signed["root"].get("content_hmac")
+    if not isinstance(stored, str):
+        raise FeaturesError(
+            f"{path}: feature file without this user's keyed digest (written by another "
+            "user or an older version, or altered): not trusted")
+    if not hmac.compare_digest(stored, keyed_digest(key, raw_feats, raw_coords, qc, signed)):
+        raise FeaturesError(
+            f"{path}: the keyed digest does not match (altered, or signed with another "
+            "user's key): not trusted")
+
+
+def _load_h5(path: Path, key: bytes | None = None) -> PatchFeatures:
+    try:
+        with open_h5(path) as f:
+            raw_feats, raw_coords, qc, signed = _read_h5_data(f, path)
+    except FeaturesError:
+        raise
+    except (OSError, KeyError, ValueError, TypeError, RuntimeError, MemoryError) as exc:
+        raise FeaturesError(f"{path}: corrupt feature file ({_short_exc(exc)})") from None
+    attrs = dict(signed["coords"])
+    attrs.update(signed["root"])
+    # TRIDENT keeps the encoder's name on the features dataset ('encoder')
+    source = signed["features"].get("encoder")
+    if isinstance(source, str) and "encoder_spec" not in attrs:
+        attrs["source_encoder"] = source
+    feats = _squeeze_rows(raw_feats, None, "features", path)
+    coords = None
+    if raw_coords is not None and not attrs.get("coords_missing", False):
+        coords = _squeeze_rows(raw_coords, 2, "coords", path)
+    _check_h5_digests(path, raw_feats, raw_coords, qc, signed, attrs, key)
+    attrs.pop("coords_missing", None)
+    if coords is not None and coords.shape[0] != feats.shape[0]:
+        raise FeaturesError(
+            f"{path}: {feats.shape[0]} feature rows but {coords.shape[0]} coordinates"
+        )
+    if coords is not None and coords.dtype.kind == "f" and not (
+            np.isfinite(coords).all() and (np.abs(coords) < 2.0**53).all()):
+        raise FeaturesError(f"{path}: coordinates that are not finite whole numbers")
+    return PatchFeatures(feats.astype(np.float32, copy=False), coords, attrs, qc)
 
 
 def _squeeze_rows(a: np.ndarray, width: int | None, what: str, path: Path) -> np.ndarray:
@@ -474,65 +623,9 @@ def _squeeze_rows(a: np.ndarray, width: int | None, what: str, path: Path) -> np
     return a
 
 
-def _load_h5(path: Path) -> PatchFeatures:
-    import h5py
-
-    try:
-        f = h5py.File(path, "r")
-    except OSError as exc:
-        raise FeaturesError(f"{path}: not a readable HDF5 file ({exc})") from exc
-    with f:
-        if "features" not in f:
-            raise FeaturesError(
-                f"{path}: no 'features' dataset (found: {', '.join(f.keys()) or 'nothing'})"
-            )
-        try:
-            raw_feats = np.asarray(f["features"][()])
-            raw_coords = np.asarray(f["coords"][()]) if "coords" in f else None
-            feats = _squeeze_rows(raw_feats, None, "features", path)
-            coords = None
-            if raw_coords is not None and not f.attrs.get("coords_missing", False):
-                coords = _squeeze_rows(raw_coords, 2, "coords", path)
-            attrs = (
-                {k: _decode_attr(k, v) for k, v in f["coords"].attrs.items()}
-                if ("coords" in f)
-                else {}
-            )
-            attrs.update({k: _decode_attr(k, v) for k, v in f.attrs.items()})
-            # TRIDENT keeps the encoder's name on the features dataset ('encoder')
-            source = f["features"].attrs.get("encoder")
-            if source is not None and "encoder_spec" not in attrs:
-                attrs["source_encoder"] = _decode_attr("encoder", source)
-            qc = None
-            if "qc_measures" in f:
-                qc = np.asarray(f["qc_measures"][()])
-                key = str(attrs.get("qc_measure_key", ""))
-                if attrs.get("qc_sha256") != qc_digest(qc, key) or qc.shape != (
-                    raw_feats.shape[0], len(QC_MEASURES)
-                ):
-                    raise FeaturesError(
-                        f"{path}: damaged feature file: the QC measures no longer match the "
-                        "digest stored when they were written; delete it (a cache file is "
-                        "recomputed)"
-                    )
-            digest = attrs.get("content_sha256")
-            if digest is not None:
-                if features_digest(raw_feats, raw_coords) != digest:
-                    raise FeaturesError(
-                        f"{path}: damaged feature file: the features or coordinates no longer "
-                        "match the digest stored when it was written; delete it (a cache "
-                        "file is recomputed) or re-embed the slide"
-                    )
-        except (OSError, KeyError, ValueError, TypeError) as exc:
-            if isinstance(exc, FeaturesError):
-                raise
-            raise FeaturesError(f"{path}: corrupt feature file ({exc})") from exc
-    attrs.pop("coords_missing", None)
-    if coords is not None and coords.shape[0] != feats.shape[0]:
-        raise FeaturesError(
-            f"{path}: {feats.shape[0]} feature rows but {coords.shape[0]} coordinates"
-        )
-    return PatchFeatures(feats.astype(np.float32, copy=False), coords, attrs, qc)
+def _short_exc(exc: BaseException, n: int = 160) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= n else text[: n - 3] + "..."
 
 
 def _load_pt(path: Path) -> PatchFeatures:
@@ -594,7 +687,17 @@ def _sidecar_attrs(path: Path) -> dict[str, Any]:
     return {k: v for k, v in data.items() if isinstance(v, str | int | float | bool)}
 
 
-def load_features(path: str | os.PathLike) -> PatchFeatures:
+def _read_head(path: Path, n: int) -> bytes:
+    """The first ``n`` bytes of a regular file (opened without blocking: never a FIFO)."""
+    p = check_regular_file(path, "feature file")
+    fd = os.open(p, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    with os.fdopen(fd, "rb") as fh:
+        if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):
+            raise InputFileError(f"feature file {p}: is not a regular file; give a file on disk")
+        return fh.read(n)
+
+
+def load_features(path: str | os.PathLike, *, key: bytes | None = None) -> PatchFeatures:
     """Read patch features from an ``.h5`` (this package, CLAM, TRIDENT), ``.pt`` (CLAM,
     TRIDENT, slide2vec) or ``.npz`` (slide2vec) file.
 
@@ -607,18 +710,26 @@ def load_features(path: str | os.PathLike) -> PatchFeatures:
         ``features`` float32 (N, D); ``coords`` int64 (N, 2) or None (``.pt`` files);
         ``attrs`` with ``encoder_spec`` decoded from JSON when present.
 
+    With ``key`` (bytes), an HDF5 file must also carry the keyed digest made with it
+    (:func:`keyed_digest`), as the feature cache must.
+
     Raises
     ------
     FeaturesError
-        Missing, corrupt or unexpected file.
+        Missing, not a regular file, corrupt, crafted or unexpected file (see
+        :mod:`napari_ghanet.io.h5safe` for what an HDF5 file may hold).
     """
     path = Path(path)
-    if not path.is_file():
-        raise FeaturesError(f"{path}: no such feature file")
-    with open(path, "rb") as fh:
-        head = fh.read(8)
+    try:
+        head = _read_head(path, 8)
+    except InputFileError as e:
+        raise FeaturesError(str(e)) from None
+    except OSError as e:
+        raise FeaturesError(f"feature file {path}: cannot be read ({e.strerror or e})") from None
     if head == b"\x89HDF\r\n\x1a\n" or path.suffix.lower() in (".h5", ".hdf5"):
-        feats = _load_h5(path)
+        feats = _load_h5(path, key)
+    elif key is not None:
+        raise FeaturesError(f"{path}: not an HDF5 feature file of this package")
     elif path.suffix.lower() == ".npz":
         feats = _load_npz(path)
         feats.attrs = {**_sidecar_attrs(path), **feats.attrs}

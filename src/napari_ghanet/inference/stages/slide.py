@@ -328,15 +328,14 @@ def features_stage(
                     hit.attrs["qc_measure_key"] = key
                     result.qc_source = "qc pass"
                     report(progress, "qc", len(hit), len(hit))
-                    # files of version 0.1 (no digest) are not rewritten: a read never
-                    # blesses data whose integrity cannot be checked
-                    if hit.attrs.get("content_sha256"):
-                        try:
-                            save_features(cache_path, hit)
-                        except OSError as e:
-                            result.warnings.append(
-                                f"could not add the QC measures to the cache {cache_path}: {e}"
-                            )
+                    # a hit is signed with this user's key (an unsigned file is never
+                    # reused), so rewriting it with the measures blesses nothing new
+                    try:
+                        save_features(cache_path, hit)
+                    except OSError as e:
+                        result.warnings.append(
+                            f"could not add the QC measures to the cache {cache_path}: {e}"
+                        )
             clock.lap("features")
             return result
     report(progress, "features", 0, len(grid))

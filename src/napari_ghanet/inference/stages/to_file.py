@@ -27,7 +27,7 @@ from napari_ghanet.inference.stages.slide import (
     open_stage,
 )
 from napari_ghanet.io.features import (
-    load_matching_features,
+    match_features,
 )
 from napari_ghanet.options import EmbedOptions, GridOptions, apply
 
@@ -39,7 +39,9 @@ class EmbedOutcome:
     status: "done" (features computed and written), "skipped" (``path`` already held
     features of this slide, encoder and grid) or "failed" (``error`` says why; nothing
     written). n_patches: patches in the file; seconds: wall time; n_skipped: unreadable
-    patches left out; rate: patches embedded per second.
+    patches left out; rate: patches embedded per second; replaced: why a file already at
+    ``path`` was not trusted and was replaced (unreadable, crafted, altered or not signed
+    by this user), else None.
     """
 
     slide: str
@@ -52,6 +54,7 @@ class EmbedOutcome:
     n_skipped: int = 0
     rate: float = 0.0
     encoder: str = ""
+    replaced: str | None = None
 
     @property
     def ok(self) -> bool:
@@ -68,9 +71,10 @@ class EmbedOutcome:
                 f"{self.path} (same slide, encoder and grid)"
             )
         skip = f" ({self.n_skipped} unreadable skipped)" if self.n_skipped else ""
+        again = " (replaced a file that could not be trusted)" if self.replaced else ""
         return (
             f"{name}: {self.n_patches} patches{skip}, {self.dim}-d {self.encoder} features, "
-            f"{self.rate:.1f} patches/s, {self.seconds:.1f} s -> {self.path}"
+            f"{self.rate:.1f} patches/s, {self.seconds:.1f} s -> {self.path}{again}"
         )
 
 
@@ -205,8 +209,8 @@ def _slide_to_file(
             cancel=cancel,
             purpose="embed",
         )
-        if out.exists() and not overwrite:
-            _existing_file(out, slide, encoder, patches, outcome)
+        if os.path.lexists(out) and not overwrite and _existing_file(
+                out, slide, encoder, patches, outcome):
             return None
         out.parent.mkdir(parents=True, exist_ok=True)
         return features_stage(
@@ -232,19 +236,25 @@ def _slide_to_file(
 
 
 def _existing_file(out: Path, slide: Any, encoder: PatchEncoder, patches: Any,
-                   outcome: EmbedOutcome) -> None:
+                   outcome: EmbedOutcome) -> bool:
     """``out`` exists: "skipped" when it holds this slide's features from this encoder and
-    grid, else a failure asking for overwrite (nothing is replaced)."""
-    hit = load_matching_features(
+    grid, a failure asking for overwrite when it holds sound features of another (True:
+    nothing to do); False when it is unreadable, crafted or not signed by this user
+    (it is re-embedded and replaced, ``outcome.replaced`` says why)."""
+    hit, status, why = match_features(
         out,
         slide_fingerprint=slide.fingerprint(),
         encoder_spec=feature_spec(encoder, patches.patch_px, patches.target_mpp),
         grid=patches,
     )
+    if status in ("damaged", "missing"):
+        outcome.replaced = why or None
+        return False
     if hit is None:
         outcome.error = (
             f"{out} exists but was made from another slide, encoder or grid: "
             "allow overwriting to replace it, or choose another output folder"
         )
-        return
+        return True
     outcome.status, outcome.n_patches, outcome.dim = "skipped", len(hit), hit.dim
+    return True

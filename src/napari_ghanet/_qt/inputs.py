@@ -30,6 +30,7 @@ from qtpy.QtWidgets import (
 
 from napari_ghanet._qt.layers import OVERLAY_KEY
 from napari_ghanet.errors import SlideError
+from napari_ghanet.io.slide import MAX_MPP
 
 __all__ = ["STAGE_TEXT", "InputsPanel", "layer_path"]
 
@@ -112,7 +113,7 @@ class InputsPanel(QWidget):
         self.mpp_label = QLabel("Microns per pixel")
         self.mpp_spin = QDoubleSpinBox()
         self.mpp_spin.setDecimals(4)
-        self.mpp_spin.setRange(0.0, 20.0)
+        self.mpp_spin.setRange(0.0, MAX_MPP)  # 0: the special value 'required'
         self.mpp_spin.setSingleStep(0.05)
         self.mpp_spin.setSpecialValueText("required")
         self.mpp_spin.setToolTip(

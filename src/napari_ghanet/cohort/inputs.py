@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import csv
 import glob
-import math
 import os
 import re
 import sys
@@ -27,6 +26,7 @@ from pathlib import Path
 
 from napari_ghanet.errors import CohortError
 from napari_ghanet.io.names import safe_name
+from napari_ghanet.options import GridOptions, OptionError
 
 __all__ = ["SlideItem", "SlideInputError", "is_pattern", "resolve_inputs", "slide_extensions"]
 
@@ -157,9 +157,10 @@ def _parse_mpp(value: str | None, where: str) -> float | None:
         mpp = float(value)
     except ValueError:
         raise SlideInputError(f"{where}: mpp {value!r} is not a number (um per pixel)") from None
-    if not (math.isfinite(mpp) and mpp > 0):
-        raise SlideInputError(f"{where}: mpp must be a positive number of um per pixel, got {mpp}")
-    return mpp
+    try:  # the one level-0 resolution range: GridOptions.mpp's declaration
+        return GridOptions(mpp=mpp).mpp
+    except OptionError as e:
+        raise SlideInputError(f"{where}: mpp {e.reason}") from None
 
 
 def _case_id(value: str | None, where: str) -> str | None:

@@ -38,6 +38,7 @@ from napari_ghanet.options.declare import (
     fields_of,
 )
 from napari_ghanet.options.groups import ALL_GROUPS
+from napari_ghanet.options.surfaces import update_manifest
 from napari_ghanet.options.training import TRAINING_GROUPS
 
 __all__ = [
@@ -295,8 +296,6 @@ def main(argv: list[str] | None = None) -> int:
     the option tables of PAGE (default ``docs/options.md``) and, when no PAGE is named or
     with ``--manifest``, the settings section of ``napari.yaml``, in place; with
     ``--check`` write nothing and exit 1 when one is out of date."""
-    from napari_ghanet.options.surfaces import update_manifest
-
     p = argparse.ArgumentParser(
         prog="python -m napari_ghanet.options",
         description="Regenerate the option tables of docs/options.md and the settings "

@@ -667,3 +667,93 @@ def _dead_pid() -> int:
     proc = subprocess.Popen([sys.executable, "-c", "pass"])
     proc.wait()
     return proc.pid
+
+
+# --------------------------------------------------------------- 5b. SpatialData stores
+
+
+_KILLED_STORE = r"""
+import os, signal, sys
+from pathlib import Path
+import napari_ghanet.inference.spatialdata_export as sx
+
+class Fake:
+    def write(self, where):
+        Path(where).mkdir()
+        (Path(where) / "zarr.json").write_text("{}")
+        if sys.argv[2] == "mid-write":
+            os.kill(os.getpid(), signal.SIGKILL)
+
+sx.build_spatialdata = lambda prediction: Fake()
+real = os.replace
+
+def replace(a, b):
+    real(a, b)
+    if sys.argv[2] == "after-replace" and Path(b).name == "s.zarr":
+        os.kill(os.getpid(), signal.SIGKILL)
+
+os.replace = replace
+sx.write_spatialdata(None, sys.argv[1], overwrite=True)
+"""
+
+
+def _killed_store(path: Path, when: str) -> None:
+    r = subprocess.run([sys.executable, "-c", _KILLED_STORE, str(path), when])
+    assert r.returncode == -signal.SIGKILL
+
+
+@pytest.fixture(scope="module")
+def prediction(tiled_tiff, tmp_path_factory):
+    from _plugin_helpers import need
+
+    need("spatialdata")
+    from napari_ghanet.inference.predict import predict_slide
+
+    bundle = make_bundle(tmp_path_factory.mktemp("b") / "m.safetensors", encoder=FAST_ENCODER)
+    return predict_slide(tiled_tiff, bundle, device="cpu", use_cache=False)
+
+
+def test_a_store_killed_mid_write_leaves_a_folder_the_next_write_removes(prediction, tmp_path):
+    from napari_ghanet.inference.spatialdata_export import (
+        read_spatialdata_report,
+        write_spatialdata,
+    )
+
+    store = tmp_path / "s.zarr"
+    _killed_store(store, "mid-write")
+    (left,) = _debris(tmp_path)
+    assert (tmp_path / left).is_dir() and not store.exists()
+    atomic._cleaned.clear()
+    write_spatialdata(prediction, store)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.zarr"]
+    assert read_spatialdata_report(store)["prediction"]["risk"] == pytest.approx(prediction.risk)
+
+
+def test_overwriting_a_file_with_a_store_leaves_no_old_copy(prediction, tmp_path):
+    from napari_ghanet.inference.spatialdata_export import write_spatialdata
+
+    store = tmp_path / "s.zarr"
+    store.write_text("an old file")
+    write_spatialdata(prediction, store, overwrite=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.zarr"] and store.is_dir()
+
+
+def test_a_rerun_after_a_kill_just_after_the_store_was_in_place_finishes(prediction, tmp_path):
+    from napari_ghanet.errors import GHANetError
+    from napari_ghanet.inference.spatialdata_export import (
+        WRITING_MARKER,
+        interrupted_store,
+        read_spatialdata_report,
+        write_spatialdata,
+    )
+
+    store = tmp_path / "s.zarr"
+    _killed_store(store, "after-replace")
+    assert (store / WRITING_MARKER).is_file() and interrupted_store(store)
+    write_spatialdata(prediction, store)  # no --overwrite needed: it is the killed run's
+    assert not (store / WRITING_MARKER).exists() and not interrupted_store(store)
+    assert read_spatialdata_report(store)["prediction"]["risk"] == pytest.approx(prediction.risk)
+    # a finished store is still refused without overwrite
+    with pytest.raises(GHANetError, match="already exists"):
+        write_spatialdata(prediction, store)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.zarr"]

@@ -52,7 +52,7 @@ DESCRIPTION = """\
 Cross-validated training, plugin model bundles and synthetic test cohorts.
 
   ghanet-train cv --cohort CSV --signatures CSV --splits DIR [--features DIR]
-                  --model {ghanet,abmil,snn,abmil_snn} --out DIR [options]
+                  --model MODEL [MODEL ...] [--topk-ratio R ...] --out DIR [options]
   ghanet-train bundle RUN_DIR --out MODEL.safetensors [--mode final|ensemble|fold]
   ghanet-train synth --out DIR [--patients N ...]
   ghanet-train demo [--out MODEL.safetensors] [--work-dir DIR ...]
@@ -119,8 +119,18 @@ def _add_cv(sub) -> None:
     p.add_argument("--features", default=None,
                    help="folder of per-slide .h5/.pt features (not needed for --model snn)")
     p.add_argument("--model", required=True, nargs="+",
-                   choices=["ghanet", "abmil", "snn", "abmil_snn"],
-                   help="model(s); several are trained side by side into OUT/<model>/")
+                   choices=["ghanet", "abmil", "snn", "abmil_snn", "amil", "deepattnmisl",
+                            "transmil", "mcat", "survpath", "ghanet-no-recon",
+                            "ghanet-no-genome", "ghanet-no-hyper"],
+                   help="model(s); several are trained side by side into OUT/<model>/ and "
+                        "compared in OUT/comparison.csv/.md (see docs/training-guide.md)")
+    p.add_argument("--topk-ratio", type=float, nargs="+", default=None, metavar="R",
+                   help="add one G-HANet run per top-k ratio R in (0, 1], named ghanet@R "
+                        "(plain ghanet keeps the paper's 0.2)")
+    p.add_argument("--pathways", default=None, metavar="CSV",
+                   help="SurvPath's pathway gene sets (signatures format: one column per "
+                        "pathway, matched to the table's _rnaseq columns) (default: the "
+                        "signature categories)")
     p.add_argument("--out", required=True, help="run folder")
     p.add_argument("--folds", type=int, nargs="+", default=None,
                    help="run only these folds (default: every split in --splits)")
@@ -138,21 +148,30 @@ def train_config_from_args(args):
 
 
 def _run_cv(args) -> int:
+    from napari_ghanet.training.compare import expand_models, write_comparison
     from napari_ghanet.training.cv import RunConfig, run_cv_many
 
-    models = list(dict.fromkeys(args.model))
+    try:
+        models = expand_models(args.model, args.topk_ratio)
+    except ValueError as exc:
+        print(f"ghanet-train cv: error: {exc}", file=sys.stderr)
+        return 2
     cv = from_args(CVOptions, args)
     execution = from_args(ExecutionOptions, args)
     train = train_config_from_args(args)
     evaluated = {k: v for k, v in cv.to_dict().items() if k not in ("resume", "overwrite")}
     cfgs = [RunConfig(
         model=model, cohort=args.cohort, signatures=args.signatures, splits=args.splits,
-        features=args.features, folds=args.folds, model_config=args.model_config,
+        features=args.features, folds=args.folds, model_config=args.model_config, pathways=args.pathways,
         train=train, **evaluated,
     ) for model in models]
     outs = [args.out] if len(models) == 1 else [str(Path(args.out) / m) for m in models]
     results = run_cv_many(cfgs, outs, resume=cv.resume, overwrite=cv.overwrite,
                           cluster=execution.cluster, scheduler=execution.scheduler)
+    if len(results) > 1:
+        write_comparison(results, args.out)
+        print(f"comparison of {len(results)} models: {Path(args.out) / 'comparison.md'}",
+              file=sys.stderr)
     for res in results:
         print(json.dumps({k: res[k] for k in ("model", "c_index_mean", "c_index_std",
                                               "c_index_optimistic_mean", "uno_c_index_mean")}))

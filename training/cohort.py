@@ -34,8 +34,10 @@ from napari_ghanet.encoders.aliases import (
     resolve_encoder,
 )
 from napari_ghanet.errors import CohortError
+from napari_ghanet.io.atomic import atomic_path
 from napari_ghanet.io.features import load_features
 from napari_ghanet.io.wsidata import read_wsidata_features
+from napari_ghanet.models.clusters import phenotype_clusters
 
 __all__ = [
     "CohortError",
@@ -382,6 +384,7 @@ class FeatureStore:
         self.features_dir = Path(features_dir)
         self.index = find_feature_files(self.features_dir)
         self.cache_bytes = int(cache_bytes)
+        self._clusters: dict[tuple[int, int], np.ndarray] = {}
         self._cache: OrderedDict[int, np.ndarray] = OrderedDict()
         self._cached = 0
         self._dim: int | None = None
@@ -442,6 +445,23 @@ class FeatureStore:
             n += int(shape[-2]) if len(shape) >= 2 else 0
         return n
 
+    def clusters(self, i: int, k: int = 10) -> np.ndarray:
+        """Patient ``i``'s patch phenotype clusters (int64, one per row of ``bag(i)``):
+        k-means with ``k`` clusters on each slide's features, computed once per slide and
+        cached beside its feature file (DeepAttnMISL)."""
+        i = int(i)
+        key = (i, k)
+        if key in self._clusters:
+            return self._clusters[key]
+        parts = []
+        for slide in self.cohort.patients.at[i, "slide_ids"]:
+            path = self.slide_path(slide)
+            if path is not None:
+                parts.append(_slide_clusters(path, _read_features(path)[0], k))
+        ids = np.concatenate(parts) if parts else np.zeros(0, np.int64)
+        self._clusters[key] = ids
+        return ids
+
     def bag(self, i: int) -> np.ndarray:
         i = int(i)
         if i in self._cache:
@@ -482,6 +502,27 @@ class FeatureStore:
                 _, old = self._cache.popitem(last=False)
                 self._cached -= old.nbytes
         return bag
+
+
+def _slide_clusters(path: Path, feats: np.ndarray, k: int) -> np.ndarray:
+    """Phenotype cluster ids of one slide's patches, cached as ``<file>.clusters<k>.npy``
+    beside the features (recomputed when the patch count differs; kept in memory only
+    when the folder is read-only)."""
+    cache = path.with_name(f"{path.name}.clusters{k}.npy")
+    if cache.is_file():
+        try:
+            ids = np.load(cache, allow_pickle=False)
+            if ids.shape == (len(feats),) and ids.dtype == np.int64:
+                return ids
+        except (OSError, ValueError):
+            pass
+    ids = phenotype_clusters(feats, k=k, seed=0)
+    try:
+        with atomic_path(cache) as tmp, open(tmp, "wb") as f:
+            np.save(f, ids)
+    except OSError:
+        pass
+    return ids
 
 
 def _with_registered_encoder(path: Path, attrs: dict, dim: int) -> dict:

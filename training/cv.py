@@ -31,8 +31,10 @@ from napari_ghanet.training.cohort import (
     CohortError,
     FeatureStore,
     FoldData,
+    category_columns,
     describe,
     read_cohort,
+    read_signatures,
     read_splits,
     resolve_fold,
 )
@@ -54,7 +56,13 @@ from napari_ghanet._version import __version__
 from napari_ghanet.device import resolve_device
 from napari_ghanet.errors import TrainingError
 from napari_ghanet.io.atomic import atomic_path
-from napari_ghanet.models.baselines import MODEL_NAMES, build_model, model_inputs
+from napari_ghanet.models.baselines import (
+    MODEL_NAMES,
+    build_model,
+    is_ghanet,
+    known_model,
+    model_inputs,
+)
 
 __all__ = ["RunConfig", "FoldSetup", "prepare_fold", "run_cv", "run_cv_many", "fold_task",
            "load_fold_checkpoint", "RunError"]
@@ -75,6 +83,8 @@ class RunConfig:
     sizes (input_dim, omic_sizes, omic_dim) are filled in per fold.
     inner_val: fraction of each fold's training patients held out as inner validation
     (0 = none); needed for ``train.selection == "inner"``.
+    pathways: SurvPath's pathway gene sets (a signatures-format CSV, one column per
+    pathway, matched to the table's ``_rnaseq`` columns); None = the cohort's categories.
     """
 
     model: str
@@ -89,6 +99,7 @@ class RunConfig:
     allow_missing: bool = False
     folds: list[int] | None = None
     cache_gb: float = 4.0
+    pathways: str | None = None
     model_config: dict = field(default_factory=dict)
     train: TrainConfig = field(default_factory=TrainConfig)
 
@@ -107,7 +118,7 @@ class RunConfig:
 # Settings that change results; a resumed run must match them.
 _RESULT_KEYS = (
     "model", "recon_genes", "p_threshold", "n_bins", "inner_val", "allow_missing",
-    "model_config", "train",
+    "model_config", "train", "pathways",
 )
 
 
@@ -169,7 +180,7 @@ def prepare_fold(
     # Only G-HANet reconstructs genomics; the others need no gene selection.
     masks, _ = reconstruction_masks(
         omics_of(train_idx), cohort.category_index, y_train, cens[train_idx],
-        mode=cfg.recon_genes if cfg.model == "ghanet" else "all",
+        mode=cfg.recon_genes if is_ghanet(cfg.model) else "all",
         p_threshold=cfg.p_threshold, n_bins=cfg.n_bins,
     )
     recon_cols = [ix[m] for ix, m in zip(cohort.category_index, masks)]
@@ -177,28 +188,37 @@ def prepare_fold(
         [cols[j] for j in np.flatnonzero(m)] for cols, m in zip(cohort.category_columns, masks)
     ]
     uses = model_inputs(cfg.model)
+    groups = omic_groups(cohort, cfg)  # per-token column groups of MCAT / SurvPath
+    ghanet = is_ghanet(cfg.model)
 
     def make(idx) -> SurvivalData:
         om = omics_of(idx)
+        if groups is not None:
+            om = np.ascontiguousarray(np.concatenate([om[:, g] for g in groups], axis=1))
         return SurvivalData(
             ids=[cohort.case_ids[i] for i in idx],
             y=discretize(months[idx], edges),
             c=cens[idx].astype(np.int64),
             times=months[idx].astype(np.float64),
             omics=om if "omics" in uses else None,
-            targets=[np.ascontiguousarray(om[:, cols]) for cols in recon_cols] if cfg.model == "ghanet" else None,
+            targets=[np.ascontiguousarray(om[:, cols]) for cols in recon_cols] if ghanet else None,
             bag=(lambda i, _idx=idx: features.bag(int(_idx[i]))) if "wsi" in uses else None,
             sizes=np.array([features.bag_size(i) for i in idx], np.int64) if "wsi" in uses else None,
+            clusters=(lambda i, _idx=idx: features.clusters(int(_idx[i]), n_clusters))
+            if "clusters" in uses else None,
         )
 
-    model_config = dict(cfg.model_config)
+    model_config = config_for_model(cfg.model_config, cfg.model)
+    n_clusters = int(model_config.get("num_clusters", 10))
     if "wsi" in uses:
         if features is None:
             raise CohortError(f"model {cfg.model} reads slides: give --features DIR")
         model_config["input_dim"] = features.feature_dim
-    if "omics" in uses:
+    if groups is not None:
+        model_config["omic_sizes"] = [len(g) for g in groups]
+    elif "omics" in uses:
         model_config["omic_dim"] = int(cohort.genomics.shape[1])
-    if cfg.model == "ghanet":
+    if ghanet:
         model_config["omic_sizes"] = [int(m.sum()) for m in masks]
         model_config.setdefault("num_tokens", len(masks))
     model_config.setdefault("n_bins", cfg.n_bins)
@@ -214,6 +234,42 @@ def prepare_fold(
         model_config=model_config,
         n_fit=len(train_idx),
     )
+
+
+def config_for_model(model_config: dict, model: str) -> dict:
+    """The overrides of ``model``: keys that name a model hold that model's own overrides
+    (``{"ghanet": {"width": 64}, "amil": {"hidden": 128}}``; G-HANet's variants use
+    ``ghanet``'s unless named themselves); other keys apply to every model."""
+    shared = {k: v for k, v in model_config.items() if not known_model(k)}
+    own = model_config.get(model)
+    if own is None and is_ghanet(model):
+        own = model_config.get("ghanet")
+    if own is not None and not isinstance(own, dict):
+        raise RunError(f"--model-config entry {model!r} must be a JSON object")
+    return {**shared, **(own or {})}
+
+
+def omic_groups(cohort: Cohort, cfg: RunConfig) -> list[np.ndarray] | None:
+    """Column groups (indices into the genomic table) of the multimodal models' genomic
+    tokens: MCAT's 6 categories; SurvPath's pathways (``cfg.pathways``) or categories.
+    None for models without genomic tokens."""
+    if cfg.model not in ("mcat", "survpath"):
+        return None
+    if cfg.model == "survpath" and cfg.pathways:
+        sets = read_signatures(cfg.pathways)
+        cols = category_columns(cohort.gene_columns, sets)
+        where = {g: j for j, g in enumerate(cohort.gene_columns)}
+        groups = [np.array([where[c] for c in cs], np.int64) for cs in cols if cs]
+        if not groups:
+            raise CohortError(
+                f"no pathway of {cfg.pathways} matches a genomic column of the cohort table: "
+                "its genes must appear as <GENE>_rnaseq columns"
+            )
+        return groups
+    groups = [np.asarray(ix, np.int64) for ix in cohort.category_index if len(ix)]
+    if not groups:
+        raise CohortError(f"model {cfg.model} needs genomic categories: none has a column")
+    return groups
 
 
 def _atomic_save_safetensors(path: Path, state: dict, header: dict) -> None:
@@ -335,8 +391,9 @@ class _Run:
 
 
 def _prepare_run(cfg: RunConfig, out_dir, resume: bool, overwrite: bool, log) -> _Run:
-    if cfg.model not in MODEL_NAMES:
-        raise RunError(f"unknown model {cfg.model!r}; choose one of {list(MODEL_NAMES)}")
+    if not known_model(cfg.model):
+        raise RunError(f"unknown model {cfg.model!r}; choose one of {list(MODEL_NAMES)} "
+                       "or ghanet@R (top-k ratio R in (0, 1])")
     if cfg.train.selection == "inner" and not cfg.inner_val > 0:
         raise RunError("selection 'inner' needs --inner-val > 0")
     out = Path(out_dir)
@@ -389,7 +446,7 @@ def _train_fold(run: _Run, k: int, fold, label: str, progress, should_stop, log)
         + (f" + {len(setup.inner)} inner-validation" if setup.inner else "")
         + f", {len(setup.test)} held-out patients"
         + (f"; reconstructed genes per category {setup.model_config['omic_sizes']}"
-           if cfg.model == "ghanet" else ""))
+           if is_ghanet(cfg.model) else ""))
 
     def row_progress(row, _label=label):
         if progress is not None:

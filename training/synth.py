@@ -113,6 +113,54 @@ def write_synthetic_cohort(out_dir: str | os.PathLike, cfg: SynthConfig | None =
     ``out_dir`` are replaced.
     """
     cfg = cfg or SynthConfig()
+    _check_config(cfg)
+    rng = np.random.default_rng(cfg.seed)
+    out = Path(out_dir)
+    feat_dir = out / "features"
+    split_dir = out / "splits"
+    for d in (feat_dir, split_dir):
+        if d.exists():
+            shutil.rmtree(d)
+        d.mkdir(parents=True)
+
+    # the random draws in their fixed order: the same config gives the same cohort
+    n = cfg.patients
+    activity = rng.standard_normal((n, N_CATEGORIES))
+    log_hazard = activity @ np.asarray(cfg.beta)
+    genes = _gene_names(cfg)
+    columns = _genomics(cfg, rng, activity, genes)
+    months, censorship = _survival(cfg, rng, log_hazard)
+    case_ids = [f"SYN-{i:04d}" for i in range(n)]
+    rows = _write_slide_features(cfg, rng, activity, case_ids, feat_dir)
+
+    table = pd.DataFrame(rows)
+    per_patient = pd.DataFrame(
+        {"case_id": case_ids, "survival_months": months, "censorship": censorship, **columns}
+    )
+    table = table.merge(per_patient, on="case_id", how="left")
+    _atomic_csv(table, out / "cohort.csv")
+
+    sig = pd.DataFrame({name: pd.Series(g) for name, g in zip(CATEGORY_NAMES, genes)})
+    _atomic_csv(sig, out / "signatures.csv")
+    _write_splits(cfg, rng, case_ids, censorship, split_dir)
+
+    latent = pd.DataFrame(activity, columns=[f"activity_{k}" for k in range(N_CATEGORIES)])
+    latent.insert(0, "case_id", case_ids)
+    latent["log_hazard"] = log_hazard
+    _atomic_csv(latent, out / "latent.csv")
+
+    atomic_write(out / "README.md", _readme(cfg, int(censorship.sum()), len(rows)))
+    return {
+        "cohort": out / "cohort.csv",
+        "signatures": out / "signatures.csv",
+        "splits": split_dir,
+        "features": feat_dir,
+        "latent": out / "latent.csv",
+    }
+
+
+def _check_config(cfg: SynthConfig) -> None:
+    """A CohortError for a configuration that cannot make a cohort."""
     if len(cfg.genes_per_category) != N_CATEGORIES or len(cfg.beta) != N_CATEGORIES:
         raise CohortError(f"genes_per_category and beta need {N_CATEGORIES} entries")
     if not 0 < cfg.pathway_patch_fraction * N_CATEGORIES < 1:
@@ -123,21 +171,13 @@ def write_synthetic_cohort(out_dir: str | os.PathLike, cfg: SynthConfig | None =
                           "signals, 6 pathway and 2 background tissue types)")
     if cfg.patients < 5 * cfg.folds:
         raise CohortError(f"{cfg.patients} patients are too few for {cfg.folds} folds")
-    rng = np.random.default_rng(cfg.seed)
-    out = Path(out_dir)
-    feat_dir = out / "features"
-    split_dir = out / "splits"
-    for d in (feat_dir, split_dir):
-        if d.exists():
-            shutil.rmtree(d)
-        d.mkdir(parents=True)
 
-    n, d = cfg.patients, cfg.feature_dim
-    activity = rng.standard_normal((n, N_CATEGORIES))
-    log_hazard = activity @ np.asarray(cfg.beta)
 
-    # Genomics: responsive genes read their category's activity.
-    genes = _gene_names(cfg)
+def _genomics(cfg: SynthConfig, rng: np.random.Generator, activity: np.ndarray,
+              genes: list[list[str]]) -> dict[str, np.ndarray]:
+    """Genomic columns: responsive genes read their category's activity (CNV as integers
+    in [-2, 2], RNA-seq rounded to 4 digits)."""
+    n = len(activity)
     columns: dict[str, np.ndarray] = {}
     for k, names in enumerate(genes):
         n_cnv = int(round(len(names) * cfg.cnv_fraction))
@@ -149,23 +189,38 @@ def write_synthetic_cohort(out_dir: str | os.PathLike, cfg: SynthConfig | None =
                 columns[f"{g}_cnv"] = np.clip(np.round(value), -2, 2).astype(np.int64)
             else:
                 columns[f"{g}_rnaseq"] = np.round(value, 4)
+    return columns
 
-    # Survival: exponential times with hazard exp(beta . a), uniform censoring.
+
+def _survival(cfg: SynthConfig, rng: np.random.Generator,
+              log_hazard: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Exponential event times with hazard exp(beta . a), uniform censoring: (months,
+    censorship with 1 = censored)."""
+    n = len(log_hazard)
     base_rate = np.log(2) / cfg.median_survival_months
     event_time = rng.exponential(1.0 / (base_rate * np.exp(log_hazard)))
     censor_time = rng.uniform(1.0, cfg.censoring_months, n)
     months = np.round(np.minimum(event_time, censor_time), 2).clip(0.1)
     censorship = (event_time > censor_time).astype(np.int64)
+    return months, censorship
 
-    # Feature space: orthonormal directions for signals, tissue types, nuisances.
+
+def _write_slide_features(cfg: SynthConfig, rng: np.random.Generator, activity: np.ndarray,
+                          case_ids: list[str], feat_dir: Path) -> list[dict]:
+    """One or two feature files per patient in ``feat_dir``; their (case_id, slide_id)
+    rows.
+
+    The feature space: orthonormal directions for the signals, the tissue types (6
+    pathway + 2 background) and the nuisances; each patch is its tissue type's mean plus
+    noise and the slide's nuisance, and a pathway patch also carries its category's
+    activity."""
+    d = cfg.feature_dim
     basis = np.linalg.qr(rng.standard_normal((d, d)))[0]
     n_sig = N_CATEGORIES
     signal_dirs = basis[:, :n_sig]
     type_means = cfg.type_separation * basis[:, n_sig : 2 * n_sig + 2].T  # 6 pathway + 2 background
     free = basis[:, 2 * n_sig + 2 :]
     nuisance_dirs = free if free.shape[1] else basis
-
-    case_ids = [f"SYN-{i:04d}" for i in range(n)]
     rows = []
     attrs = {
         "encoder": ENCODER_NAME,
@@ -196,18 +251,13 @@ def write_synthetic_cohort(out_dir: str | os.PathLike, cfg: SynthConfig | None =
             slide_id = f"{case}-01Z-00-DX{s + 1}.svs"
             _write_h5(feat_dir / f"{slide_id[:-4]}.h5", x.astype(np.float32), coords, attrs)
             rows.append({"case_id": case, "slide_id": slide_id})
+    return rows
 
-    table = pd.DataFrame(rows)
-    per_patient = pd.DataFrame(
-        {"case_id": case_ids, "survival_months": months, "censorship": censorship, **columns}
-    )
-    table = table.merge(per_patient, on="case_id", how="left")
-    _atomic_csv(table, out / "cohort.csv")
 
-    sig = pd.DataFrame({name: pd.Series(g) for name, g in zip(CATEGORY_NAMES, genes)})
-    _atomic_csv(sig, out / "signatures.csv")
-
-    # Patient-level folds stratified by censorship.
+def _write_splits(cfg: SynthConfig, rng: np.random.Generator, case_ids: list[str],
+                  censorship: np.ndarray, split_dir: Path) -> None:
+    """Patient-level folds stratified by censorship: ``split_dir/splits_K.csv``."""
+    n = len(case_ids)
     order = np.concatenate([rng.permutation(np.flatnonzero(censorship == v)) for v in (0, 1)])
     fold_of = np.empty(n, np.int64)
     fold_of[order] = np.arange(n) % cfg.folds
@@ -216,20 +266,6 @@ def write_synthetic_cohort(out_dir: str | os.PathLike, cfg: SynthConfig | None =
         test = [case_ids[i] for i in np.flatnonzero(fold_of == k)]
         _atomic_csv(pd.DataFrame({"train": pd.Series(train), "val": pd.Series(test)}),
                     split_dir / f"splits_{k}.csv")
-
-    latent = pd.DataFrame(activity, columns=[f"activity_{k}" for k in range(N_CATEGORIES)])
-    latent.insert(0, "case_id", case_ids)
-    latent["log_hazard"] = log_hazard
-    _atomic_csv(latent, out / "latent.csv")
-
-    atomic_write(out / "README.md", _readme(cfg, int(censorship.sum()), len(rows)))
-    return {
-        "cohort": out / "cohort.csv",
-        "signatures": out / "signatures.csv",
-        "splits": split_dir,
-        "features": feat_dir,
-        "latent": out / "latent.csv",
-    }
 
 
 def _readme(cfg: SynthConfig, n_censored: int, n_slides: int) -> str:

@@ -362,131 +362,177 @@ class MorphometricEncoder(PatchEncoder):
         return torch.cat(list(pool.map(run, chunks)))
 
     def raw_features(self, x: torch.Tensor) -> torch.Tensor:
-        """Unstandardised features of RGB in [0, 1], (B, 3, H, W) -> (B, 64)."""
-        b, _, hh, ww = x.shape
-        mpp, cm, fac = self.target_mpp, self._coarse_mpp, self._factor
-        od = -torch.log10(x.clamp(min=1.0 / 255.0))
-        conc = torch.einsum("bchw,cs->bshw", od, self._unmix)
-        h, e = conc[:, 0:1], conc[:, 1:2]
-        odsum = od.sum(1, keepdim=True)
-        tissue = (odsum > _TISSUE_OD).float()
-        patch_um2 = hh * ww * mpp * mpp
-        tissue_frac = tissue.mean((1, 2, 3))
-        tissue_um2 = (tissue_frac * patch_um2).clamp_min(0.02 * patch_um2)
-        f: list[torch.Tensor] = [tissue_frac]
+        """Unstandardised features of RGB in [0, 1], (B, 3, H, W) -> (B, 64).
 
-        # stain statistics (quantiles from every 4th pixel in x and y: 4096 samples)
-        f.append(_masked_mean(odsum, tissue))
-        f += _masked_mean3(od, tissue)
-        h_mean, e_mean = _masked_mean(h, tissue), _masked_mean(e, tissue)
-        sub = (..., slice(None, None, 4), slice(None, None, 4))
-        hq = _masked_quantiles(h[sub], tissue[sub], (0.1, 0.5, 0.9, 0.99))
-        eq = _masked_quantiles(e[sub], tissue[sub], (0.1, 0.5, 0.9))
-        f += [h_mean, _masked_std(h, tissue), *hq.unbind(1)]
-        f += [e_mean, _masked_std(e, tissue), *eq.unbind(1)]
-        hp, ep = h_mean.clamp_min(0), e_mean.clamp_min(0)
-        f.append(hp / (hp + ep).clamp_min(1e-6))
-        f.append(_masked_mean(conc[:, 2:3].abs(), tissue))
-        f.append(_masked_mean((odsum > 1.5).float(), tissue))
-        f.append(_masked_mean((e > h).float(), tissue))
-
-        # nuclear pixels, full resolution
-        # texture is measured on stains smoothed over 0.5 um, which removes pixel noise
-        # and JPEG grain that differ between scanners but are not morphology
-        smooth = _blur(torch.cat([h, e, odsum], 1), self._g_fine)
-        h_fine, e_fine, od_fine = smooth[:, 0:1], smooth[:, 1:2], smooth[:, 2:3]
-        for t in (0.35, 0.5, 0.75, 1.0):
-            f.append(_masked_mean((h_fine > t).float(), tissue))
-        rel = (hq[:, 1] + 0.3).view(-1, 1, 1, 1)
-        f.append(_masked_mean((h_fine > rel).float(), tissue))
-        nuc = (h_fine > _NUCLEAR_H).float() * tissue
-        f.append(_masked_mean(h, nuc))
-        f.append(_masked_mean(e, nuc))
-        eroded = -F.max_pool2d(-F.pad(nuc, (1, 1, 1, 1), mode="replicate"), 3, stride=1)
-        nuc_px = nuc.sum((1, 2, 3))
-        f.append((nuc - eroded).sum((1, 2, 3)) / nuc_px.clamp_min(1.0) / mpp)
-        win = _odd(1.5 / mpp)
-        stats = _box(torch.cat([h_fine, h_fine * h_fine], 1), win)
-        local_std = (stats[:, 1:2] - stats[:, 0:1] ** 2).clamp_min(0).sqrt()
-        f.append(_masked_mean(local_std, nuc))
-
-        # nuclei and blobs at about 1 um/px
-        if fac > 1:
-            hc = F.avg_pool2d(h, fac)
-            ec = F.avg_pool2d(e, fac)
-            tc = F.avg_pool2d(tissue, fac)
-        else:
-            hc, ec, tc = h, e, tissue
-        tcm = (tc > 0.5).float()
-        hn = _blur(hc, self._g_nucleus)
-        spacing = _odd(_NUCLEUS_SPACING_UM / cm)
-        nuclei = ((hn == _max_filter(hn, spacing)) & (hn > _NUCLEAR_H)).float() * tcm
-        n_nuclei = nuclei.sum((1, 2, 3))
-        f.append(n_nuclei / tissue_um2 * 1000.0)
-        f.append(n_nuclei / patch_um2 * 1000.0)
-        f.append(nuc_px * mpp * mpp / n_nuclei.clamp_min(1.0))
-        logs = []
-        for i, s_um in enumerate(_BLOB_SIGMAS_UM):
-            s_px = s_um / cm
-            hs = _blur(hc, getattr(self, f"_g_blob{i}"))
-            log = -(s_px**2) * _laplacian(hs)
-            logs.append(log)
-            is_max = log == _max_filter(log, 2 * int(round(s_px * math.sqrt(2))) + 1)
-            peaks = (is_max & (log > _BLOB_LOG_MIN) & (hs > _BLOB_H)).float() * tcm
-            f.append(peaks.sum((1, 2, 3)) / tissue_um2 * 1000.0)
-            f.append(_masked_mean(log, peaks))
-            f.append(_masked_mean(hs, peaks))
-        f.append(
-            _masked_mean(logs[0].abs(), tcm) / _masked_mean(logs[2].abs(), tcm).clamp_min(1e-4)
-        )
-
-        # texture
-        for ch in (h_fine, e_fine, od_fine):
-            gx, gy = _gradients(ch)
-            mag = (gx * gx + gy * gy).sqrt() / mpp
-            f += [_masked_mean(mag, tissue), _masked_std(mag, tissue)]
-        fine = _box(
-            torch.cat([h_fine, e_fine, h_fine * h_fine, e_fine * e_fine], 1), _odd(2.0 / mpp)
-        )
-        std2 = (fine[:, 2:4] - fine[:, 0:2] ** 2).clamp_min(0).sqrt()
-        coarse = _box(torch.cat([hc, ec, hc * hc, ec * ec], 1), _odd(8.0 / cm))
-        std8 = (coarse[:, 2:4] - coarse[:, 0:2] ** 2).clamp_min(0).sqrt()
-        f += [_masked_mean(std2[:, 0:1], tissue), _masked_mean(std8[:, 0:1], tcm)]
-        f += [_masked_mean(std2[:, 1:2], tissue), _masked_mean(std8[:, 1:2], tcm)]
-        gx, gy = _gradients(torch.cat([hc, ec], 1))
-        jt = _blur(torch.cat([gx * gx, gy * gy, gx * gy], 1), self._g_tensor)
-        for c in range(2):
-            jxx, jyy, jxy = jt[:, 0 + c : 1 + c], jt[:, 2 + c : 3 + c], jt[:, 4 + c : 5 + c]
-            tr = jxx + jyy
-            coh = ((jxx - jyy) ** 2 + 4 * jxy * jxy).sqrt() / tr.clamp_min(1e-8)
-            f.append(_masked_mean(coh, tcm * tr))
-        f.append(_autocorr(h_fine, tissue, round(1.0 / mpp)))
-        f.append(_autocorr(h_fine, tissue, round(4.0 / mpp)))
-        f.append(_autocorr(e_fine, tissue, round(4.0 / mpp)))
-
-        # heterogeneity over 4 x 4 sub-squares
-        cell = (max(1, hh // 4), max(1, ww // 4))
-        cell_t = F.avg_pool2d(tissue, cell)
-        cell_h = F.avg_pool2d(h * tissue, cell) / cell_t.clamp_min(1e-3)
-        cell_n = F.avg_pool2d(nuc, cell) / cell_t.clamp_min(1e-3)
-        ccell = (max(1, cell[0] // fac), max(1, cell[1] // fac))
-        cell_area = cell[0] * cell[1] * mpp * mpp
-        cell_nuclei = F.avg_pool2d(nuclei, ccell) * (ccell[0] * ccell[1])
-        cell_nuclei = cell_nuclei[..., : cell_t.shape[-2], : cell_t.shape[-1]]
-        cell_d = cell_nuclei / (cell_t * cell_area).clamp_min(0.05 * cell_area) * 1000.0
-        has = (cell_t > 0.05).float()
-        f.append(_masked_std(cell_h, has))
-        f.append(_masked_std(cell_n, has))
-        f.append(cell_t.flatten(1).std(1, correction=0))
-        f.append(_masked_std(cell_d, has))
-        f.append((cell_d * has).flatten(1).amax(1))
-
-        # lumens and stroma
-        around = _box(tc, _odd(8.0 / cm))
-        f.append(((1 - tcm) * (around > 0.5).float()).mean((1, 2, 3)))
-        f.append(_masked_mean(((e > 0.4) & (h < 0.3)).float(), tissue))
+        The 64 features in :data:`MORPHOMETRIC_FEATURES` order, computed part by part:
+        stain statistics, nuclear pixels, nuclei and blobs, texture, heterogeneity,
+        lumens and stroma; each part appends its features to the list and leaves the
+        maps the later parts read in ``maps``."""
+        maps: dict[str, Any] = {}
+        f: list[torch.Tensor] = []
+        for part in (_stain_part, _nuclear_pixel_part, _nucleus_part, _texture_part,
+                     _heterogeneity_part, _lumen_stroma_part):
+            part(self, x, maps, f)
         out = torch.stack(f, dim=1)
         return torch.nan_to_num(out, nan=0.0, posinf=0.0, neginf=0.0)
+
+
+def _stain_part(enc: MorphometricEncoder, x: torch.Tensor, m: dict[str, Any],
+                f: list[torch.Tensor]) -> None:
+    """Tissue fraction and stain statistics (quantiles from every 4th pixel in x and y:
+    4096 samples); the optical densities, stain concentrations and tissue mask."""
+    _, _, hh, ww = x.shape
+    mpp = enc.target_mpp
+    od = -torch.log10(x.clamp(min=1.0 / 255.0))
+    conc = torch.einsum("bchw,cs->bshw", od, enc._unmix)
+    h, e = conc[:, 0:1], conc[:, 1:2]
+    odsum = od.sum(1, keepdim=True)
+    tissue = (odsum > _TISSUE_OD).float()
+    patch_um2 = hh * ww * mpp * mpp
+    tissue_frac = tissue.mean((1, 2, 3))
+    tissue_um2 = (tissue_frac * patch_um2).clamp_min(0.02 * patch_um2)
+    f.append(tissue_frac)
+    f.append(_masked_mean(odsum, tissue))
+    f += _masked_mean3(od, tissue)
+    h_mean, e_mean = _masked_mean(h, tissue), _masked_mean(e, tissue)
+    sub = (..., slice(None, None, 4), slice(None, None, 4))
+    hq = _masked_quantiles(h[sub], tissue[sub], (0.1, 0.5, 0.9, 0.99))
+    eq = _masked_quantiles(e[sub], tissue[sub], (0.1, 0.5, 0.9))
+    f += [h_mean, _masked_std(h, tissue), *hq.unbind(1)]
+    f += [e_mean, _masked_std(e, tissue), *eq.unbind(1)]
+    hp, ep = h_mean.clamp_min(0), e_mean.clamp_min(0)
+    f.append(hp / (hp + ep).clamp_min(1e-6))
+    f.append(_masked_mean(conc[:, 2:3].abs(), tissue))
+    f.append(_masked_mean((odsum > 1.5).float(), tissue))
+    f.append(_masked_mean((e > h).float(), tissue))
+    m.update(hh=hh, ww=ww, h=h, e=e, odsum=odsum, tissue=tissue, hq=hq,
+             patch_um2=patch_um2, tissue_um2=tissue_um2)
+
+
+def _nuclear_pixel_part(enc: MorphometricEncoder, x: torch.Tensor, m: dict[str, Any],
+                        f: list[torch.Tensor]) -> None:
+    """Nuclear pixels at full resolution. Texture is measured on stains smoothed over
+    0.5 um, which removes pixel noise and JPEG grain that differ between scanners but
+    are not morphology."""
+    mpp = enc.target_mpp
+    h, e, tissue = m["h"], m["e"], m["tissue"]
+    smooth = _blur(torch.cat([h, e, m["odsum"]], 1), enc._g_fine)
+    h_fine, e_fine, od_fine = smooth[:, 0:1], smooth[:, 1:2], smooth[:, 2:3]
+    for t in (0.35, 0.5, 0.75, 1.0):
+        f.append(_masked_mean((h_fine > t).float(), tissue))
+    rel = (m["hq"][:, 1] + 0.3).view(-1, 1, 1, 1)
+    f.append(_masked_mean((h_fine > rel).float(), tissue))
+    nuc = (h_fine > _NUCLEAR_H).float() * tissue
+    f.append(_masked_mean(h, nuc))
+    f.append(_masked_mean(e, nuc))
+    eroded = -F.max_pool2d(-F.pad(nuc, (1, 1, 1, 1), mode="replicate"), 3, stride=1)
+    nuc_px = nuc.sum((1, 2, 3))
+    f.append((nuc - eroded).sum((1, 2, 3)) / nuc_px.clamp_min(1.0) / mpp)
+    win = _odd(1.5 / mpp)
+    stats = _box(torch.cat([h_fine, h_fine * h_fine], 1), win)
+    local_std = (stats[:, 1:2] - stats[:, 0:1] ** 2).clamp_min(0).sqrt()
+    f.append(_masked_mean(local_std, nuc))
+    m.update(h_fine=h_fine, e_fine=e_fine, od_fine=od_fine, nuc=nuc, nuc_px=nuc_px)
+
+
+def _nucleus_part(enc: MorphometricEncoder, x: torch.Tensor, m: dict[str, Any],
+                  f: list[torch.Tensor]) -> None:
+    """Nuclei and blobs at about 1 um/px: densities, sizes, Laplacian-of-Gaussian blobs."""
+    mpp, cm, fac = enc.target_mpp, enc._coarse_mpp, enc._factor
+    h, e, tissue = m["h"], m["e"], m["tissue"]
+    if fac > 1:
+        hc = F.avg_pool2d(h, fac)
+        ec = F.avg_pool2d(e, fac)
+        tc = F.avg_pool2d(tissue, fac)
+    else:
+        hc, ec, tc = h, e, tissue
+    tcm = (tc > 0.5).float()
+    hn = _blur(hc, enc._g_nucleus)
+    spacing = _odd(_NUCLEUS_SPACING_UM / cm)
+    nuclei = ((hn == _max_filter(hn, spacing)) & (hn > _NUCLEAR_H)).float() * tcm
+    n_nuclei = nuclei.sum((1, 2, 3))
+    tissue_um2 = m["tissue_um2"]
+    f.append(n_nuclei / tissue_um2 * 1000.0)
+    f.append(n_nuclei / m["patch_um2"] * 1000.0)
+    f.append(m["nuc_px"] * mpp * mpp / n_nuclei.clamp_min(1.0))
+    logs = []
+    for i, s_um in enumerate(_BLOB_SIGMAS_UM):
+        s_px = s_um / cm
+        hs = _blur(hc, getattr(enc, f"_g_blob{i}"))
+        log = -(s_px**2) * _laplacian(hs)
+        logs.append(log)
+        is_max = log == _max_filter(log, 2 * int(round(s_px * math.sqrt(2))) + 1)
+        peaks = (is_max & (log > _BLOB_LOG_MIN) & (hs > _BLOB_H)).float() * tcm
+        f.append(peaks.sum((1, 2, 3)) / tissue_um2 * 1000.0)
+        f.append(_masked_mean(log, peaks))
+        f.append(_masked_mean(hs, peaks))
+    f.append(
+        _masked_mean(logs[0].abs(), tcm) / _masked_mean(logs[2].abs(), tcm).clamp_min(1e-4)
+    )
+    m.update(hc=hc, ec=ec, tc=tc, tcm=tcm, nuclei=nuclei)
+
+
+def _texture_part(enc: MorphometricEncoder, x: torch.Tensor, m: dict[str, Any],
+                  f: list[torch.Tensor]) -> None:
+    """Texture: gradients, local deviations at 2 and 8 um, orientation coherence and
+    autocorrelation of the smoothed stains."""
+    mpp, cm = enc.target_mpp, enc._coarse_mpp
+    h_fine, e_fine, tissue = m["h_fine"], m["e_fine"], m["tissue"]
+    hc, ec, tcm = m["hc"], m["ec"], m["tcm"]
+    for ch in (h_fine, e_fine, m["od_fine"]):
+        gx, gy = _gradients(ch)
+        mag = (gx * gx + gy * gy).sqrt() / mpp
+        f += [_masked_mean(mag, tissue), _masked_std(mag, tissue)]
+    fine = _box(
+        torch.cat([h_fine, e_fine, h_fine * h_fine, e_fine * e_fine], 1), _odd(2.0 / mpp)
+    )
+    std2 = (fine[:, 2:4] - fine[:, 0:2] ** 2).clamp_min(0).sqrt()
+    coarse = _box(torch.cat([hc, ec, hc * hc, ec * ec], 1), _odd(8.0 / cm))
+    std8 = (coarse[:, 2:4] - coarse[:, 0:2] ** 2).clamp_min(0).sqrt()
+    f += [_masked_mean(std2[:, 0:1], tissue), _masked_mean(std8[:, 0:1], tcm)]
+    f += [_masked_mean(std2[:, 1:2], tissue), _masked_mean(std8[:, 1:2], tcm)]
+    gx, gy = _gradients(torch.cat([hc, ec], 1))
+    jt = _blur(torch.cat([gx * gx, gy * gy, gx * gy], 1), enc._g_tensor)
+    for c in range(2):
+        jxx, jyy, jxy = jt[:, 0 + c : 1 + c], jt[:, 2 + c : 3 + c], jt[:, 4 + c : 5 + c]
+        tr = jxx + jyy
+        coh = ((jxx - jyy) ** 2 + 4 * jxy * jxy).sqrt() / tr.clamp_min(1e-8)
+        f.append(_masked_mean(coh, tcm * tr))
+    f.append(_autocorr(h_fine, tissue, round(1.0 / mpp)))
+    f.append(_autocorr(h_fine, tissue, round(4.0 / mpp)))
+    f.append(_autocorr(e_fine, tissue, round(4.0 / mpp)))
+
+
+def _heterogeneity_part(enc: MorphometricEncoder, x: torch.Tensor, m: dict[str, Any],
+                        f: list[torch.Tensor]) -> None:
+    """Heterogeneity over 4 x 4 sub-squares: stain, nuclear pixels, tissue, nuclei."""
+    mpp, fac = enc.target_mpp, enc._factor
+    hh, ww, tissue = m["hh"], m["ww"], m["tissue"]
+    cell = (max(1, hh // 4), max(1, ww // 4))
+    cell_t = F.avg_pool2d(tissue, cell)
+    cell_h = F.avg_pool2d(m["h"] * tissue, cell) / cell_t.clamp_min(1e-3)
+    cell_n = F.avg_pool2d(m["nuc"], cell) / cell_t.clamp_min(1e-3)
+    ccell = (max(1, cell[0] // fac), max(1, cell[1] // fac))
+    cell_area = cell[0] * cell[1] * mpp * mpp
+    cell_nuclei = F.avg_pool2d(m["nuclei"], ccell) * (ccell[0] * ccell[1])
+    cell_nuclei = cell_nuclei[..., : cell_t.shape[-2], : cell_t.shape[-1]]
+    cell_d = cell_nuclei / (cell_t * cell_area).clamp_min(0.05 * cell_area) * 1000.0
+    has = (cell_t > 0.05).float()
+    f.append(_masked_std(cell_h, has))
+    f.append(_masked_std(cell_n, has))
+    f.append(cell_t.flatten(1).std(1, correction=0))
+    f.append(_masked_std(cell_d, has))
+    f.append((cell_d * has).flatten(1).amax(1))
+
+
+def _lumen_stroma_part(enc: MorphometricEncoder, x: torch.Tensor, m: dict[str, Any],
+                       f: list[torch.Tensor]) -> None:
+    """Lumens (glass surrounded by tissue) and stroma (eosin without haematoxylin)."""
+    cm = enc._coarse_mpp
+    tc, tcm = m["tc"], m["tcm"]
+    around = _box(tc, _odd(8.0 / cm))
+    f.append(((1 - tcm) * (around > 0.5).float()).mean((1, 2, 3)))
+    f.append(_masked_mean(((m["e"] > 0.4) & (m["h"] < 0.3)).float(), m["tissue"]))
 
 
 def _masked_mean3(od: torch.Tensor, m: torch.Tensor) -> list[torch.Tensor]:

@@ -36,10 +36,12 @@ from napari_ghanet.errors import GHANetError
 from napari_ghanet.inference.checks import check_prediction_finite
 from napari_ghanet.inference.exports import patch_table, strict_json
 from napari_ghanet.inference.result import Prediction
-from napari_ghanet.io.atomic import clean_folder_once, temp_name
+from napari_ghanet.io.atomic import clean_folder_once, temp_name, writer_gone, writer_tag
 from napari_ghanet.io.features import json_default
 
 __all__ = [
+    "WRITING_MARKER",
+    "interrupted_store",
     "PATCHES_KEY",
     "QC_KEY",
     "TABLE_KEY",
@@ -51,6 +53,8 @@ __all__ = [
 PATCHES_KEY = "ghanet_patches"
 QC_KEY = "ghanet_qc_flagged"
 TABLE_KEY = "ghanet_table"
+#: File inside a store while :func:`write_spatialdata` puts it in place (its writer's tag).
+WRITING_MARKER = ".ghanet-writing"
 
 
 class SpatialDataMissing(GHANetError):
@@ -211,7 +215,9 @@ def write_spatialdata(
     path : str or Path
         The store folder to create (conventionally ``<name>.zarr``).
     overwrite : bool
-        Replace an existing store at ``path`` (after the new one is complete).
+        Replace an existing store at ``path`` (after the new one is complete). A store
+        whose writing run was killed before it finished (:func:`interrupted_store`) is
+        replaced without it, so re-running the command finishes the job.
 
     Returns
     -------
@@ -226,7 +232,7 @@ def write_spatialdata(
         ``path`` exists and ``overwrite`` is False, or it cannot be written.
     """
     path = Path(path)
-    if path.exists() and not overwrite:
+    if path.exists() and not overwrite and not interrupted_store(path):
         raise GHANetError(f"{path} already exists: choose another name or allow overwriting")
     sdata = build_spatialdata(prediction)
     parent = path.parent if str(path.parent) else Path(".")
@@ -236,6 +242,9 @@ def write_spatialdata(
     tmp = temp_name(path)
     try:
         sdata.write(tmp)
+        # the store names its writer until it is in place and the one it replaced is gone:
+        # a run killed meanwhile leaves a store a re-run may replace (interrupted_store)
+        (tmp / WRITING_MARKER).write_text(writer_tag(), encoding="ascii")
         old = None
         if os.path.lexists(path):
             old = temp_name(path, "old")
@@ -243,12 +252,27 @@ def write_spatialdata(
         os.replace(tmp, path)
         if old is not None:
             _remove(old)
+        (path / WRITING_MARKER).unlink()
     except OSError as exc:
         raise GHANetError(f"cannot write the SpatialData store {path}: {exc}") from exc
     finally:
         if os.path.lexists(tmp):
             _remove(tmp)
     return path
+
+
+def interrupted_store(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a store :func:`write_spatialdata` put in place but whose run was
+    killed before it finished (its :data:`WRITING_MARKER` names a process that is gone):
+    a re-run replaces such a store without ``overwrite``."""
+    marker = Path(path) / WRITING_MARKER
+    try:
+        if not marker.is_file() or marker.is_symlink():
+            return False
+        tag = marker.read_text(encoding="ascii", errors="replace")[:64]
+        return writer_gone(tag, marker.stat().st_mtime)
+    except OSError:
+        return False
 
 
 def _remove(path: Path) -> None:

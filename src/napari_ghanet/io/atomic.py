@@ -54,6 +54,8 @@ __all__ = [
     "clean_folder_once",
     "remove_stale_temp_files",
     "temp_name",
+    "writer_gone",
+    "writer_tag",
 ]
 
 STALE_TEMP_SECONDS = 24 * 3600
@@ -119,6 +121,22 @@ _HOST = _host_tag()
 def _writer_tag() -> str:
     """``<pid base 36>-<host>`` for this process (empty without a host tag)."""
     return f"{_base36(os.getpid())}-{_HOST}" if _HOST else ""
+
+
+def writer_tag() -> str:
+    """This process's writer tag, ``<pid base 36>-<host>`` (empty where the system gives no
+    boot id): what temporary names carry, for :func:`writer_gone` to judge later."""
+    return _writer_tag()
+
+
+def writer_gone(tag: str, mtime: float) -> bool:
+    """Whether the process that wrote ``tag`` (:func:`writer_tag`) into something last
+    changed at ``mtime`` is gone: True only when the tag is of this machine's boot and no
+    such process runs (or its id now belongs to a process started after ``mtime``)."""
+    m = re.fullmatch(r"([0-9a-z]{1,8})-([0-9a-f]{6})", tag.strip())
+    if m is None or not _HOST or m[2] != _HOST:
+        return False
+    return _writer_gone(int(m[1], 36), mtime, "tmp")
 
 
 def temp_name(path: str | os.PathLike, kind: str = "tmp", suffix: str = "") -> Path:

@@ -1,7 +1,7 @@
 """The models: G-HANet, its baselines, their losses, model bundles and what a risk means.
 
-``load_official_baseline`` and ``phenotype_clusters`` (from
-:mod:`napari_ghanet.models.official`) are importable from here; they load on first use, so
+``load_official_baseline`` (:mod:`napari_ghanet.models.official`) and
+``phenotype_clusters`` (:mod:`napari_ghanet.models.clusters`) are importable from here; they load on first use, so
 importing a torch-free submodule (``bundle_schema``) does not import torch.
 """
 
@@ -13,10 +13,11 @@ from typing import TYPE_CHECKING, Any
 __all__ = ["load_official_baseline", "phenotype_clusters"]
 
 _PUBLIC = {"load_official_baseline": "napari_ghanet.models.official",
-           "phenotype_clusters": "napari_ghanet.models.official"}
+           "phenotype_clusters": "napari_ghanet.models.clusters"}
 
 if TYPE_CHECKING:  # pragma: no cover
-    from napari_ghanet.models.official import load_official_baseline, phenotype_clusters
+    from napari_ghanet.models.clusters import phenotype_clusters
+    from napari_ghanet.models.official import load_official_baseline
 
 
 def __getattr__(name: str) -> Any:

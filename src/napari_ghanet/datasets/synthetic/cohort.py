@@ -127,30 +127,12 @@ def write_synthetic_cohort_slides(
     dict
         Slide id -> truth dict (see :meth:`SyntheticSlide.truth`) with ``path``.
     """
-    if not activities:
-        raise ValueError("activities is empty: give at least one slide id and its activity")
-    bad = [k for k in activities if not isinstance(k, str) or not _SLIDE_ID.match(k)]
-    if bad:
-        raise ValueError(
-            f"slide ids must be file-name safe (letters, digits, '.', '_', '-'): {bad[:5]}"
-        )
-    if suffix not in (".tif", ".tiff", ".svs"):
-        raise ValueError(f"suffix must be .tif, .tiff or .svs, got {suffix!r}")
+    _check_cohort_request(activities, suffix)
     shape = _resolve_shape(shape_hw, None, mpp)
-    for slide_id, act in activities.items():
-        try:
-            _activity_vector(act)
-        except ValueError as exc:
-            raise ValueError(f"slide {slide_id!r}: {exc}") from None
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     truth_json = out_dir / "synthetic_truth.json"
-    previous: dict = {}
-    if truth_json.is_file() and not overwrite:
-        try:
-            previous = json.loads(truth_json.read_text(encoding="utf-8")).get("slides", {})
-        except (OSError, ValueError, AttributeError):
-            previous = {}  # unreadable: every slide is rendered again
+    previous = {} if overwrite else _previous_records(truth_json)
     settings = {
         "shape_hw": list(shape),
         "mpp": float(mpp),
@@ -166,18 +148,8 @@ def write_synthetic_cohort_slides(
                 raise InterruptedError(f"cancelled after {done} of {total} slides")
             slide_seed = _slide_seed(seed, slide_id)
             path = out_dir / f"{slide_id}{suffix}"
-            activity = dict(zip(ACTIVITY_TRAITS, _activity_vector(act).tolist()))
-            old = previous.get(slide_id)
-            if (
-                path.is_file()
-                and isinstance(old, dict)
-                and old.get("seed") == slide_seed
-                and old.get("activity") == activity
-                and old.get("settings") == settings
-            ):
-                truth = dict(old)
-                truth["path"] = str(path)
-            else:
+            truth = _kept_truth(path, previous.get(slide_id), slide_seed, act, settings)
+            if truth is None:
                 _, truth = write_synthetic_slide(
                     path,
                     shape,
@@ -195,14 +167,68 @@ def write_synthetic_cohort_slides(
     finally:
         # the records of every complete slide, also when cancelled part way
         if results:
-            kept = {k: v for k, v in previous.items() if k not in results}
-            record = {
-                "generator": "napari_ghanet.datasets.synthetic",
-                "slides": {**kept, **results},
-            }
-            atomic_write(truth_json, json.dumps(record, indent=1, sort_keys=True))
-            _write_truth_csv(out_dir / "synthetic_truth.csv", results)
+            _write_records(out_dir, truth_json, previous, results)
     return results
+
+
+def _check_cohort_request(activities: Mapping[str, float | Sequence[float]],
+                          suffix: str) -> None:
+    """Refuse an empty cohort, slide ids that are not plain file names, an unknown file
+    suffix and a malformed activity, before any slide is rendered."""
+    if not activities:
+        raise ValueError("activities is empty: give at least one slide id and its activity")
+    bad = [k for k in activities if not isinstance(k, str) or not _SLIDE_ID.match(k)]
+    if bad:
+        raise ValueError(
+            f"slide ids must be file-name safe (letters, digits, '.', '_', '-'): {bad[:5]}"
+        )
+    if suffix not in (".tif", ".tiff", ".svs"):
+        raise ValueError(f"suffix must be .tif, .tiff or .svs, got {suffix!r}")
+    for slide_id, act in activities.items():
+        try:
+            _activity_vector(act)
+        except ValueError as exc:
+            raise ValueError(f"slide {slide_id!r}: {exc}") from None
+
+
+def _previous_records(truth_json: Path) -> dict:
+    """The slides recorded by an earlier run (empty when there is none or it is
+    unreadable: every slide is rendered again)."""
+    if not truth_json.is_file():
+        return {}
+    try:
+        return json.loads(truth_json.read_text(encoding="utf-8")).get("slides", {})
+    except (OSError, ValueError, AttributeError):
+        return {}
+
+
+def _kept_truth(path: Path, old: object, slide_seed: int, act: float | Sequence[float],
+                settings: dict) -> dict | None:
+    """The earlier record of the slide at ``path`` when the file exists and was made with
+    this seed, activity and settings (the slide is kept), else None (rendered again)."""
+    activity = dict(zip(ACTIVITY_TRAITS, _activity_vector(act).tolist()))
+    if (
+        path.is_file()
+        and isinstance(old, dict)
+        and old.get("seed") == slide_seed
+        and old.get("activity") == activity
+        and old.get("settings") == settings
+    ):
+        return {**old, "path": str(path)}
+    return None
+
+
+def _write_records(out_dir: Path, truth_json: Path, previous: dict,
+                   results: dict[str, dict]) -> None:
+    """``synthetic_truth.json`` (the earlier records of other slides kept) and
+    ``synthetic_truth.csv`` of this run's slides."""
+    kept = {k: v for k, v in previous.items() if k not in results}
+    record = {
+        "generator": "napari_ghanet.datasets.synthetic",
+        "slides": {**kept, **results},
+    }
+    atomic_write(truth_json, json.dumps(record, indent=1, sort_keys=True))
+    _write_truth_csv(out_dir / "synthetic_truth.csv", results)
 
 
 def _write_truth_csv(path: Path, results: Mapping[str, dict]) -> None:

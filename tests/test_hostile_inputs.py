@@ -757,3 +757,21 @@ def test_a_rerun_after_a_kill_just_after_the_store_was_in_place_finishes(predict
     with pytest.raises(GHANetError, match="already exists"):
         write_spatialdata(prediction, store)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["s.zarr"]
+
+
+def test_ghanet_predict_rerun_replaces_the_store_of_a_killed_run(prediction, tmp_path,
+                                                                 tiled_tiff):
+    from napari_ghanet.cli import main
+    from napari_ghanet.inference.spatialdata_export import WRITING_MARKER, write_spatialdata
+
+    store = tmp_path / "s.zarr"
+    write_spatialdata(prediction, store)
+    # the state a kill right after the store's rename leaves: a marker naming a dead writer
+    dead = f"{atomic._base36(_dead_pid())}-{atomic._HOST}"
+    (store / WRITING_MARKER).write_text(dead)
+    bundle = make_bundle(tmp_path / "m.safetensors", encoder=FAST_ENCODER)
+    argv = ["predict", str(tiled_tiff), "--model", str(bundle), "--out", str(tmp_path / "o"),
+            "--device", "cpu", "--no-cache", "--spatialdata", str(store), "--quiet"]
+    assert main(argv) == 0
+    assert not (store / WRITING_MARKER).exists()
+    assert main(argv) == 2  # a finished store is refused without --overwrite

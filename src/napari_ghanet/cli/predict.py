@@ -38,6 +38,7 @@ from napari_ghanet.cli._options import (
 from napari_ghanet.cli._progress import CohortProgress, TerminalProgress
 from napari_ghanet.cohort.inputs import is_pattern
 from napari_ghanet.errors import BundleError, GHANetError, PredictionError, UnsafeNameError
+from napari_ghanet.io.atomic import interrupted_folder
 from napari_ghanet.io.names import safe_name
 from napari_ghanet.models.risk import risk_text
 from napari_ghanet.options import (
@@ -296,7 +297,8 @@ def check_spatialdata(args: argparse.Namespace) -> None:
             "--spatialdata needs the spatialdata package, which is not installed: "
             "pip install 'napari-ghanet[spatial]'"
         )
-    if Path(store).exists() and not getattr(args, "overwrite", False):
+    if (Path(store).exists() and not getattr(args, "overwrite", False)
+            and not interrupted_folder(store)):  # a killed run's store is replaced
         raise UsageError(f"--spatialdata {store} already exists: choose another name or "
                          "pass --overwrite to replace it")
 

@@ -36,7 +36,13 @@ from napari_ghanet.errors import GHANetError
 from napari_ghanet.inference.checks import check_prediction_finite
 from napari_ghanet.inference.exports import patch_table, strict_json
 from napari_ghanet.inference.result import Prediction
-from napari_ghanet.io.atomic import clean_folder_once, temp_name, writer_gone, writer_tag
+from napari_ghanet.io.atomic import (
+    WRITING_MARKER,
+    clean_folder_once,
+    interrupted_folder,
+    temp_name,
+    writer_tag,
+)
 from napari_ghanet.io.features import json_default
 
 __all__ = [
@@ -53,8 +59,6 @@ __all__ = [
 PATCHES_KEY = "ghanet_patches"
 QC_KEY = "ghanet_qc_flagged"
 TABLE_KEY = "ghanet_table"
-#: File inside a store while :func:`write_spatialdata` puts it in place (its writer's tag).
-WRITING_MARKER = ".ghanet-writing"
 
 
 class SpatialDataMissing(GHANetError):
@@ -263,16 +267,9 @@ def write_spatialdata(
 
 def interrupted_store(path: str | os.PathLike) -> bool:
     """Whether ``path`` is a store :func:`write_spatialdata` put in place but whose run was
-    killed before it finished (its :data:`WRITING_MARKER` names a process that is gone):
-    a re-run replaces such a store without ``overwrite``."""
-    marker = Path(path) / WRITING_MARKER
-    try:
-        if not marker.is_file() or marker.is_symlink():
-            return False
-        tag = marker.read_text(encoding="ascii", errors="replace")[:64]
-        return writer_gone(tag, marker.stat().st_mtime)
-    except OSError:
-        return False
+    killed before it finished (:func:`napari_ghanet.io.atomic.interrupted_folder`): a
+    re-run replaces such a store without ``overwrite``."""
+    return interrupted_folder(path)
 
 
 def _remove(path: Path) -> None:

@@ -53,6 +53,8 @@ __all__ = [
     "check_writable_dir",
     "clean_folder_once",
     "remove_stale_temp_files",
+    "WRITING_MARKER",
+    "interrupted_folder",
     "temp_name",
     "writer_gone",
     "writer_tag",
@@ -127,6 +129,25 @@ def writer_tag() -> str:
     """This process's writer tag, ``<pid base 36>-<host>`` (empty where the system gives no
     boot id): what temporary names carry, for :func:`writer_gone` to judge later."""
     return _writer_tag()
+
+
+#: File inside a folder (a SpatialData store) while it is put in place: its writer's tag.
+WRITING_MARKER = ".ghanet-writing"
+
+
+def interrupted_folder(path: str | os.PathLike) -> bool:
+    """Whether the folder ``path`` holds a :data:`WRITING_MARKER` whose writer is gone
+    (:func:`writer_gone`): it was put in place by a run killed before it finished, so a
+    re-run may replace it without being told to overwrite."""
+    marker = Path(path) / WRITING_MARKER
+    try:
+        if marker.is_symlink() or not marker.is_file():
+            return False
+        with open(marker, encoding="ascii", errors="replace") as fh:
+            tag = fh.read(64)
+        return writer_gone(tag, marker.stat().st_mtime)
+    except OSError:
+        return False
 
 
 def writer_gone(tag: str, mtime: float) -> bool:

@@ -775,3 +775,42 @@ def test_ghanet_predict_rerun_replaces_the_store_of_a_killed_run(prediction, tmp
     assert main(argv) == 0
     assert not (store / WRITING_MARKER).exists()
     assert main(argv) == 2  # a finished store is refused without --overwrite
+
+
+# --------------------------------------------------------------- training inputs
+
+
+def test_training_feature_files_with_links_or_fifos_are_a_cohort_error_not_a_hang(tmp_path):
+    from types import SimpleNamespace
+
+    import pandas as pd
+    from napari_ghanet.training.cohort import FeatureStore, _read_features, _slide_clusters
+
+    from napari_ghanet.errors import CohortError
+
+    folder = tmp_path / "feats"
+    folder.mkdir()
+    path = save_features(folder / "s1.h5", _feats(n=20, d=8))
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    with h5py.File(path, "r+") as f:
+        del f["features"]
+        f["features"] = h5py.ExternalLink(str(fifo), "/features")
+    store = FeatureStore(SimpleNamespace(patients=pd.DataFrame({"slide_ids": [["s1"]]})),
+                         folder)
+    with _no_hang():
+        with pytest.raises(CohortError, match=r"s1\.h5.*external link"):
+            store.bag_size(0)
+        with pytest.raises(CohortError, match=r"s1\.h5"):
+            _read_features(path)
+    # a crafted cluster cache (a header declaring 2**40 ids) is recomputed, not allocated
+    good = save_features(folder / "s2.h5", _feats(n=20, d=8))
+    feats = load_features(good).features
+    cache = folder / "s2.h5.clusters3.npy"
+    header = "{'descr': '<i8', 'fortran_order': False, 'shape': (1099511627776,), }"
+    cache.write_bytes(b"\x93NUMPY\x01\x00" + len(header).to_bytes(2, "little")
+                      + header.encode() + b"\0" * 64)
+    ids = _slide_clusters(good, feats, 3)
+    assert ids.shape == (20,) and ids.min() >= 0 and ids.max() < 3
+    np.save(cache, np.full(20, 99, np.int64))  # ids out of range
+    assert _slide_clusters(good, feats, 3).max() < 3

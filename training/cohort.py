@@ -33,9 +33,10 @@ from napari_ghanet.encoders.aliases import (
     detect_foreign_encoder,
     resolve_encoder,
 )
-from napari_ghanet.errors import CohortError
+from napari_ghanet.errors import CohortError, FeaturesError
 from napari_ghanet.io.atomic import atomic_path
 from napari_ghanet.io.features import load_features
+from napari_ghanet.io.h5safe import open_h5, plain_dataset
 from napari_ghanet.io.wsidata import read_wsidata_features
 from napari_ghanet.models.clusters import phenotype_clusters
 
@@ -433,13 +434,18 @@ class FeatureStore:
         paths = [p for p in paths if p is not None]
         if i in self._cache or any(p.suffix not in (".h5", ".hdf5") for p in paths):
             return len(self.bag(i))
-        import h5py
-
         n = 0
         for path in paths:
+            # a regular file whose features are plain data inside it (io.h5safe): a FIFO,
+            # an external link or a 477 GiB declaration is a CohortError, never a hang
             try:
-                with h5py.File(path, "r") as f:
-                    shape = f["features"].shape
+                with open_h5(path) as f:
+                    ds = plain_dataset(f, "features", path, kinds="fiu")
+                    if ds is None:
+                        raise FeaturesError(f"{path}: no 'features' dataset")
+                    shape = ds.shape
+            except FeaturesError as exc:
+                raise CohortError(f"cannot read features file {path}: {exc}") from None
             except Exception as exc:
                 raise CohortError(f"cannot read features file {path}: {exc}") from exc
             n += int(shape[-2]) if len(shape) >= 2 else 0
@@ -509,12 +515,15 @@ def _slide_clusters(path: Path, feats: np.ndarray, k: int) -> np.ndarray:
     beside the features (recomputed when the patch count differs; kept in memory only
     when the folder is read-only)."""
     cache = path.with_name(f"{path.name}.clusters{k}.npy")
-    if cache.is_file():
+    # a regular file no larger than its header and the ids (a crafted header cannot make
+    # np.load allocate more), ids in [0, k): else recomputed
+    if cache.is_file() and cache.stat().st_size <= 4096 + 8 * len(feats):
         try:
             ids = np.load(cache, allow_pickle=False)
-            if ids.shape == (len(feats),) and ids.dtype == np.int64:
+            if (ids.shape == (len(feats),) and ids.dtype == np.int64
+                    and (ids.size == 0 or (ids.min() >= 0 and ids.max() < k))):
                 return ids
-        except (OSError, ValueError):
+        except (OSError, ValueError, MemoryError):
             pass
     ids = phenotype_clusters(feats, k=k, seed=0)
     try:

@@ -98,7 +98,7 @@ def test_bad_region_files_raise_a_clear_error(tmp_path, content, match):
 
 
 def test_missing_region_file(tmp_path):
-    with pytest.raises(RegionError, match="region file not found"):
+    with pytest.raises(RegionError, match="region file .*nope.geojson: not found"):
         read_geojson(tmp_path / "nope.geojson")
 
 

@@ -235,7 +235,7 @@ def test_tiff_without_resolution_needs_mpp(tmp_path):
 def test_missing_directory_and_empty(tmp_path):
     with pytest.raises(SlideError, match=r"nope\.svs: no such file"):
         open_slide(tmp_path / "nope.svs")
-    with pytest.raises(SlideError, match="is a directory"):
+    with pytest.raises(SlideError, match="is a folder, not a file"):
         open_slide(tmp_path)
     (tmp_path / "empty.svs").write_bytes(b"")
     with pytest.raises(SlideError, match=r"empty\.svs: file is empty"):

@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+import napari_ghanet
 from napari_ghanet.errors import TrainingError
 from napari_ghanet.io.atomic import atomic_path, atomic_write
 
@@ -234,6 +235,10 @@ def run_demo_recipe(out_bundle: Path, work_dir: Path, recipe: DemoRecipe | None 
 
 #: where ``ghanet-train demo`` writes its bundle unless told (the current folder)
 DEFAULT_OUT = "ghanet-demo-model.safetensors"
+#: the demo model shipped with the package (``models.bundle.demo_bundle_path()``, found
+#: here without importing torch: ``ghanet-train demo --help`` stays light)
+SHIPPED_MODEL = (Path(napari_ghanet.__file__).resolve().parent / "data"
+                 / "demo_model.safetensors")
 
 DEMO_DESCRIPTION = """\
 Build the plugin's demonstration model end to end, the way a researcher makes a real one:
@@ -286,9 +291,7 @@ def check_out(out: Path, replace_shipped: bool = False) -> Path:
     ...
     napari_ghanet.errors.TrainingError: --out ... is the demo model shipped with the package: give another --out, or pass --replace-shipped to rebuild the shipped model
     """
-    from napari_ghanet.models.bundle import demo_bundle_path
-
-    if not replace_shipped and Path(os.path.abspath(out)).resolve() == demo_bundle_path():
+    if not replace_shipped and Path(os.path.abspath(out)).resolve() == SHIPPED_MODEL:
         raise TrainingError(
             f"--out {out} is the demo model shipped with the package: give another --out, "
             "or pass --replace-shipped to rebuild the shipped model")

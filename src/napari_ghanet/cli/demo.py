@@ -3,7 +3,9 @@
 Headless, a thin layer over :func:`~napari_ghanet.inference.predict.predict_slide` and
 :func:`~napari_ghanet.inference.exports.export_all`; with a window, napari (imported only
 then) and the prognosis widget. Before Qt starts, :func:`check_display` makes sure there is
-a display to open the window on (Qt would otherwise abort the process).
+a display to open the window on (Qt would otherwise abort the process); without one the
+demo says so in one line (:data:`NO_DISPLAY_FALLBACK`) and runs headless, so the README's
+first command ends with the report and exit code 0 on a server too.
 """
 
 from __future__ import annotations
@@ -18,12 +20,17 @@ from napari_ghanet.cli._options import UsageError, add_shared_options, command
 from napari_ghanet.cli._progress import TerminalProgress
 from napari_ghanet.cli.predict import load_model, output_folder, report_lines, write_exports
 
-__all__ = ["NO_DISPLAY", "add_parser", "check_display", "format_report", "run"]
+__all__ = ["NO_DISPLAY", "NO_DISPLAY_FALLBACK", "add_parser", "check_display", "format_report", "run"]
 
-#: the one line ``ghanet demo`` ends with when no window can be opened (exit code 2)
+#: why no window can be opened (:func:`check_display`)
 NO_DISPLAY = (
     "no display found: run `ghanet demo --headless` for the report and exports, or start "
     "it from a desktop session"
+)
+#: the one line ``ghanet demo`` prints when it falls back to the headless report (exit 0)
+NO_DISPLAY_FALLBACK = (
+    "note: no display found, so no napari window: printing the headless report instead "
+    "(the same as `ghanet demo --headless`); start it from a desktop session for the window"
 )
 #: any of these set (non-empty) means Qt has somewhere to draw on Linux and other X11/Wayland
 #: systems (QT_QPA_PLATFORM also covers offscreen/vnc/eglfs)
@@ -99,7 +106,11 @@ def _inputs(args) -> tuple[Path, Path]:
 def run(args: argparse.Namespace) -> int:
     """Run ``ghanet demo``; returns the exit code."""
     if not args.headless:
-        check_display()
+        try:
+            check_display()
+        except UsageError:  # a server after a good install: the report, and exit 0
+            print(NO_DISPLAY_FALLBACK, file=sys.stderr, flush=True)
+            args.headless = True
     slide, model = _inputs(args)
     if args.headless:
         return _run_headless(slide, model, args)

@@ -14,7 +14,6 @@ write the same output name (same stem) are an error, as is a name that matches n
 
 from __future__ import annotations
 
-import csv
 import glob
 import os
 import re
@@ -24,8 +23,9 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
-from napari_ghanet.errors import CohortError
+from napari_ghanet.errors import CohortError, InputFileError
 from napari_ghanet.io.names import safe_name
+from napari_ghanet.io.safe_read import check_regular_file, read_csv_rows
 from napari_ghanet.options import GridOptions, OptionError
 
 __all__ = ["SlideItem", "SlideInputError", "is_pattern", "resolve_inputs", "slide_extensions"]
@@ -147,7 +147,16 @@ def _expand(item: str | os.PathLike) -> list[Path]:
         if not out:
             raise SlideInputError(f"{text}: the pattern matches no slide file")
         return out
+    problem = _slide_problem(p)
+    if problem is not None and problem != "not found":
+        raise SlideInputError(f"slide {text}: {problem}")
     raise SlideInputError(f"{text}: no such slide file or folder")
+
+
+def _short(text: object, n: int = 80) -> str:
+    """``text`` for a message: at most ``n`` characters, the rest counted."""
+    text = str(text)
+    return text if len(text) <= n else f"{text[:n - 20]}... ({len(text)} characters)"
 
 
 def _parse_mpp(value: str | None, where: str) -> float | None:
@@ -156,7 +165,8 @@ def _parse_mpp(value: str | None, where: str) -> float | None:
     try:
         mpp = float(value)
     except ValueError:
-        raise SlideInputError(f"{where}: mpp {value!r} is not a number (um per pixel)") from None
+        raise SlideInputError(
+            f"{where}: mpp {_short(value)!r} is not a number (um per pixel)") from None
     try:  # the one level-0 resolution range: GridOptions.mpp's declaration
         return GridOptions(mpp=mpp).mpp
     except OptionError as e:
@@ -171,41 +181,69 @@ def _case_id(value: str | None, where: str) -> str | None:
     return safe_name(value, f"{where}: case_id")
 
 
-def read_manifest(path: str | os.PathLike) -> list[SlideItem]:
-    """Slide items of a manifest CSV (``slide`` column; optional ``mpp``, ``case_id``)."""
+#: the manifest columns read; any other column is left out with a note
+MANIFEST_COLUMNS = ("slide", "mpp", "case_id")
+#: largest manifest read (bytes): a million slides' lines fit in far less
+MANIFEST_MAX_BYTES = 64 * 1024 * 1024
+
+
+def _slide_problem(path: Path) -> str | None:
+    """Why ``path`` is no slide file to open ("not found", "is a folder", ...), or None."""
+    try:
+        check_regular_file(path, "slide")
+    except InputFileError as e:
+        return str(e).rsplit(": ", 1)[-1].split(";")[0]
+    return None
+
+
+def read_manifest(path: str | os.PathLike,
+                  notify: Callable[[str], None] | None = None) -> list[SlideItem]:
+    """Slide items of a manifest CSV (``slide`` column; optional ``mpp``, ``case_id``).
+
+    The file is read through :func:`~napari_ghanet.io.safe_read.read_csv_rows`: a regular
+    UTF-8 file of at most 64 MiB, fields of at most 131,072 characters, no row with more
+    cells than the header; any of these is one :class:`SlideInputError` naming the line.
+    Columns other than ``slide``, ``mpp`` and ``case_id`` are ignored with one note to
+    ``notify`` (default: stderr), so a spreadsheet with extra columns still works.
+    """
     path = Path(path).expanduser()
-    if not path.is_file():
-        raise SlideInputError(f"{path}: no such manifest file")
-    with open(path, newline="", encoding="utf-8-sig") as fh:
-        reader = csv.DictReader(fh)
-        cols = [c.strip() for c in (reader.fieldnames or [])]
-        if "slide" not in cols:
-            raise SlideInputError(
-                f"{path}: the manifest needs a 'slide' column with the slide paths "
-                f"(found: {', '.join(cols) or 'no header'}); optional columns: mpp, case_id"
-            )
-        rows = [{(k or "").strip(): (v or "").strip() for k, v in r.items()} for r in reader]
+    try:
+        header, rows = read_csv_rows(path, "manifest", MANIFEST_MAX_BYTES)
+    except InputFileError as e:
+        raise SlideInputError(str(e)) from None
+    if "slide" not in header:
+        shown = ", ".join(h[:40] for h in header[:10] if h) or "no header"
+        raise SlideInputError(
+            f"{path}: the manifest needs a 'slide' column with the slide paths "
+            f"(found: {shown}); optional columns: mpp, case_id"
+        )
+    extra = [h for h in header if h and h not in MANIFEST_COLUMNS]
+    if extra:
+        say = notify or (lambda s: print(s, file=sys.stderr, flush=True))
+        shown = ", ".join(repr(h[:40]) for h in extra[:5]) + (
+            f" and {len(extra) - 5} more" if len(extra) > 5 else "")
+        say(f"note: {path}: column(s) {shown} ignored (a manifest reads slide, mpp and "
+            "case_id)")
+    col = {h: k for k, h in enumerate(header) if h in MANIFEST_COLUMNS}
     items, missing = [], []
-    for i, r in enumerate(rows, start=2):
+    for i, cells in rows:
+        r = {h: cells[k] for h, k in col.items()}
+        where = f"{path}, line {i}"
         if not r.get("slide"):
-            raise SlideInputError(f"{path}, line {i}: empty 'slide' value")
+            raise SlideInputError(f"{where}: empty 'slide' value")
         sp = Path(r["slide"]).expanduser()
         if not sp.is_absolute():
             sp = path.parent / sp
-        if not sp.is_file():
-            missing.append(f"line {i}: {sp}")
+        problem = _slide_problem(sp)
+        if problem is not None:
+            missing.append(f"line {i}: {_short(sp, 200)} ({problem})")
             continue
-        items.append(
-            SlideItem(
-                str(sp.resolve()),
-                _parse_mpp(r.get("mpp"), f"{path}, line {i}"),
-                _case_id(r.get("case_id"), f"{path}, line {i}"),
-            )
-        )
+        items.append(SlideItem(str(sp.resolve()), _parse_mpp(r.get("mpp"), where),
+                               _case_id(r.get("case_id"), where)))
     if missing:
         more = f" (and {len(missing) - 5} more)" if len(missing) > 5 else ""
         raise SlideInputError(
-            f"{path}: {len(missing)} slide(s) of the manifest do not exist: "
+            f"{path}: {len(missing)} slide(s) of the manifest cannot be read: "
             f"{'; '.join(missing[:5])}{more}"
         )
     if not items:
@@ -253,7 +291,7 @@ def resolve_inputs(
     say = notify or (lambda s: print(s, file=sys.stderr, flush=True))
     found: list[SlideItem] = []
     if manifest is not None:
-        found += read_manifest(manifest)
+        found += read_manifest(manifest, notify=say)
     for it in items or ():
         found += [SlideItem(str(p.resolve())) for p in _expand(it)]
     if not found:

@@ -24,10 +24,11 @@ from typing import Any
 
 import numpy as np
 
-from napari_ghanet.errors import CohortError
+from napari_ghanet.errors import CohortError, InputFileError
 from napari_ghanet.inference.exports import strict_json
 from napari_ghanet.io.atomic import atomic_write
 from napari_ghanet.io.figures import save_figure
+from napari_ghanet.io.safe_read import read_csv_rows
 from napari_ghanet.models.metrics import fold_metrics, logrank
 from napari_ghanet.models.risk import risk_colour
 
@@ -89,29 +90,94 @@ def write_cohort_csv(out_dir: str | os.PathLike, rows: list[dict[str, Any]]) -> 
     return atomic_write(Path(out_dir) / COHORT_FILE, buf.getvalue())
 
 
-def read_survival(path: str | os.PathLike) -> tuple[str, dict[str, tuple[float, int]]]:
-    """The survival table: (key column, {key: (survival_months, censorship)})."""
-    import pandas as pd
+#: largest survival table read (bytes)
+SURVIVAL_MAX_BYTES = 64 * 1024 * 1024
+SurvivalTable = tuple[str, dict[str, tuple[float, int]]]
 
-    path = Path(path)
-    if not path.is_file():
-        raise CohortError(f"{path}: no such survival table")
-    table = pd.read_csv(path)
-    key = "case_id" if "case_id" in table.columns else "slide" if "slide" in table.columns else None
-    missing = [c for c in ("survival_months", "censorship") if c not in table.columns]
+
+def _survival_value(text: str, column: str, where: str) -> float | int:
+    """One checked cell: survival_months a finite number >= 0, censorship 0 or 1."""
+    shown = text if len(text) <= 40 else text[:30] + "..."
+    if not text:
+        raise CohortError(f"{where}: {column} is empty; give a value or leave the row out")
+    try:
+        value = float(text)
+    except ValueError:
+        value = None
+    if column == "censorship":
+        if value not in (0.0, 1.0):
+            raise CohortError(f"{where}: censorship must be 0 (event) or 1 (censored), "
+                              f"found {shown!r}")
+        return int(value)
+    if value is None or not math.isfinite(value):
+        raise CohortError(f"{where}: survival_months must be a finite number of months, "
+                          f"found {shown!r}")
+    if value < 0:
+        raise CohortError(f"{where}: survival_months must be 0 or more months, found {shown}")
+    return value
+
+
+def read_survival(path: str | os.PathLike) -> SurvivalTable:
+    """The survival table: (key column, {key: (survival_months, censorship)}).
+
+    A regular UTF-8 CSV file of at most 64 MiB (read through
+    :func:`~napari_ghanet.io.safe_read.read_csv_rows`) with a ``case_id`` (or ``slide``)
+    column, ``survival_months`` (a finite number >= 0) and ``censorship`` (0 = event,
+    1 = censored); other columns are ignored. Every problem is one
+    :class:`~napari_ghanet.errors.CohortError` naming the file and the line: a value that
+    is empty, not a number, negative, infinite or NaN, a censorship other than 0 or 1, an
+    empty key, and a key given twice (each id named: keeping one row silently would change
+    the c-index).
+
+    Examples
+    --------
+    >>> import tempfile, pathlib
+    >>> p = pathlib.Path(tempfile.mkdtemp()) / "survival.csv"
+    >>> _ = p.write_text("case_id,survival_months,censorship\\nP1,12.5,0\\nP2,30,1\\n")
+    >>> read_survival(p)
+    ('case_id', {'P1': (12.5, 0), 'P2': (30.0, 1)})
+    >>> _ = p.write_text("case_id,survival_months,censorship\\nP1,12.5,0\\nP1,30,1\\n")
+    >>> read_survival(p)
+    Traceback (most recent call last):
+    ...
+    napari_ghanet.errors.CohortError: survival table ...: patient id given on more than one line: 'P1' (lines 2, 3); keep one row per case_id
+    """
+    path = Path(path).expanduser()
+    try:
+        header, rows = read_csv_rows(path, "survival table", SURVIVAL_MAX_BYTES)
+    except InputFileError as e:
+        raise CohortError(str(e)) from None
+    key = "case_id" if "case_id" in header else "slide" if "slide" in header else None
+    missing = [c for c in ("survival_months", "censorship") if c not in header]
     if key is None or missing:
         raise CohortError(
-            f"{path}: the survival table needs a case_id or slide column, survival_months and "
-            f"censorship (1 = censored); missing: {', '.join(missing + ([] if key else ['case_id/slide']))}"
+            f"survival table {path}: needs a case_id or slide column, survival_months and "
+            f"censorship (1 = censored); missing: "
+            f"{', '.join(missing + ([] if key else ['case_id/slide']))}"
         )
-    table = table.dropna(subset=[key, "survival_months", "censorship"])
-    bad = table[~table.censorship.isin([0, 1])]
-    if len(bad):
-        raise CohortError(f"{path}: censorship must be 0 (event) or 1 (censored), found "
-                          f"{sorted(set(bad.censorship))[:5]}")
-    out = {}
-    for k, t, c in zip(table[key].astype(str), table.survival_months, table.censorship):
-        out[k.strip()] = (float(t), int(c))
+    if not rows:
+        raise CohortError(f"survival table {path}: has a header but no rows")
+    col = {c: header.index(c) for c in (key, "survival_months", "censorship")}
+    out: dict[str, tuple[float, int]] = {}
+    lines: dict[str, list[int]] = {}
+    for line, cells in rows:
+        where = f"survival table {path}, line {line}"
+        k = cells[col[key]]
+        if not k:
+            raise CohortError(f"{where}: the {key} is empty")
+        t = _survival_value(cells[col["survival_months"]], "survival_months", where)
+        c = _survival_value(cells[col["censorship"]], "censorship", where)
+        lines.setdefault(k, []).append(line)
+        out[k] = (float(t), int(c))
+    dups = {k: v for k, v in lines.items() if len(v) > 1}
+    if dups:
+        shown = "; ".join(f"{k[:40]!r} (lines {', '.join(map(str, v[:4]))}"
+                          f"{', ...' if len(v) > 4 else ''})" for k, v in list(dups.items())[:5])
+        more = f" and {len(dups) - 5} more" if len(dups) > 5 else ""
+        who = "patient id" if key == "case_id" else "slide"
+        raise CohortError(
+            f"survival table {path}: {who} given on more than one line: {shown}{more}; "
+            f"keep one row per {key}")
     return key, out
 
 
@@ -127,7 +193,7 @@ def _match(row: dict[str, Any], key: str, table: dict[str, tuple[float, int]]):
 
 def validation_report(
     rows: list[dict[str, Any]],
-    survival_csv: str | os.PathLike,
+    survival_csv: str | os.PathLike | SurvivalTable,
     out_dir: str | os.PathLike,
     bin_edges: list[float] | None = None,
 ) -> dict[str, Any]:
@@ -138,9 +204,15 @@ def validation_report(
     censoring distribution estimated on this cohort, truncated at ``uno_tau_months``),
     ``auc``/``ibs`` where computable, ``km`` (log-rank test of the model's risk groups:
     ``chisq``, ``p_value``, ``groups`` {label: n}) and ``unmatched`` (rows without survival).
+    ``survival_csv`` is the table's path or what :func:`read_survival` returned for it
+    (read before the predictions, so that a bad table stops the run before any work).
     """
 
-    key, table = read_survival(survival_csv)
+    if isinstance(survival_csv, tuple):  # already read (and checked) by the caller
+        key, table = survival_csv
+        survival_csv = "the survival table"
+    else:
+        key, table = read_survival(survival_csv)
     times, events, risks, groups, surv, matched, unmatched = [], [], [], [], [], [], []
     for r in rows:
         hit = _match(r, key, table)

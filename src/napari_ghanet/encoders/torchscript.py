@@ -96,8 +96,12 @@ class TorchScriptEncoder(PatchEncoder):
             if self._exported:  # a torch.export program (TorchScript's successor)
                 self.model = torch.export.load(str(path)).module()
             else:
+                # A TorchScript file has no other loader: torch.jit.load is deprecated in
+                # favour of torch.export (the .pt2 branch above), which cannot read it. Only
+                # that one deprecation notice is silenced, here; any other warning shows.
                 with warnings.catch_warnings():
-                    warnings.simplefilter("ignore", FutureWarning)
+                    warnings.filterwarnings("ignore", message=r".*torch\.jit\.load.* deprecated",
+                                            category=FutureWarning)
                     self.model = torch.jit.load(str(path), map_location="cpu")
         except Exception as exc:  # noqa: BLE001 - torch raises many types here
             raise EncoderError(

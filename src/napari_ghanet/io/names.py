@@ -36,12 +36,16 @@ from pathlib import Path
 
 from napari_ghanet.errors import UnsafeNameError
 
-__all__ = ["MAX_NAME_BYTES", "UnsafeNameError", "child_path", "make_safe_name", "name_problem",
-           "safe_name"]
+__all__ = ["MAX_NAME_BYTES", "NAME_OVERHEAD_BYTES", "UnsafeNameError", "check_name_fits",
+           "child_path", "make_safe_name", "name_problem", "safe_name"]
 
 #: Longest name in bytes: the file system's 255 less room for the longest suffix the
 #: package adds (``.patches.geojson``) and its temporary-file tag (``.ghanet-tmp-XXXXXXXX``).
 MAX_NAME_BYTES = 200
+#: Bytes the package adds to a name in its output files: the longest export suffix
+#: (``.patches.geojson``, 16) and a temporary file's ``.`` + ``.ghanet-tmp-XXXXXXXX`` (21),
+#: with room to spare.
+NAME_OVERHEAD_BYTES = 55
 
 
 def name_problem(name: object) -> str | None:
@@ -164,3 +168,44 @@ def child_path(folder: str | os.PathLike, name: str, suffix: str = "",
             "use a plain name such as 'patient-01'"
         )
     return path
+
+
+def _name_max(folder: Path) -> int:
+    """The longest file name (bytes) of the file system ``folder`` (or its nearest existing
+    parent) lives on; 255 where the system does not say."""
+    p = Path(os.path.abspath(folder))
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    try:
+        return int(os.pathconf(p, "PC_NAME_MAX"))
+    except (OSError, ValueError, AttributeError):
+        return 255
+
+
+def check_name_fits(folder: str | os.PathLike, name: str, what: str = "name",
+                    suffix_bytes: int = NAME_OVERHEAD_BYTES) -> str:
+    """``name`` when it is a safe name (:func:`safe_name`) that, with ``suffix_bytes`` more
+    (the suffixes and temporary-file tags the package adds), fits the file system of
+    ``folder`` (``NAME_MAX``, usually 255 bytes, 143 on eCryptfs); else
+    :class:`~napari_ghanet.errors.UnsafeNameError` before any work, naming the limit.
+
+    Examples
+    --------
+    >>> check_name_fits(".", "slide-01", "slide name")
+    'slide-01'
+    >>> check_name_fits("/tmp", "x" * 150, "slide name", suffix_bytes=120)
+    Traceback (most recent call last):
+    ...
+    napari_ghanet.errors.UnsafeNameError: slide name 'xxx...' is too long for a file name in /tmp: its file system takes at most 135 bytes here, it has 150; rename it
+    """
+    safe_name(name, what)
+    size = len(name.encode("utf-8")) + int(suffix_bytes)
+    limit = _name_max(Path(folder))
+    if size > limit:
+        room = max(limit - int(suffix_bytes), 0)
+        raise UnsafeNameError(
+            f"{what} {name[:60] + '...' if len(name) > 60 else name!r} is too long for a file name in {os.fspath(folder)}: its "
+            f"file system takes at most {room} bytes here, it has "
+            f"{len(name.encode('utf-8'))}; rename it"
+        )
+    return name

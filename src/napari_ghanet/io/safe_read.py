@@ -11,6 +11,12 @@ or :func:`read_text_file` (UTF-8 text). They refuse, naming ``what`` and the pat
   reading, so a file that grows after the check cannot exhaust memory);
 * text that is not UTF-8 (a byte-order mark is dropped).
 
+:func:`read_csv_rows` reads a small CSV table (a manifest, a survival table) on top of
+:func:`read_text_file`: a header and its rows, each with its line number; a field longer
+than :data:`MAX_CSV_FIELD` characters, a NUL byte, a broken quote or a row with more cells
+than the header has names are refused naming the line, an empty file or a header without
+rows as such.
+
 Errors are :class:`~napari_ghanet.errors.InputFileError` (a ``GHANetError`` and a
 ``ValueError``).
 
@@ -29,17 +35,22 @@ napari_ghanet.errors.InputFileError: manifest ...: is a folder, not a file; give
 
 from __future__ import annotations
 
+import csv
+import io
 import os
 import stat
 from pathlib import Path
 
 from napari_ghanet.errors import InputFileError
 
-__all__ = ["DEFAULT_MAX_BYTES", "InputFileError", "check_regular_file", "read_regular_file",
-           "read_text_file"]
+__all__ = ["DEFAULT_MAX_BYTES", "MAX_CSV_FIELD", "InputFileError", "check_regular_file",
+           "read_csv_rows", "read_regular_file", "read_text_file"]
 
 #: Default size cap for small input files read whole: 64 MiB.
 DEFAULT_MAX_BYTES = 64 * 1024 * 1024
+#: Longest CSV field (characters) :func:`read_csv_rows` accepts (the csv module's default
+#: limit): a path, an identifier or a number is far shorter.
+MAX_CSV_FIELD = 131072
 
 
 def _size_text(n: int) -> str:
@@ -115,3 +126,68 @@ def read_text_file(path: str | os.PathLike, what: str = "file",
             f"{what} {Path(path).expanduser()}: is not UTF-8 text (byte {e.start}); save it "
             "as UTF-8 (CSV UTF-8 in a spreadsheet program)") from None
     return text[1:] if text.startswith("\ufeff") else text
+
+
+def read_csv_rows(path: str | os.PathLike, what: str = "table",
+                  max_bytes: int = DEFAULT_MAX_BYTES) -> tuple[list[str], list[tuple[int, list[str]]]]:
+    """The header (names stripped of white space) and the data rows of a small CSV file,
+    each row with its line number in the file; blank lines are skipped and every cell is
+    stripped of white space. Read whole through :func:`read_text_file`.
+
+    Refused with :class:`InputFileError` naming ``what``, the path and the line: an empty
+    file, a field longer than :data:`MAX_CSV_FIELD` characters, a NUL byte, a quote left
+    open, a row with more cells than the header has names, two columns of one name. A row
+    with fewer cells is padded with empty strings.
+
+    Examples
+    --------
+    >>> import tempfile, pathlib
+    >>> p = pathlib.Path(tempfile.mkdtemp()) / "t.csv"
+    >>> _ = p.write_text(' slide ,mpp\\na.svs, 0.5\\n\\nb.svs\\n')
+    >>> read_csv_rows(p, "manifest")
+    (['slide', 'mpp'], [(2, ['a.svs', '0.5']), (4, ['b.svs', ''])])
+    >>> _ = p.write_text('slide\\na.svs,extra\\n')
+    >>> read_csv_rows(p, "manifest")
+    Traceback (most recent call last):
+    ...
+    napari_ghanet.errors.InputFileError: manifest ...: line 2 has 2 cells but the header names 1 column; quote a value that holds a comma
+    """
+    p = Path(path).expanduser()
+    text = read_text_file(p, what, max_bytes)
+    if not text.strip():
+        raise InputFileError(f"{what} {p}: is empty; it needs a header line and one row per entry")
+    if "\0" in text:
+        line = text.count("\n", 0, text.index("\0")) + 1
+        raise InputFileError(f"{what} {p}: line {line} holds a NUL byte; is it a text CSV file?")
+    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
+    header: list[str] | None = None
+    rows: list[tuple[int, list[str]]] = []
+    while True:  # csv's own field limit (MAX_CSV_FIELD, its default) bounds every field
+        start = reader.line_num + 1
+        try:
+            cells = next(reader)
+        except StopIteration:
+            break
+        except csv.Error as e:
+            reason = (f"a field is longer than {csv.field_size_limit()} characters"
+                      if "field limit" in str(e) else f"not valid CSV ({e})")
+            raise InputFileError(f"{what} {p}: line {start}: {reason}") from None
+        cells = [c.strip() for c in cells]
+        if not any(cells):
+            continue
+        if header is None:
+            header = cells
+            continue
+        if len(cells) > len(header):
+            raise InputFileError(
+                f"{what} {p}: line {start} has {len(cells)} cells but the header names "
+                f"{len(header)} column{'s' if len(header) != 1 else ''}; quote a value "
+                "that holds a comma")
+        rows.append((start, cells + [""] * (len(header) - len(cells))))
+    if header is None:  # only blank lines, or empty quoted cells
+        raise InputFileError(f"{what} {p}: is empty; it needs a header line and one row per entry")
+    named = [h for h in header if h]
+    dup = sorted({h for h in named if named.count(h) > 1})
+    if dup:
+        raise InputFileError(f"{what} {p}: the header names column {dup[0]!r} twice; keep one")
+    return header, rows

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,7 +28,8 @@ import numpy as np
 import shapely
 from shapely.geometry import MultiPolygon, Polygon, shape
 
-from napari_ghanet.errors import RegionError
+from napari_ghanet.errors import InputFileError, RegionError
+from napari_ghanet.io.safe_read import read_text_file
 
 logger = logging.getLogger(__name__)
 
@@ -43,6 +45,15 @@ __all__ = [
 ]
 
 _AREA_TYPES = ("Polygon", "MultiPolygon")
+#: largest region file read (bytes): QuPath exports of thousands of detailed annotations
+#: stay far below; a bigger file is refused before it is read
+MAX_GEOJSON_BYTES = 256 * 1024 * 1024
+#: deepest nesting of plain lists around the Features
+MAX_LIST_DEPTH = 32
+#: largest |coordinate| (level-0 px): 2^31, far beyond any slide, so areas stay finite
+MAX_COORDINATE = float(2**31)
+#: longest region name kept for reports (characters)
+MAX_NAME_CHARS = 200
 
 
 @dataclass
@@ -87,41 +98,96 @@ def _clean(geom, where: str) -> Polygon | MultiPolygon | None:
 
 
 def _features(doc: Any, where: str) -> list[dict]:
-    """The list of GeoJSON Features (or bare geometries wrapped as Features) in ``doc``."""
-    if isinstance(doc, list):  # QuPath "Export objects" without FeatureCollection
-        out: list[dict] = []
-        for item in doc:
-            out.extend(_features(item, where))
-        return out
-    if not isinstance(doc, dict) or "type" not in doc:
-        raise RegionError(
-            f"{where} is not GeoJSON: expected a FeatureCollection, a Feature or a geometry "
-            "(export the annotations from QuPath with File > Export objects as GeoJSON)"
-        )
-    kind = doc["type"]
-    if kind == "FeatureCollection":
-        feats = doc.get("features")
-        if not isinstance(feats, list):
-            raise RegionError(f"{where}: the FeatureCollection has no 'features' list")
-        return _features(feats, where)
-    if kind == "Feature":
-        return [doc]
-    if kind == "GeometryCollection":
-        geoms = doc.get("geometries", [])
-        return [{"type": "Feature", "geometry": g, "properties": {}} for g in geoms]
-    return [{"type": "Feature", "geometry": doc, "properties": {}}]
+    """The list of GeoJSON Features (or bare geometries wrapped as Features) in ``doc``.
+
+    Walked without recursion: lists (QuPath's "Export objects" without a
+    FeatureCollection) may nest at most :data:`MAX_LIST_DEPTH` deep, and every member
+    that is not an object is refused in one line naming what it is."""
+    out: list[dict] = []
+    stack: list[tuple[Any, int]] = [(doc, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, list):
+            if depth >= MAX_LIST_DEPTH:
+                raise RegionError(f"{where}: lists nested more than {MAX_LIST_DEPTH} deep; "
+                                  "export the annotations from QuPath as GeoJSON")
+            stack.extend((x, depth + 1) for x in reversed(item))
+            continue
+        if not isinstance(item, dict) or "type" not in item:
+            raise RegionError(
+                f"{where} is not GeoJSON: expected a FeatureCollection, a Feature or a "
+                f"geometry, found {_kind(item)} (export the annotations from QuPath with "
+                "File > Export objects as GeoJSON)"
+            )
+        kind = item["type"]
+        if kind == "FeatureCollection":
+            feats = item.get("features")
+            if not isinstance(feats, list):
+                raise RegionError(f"{where}: the FeatureCollection has no 'features' list")
+            stack.append((feats, depth))
+        elif kind == "Feature":
+            out.append(item)
+        elif kind == "GeometryCollection":
+            geoms = item.get("geometries", [])
+            if not isinstance(geoms, list):
+                raise RegionError(f"{where}: a GeometryCollection's 'geometries' is "
+                                  f"{_kind(geoms)}, not a list of geometries")
+            out += [{"type": "Feature", "geometry": g, "properties": {}} for g in geoms]
+        else:
+            out.append({"type": "Feature", "geometry": item, "properties": {}})
+    return out
 
 
-def _feature_name(props: dict, index: int) -> str:
+def _kind(value: Any) -> str:
+    """What a JSON value is, for a message ("a list", "a number", ...)."""
+    names = {dict: "an object", list: "a list", str: "a string", bool: "true/false",
+             int: "a number", float: "a number", type(None): "null"}
+    return names.get(type(value), type(value).__name__)
+
+
+def _feature_name(props: Any, index: int) -> str:
+    """The region's name from a Feature's ``properties`` (QuPath: ``name``, else its
+    ``classification``), at most :data:`MAX_NAME_CHARS` characters; properties that are
+    not an object (a list, a string) give the plain "region N"."""
+    if not isinstance(props, dict):
+        return f"region {index + 1}"
     name = props.get("name")
-    if name:
-        return str(name)
     cls = props.get("classification")
-    if isinstance(cls, dict) and cls.get("name"):
-        return f"{cls['name']} {index + 1}"
-    if isinstance(cls, str) and cls:
-        return f"{cls} {index + 1}"
-    return f"region {index + 1}"
+    if isinstance(name, str | int | float) and not isinstance(name, bool) and str(name).strip():
+        text = str(name)
+    elif isinstance(cls, dict) and isinstance(cls.get("name"), str) and cls["name"].strip():
+        text = f"{cls['name']} {index + 1}"
+    elif isinstance(cls, str) and cls.strip():
+        text = f"{cls} {index + 1}"
+    else:
+        return f"region {index + 1}"
+    text = " ".join(text.split())
+    return text if len(text) <= MAX_NAME_CHARS else text[:MAX_NAME_CHARS - 3] + "..."
+
+
+def _geometry(geom_doc: dict, gtype: str, where: str) -> Polygon | MultiPolygon | None:
+    """A feature's polygon(s), checked: well-formed coordinates, every one a finite number
+    within :data:`MAX_COORDINATE` level-0 pixels of the origin (so areas stay finite), and
+    a finite area; None when nothing of area is left (a degenerate ring)."""
+    try:
+        geom = shape(geom_doc)
+        xy = shapely.get_coordinates(geom)
+    except Exception as e:  # noqa: BLE001 - shapely raises many types for bad coordinates
+        msg = " ".join(str(e).split())[:120] or type(e).__name__
+        raise RegionError(f"{where} has malformed {gtype} coordinates ({msg})") from None
+    if not np.all(np.isfinite(xy)):
+        raise RegionError(f"{where} has non-finite coordinates")
+    if xy.size and float(np.abs(xy).max()) > MAX_COORDINATE:
+        raise RegionError(
+            f"{where} has a coordinate of {float(np.abs(xy).max()):.3g} px, beyond any slide "
+            f"(at most {MAX_COORDINATE:.0f} level-0 pixels); check the file's coordinates")
+    try:
+        geom = _clean(geom, where)
+    except Exception as e:  # noqa: BLE001 - GEOS errors on pathological rings
+        raise RegionError(f"{where}: cannot repair its {gtype} ({e})") from None
+    if geom is not None and not math.isfinite(float(geom.area)):
+        raise RegionError(f"{where}: its area is not a finite number")
+    return geom
 
 
 def read_geojson(path: str | Path) -> list[Region]:
@@ -143,7 +209,9 @@ def read_geojson(path: str | Path) -> list[Region]:
     Raises
     ------
     RegionError
-        Missing or unreadable file, not GeoJSON, bad coordinates, or no polygon at all.
+        One line naming the file: missing, a folder or not a regular file (a FIFO is never
+        opened), larger than 256 MiB, not UTF-8, not JSON or nested too deeply, not
+        GeoJSON, malformed coordinates or coordinates beyond 2^31 px, or no polygon at all.
 
     Examples
     --------
@@ -158,17 +226,23 @@ def read_geojson(path: str | Path) -> list[Region]:
     >>> [(r.name, r.geometry.area) for r in read_geojson(p)]
     [('tumour', 9600.0)]
     """
-    path = Path(path)
+    path = Path(path).expanduser()
     where = str(path)
-    if not path.is_file():
-        raise RegionError(f"region file not found: {path}")
     try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        text = read_text_file(path, "region file", MAX_GEOJSON_BYTES)
+    except InputFileError as e:
+        raise RegionError(str(e)) from None
+    try:
+        doc = json.loads(text)
+    except json.JSONDecodeError as e:
         raise RegionError(
-            f"{path} is not a GeoJSON text file ({e}); export the annotations from QuPath "
-            "as GeoJSON"
+            f"{path} is not a GeoJSON text file (line {e.lineno}: {e.msg}); export the "
+            "annotations from QuPath as GeoJSON"
         ) from None
+    except RecursionError:  # json nests arrays/objects by recursion
+        raise RegionError(f"{path}: nested too deeply to be GeoJSON; export the annotations "
+                          "from QuPath as GeoJSON") from None
+    del text
     regions: list[Region] = []
     skipped: dict[str, int] = {}
     for i, feat in enumerate(_features(doc, where)):
@@ -178,21 +252,13 @@ def read_geojson(path: str | Path) -> list[Region]:
             continue
         gtype = geom_doc.get("type")
         if gtype not in _AREA_TYPES:
-            skipped[str(gtype)] = skipped.get(str(gtype), 0) + 1
+            label = gtype if isinstance(gtype, str) and len(gtype) <= 40 else _kind(gtype)
+            skipped[label] = skipped.get(label, 0) + 1
             continue
-        try:
-            geom = shape(geom_doc)
-        except Exception as e:  # shapely raises several types for malformed coordinates
-            raise RegionError(
-                f"{where}: feature {i + 1} has malformed {gtype} coordinates ({e})"
-            ) from None
-        if not np.all(np.isfinite(shapely.get_coordinates(geom))):
-            raise RegionError(f"{where}: feature {i + 1} has non-finite coordinates")
-        geom = _clean(geom, where)
+        geom = _geometry(geom_doc, gtype, f"{where}: feature {i + 1}")
         if geom is None:
             continue
-        props = feat.get("properties") or {}
-        regions.append(Region(geom, _feature_name(props, i), where))
+        regions.append(Region(geom, _feature_name(feat.get("properties"), i), where))
     if skipped:
         logger.warning(
             "%s: skipped features without area: %s",

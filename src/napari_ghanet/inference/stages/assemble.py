@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -16,17 +17,36 @@ from napari_ghanet.inference.overlays import percentile_normalise
 from napari_ghanet.inference.result import CategoryResult, Prediction, Region
 from napari_ghanet.inference.stages.model import ModelOutputs
 from napari_ghanet.inference.stages.slide import SlideRun
-from napari_ghanet.models.bundle import ModelBundle
+from napari_ghanet.models.bundle import ModelBundle, demo_bundle_path
 from napari_ghanet.models.risk import survival_horizon
 from napari_ghanet.preprocessing.qc import (
     QCParams,
 )
+
+#: the warning every prediction made with the demonstration model carries
+DEMO_MODEL_WARNING = (
+    "made with the bundled DEMONSTRATION model, trained on synthetic slides: its numbers "
+    "say nothing about a real patient; load your own model bundle"
+)
+
+
+def is_demo_bundle(bundle: ModelBundle) -> bool:
+    """Whether ``bundle`` is the demonstration model: the file shipped with the package, or
+    a bundle whose intended use says it is one (a copy, a rebuilt demo)."""
+    use = str(bundle.metadata.get("intended_use", ""))
+    if use.startswith("DEMONSTRATION MODEL"):
+        return True
+    try:
+        return bundle.path is not None and Path(bundle.path).resolve() == demo_bundle_path()
+    except OSError:
+        return False
 
 
 def _model_info(bundle: ModelBundle) -> dict[str, Any]:
     meta = bundle.metadata
     return {
         "name": bundle.name,
+        "demo": is_demo_bundle(bundle),
         "path": str(bundle.path) if bundle.path is not None else None,
         "architecture": meta.get("model", {}).get("name"),
         "encoder": bundle.encoder.to_dict(),
@@ -223,6 +243,8 @@ def assemble_stage(
         by_slide = []
     horizon, note = survival_horizon(bundle.metadata)
     risk = outputs.risk
+    if is_demo_bundle(bundle) and DEMO_MODEL_WARNING not in warnings:
+        warnings = [DEMO_MODEL_WARNING, *warnings]
     return Prediction(
         risk=risk,
         percentile=float(bundle.percentile(risk)),

@@ -7,6 +7,8 @@ command prints and whose ``exit_code`` is 0 only when nothing failed.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
 import sys
 import threading
@@ -20,13 +22,22 @@ from napari_ghanet.cohort.report import (
     VALIDATION_JSON,
     VALIDATION_PNG,
     cohort_rows,
+    read_survival,
     validation_report,
     write_cohort_csv,
 )
 from napari_ghanet.cohort.summary import CohortSummary, write_summary
-from napari_ghanet.cohort.tasks import check_bundle_file, embed_task, encoder_recipe, predict_task
+from napari_ghanet.cohort.tasks import (
+    check_bundle_file,
+    embed_task,
+    encoder_recipe,
+    predict_task,
+    unit_name,
+)
 from napari_ghanet.device import resolve_device
+from napari_ghanet.errors import NotWritableError, UnsafeNameError
 from napari_ghanet.io.atomic import check_writable_dir
+from napari_ghanet.io.names import check_name_fits
 from napari_ghanet.models.bundle import demo_bundle_path
 from napari_ghanet.options import (
     EmbedOptions,
@@ -47,13 +58,43 @@ def _items(inputs, manifest, notify) -> list[SlideItem]:
     return resolve_inputs(inputs, manifest, notify=notify)
 
 
+@contextlib.contextmanager
+def _writing(out: Path, what: str):
+    """An OS error (a full disk, a folder made read-only) while writing the cohort's own
+    files as one line naming the file, not a traceback."""
+    try:
+        yield
+    except OSError as e:
+        reason = e.strerror or str(e)
+        hint = "; free some space" if e.errno == errno.ENOSPC else ""
+        raise NotWritableError(f"cannot write {Path(out) / what}: {reason}{hint}; the "
+                               "slides' own results are in their folders") from None
+
+
+def _check_unit_names(out: Path, groups: list[list[SlideItem]]) -> None:
+    """Every unit's output name (``OUT/<name>/<name>.ghanet.json``...) is a safe name that
+    fits the output folder's file system, checked before any slide is predicted; the
+    names that do not are listed in one line."""
+    bad = []
+    for g in groups:
+        try:
+            check_name_fits(out, unit_name(g), "slide name" if len(g) == 1 else "case_id")
+        except UnsafeNameError as e:
+            bad.append(str(e).split(";")[0])
+    if bad:
+        more = f" (and {len(bad) - 3} more)" if len(bad) > 3 else ""
+        raise UnsafeNameError("; ".join(bad[:3]) + more + "; rename the slides (or give "
+                              "their patients plain case_id names)")
+
+
 def _summary(out: Path, results, extra=None) -> CohortSummary:
     rows = []
     for r in results:
         row = dict(r.row)
         row["attempts"] = r.attempts
         rows.append(row)
-    path = write_summary(out, rows)
+    with _writing(out, "summary.csv"):
+        path = write_summary(out, rows)
     return CohortSummary(rows, out, path, dict(extra or {}))
 
 
@@ -200,12 +241,16 @@ def predict_cohort(
                       )["execution"]  # the same object when nothing changes: parsed once
     options = PredictOptions.create(options, **shortcuts)
     items = _items(inputs, manifest, notify)
+    # every input checked before any work: the survival table is read now, not after the
+    # last slide was predicted
+    table = read_survival(survival) if survival is not None else None
     out = check_writable_dir(out_dir)
     bundle_path = Path(bundle_path) if bundle_path is not None else demo_bundle_path()
     digest = check_bundle_file(bundle_path)  # a bad model is a usage error, not N failed slides
     device = options.embed.device
     resolve_device(device)  # a wrong device fails once here, not once per slide
     groups = patient_groups(items)
+    _check_unit_names(out, groups)
     results = run_tasks(predict_task, groups,
                         args=(str(out), str(bundle_path), digest, options, execution.overwrite),
                         execution=execution,
@@ -214,10 +259,11 @@ def predict_cohort(
                         unit="slide" if len(groups) == len(items) else "patient")
     summary = _summary(out, results)
     rows, edges = cohort_rows(summary.rows)
-    summary.extra["cohort"] = write_cohort_csv(out, rows)
-    if survival is not None:
-
-        summary.extra["validation"] = validation_report(rows, survival, out, edges)
+    with _writing(out, "cohort.csv"):
+        summary.extra["cohort"] = write_cohort_csv(out, rows)
+    if table is not None:
+        with _writing(out, VALIDATION_JSON):
+            summary.extra["validation"] = validation_report(rows, table, out, edges)
         summary.extra["validation_json"] = out / VALIDATION_JSON
         summary.extra["validation_png"] = out / VALIDATION_PNG
     return summary

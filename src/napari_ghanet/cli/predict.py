@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import os
+import shutil
 import sys
 import threading
 from pathlib import Path
@@ -39,7 +41,7 @@ from napari_ghanet.cli._progress import CohortProgress, TerminalProgress
 from napari_ghanet.cohort.inputs import is_pattern
 from napari_ghanet.errors import BundleError, GHANetError, PredictionError, UnsafeNameError
 from napari_ghanet.io.atomic import interrupted_folder
-from napari_ghanet.io.names import safe_name
+from napari_ghanet.io.names import check_name_fits, name_problem, safe_name
 from napari_ghanet.models.risk import risk_text
 from napari_ghanet.options import (
     CacheOptions,
@@ -57,7 +59,14 @@ from napari_ghanet.options import (
     add_arguments,
 )
 
-__all__ = ["add_parser", "options_from_args", "report_lines", "run"]
+__all__ = ["DEMO_BANNER", "add_parser", "check_before_work", "options_from_args",
+           "report_lines", "run"]
+
+#: the line ``ghanet predict`` starts with when no ``--model`` is given
+DEMO_BANNER = (
+    "warning: no --model given: scoring with the bundled DEMONSTRATION model, trained on "
+    "synthetic slides; its numbers say nothing about a real patient (give --model BUNDLE)"
+)
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -260,6 +269,8 @@ def run(args: argparse.Namespace) -> int:
             raise UsageError(str(e)) from None
     options = options_from_args(args)
     regions = group_from_args(RegionOptions, args)
+    if args.model is None:  # a warning, not progress: shown even with --quiet
+        print(DEMO_BANNER, file=sys.stderr, flush=True)
     if not args.patient and is_cohort(args):
         if getattr(args, "spatialdata", None) is not None:
             raise UsageError(
@@ -281,14 +292,34 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(
             "--roi / --exclude are in one slide's level-0 pixels: give them with one slide"
         )
-    check_spatialdata(args)
+    check_before_work(args, regions)
     with output_folder(args.out):
         return _predict(args, options, regions)
 
 
+def check_before_work(args: argparse.Namespace, regions: RegionOptions) -> None:
+    """Everything one slide's (or patient's) prediction reads or writes, checked before any
+    work, so that nothing fails after the slide was embedded: the output names fit the
+    output folder's file system (:func:`~napari_ghanet.io.names.check_name_fits`), the
+    region files parse (:func:`~napari_ghanet.preprocessing.roi.read_geojson`) and the
+    ``--spatialdata`` location can take the store (:func:`check_spatialdata`)."""
+    stem, what = ((args.patient, "--patient") if args.patient
+                  else (Path(args.slides[0]).stem, "the slide's name"))
+    try:
+        check_name_fits(args.out, stem, what)
+    except UnsafeNameError as e:
+        raise UsageError(f"{e} (it names the files in --out)") from None
+    regions.regions()  # parsed now; a bad file is one line before the slide is opened
+    check_spatialdata(args)
+
+
 def check_spatialdata(args: argparse.Namespace) -> None:
-    """Before any work: ``--spatialdata`` needs the spatialdata package and a store name
-    that is free (or ``--overwrite``)."""
+    """Before any work: ``--spatialdata`` needs the spatialdata package and a location that
+    can take the store: not the ``--out`` folder nor a folder holding it (replacing the
+    store would delete the exports), a free name (or ``--overwrite`` of an earlier store;
+    a file or a folder that is no store is never replaced), a name that fits its file
+    system, and a writable folder (the nearest existing one) with at least
+    :data:`SPATIALDATA_MIN_FREE` bytes free."""
     store = getattr(args, "spatialdata", None)
     if store is None:
         return
@@ -297,10 +328,58 @@ def check_spatialdata(args: argparse.Namespace) -> None:
             "--spatialdata needs the spatialdata package, which is not installed: "
             "pip install 'napari-ghanet[spatial]'"
         )
-    if (Path(store).exists() and not getattr(args, "overwrite", False)
-            and not interrupted_folder(store)):  # a killed run's store is replaced
-        raise UsageError(f"--spatialdata {store} already exists: choose another name or "
-                         "pass --overwrite to replace it")
+    problem = spatialdata_location_problem(Path(store), Path(args.out),
+                                           bool(getattr(args, "overwrite", False)))
+    if problem:
+        raise UsageError(f"--spatialdata {store}: {problem}")
+
+
+#: free space the ``--spatialdata`` store's disk must have before any work (bytes)
+SPATIALDATA_MIN_FREE = 64 * 1024 * 1024
+
+
+def _is_store(path: Path) -> bool:
+    return any((path / m).exists() for m in ("zarr.json", ".zgroup", ".zattrs"))
+
+
+def spatialdata_location_problem(store: Path, out: Path, overwrite: bool) -> str | None:
+    """Why ``store`` cannot take a SpatialData store next to the exports in ``out`` (see
+    :func:`check_spatialdata`), or None."""
+    s, o = Path(os.path.abspath(store.expanduser())), Path(os.path.abspath(out.expanduser()))
+    if s == o:
+        return "is the --out folder; give the store its own name, e.g. OUT/slide.ghanet.zarr"
+    if o.is_relative_to(s):
+        return "holds the --out folder; replacing the store would delete the exports"
+    name = s.name
+    if name_problem(name) is not None:
+        return f"cannot be a store's name: {name_problem(name)}"
+    if s.is_symlink() or s.exists():
+        if not overwrite and not interrupted_folder(s):  # a killed run's store: replaced
+            return "already exists: choose another name or pass --overwrite to replace it"
+        if not s.is_dir() or s.is_symlink():
+            return "exists and is not a SpatialData store; it is never replaced: choose another name"
+        if not _is_store(s):
+            return ("is a folder that holds no SpatialData store; it is never replaced: "
+                    "choose another name")
+    parent = s.parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        return f"{parent} is a file, not a folder"
+    if not os.access(parent, os.W_OK | os.X_OK):
+        return f"its folder {parent} is not writable (read-only?); choose another location"
+    try:
+        check_name_fits(parent, name, "the store's name", suffix_bytes=0)
+    except UnsafeNameError as e:
+        return str(e)
+    try:
+        free = shutil.disk_usage(parent).free
+    except OSError:
+        free = None
+    if free is not None and free < SPATIALDATA_MIN_FREE:
+        return (f"only {free / 2**20:.1f} MiB free on the disk of {parent}; free some "
+                f"space (at least {SPATIALDATA_MIN_FREE // 2**20} MiB) or choose another disk")
+    return None
 
 
 def write_spatialdata_store(prediction, args: argparse.Namespace) -> Path:

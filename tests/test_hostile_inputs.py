@@ -814,3 +814,52 @@ def test_training_feature_files_with_links_or_fifos_are_a_cohort_error_not_a_han
     assert ids.shape == (20,) and ids.min() >= 0 and ids.max() < 3
     np.save(cache, np.full(20, 99, np.int64))  # ids out of range
     assert _slide_clusters(good, feats, 3).max() < 3
+
+
+# --------------------------------------------------------------- .npz feature files
+
+
+def _npz_with_header(path: Path, shape: tuple, descr: str = "<f4", payload: bytes = b"") -> Path:
+    import zipfile
+
+    header = f"{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape!r}, }}"
+    header += " " * ((64 - (10 + len(header) + 1) % 64) % 64) + "\n"
+    npy = b"\x93NUMPY\x01\x00" + len(header).to_bytes(2, "little") + header.encode() + payload
+    with zipfile.ZipFile(path, "w") as zf:
+        zf.writestr("features.npy", npy)
+    return path
+
+
+def test_crafted_npz_and_sidecars_are_one_line_never_an_allocation_or_a_hang(tmp_path):
+    huge = _npz_with_header(tmp_path / "huge.npz", (2**20, 2**20))  # 4 TiB declared
+    with pytest.raises(FeaturesError, match="declares 4398046511104 bytes"):
+        load_features(huge)
+    obj = _npz_with_header(tmp_path / "obj.npz", (2,), descr="|O")
+    with pytest.raises(FeaturesError, match="obj.npz"):
+        load_features(obj)
+    good = tmp_path / "good.npz"
+    np.savez(good, features=np.ones((3, 4), np.float32))
+    os.mkfifo(tmp_path / "good.meta.json")
+    with _no_hang(), pytest.raises(FeaturesError, match="not a regular file"):
+        load_features(good)
+    (tmp_path / "good.meta.json").unlink()
+    (tmp_path / "good.meta.json").write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(FeaturesError, match="nested more than 32"):
+        load_features(good)
+    (tmp_path / "good.meta.json").write_text('{"encoder_name": "uni"}')
+    assert load_features(good).attrs["encoder_name"] == "uni"
+
+
+@seed(2606)
+@SETTINGS
+@given(shape=st.lists(st.integers(0, 2**24), min_size=0, max_size=4).map(tuple),
+       descr=st.sampled_from(["<f4", "<f8", "<i8", "|u1", "<c8", "|S3", "<U2"]),
+       extra=st.binary(max_size=256))
+def test_property_generated_npz_headers_never_trace_back(tmp_path_factory, shape, descr, extra):
+    path = _npz_with_header(tmp_path_factory.mktemp("npz") / "f.npz", shape, descr, extra)
+    try:
+        feats = load_features(path)
+    except FeaturesError as e:
+        assert "\n" not in str(e)
+    else:
+        assert feats.features.dtype == np.float32 and feats.features.ndim == 2

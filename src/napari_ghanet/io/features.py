@@ -12,20 +12,23 @@ File layout written by :func:`save_features` (HDF5):
   ``slide_mpp``, ``slide_fingerprint``, ``slide_path``, ``grid_key``, ``n_skipped``,
   ``package_version`` (and whatever else the caller put in ``attrs``).
 
-Files are written atomically (:func:`napari_ghanet.io.atomic.atomic_path`: temporary file
-in the same folder, fsync, then ``os.replace``), so an interrupted run never leaves a
-half-written file under the final name.
+Files are built in memory and written atomically (:func:`napari_ghanet.io.h5safe.write_h5`:
+free space checked first, then a temporary file in the same folder, fsync, ``os.replace``),
+so an interrupted run or a full disk never leaves a half-written file under the final name.
 
-Integrity: :func:`save_features` stores ``content_sha256``, the SHA-256 of the ``features``
-(float32, little-endian) and ``coords`` (int64, little-endian) bytes, and
-:func:`load_features` refuses a file whose data no longer match it (a flipped bit, a
-partial copy). Coordinates are checked too (non-negative, unique, on one lattice of the
-stored ``step_level0``) and, for the cache, against the patch grid they claim: inside the
-slide's level-0 extent and part of that grid. A cache that fails a check is not reused: it
-is recomputed with a warning (logged, and appended to ``notices`` when given). Files
-written by napari-ghanet 0.1 carry no digest: they are reused when the coordinate and
-grid checks pass (a flipped bit inside their feature values cannot be detected) and are
-not rewritten, so a read never writes; delete the cache folder to regenerate them.
+Integrity (:mod:`napari_ghanet.io.feature_integrity`): :func:`save_features` stores
+``content_sha256``, the SHA-256 of the ``features`` and ``coords`` bytes, and
+``content_hmac``, an HMAC-SHA256 with this user's key
+(:func:`napari_ghanet.io.cache.feature_key`) over the data and every attribute.
+:func:`load_features` refuses a file whose data no longer match the SHA-256 (a flipped bit,
+a partial copy) and, given the key, one whose HMAC is missing or does not match.
+Coordinates are checked too (non-negative, unique, on one lattice of the stored
+``step_level0``) and, for the cache, against the patch grid they claim. The cache and
+``ghanet embed``'s resume (:func:`match_features`) reuse a file only when its HMAC
+matches: any other file (damaged, crafted, written by version 0.1 or by another user) is
+recomputed and replaced with a warning (logged, and appended to ``notices`` when given).
+What an HDF5 file may hold (plain datasets inside the file, bounded typed attributes) is
+:mod:`napari_ghanet.io.h5safe`'s to check.
 
 :func:`load_features` also reads CLAM/TRIDENT ``.h5`` files (attributes may be absent;
 TRIDENT keeps them on ``coords``, and its encoder's name on ``features``, read as
@@ -60,8 +63,24 @@ from napari_ghanet.errors import FeaturesError, GHANetError, InputFileError
 from napari_ghanet.io.atomic import clean_folder_once
 from napari_ghanet.io.cache import feature_key
 from napari_ghanet.io.encoder_spec import EncoderSpec, encoder_mismatch
-from napari_ghanet.io.h5safe import open_h5, plain_dataset, read_attrs, write_h5
-from napari_ghanet.io.safe_read import check_regular_file
+from napari_ghanet.io.feature_integrity import (
+    canonical_json,
+    check_coords,
+    features_digest,
+    json_default,
+    keyed_digest,
+    qc_digest,
+)
+from napari_ghanet.io.h5safe import (
+    MAX_DATASET_BYTES,
+    MAX_JSON_DEPTH,
+    json_depth,
+    open_h5,
+    plain_dataset,
+    read_attrs,
+    write_h5,
+)
+from napari_ghanet.io.safe_read import check_regular_file, read_text_file
 
 logger = logging.getLogger(__name__)
 
@@ -73,11 +92,13 @@ __all__ = [
     "check_coords",
     "features_digest",
     "grid_key",
+    "json_default",
+    "keyed_digest",
     "load_cached_features",
     "load_features",
-    "keyed_digest",
     "load_matching_features",
     "match_features",
+    "qc_digest",
     "save_features",
 ]
 
@@ -157,23 +178,6 @@ class PatchFeatures:
 # --------------------------------------------------------------------------- keys
 
 
-def _canonical(obj: Any) -> str:
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), default=json_default)
-
-
-def json_default(obj: Any) -> Any:
-    """``json.dumps`` fallback for numpy scalars/arrays and paths."""
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    if isinstance(obj, Path):
-        return str(obj)
-    if callable(getattr(obj, "to_dict", None)):  # an EncoderSpec
-        return obj.to_dict()
-    raise TypeError(f"{type(obj).__name__} is not JSON serialisable")
-
-
 def grid_key(grid: Any) -> str:
     """Hash (hex) of a patch grid: its geometry and every coordinate.
 
@@ -187,13 +191,13 @@ def grid_key(grid: Any) -> str:
         "patch_size_level0": int(grid.patch_size_level0),
         "target_mpp": round(float(grid.target_mpp), 6),
     }
-    h.update(_canonical(geom).encode())
+    h.update(canonical_json(geom).encode())
     h.update(np.ascontiguousarray(grid.coords, dtype="<i8").tobytes())
     return h.hexdigest()[:32]
 
 
 def _spec_key(encoder_spec: dict[str, Any]) -> str:
-    return hashlib.sha256(_canonical(encoder_spec).encode()).hexdigest()[:32]
+    return hashlib.sha256(canonical_json(encoder_spec).encode()).hexdigest()[:32]
 
 
 def _safe_name(text: str) -> str:
@@ -322,93 +326,6 @@ def load_cached_features(
     )
 
 
-# --------------------------------------------------------------------------- integrity
-
-
-def features_digest(features: np.ndarray, coords: np.ndarray | None) -> str:
-    """SHA-256 (hex) of the float32 features and int64 coords, little-endian, row-major.
-
-    Examples
-    --------
-    >>> import numpy as np
-    >>> a = features_digest(np.zeros((2, 3), np.float32), np.zeros((2, 2), np.int64))
-    >>> b = features_digest(np.zeros((2, 3), np.float32), np.ones((2, 2), np.int64))
-    >>> len(a), a == b
-    (64, False)
-    """
-    h = hashlib.sha256()
-    h.update(np.ascontiguousarray(features, dtype="<f4").tobytes())
-    h.update(b"|coords|")
-    if coords is not None:
-        h.update(np.ascontiguousarray(coords, dtype="<i8").tobytes())
-    return h.hexdigest()
-
-
-def qc_digest(measures: np.ndarray, key: str) -> str:
-    """SHA-256 (hex) of the float32 QC measures (little-endian) and their settings key."""
-    h = hashlib.sha256()
-    h.update(np.ascontiguousarray(measures, dtype="<f4").tobytes())
-    h.update(b"|qc|" + str(key).encode())
-    return h.hexdigest()
-
-
-def check_coords(
-    coords: np.ndarray | None,
-    *,
-    step_level0: int = 0,
-    extent: tuple[int, int] | None = None,
-    patch_size_level0: int = 0,
-    allowed: np.ndarray | None = None,
-) -> list[str]:
-    """Problems of patch coordinates (level-0 top-left x, y), empty when they look sound.
-
-    Always: non-negative and unique. ``step_level0`` > 0: all on one lattice of that
-    stride. ``extent`` (level-0 width, height): the patch (``patch_size_level0`` px) lies
-    inside the slide. ``allowed`` (M, 2): every coordinate is one of these (the grid).
-
-    Examples
-    --------
-    >>> import numpy as np
-    >>> check_coords(np.array([[0, 0], [256, 0]]), step_level0=256, extent=(512, 256),
-    ...              patch_size_level0=256)
-    []
-    >>> check_coords(np.array([[0, 16896]]), extent=(2048, 2048), patch_size_level0=256)
-    ['1 patch(es) outside the 2048 x 2048 px slide, e.g. (0, 16896)']
-    """
-    if coords is None or len(coords) == 0:
-        return []
-    c = np.asarray(coords, dtype=np.int64)
-    why = []
-    neg = (c < 0).any(axis=1)
-    if neg.any():
-        why.append(f"{int(neg.sum())} negative coordinate(s), e.g. {tuple(map(int, c[neg][0]))}")
-    if len(np.unique(c, axis=0)) != len(c):
-        why.append(f"{len(c) - len(np.unique(c, axis=0))} duplicated coordinate(s)")
-    if step_level0 > 0:
-        res = c % step_level0
-        off = (res != res[0]).any(axis=1)
-        if off.any():
-            why.append(
-                f"{int(off.sum())} coordinate(s) off the {step_level0} px patch lattice, e.g. "
-                f"{tuple(map(int, c[off][0]))}"
-            )
-    if extent is not None:
-        w, h = (int(v) for v in extent)
-        size = max(0, int(patch_size_level0))
-        out = (c[:, 0] + size > w) | (c[:, 1] + size > h)
-        if out.any():
-            why.append(
-                f"{int(out.sum())} patch(es) outside the {w} x {h} px slide, e.g. "
-                f"{tuple(map(int, c[out][0]))}"
-            )
-    if allowed is not None and not why:
-        known = set(map(tuple, np.asarray(allowed, dtype=np.int64).tolist()))
-        foreign = sum(tuple(r) not in known for r in c.tolist())
-        if foreign:
-            why.append(f"{foreign} coordinate(s) not on the slide's patch grid")
-    return why
-
-
 # --------------------------------------------------------------------------- writing
 
 
@@ -417,7 +334,7 @@ def _attr_value(value: Any) -> Any:
     if value is None:
         return "null"
     if isinstance(value, dict | list | tuple):
-        return _canonical(value)
+        return canonical_json(value)
     if isinstance(value, Path):
         return str(value)
     if isinstance(value, bool | int | float | str | np.generic):
@@ -524,35 +441,6 @@ def _read_h5_data(f: Any, path: Path, data: bool = True) -> tuple[np.ndarray, np
     return raw_feats, raw_coords, qc, signed
 
 
-def keyed_digest(key: bytes, features: np.ndarray, coords: np.ndarray | None,
-                 qc: np.ndarray | None, signed: dict[str, Any]) -> str:
-    """HMAC-SHA256 (hex) with ``key`` of the features (float32), coordinates (int64), QC
-    measures (float32), all little-endian, and the attributes ``signed`` (canonical JSON,
-    ``content_hmac`` itself left out). See :func:`napari_ghanet.io.cache.feature_key`.
-
-    Examples
-    --------
-    >>> import numpy as np
-    >>> f, c = np.zeros((2, 3), np.float32), np.zeros((2, 2), np.int64)
-    >>> a = keyed_digest(b"k" * 32, f, c, None, {"root": {"grid_key": "g"}})
-    >>> b = keyed_digest(b"k" * 32, f, c, None, {"root": {"grid_key": "h"}})
-    >>> len(a), a == b
-    (64, False)
-    """
-    h = hmac.new(key, b"napari-ghanet features v1|", hashlib.sha256)
-    h.update(np.ascontiguousarray(features, dtype="<f4").tobytes())
-    h.update(b"|coords|")
-    if coords is not None:
-        h.update(np.ascontiguousarray(coords, dtype="<i8").tobytes())
-    h.update(b"|qc|")
-    if qc is not None:
-        h.update(np.ascontiguousarray(qc, dtype="<f4").tobytes())
-    clean = {part: {k: v for k, v in attrs.items() if k != "content_hmac"}
-             for part, attrs in signed.items()}
-    h.update(b"|attrs|" + _canonical(clean).encode())
-    return h.hexdigest()
-
-
 def _check_h5_digests(path: Path, raw_feats, raw_coords, qc, signed, attrs,
                       key: bytes | None) -> None:
     if qc is not None:
@@ -657,7 +545,38 @@ def _load_pt(path: Path) -> PatchFeatures:
     return PatchFeatures(feats, coords, attrs)
 
 
+def _check_npz_members(path: Path) -> None:
+    """Refuse an ``.npz`` whose ``features``/``coords`` declare more data than the archive
+    member holds (or than :data:`~napari_ghanet.io.h5safe.MAX_DATASET_BYTES`): np.load
+    would allocate the declared array before reading it."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as zf:
+            for name in ("features.npy", "coords.npy"):
+                try:
+                    info = zf.getinfo(name)
+                except KeyError:
+                    continue
+                with zf.open(info) as fh:
+                    version = np.lib.format.read_magic(fh)
+                    read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                                   else np.lib.format.read_array_header_2_0)
+                    shape, _, dtype = read_header(fh)
+                if dtype.hasobject:
+                    raise FeaturesError(f"{path}: {name} holds Python objects; not read")
+                declared = math.prod(shape) * dtype.itemsize
+                if declared > min(info.file_size, MAX_DATASET_BYTES):
+                    raise FeaturesError(
+                        f"{path}: {name} declares {declared} bytes of data but holds "
+                        f"{info.file_size}; a damaged or crafted file")
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError) as exc:
+        raise FeaturesError(f"{path}: not a readable .npz feature file "
+                            f"({_short_exc(exc)})") from None
+
+
 def _load_npz(path: Path) -> PatchFeatures:
+    _check_npz_members(path)
     try:
         with np.load(path, allow_pickle=False) as payload:
             if "features" not in payload:
@@ -666,22 +585,31 @@ def _load_npz(path: Path) -> PatchFeatures:
                 )
             raw = np.asarray(payload["features"])
             raw_coords = np.asarray(payload["coords"]) if "coords" in payload else None
-    except (OSError, ValueError) as exc:
-        raise FeaturesError(f"{path}: not a readable .npz feature file ({exc})") from exc
+    except FeaturesError:
+        raise
+    except (OSError, ValueError, EOFError, MemoryError) as exc:
+        raise FeaturesError(f"{path}: not a readable .npz feature file "
+                            f"({_short_exc(exc)})") from None
+    if raw.dtype.kind not in "fiu" or (raw_coords is not None and raw_coords.dtype.kind not in "fiu"):
+        raise FeaturesError(f"{path}: features and coords must be numbers")
     feats = _squeeze_rows(raw, None, "features", path).astype(np.float32, copy=False)
     coords = None if raw_coords is None else _squeeze_rows(raw_coords, 2, "coords", path)
     return PatchFeatures(feats, coords, {})
 
 
 def _sidecar_attrs(path: Path) -> dict[str, Any]:
-    """Scalar entries of slide2vec's ``<stem>.meta.json`` beside a ``.pt``/``.npz`` file."""
+    """Scalar entries of slide2vec's ``<stem>.meta.json`` beside a ``.pt``/``.npz`` file
+    (a regular file of at most 1 MiB, JSON nested at most 32 levels)."""
     meta = path.with_name(path.stem + ".meta.json")
-    if not meta.is_file():
+    if not os.path.lexists(meta):
         return {}
     try:
-        data = json.loads(meta.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise FeaturesError(f"{meta}: unreadable metadata file ({exc})") from exc
+        text = read_text_file(meta, "feature metadata file", max_bytes=1024 * 1024)
+        if json_depth(text) > MAX_JSON_DEPTH:
+            raise ValueError(f"JSON nested more than {MAX_JSON_DEPTH} levels deep")
+        data = json.loads(text)
+    except (InputFileError, ValueError, RecursionError) as exc:
+        raise FeaturesError(f"{meta}: unreadable metadata file ({_short_exc(exc)})") from None
     if not isinstance(data, dict):
         return {}
     return {k: v for k, v in data.items() if isinstance(v, str | int | float | bool)}

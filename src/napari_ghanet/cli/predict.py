@@ -29,6 +29,7 @@ import threading
 from pathlib import Path
 
 from napari_ghanet.cli._cohort import add_cohort_options
+from napari_ghanet.cli._dicomweb import add_dicomweb_arguments, dicom_outputs, setup_dicomweb
 from napari_ghanet.cli._inputs import resolve_slides
 from napari_ghanet.cli._options import (
     UsageError,
@@ -121,6 +122,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     add_arguments(p, DistributionOptions)
     add_arguments(p, CacheOptions)
     add_cohort_options(p, predict=True)
+    add_dicomweb_arguments(p)
     p.set_defaults(func=run)
     return p
 
@@ -262,6 +264,7 @@ def run(args: argparse.Namespace) -> int:
     130 interrupted)."""
     if not args.slides and args.manifest is None:
         raise UsageError("no slide given: give a slide (or folders, glob patterns, or --manifest FILE)")
+    setup_dicomweb(args)  # credentials checked, study URLs / server queries -> series URLs
     if args.patient is not None:  # names the output files: refused before any work
         try:
             safe_name(args.patient, "--patient")
@@ -422,6 +425,7 @@ def _predict(args: argparse.Namespace, options: PredictOptions, regions: RegionO
     except OptionError as e:
         raise flag_error(e) from None
     written = write_exports(prediction, args.out, getattr(args, "export", None))
+    written.update(dicom_outputs(prediction, args))  # --dicom-out / --stow
     if getattr(args, "spatialdata", None) is not None:
         written["spatialdata"] = write_spatialdata_store(prediction, args)
 

@@ -20,6 +20,7 @@ csv        per-patch CSV         ``<stem>.patches.csv``  :func:`~.exports.write_
 geojson    QuPath GeoJSON        ``<stem>.patches.geojson`` :func:`~.exports.write_geojson`
 spatialdata SpatialData store    ``<stem>.ghanet.zarr``  :func:`~.spatialdata_export.write_spatialdata`
 png        canvas snapshot (dock) ``<stem>.ghanet.png``  :func:`~.snapshot.write_png`
+dicom      DICOM SR/PM/ANN/SEG   ``<stem>.dicom/``       :func:`~.dicom_export.write_dicom_folder`
 ========== ===================== ====================== =========================
 
 Adding a format: write its writer in a module of its own (``writer(prediction, path) ->
@@ -50,6 +51,7 @@ from typing import Any
 
 from napari_ghanet.errors import GHANetError
 from napari_ghanet.inference.checks import check_prediction_finite
+from napari_ghanet.inference.dicom_export import write_dicom_folder
 from napari_ghanet.inference.exports import write_geojson, write_patch_csv, write_report_json
 from napari_ghanet.inference.result import Prediction
 from napari_ghanet.inference.snapshot import write_png
@@ -312,6 +314,9 @@ def _register_builtins() -> None:
     register_export(ExportFormat(
         "png", "PNG snapshot", ".ghanet.png", write_png, "PNG image (*.png)",
         source="canvas"))
+    register_export(ExportFormat(
+        "dicom", "DICOM results", ".dicom", write_dicom_folder,
+        "DICOM results folder (*.dicom)", folder=True, requires="highdicom", extra="dicom"))
 
 
 _register_builtins()

@@ -446,6 +446,20 @@ class DicomWebClient:
                                "transfer-syntax=*"},
         )
 
+    def instance(self, study: str, series: str, sop: str) -> bytes:
+        """One instance as a DICOM Part-10 file (WADO-RS), as stored."""
+
+        def parse(r):
+            parts = split_multipart(r.content, r.headers.get("Content-Type", ""))
+            if len(parts) != 1:
+                raise _Truncated()
+            return parts[0][1]
+
+        return self.request(
+            "GET", f"studies/{study}/series/{series}/instances/{sop}",
+            what=f"instance {sop} of series {series}", parse=parse,
+            headers={"Accept": 'multipart/related; type="application/dicom"; transfer-syntax=*'})
+
     def stow(self, blobs: Sequence[bytes], study: str | None = None) -> dict:
         """Store DICOM Part-10 files; returns the server's answer (DICOM JSON object).
 
@@ -507,3 +521,75 @@ def values(ds: dict, tag: str) -> list:
     """All values of ``tag`` in a DICOM JSON dataset (empty list when absent)."""
     el = ds.get(tag)
     return list(el.get("Value") or []) if isinstance(el, dict) else []
+
+
+# --------------------------------------------------------------------------- expansion
+
+
+def _has_volume(client: DicomWebClient, study: str, series: str) -> bool:
+    rows = client.json(f"studies/{study}/series/{series}/instances",
+                       what=f"search for the instances of series {series}",
+                       params={"includefield": "00080008"})
+    kinds = [[str(v).upper() for v in values(r, "00080008")] for r in rows]
+    known = [k for k in kinds if k]
+    return not known or any(len(k) >= 3 and k[2] == "VOLUME" for k in known)
+
+
+def study_series(client: DicomWebClient, study: str) -> list[str]:
+    """Series URLs of a study's slide-microscopy series holding a VOLUME image, in
+    series-number order."""
+    rows = client.search_series(study, params={"Modality": "SM"})
+    rows.sort(key=lambda r: (int(value(r, "00200011", 0) or 0), str(value(r, "0020000E", ""))))
+    out = []
+    for r in rows:
+        series = str(value(r, "0020000E", ""))
+        if series and str(value(r, "00080060", "SM")) == "SM" and _has_volume(client, study, series):
+            out.append(f"{client.root}/studies/{study}/series/{series}")
+    return out
+
+
+def expand_url(text: str, query: str | None = None) -> list[str]:
+    """The series URLs a URL stands for: a series URL itself; a study URL its
+    slide-microscopy VOLUME series; a server root the SM series of the studies that
+    ``query`` (QIDO-RS parameters, e.g. ``ModalitiesInStudy=SM&PatientID=X``) finds.
+
+    Raises
+    ------
+    DicomWebError
+        The URL is neither, or the study / query holds no slide.
+    """
+    from urllib.parse import parse_qsl
+
+    text = str(text).strip()
+    if _URL_RE.match(text) is None or query:
+        if "/studies/" in text and not query:
+            parse_url(text)  # names what is wrong with it
+        root = parse_root(text)
+        params = dict(parse_qsl(query or "ModalitiesInStudy=SM", keep_blank_values=False))
+        params.setdefault("ModalitiesInStudy", "SM")
+        client = DicomWebClient(root)
+        studies = [str(value(r, "0020000D", "")) for r in client.search_studies(params)]
+        urls = [u for s in studies if s for u in study_series(client, s)]
+        if not urls:
+            raise DicomWebError(f"{client.server}: the query {query or 'ModalitiesInStudy=SM'!r} "
+                                "finds no slide-microscopy series")
+        return urls
+    ref = parse_url(text)
+    if ref.series is not None:
+        return [ref.url]
+    urls = study_series(DicomWebClient(ref.root), ref.study)
+    if not urls:
+        raise DicomWebError(f"{ref.where()}: the study holds no slide-microscopy VOLUME series")
+    return urls
+
+
+def url_stem(text: str) -> str:
+    """The output name of a DICOMweb slide URL: its series (or study) UID.
+
+    Examples
+    --------
+    >>> url_stem("http://h/dicom-web/studies/1.2/series/1.2.3")
+    '1.2.3'
+    """
+    ref = parse_url(text)
+    return ref.series or ref.study

@@ -1,0 +1,214 @@
+"""Results back as DICOM: ``ghanet predict SERIES_URL --stow`` against a real Orthanc, the
+objects read back with QIDO-RS / WADO-RS and highdicom, every number checked against the
+JSON report; the server stopped: one line, no traceback, no output files."""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+
+import numpy as np
+import pytest
+
+from _orthanc import Orthanc, dicomize, orthanc_available, stow_files
+from _plugin_helpers import FAST_ENCODER, make_bundle, need
+from napari_ghanet.cli import predict as _cli_predict
+from napari_ghanet.inference.dicom_export import grid_image
+from napari_ghanet.io.dicomweb import DicomWebClient, parse_url, value
+from napari_ghanet.io.slide import cmu_slide_path, open_slide
+
+pytestmark = pytest.mark.skipif(not orthanc_available(),
+                                reason="Orthanc with its DICOMweb plugin is not installed")
+
+
+def run_cli(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="ghanet")
+    sub = parser.add_subparsers(dest="command", required=True)
+    _cli_predict.add_parser(sub)
+    args = parser.parse_args(["predict", *argv])
+    return args.func(args)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    need("highdicom")
+    need("wsidicomizer")
+    with Orthanc(tmp_path_factory.mktemp("orthanc")) as srv:
+        yield srv
+
+
+@pytest.fixture(scope="module")
+def cmu_url(server, tmp_path_factory):
+    return stow_files(server, dicomize(cmu_slide_path(), tmp_path_factory.mktemp("cmu")))
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory):
+    return make_bundle(tmp_path_factory.mktemp("m") / "fast.safetensors", encoder=FAST_ENCODER)
+
+
+@pytest.fixture(scope="module")
+def stored(server, cmu_url, bundle, tmp_path_factory):
+    """One ``--stow`` run: its exit code, report, stdout and the objects read back."""
+    import pydicom
+
+    tmp = tmp_path_factory.mktemp("run")
+    out, dcm = tmp / "out", tmp / "dcm"
+    import contextlib
+    import sys
+
+    buf_out, buf_err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(buf_out), contextlib.redirect_stderr(buf_err):
+        code = run_cli([cmu_url, "--model", str(bundle), "--out", str(out), "--device", "cpu",
+                        "--top-k", "5", "--cache-dir", str(tmp / "c"), "--stow",
+                        "--dicom-out", str(dcm), "--quiet"])
+    print(buf_err.getvalue(), file=sys.stderr)
+    ref = parse_url(cmu_url)
+    client = DicomWebClient(server.dicomweb)
+    objects = {}
+    for row in client.search_series(ref.study):
+        series = value(row, "0020000E")
+        if series == ref.series:
+            continue
+        for inst in client.search_instances(ref.study, series):
+            data = client.instance(ref.study, series, value(inst, "00080018"))
+            ds = pydicom.dcmread(io.BytesIO(data))
+            objects[ds.Modality] = ds
+    report = json.loads(next(out.glob("*.ghanet.json")).read_text())
+    return code, report, objects, dcm, buf_out.getvalue()
+
+
+def test_stow_stores_sr_map_annotations_and_segmentation_in_the_slides_study(stored, cmu_url):
+    code, report, objects, dcm, stdout = stored
+    assert code == 0
+    assert sorted(objects) == ["ANN", "OT", "SEG", "SR"]  # OT: the Parametric Map
+    ref = parse_url(cmu_url)
+    series = {ds.SeriesInstanceUID for ds in objects.values()}
+    assert len(series) == len(objects) and ref.series not in series  # new series each
+    for ds in objects.values():
+        assert ds.StudyInstanceUID == ref.study
+        assert "research use only" in ds.SeriesDescription
+        assert report["model"]["name"] in ds.SeriesDescription
+    # the same objects were written to --dicom-out
+    assert len(list(dcm.glob("*.dcm"))) == len(objects)
+    assert "stow" not in stdout or ref.study in stdout
+
+
+def test_the_sr_holds_every_number_of_the_report(stored):
+    import highdicom as hd
+
+    _, report, objects, _, _ = stored
+    sr = hd.sr.ComprehensiveSR.from_dataset(objects["SR"])
+    nums, texts = {}, {}
+
+    def walk(items):
+        for it in items:
+            name = it.ConceptNameCodeSequence[0].CodeMeaning
+            if it.ValueType == "NUM":
+                nums[name] = float(it.MeasuredValueSequence[0].NumericValue)
+            elif it.ValueType == "TEXT":
+                texts[name] = it.TextValue
+            if "ContentSequence" in it:
+                walk(it.ContentSequence)
+
+    walk(sr.ContentSequence)
+    p = report["prediction"]
+    assert nums["Risk score"] == pytest.approx(p["risk"], abs=1e-6)
+    assert nums["Percentile in training cohort"] == pytest.approx(
+        p["percentile_in_training_cohort"], abs=1e-6)
+    assert texts["Risk group"] == p["risk_group"]
+    edges = p["survival_bins_months"]
+    for k, s in enumerate(p["survival"]):
+        edge = edges[k + 1]
+        key = (f"Survival probability at {float(edge):g} months" if edge is not None
+               else "Survival probability at the end of the last bin")
+        assert nums[key] == pytest.approx(s, abs=1e-6)
+    assert nums["Patches scored"] == report["patches"]["count"]
+    assert nums["Patches flagged by QC (total)"] == report["qc"]["flagged"]["total"]
+    assert "research use only" in texts["Intended use"]
+    assert len(texts["Model bundle SHA-256"]) == 64
+    assert texts["Model name"] == report["model"]["name"]
+    # the evidence: the slide's level-0 instance
+    refd = objects["SR"].CurrentRequestedProcedureEvidenceSequence[0]
+    assert refd.ReferencedSeriesSequence[0].SeriesInstanceUID == report["slide"]["path"].rsplit(
+        "/", 1)[1]
+
+
+def test_the_attention_map_is_the_patch_grid_in_the_slides_frame(stored, cmu_url):
+    _, report, objects, _, _ = stored
+    pm = next(ds for m, ds in objects.items() if m not in ("SR", "SEG", "ANN"))
+    assert pm.SOPClassUID == "1.2.840.10008.5.1.4.1.1.30"  # Parametric Map Storage
+    step = report["patches"]["step_level0"]
+    mpp = report["slide"]["mpp"]
+    spacing = pm.SharedFunctionalGroupsSequence[0].PixelMeasuresSequence[0].PixelSpacing
+    assert float(spacing[0]) == pytest.approx(step * mpp / 1000.0)
+    frames = np.frombuffer(pm.FloatPixelData, np.float32).reshape(
+        int(pm.NumberOfFrames), pm.Rows, pm.Columns)  # one frame per channel
+    assert len(frames) == 1 + len(report["pathways"])
+    top = report["top_regions"]
+    assert top
+    coords = np.array([[r["x"], r["y"]] for r in top])
+    _, origin = grid_image(coords, step, np.zeros(len(top)))
+    for r in top:
+        i, j = (r["y"] - origin[1]) // step, (r["x"] - origin[0]) // step
+        assert frames[0, i, j] == pytest.approx(r["morphology_attention"], rel=1e-6)
+    # the map's origin is the grid's origin in the slide's frame of reference
+    with open_slide(cmu_url) as slide:
+        meta = slide._backend._level0_dataset()
+    assert pm.FrameOfReferenceUID == value(meta, "00200052")
+    src_origin = value(meta, "00480008")  # TotalPixelMatrixOriginSequence
+    pos = pm.get("PerFrameFunctionalGroupsSequence", pm.get(
+        "SharedFunctionalGroupsSequence"))[0].PlanePositionSlideSequence[0]
+    src_spacing = float(spacing[0]) / step  # mm per level-0 pixel
+    assert float(pos.XOffsetInSlideCoordinateSystem) == pytest.approx(
+        float(value(src_origin, "0040072A")) + origin[0] * src_spacing, abs=1e-6)
+    assert float(pos.YOffsetInSlideCoordinateSystem) == pytest.approx(
+        float(value(src_origin, "0040073A")) + origin[1] * src_spacing, abs=1e-6)
+
+
+def test_the_top_regions_are_bulk_annotations_with_their_measurements(stored):
+    import highdicom as hd
+
+    _, report, objects, _, _ = stored
+    ann = hd.ann.MicroscopyBulkSimpleAnnotations.from_dataset(objects["ANN"])
+    group = ann.get_annotation_groups()[0]
+    graphics = group.get_graphic_data(coordinate_type="2D")
+    top = report["top_regions"]
+    assert len(graphics) == len(top)
+    for g, r in zip(graphics, top):
+        assert g[0].tolist() == [r["x"], r["y"]]
+        assert g[2].tolist() == [r["x"] + r["width"], r["y"] + r["height"]]
+    names, values_, _ = group.get_measurements()
+    by_name = {n.meaning: values_[:, k] for k, n in enumerate(names)}
+    np.testing.assert_allclose(by_name["Morphology attention"],
+                               [r["morphology_attention"] for r in top], rtol=1e-6)
+    cats = [c["category"] for c in report["pathways"]]
+    assert [cats[int(v) - 1] for v in by_name["Strongest category index"]] == [
+        r["strongest_category"] for r in top]
+
+
+def test_the_tissue_segmentation_reads_back(stored):
+    import highdicom as hd
+
+    _, report, objects, _, _ = stored
+    seg = hd.seg.Segmentation.from_dataset(objects["SEG"])
+    assert seg.SegmentSequence[0].SegmentLabel == "tissue"
+    mask = seg.get_total_pixel_matrix(segment_numbers=[1])
+    fraction = float(np.asarray(mask, bool).mean())
+    assert fraction == pytest.approx(report["tissue"]["fraction"], abs=0.02)
+
+
+def test_with_the_server_stopped_one_line_and_no_output(tmp_path, bundle, capsys):
+    srv = Orthanc(tmp_path / "o").start()
+    url = f"{srv.dicomweb}/studies/1.2.3/series/1.2.3.4"
+    srv.stop()
+    out = tmp_path / "out"
+    code = run_cli([url, "--model", str(bundle), "--out", str(out), "--device", "cpu",
+                    "--stow", "--quiet"])
+    err = capsys.readouterr().err
+    assert code != 0
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert len(lines) == 1, err
+    assert f"127.0.0.1:{srv.port}" in lines[0] and "Traceback" not in err
+    assert not out.exists() or not any(out.iterdir())

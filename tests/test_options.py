@@ -134,7 +134,7 @@ def test_every_documented_flag_is_in_the_parsers_with_its_declaration():
                     assert action.dest == f.name, (cmd, flag, action.dest)
                     assert action.help.replace("%%", "%").startswith(_flag_help(f, flag)), (
                         cmd, flag)
-                    if f.info.choices and f.kind in ("str", "int", "float"):
+                    if f.info.choices and (f.kind in ("str", "int", "float") or f.info.many):
                         assert tuple(action.choices) == f.info.choices, (cmd, flag)
                     else:
                         assert action.choices is None, (cmd, flag)
@@ -153,8 +153,27 @@ def test_the_parsed_defaults_are_the_declared_defaults(cmd):
             continue
         overrides = {name: v for (c, name), v in COMMAND_DEFAULTS.items()
                      if c == cmd and name in {f.name for f in fields_of(cls)}}
-        # the declared defaults (and the command's own, named above)
-        assert from_args(cls, args) == cls(**overrides), (cmd, cls.__name__)
+        # the declared defaults (and the command's own, named above); a required flag
+        # holds what the command line gave
+        given = {f.name: getattr(args, f.name) for f in fields_of(cls) if f.info.required}
+        assert from_args(cls, args) == cls(**overrides, **given), (cmd, cls.__name__)
+
+
+def test_ghanet_train_cv_models_are_the_registry_and_reach_the_run_config():
+    from napari_ghanet.models.baselines import MODEL_NAMES
+    from napari_ghanet.options import CVOptions
+    from napari_ghanet.options.training import MODEL_CHOICES
+
+    assert MODEL_CHOICES == tuple(MODEL_NAMES)
+    cv = _parsers()["ghanet-train cv"]
+    args = cv.parse_args([*REQUIRED["ghanet-train cv"][:-4], "--model", "ghanet", "abmil",
+                          "--topk-ratio", "0.1", "0.5", "--folds", "0", "2", "--out", "x"])
+    opts = from_args(CVOptions, args)
+    assert (opts.model, opts.topk_ratio, opts.folds) == (("ghanet", "abmil"), (0.1, 0.5), (0, 2))
+    with pytest.raises(OptionError, match="topk_ratio must be <= 1"):
+        from_args(CVOptions, cv.parse_args([*REQUIRED["ghanet-train cv"], "--topk-ratio", "2"]))
+    with pytest.raises(SystemExit):  # --model is required and checked against its choices
+        cv.parse_args([*REQUIRED["ghanet-train cv"][:-4], "--model", "resnet", "--out", "x"])
 
 
 def test_a_flag_value_reaches_its_group_and_a_bad_one_names_the_flag():

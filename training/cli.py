@@ -25,7 +25,6 @@ from napari_ghanet.options import (
     add_arguments,
     fields_of,
     from_args,
-    parse_cluster,
 )
 
 __all__ = ["main", "build_parser", "HelpFormatter", "DESCRIPTION"]
@@ -90,15 +89,6 @@ def _model_config(text: str) -> dict:
     return d
 
 
-def _cluster(text: str) -> str:
-    """``--cluster``: checked as it is parsed (argparse's error, exit 2)."""
-    try:
-        parse_cluster(text)
-    except OptionError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-    return text
-
-
 def _add_train_options(p: argparse.ArgumentParser) -> None:
     """The recipe's flags, from :class:`~napari_ghanet.options.TrainOptions`, and the
     model sizes."""
@@ -118,26 +108,11 @@ def _add_cv(sub) -> None:
     p.add_argument("--splits", required=True, help="folder of splits_K.csv")
     p.add_argument("--features", default=None,
                    help="folder of per-slide .h5/.pt features (not needed for --model snn)")
-    p.add_argument("--model", required=True, nargs="+",
-                   choices=["ghanet", "abmil", "snn", "abmil_snn", "amil", "deepattnmisl",
-                            "transmil", "mcat", "survpath", "ghanet-no-recon",
-                            "ghanet-no-genome", "ghanet-no-hyper"],
-                   help="model(s); several are trained side by side into OUT/<model>/ and "
-                        "compared in OUT/comparison.csv/.md (see docs/training-guide.md)")
-    p.add_argument("--topk-ratio", type=float, nargs="+", default=None, metavar="R",
-                   help="add one G-HANet run per top-k ratio R in (0, 1], named ghanet@R "
-                        "(plain ghanet keeps the paper's 0.2)")
-    p.add_argument("--pathways", default=None, metavar="CSV",
-                   help="SurvPath's pathway gene sets (signatures format: one column per "
-                        "pathway, matched to the table's _rnaseq columns) (default: the "
-                        "signature categories)")
     p.add_argument("--out", required=True, help="run folder")
-    p.add_argument("--folds", type=int, nargs="+", default=None,
-                   help="run only these folds (default: every split in --splits)")
     add_arguments(p, CVOptions, group=False)
     _add_train_options(p)
     add_arguments(p, ExecutionOptions, only=("cluster", "scheduler"),
-                  exclusive=("cluster", "scheduler"), types={"cluster": _cluster})
+                  exclusive=("cluster", "scheduler"))
     p.set_defaults(func=_run_cv)
 
 
@@ -151,19 +126,20 @@ def _run_cv(args) -> int:
     from napari_ghanet.training.compare import expand_models, write_comparison
     from napari_ghanet.training.cv import RunConfig, run_cv_many
 
-    try:
-        models = expand_models(args.model, args.topk_ratio)
-    except ValueError as exc:
-        print(f"ghanet-train cv: error: {exc}", file=sys.stderr)
-        return 2
     cv = from_args(CVOptions, args)
     execution = from_args(ExecutionOptions, args)
     train = train_config_from_args(args)
-    evaluated = {k: v for k, v in cv.to_dict().items() if k not in ("resume", "overwrite")}
+    try:
+        models = expand_models(list(cv.model), list(cv.topk_ratio))
+    except ValueError as exc:
+        print(f"ghanet-train cv: error: {exc}", file=sys.stderr)
+        return 2
+    evaluated = {k: v for k, v in cv.to_dict().items()
+                 if k not in ("resume", "overwrite", "model", "topk_ratio")}
+    evaluated["folds"] = list(cv.folds) or None
     cfgs = [RunConfig(
         model=model, cohort=args.cohort, signatures=args.signatures, splits=args.splits,
-        features=args.features, folds=args.folds, model_config=args.model_config, pathways=args.pathways,
-        train=train, **evaluated,
+        features=args.features, model_config=args.model_config, train=train, **evaluated,
     ) for model in models]
     outs = [args.out] if len(models) == 1 else [str(Path(args.out) / m) for m in models]
     results = run_cv_many(cfgs, outs, resume=cv.resume, overwrite=cv.overwrite,

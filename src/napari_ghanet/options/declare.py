@@ -66,7 +66,9 @@ class OptionInfo:
     ``key``: the setting's name there and the form's attribute (default: the field name);
     ``notes``: one line per choice saying what it costs or means, shown in the help, the
     docs and beside the form's choice; ``negate_help``: the help of the ``negate`` flag
-    (what it does, not what the option does).
+    (what it does, not what the option does); ``many``: a list option whose flag takes
+    several values (``--model ghanet abmil``) instead of a comma-separated list;
+    ``required``: the flag must be given.
     """
 
     help: str
@@ -85,6 +87,8 @@ class OptionInfo:
     key: str | None = None
     notes: tuple[str, ...] = ()
     negate_help: str = ""
+    many: bool = False
+    required: bool = False
 
     def __post_init__(self) -> None:
         if self.notes and len(self.notes) != len(self.choices):
@@ -101,7 +105,7 @@ class Field:
     """One declared option: its group's field name, type, default and description."""
 
     name: str
-    kind: str  # "bool", "int", "float", "str", "path", "strs", "paths"
+    kind: str  # "bool", "int", "float", "str", "path", "strs", "paths", "ints", "floats"
     optional: bool
     default: Any
     info: OptionInfo
@@ -175,7 +179,7 @@ def _kind(tp: Any) -> tuple[str, bool]:
     origin = typing.get_origin(tp)
     if origin is tuple:
         inner = typing.get_args(tp)[0]
-        return ("paths" if inner is Path else "strs"), optional
+        return {Path: "paths", int: "ints", float: "floats"}.get(inner, "strs"), optional
     if tp in _KINDS:
         return _KINDS[tp], optional
     raise TypeError(f"option type {tp!r} is not supported")
@@ -270,6 +274,15 @@ def check_value(f: Field, v: Any) -> Any:
         if not isinstance(v, str | os.PathLike) or str(v).strip() in ("", "."):
             raise OptionError(f.name, f"must be a file or folder path ({i.help}), got {v!r}")
         v = Path(v)
+    elif k in ("ints", "floats"):
+        if isinstance(v, str):
+            v = [x for x in v.replace(",", " ").split() if x]
+        try:
+            items = list(v)
+        except TypeError:
+            raise OptionError(f.name, f"must be a list ({i.help}), got {v!r}") from None
+        one = Field(f.name, k[:-1], False, None, dataclasses.replace(i, choices=()), f.group)
+        return tuple(check_value(one, x) for x in items)
     elif k in ("strs", "paths"):
         if isinstance(v, str):
             v = [s.strip() for s in v.split(",") if s.strip()] if k == "strs" else [v]

@@ -21,11 +21,17 @@ napari_ghanet.options.OptionError: selection must be one of last, inner (...), g
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import ClassVar
 
 from napari_ghanet.options.declare import OptionGroup, option
 
-__all__ = ["TRAINING_GROUPS", "CVOptions", "TrainOptions"]
+__all__ = ["MODEL_CHOICES", "TRAINING_GROUPS", "CVOptions", "TrainOptions"]
+
+#: the models ``ghanet-train cv`` trains (``napari_ghanet.models.baselines.MODEL_NAMES``;
+#: spelled here so that ``ghanet-train --help`` imports no torch, checked by a test)
+MODEL_CHOICES = ("ghanet", "abmil", "snn", "abmil_snn", "amil", "deepattnmisl", "transmil",
+                 "mcat", "survpath", "ghanet-no-recon", "ghanet-no-genome", "ghanet-no-hyper")
 
 
 @dataclass(frozen=True)
@@ -85,6 +91,21 @@ class CVOptions(OptionGroup):
     group: ClassVar[str] = "cv"
     title: ClassVar[str] = "cross-validation"
 
+    model: tuple[str, ...] = option(
+        (), "model(s); several are trained side by side into OUT/<model>/ and compared in "
+        "OUT/comparison.csv/.md (see docs/training-guide.md)", choices=MODEL_CHOICES,
+        many=True, required=True, metavar="MODEL")
+    topk_ratio: tuple[float, ...] = option(
+        (), "add one G-HANet run per top-k ratio R, named ghanet@R (plain ghanet keeps the "
+        "paper's 0.2)", unit="ratio", low=0.0, low_open=True, high=1.0, many=True,
+        none="none", metavar="R")
+    pathways: Path | None = option(
+        None, "SurvPath's pathway gene sets (signatures format: one column per pathway, "
+        "matched to the table's _rnaseq columns)", none="the signature categories",
+        metavar="CSV")
+    folds: tuple[int, ...] = option(
+        (), "run only these folds", low=0, high=1000, many=True,
+        none="every split in --splits", metavar="K")
     recon_genes: str = option(
         "significant", "genes G-HANet reconstructs", choices=("significant", "all"),
         notes=("Welch t-test p below --p-threshold between low- and high-risk training "

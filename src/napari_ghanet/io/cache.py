@@ -88,6 +88,9 @@ def _new_key(folder: Path, path: Path, replace: bool) -> bytes | None:
                 os.link(tmp, path)  # fails when another process made one first
             except FileExistsError:
                 pass
+            except OSError:  # a file system without hard links
+                if not os.path.lexists(path):
+                    os.replace(tmp, path)
     except OSError as e:
         logger.warning("cannot create the feature key in %s (%s): cached features "
                        "will not be reused", folder, e.strerror or e)

@@ -54,17 +54,22 @@ def features_digest(features: np.ndarray, coords: np.ndarray | None) -> str:
     (64, False)
     """
     h = hashlib.sha256()
-    h.update(np.ascontiguousarray(features, dtype="<f4").tobytes())
+    h.update(_bytes(features, "<f4"))
     h.update(b"|coords|")
     if coords is not None:
-        h.update(np.ascontiguousarray(coords, dtype="<i8").tobytes())
+        h.update(_bytes(coords, "<i8"))
     return h.hexdigest()
+
+
+def _bytes(a: np.ndarray, dtype: str) -> memoryview:
+    """The bytes of ``a`` as ``dtype`` (C order), without a copy when it already is."""
+    return memoryview(np.ascontiguousarray(a, dtype=dtype).reshape(-1).view(np.uint8))
 
 
 def qc_digest(measures: np.ndarray, key: str) -> str:
     """SHA-256 (hex) of the float32 QC measures (little-endian) and their settings key."""
     h = hashlib.sha256()
-    h.update(np.ascontiguousarray(measures, dtype="<f4").tobytes())
+    h.update(_bytes(measures, "<f4"))
     h.update(b"|qc|" + str(key).encode())
     return h.hexdigest()
 
@@ -127,9 +132,11 @@ def check_coords(
 
 
 def keyed_digest(key: bytes, features: np.ndarray, coords: np.ndarray | None,
-                 qc: np.ndarray | None, signed: dict[str, Any]) -> str:
-    """HMAC-SHA256 (hex) with ``key`` of the features (float32), coordinates (int64), QC
-    measures (float32), all little-endian, and the attributes ``signed`` (canonical JSON,
+                 qc: np.ndarray | None, signed: dict[str, Any],
+                 content: str | None = None) -> str:
+    """HMAC-SHA256 (hex) with ``key`` of the data's SHA-256 (:func:`features_digest` of
+    the features and coordinates, given as ``content`` when already computed), the QC
+    measures (float32, little-endian) and the attributes ``signed`` (canonical JSON,
     ``content_hmac`` itself left out). See :func:`napari_ghanet.io.cache.feature_key`.
 
     Examples
@@ -142,13 +149,10 @@ def keyed_digest(key: bytes, features: np.ndarray, coords: np.ndarray | None,
     (64, False)
     """
     h = hmac.new(key, b"napari-ghanet features v1|", hashlib.sha256)
-    h.update(np.ascontiguousarray(features, dtype="<f4").tobytes())
-    h.update(b"|coords|")
-    if coords is not None:
-        h.update(np.ascontiguousarray(coords, dtype="<i8").tobytes())
+    h.update((content or features_digest(features, coords)).encode())
     h.update(b"|qc|")
     if qc is not None:
-        h.update(np.ascontiguousarray(qc, dtype="<f4").tobytes())
+        h.update(_bytes(qc, "<f4"))
     clean = {part: {k: v for k, v in attrs.items() if k != "content_hmac"}
              for part, attrs in signed.items()}
     h.update(b"|attrs|" + canonical_json(clean).encode())

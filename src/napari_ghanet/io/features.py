@@ -395,8 +395,9 @@ def save_features(path: str | os.PathLike, feats: PatchFeatures,
         if key:
             # signed as a reader will see them: read back through the same checks
             signed = _read_h5_data(f, path, data=False)[3]
-            f.attrs["content_hmac"] = keyed_digest(key, feats.features, coords,
-                                                   feats.qc_measures, signed)
+            f.attrs["content_hmac"] = keyed_digest(
+                key, feats.features, coords, feats.qc_measures, signed,
+                content=attrs["content_sha256"])
 
     return write_h5(path, build, "features file")
 
@@ -452,7 +453,9 @@ def _check_h5_digests(path: Path, raw_feats, raw_coords, qc, signed, attrs,
                 "digest stored when they were written; delete it (a cache file is "
                 "recomputed)")
     digest = attrs.get("content_sha256")
-    if digest is not None and features_digest(raw_feats, raw_coords) != digest:
+    actual = features_digest(raw_feats, raw_coords) if (
+        digest is not None or key is not None) else None
+    if digest is not None and actual != digest:
         raise FeaturesError(
             f"{path}: damaged feature file: the features or coordinates no longer "
             "match the digest stored when it was written; delete it (a cache "
@@ -464,7 +467,8 @@ def _check_h5_digests(path: Path, raw_feats, raw_coords, qc, signed, attrs,
         raise FeaturesError(
             f"{path}: feature file without this user's keyed digest (written by another "
             "user or an older version, or altered): not trusted")
-    if not hmac.compare_digest(stored, keyed_digest(key, raw_feats, raw_coords, qc, signed)):
+    if not hmac.compare_digest(stored, keyed_digest(key, raw_feats, raw_coords, qc, signed,
+                                                    content=actual)):
         raise FeaturesError(
             f"{path}: the keyed digest does not match (altered, or signed with another "
             "user's key): not trusted")

@@ -8,7 +8,13 @@ pass, bags of similar size together within each group of 32), or one bag per for
 and the held-out c-index and training loss after the same number of epochs to show the
 results agree (they differ only by dropout draws).
 
+With ``--models``, instead: the median seconds per epoch of each named model (the
+comparison models, G-HANet's ablations, the baselines) on the same fold, with the sizes of
+:data:`napari_ghanet.training.compare.SYNTH_MODEL_CONFIG` and the trainer's defaults.
+
     python benchmarks/train_epoch.py [--epochs 20] [--patients 400] [--device cpu]
+    python benchmarks/train_epoch.py --models ghanet amil deepattnmisl transmil mcat \
+        survpath ghanet-no-recon ghanet-no-genome ghanet-no-hyper snn abmil_snn --epochs 3
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from napari_ghanet.training.cohort import FeatureStore, read_cohort, read_splits, resolve_fold
+from napari_ghanet.training.compare import SYNTH_MODEL_CONFIG
 from napari_ghanet.training.cv import RunConfig, prepare_fold
 from napari_ghanet.training.metrics import harrell_c_index
 from napari_ghanet.training.synth import SYNTH_RECIPE, SynthConfig, write_synthetic_cohort
@@ -36,9 +43,10 @@ from napari_ghanet.training.trainer import (
 from napari_ghanet.models.baselines import build_model
 
 
-def run(setup, model_config, batch_size: int, epochs: int, device: torch.device) -> dict:
+def run(setup, model_config, batch_size: int, epochs: int, device: torch.device,
+        name: str = "ghanet") -> dict:
     seed_everything(0)
-    model = build_model("ghanet", **model_config).to(device)
+    model = build_model(name, **model_config).to(device)
     cfg = TrainConfig(batch_size=batch_size, accumulation=32, lr=SYNTH_RECIPE["train"]["lr"],
                       device=str(device))
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -64,6 +72,8 @@ def main() -> None:
     ap.add_argument("--patients", type=int, default=400)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    ap.add_argument("--models", nargs="+", default=None,
+                    help="time these models instead (seconds per epoch each)")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -73,6 +83,9 @@ def main() -> None:
         cohort = read_cohort(paths["cohort"], paths["signatures"])
         features = FeatureStore(cohort, paths["features"])
         fold = resolve_fold(cohort, read_splits(paths["splits"])[0], features)
+        if args.models:
+            per_model(args, cohort, fold, features, device)
+            return
         cfg = RunConfig(model="ghanet", cohort="", signatures="", splits="",
                         model_config=SYNTH_RECIPE["model_config"]["ghanet"])
         setup = prepare_fold(cohort, fold, cfg, features)
@@ -90,6 +103,24 @@ def main() -> None:
     for name, r in ((label, batched), ("one bag per step", per_bag)):
         print(f"{name:<28}{r['epoch_s']:>10.2f}{r['loss']:>12.4f}{r['c_index']:>12.4f}")
     print(f"speed-up: {per_bag['epoch_s'] / batched['epoch_s']:.1f}x")
+
+
+def per_model(args, cohort, fold, features, device) -> None:
+    """Median seconds per epoch of each model on fold 0 (bags read once beforehand)."""
+    print(f"device {device}, torch threads {torch.get_num_threads()}, {args.epochs} epochs, "
+          f"batch size {TrainConfig().batch_size}, accumulation 32")
+    print(f"{'model':<20}{'epoch (s)':>10}{'train loss':>12}{'held-out c':>12}")
+    for name in args.models:
+        cfg = RunConfig(model=name, cohort="", signatures="", splits="",
+                        model_config=SYNTH_MODEL_CONFIG)
+        setup = prepare_fold(cohort, fold, cfg, features)
+        if setup.train.bag is not None:
+            for i in range(len(setup.train)):  # read every bag (and clusters) once
+                setup.train.bag(i)
+                if setup.train.clusters is not None:
+                    setup.train.clusters(i)
+        r = run(setup, setup.model_config, TrainConfig().batch_size, args.epochs, device, name)
+        print(f"{name:<20}{r['epoch_s']:>10.2f}{r['loss']:>12.4f}{r['c_index']:>12.4f}", flush=True)
 
 
 if __name__ == "__main__":

@@ -207,10 +207,11 @@ def test_padded_batches_match_single_bags(name):
     """The trainer's padded, masked batches give each bag's own result."""
     torch.manual_seed(0)
     model = build_official(name, **SMALL[name]).eval()
-    bags = [_bag(name, n, s) for n, s in ((9, 1), (30, 2), (17, 3))]
-    x = torch.zeros(3, 30, 16)
-    mask = torch.zeros(3, 30, dtype=torch.bool)
-    cid = torch.full((3, 30), -1)
+    # 26 and 30 patches share TransMIL's 6 x 6 grid: they run stacked
+    bags = [_bag(name, n, s) for n, s in ((9, 1), (30, 2), (17, 3), (26, 4))]
+    x = torch.zeros(4, 30, 16)
+    mask = torch.zeros(4, 30, dtype=torch.bool)
+    cid = torch.full((4, 30), -1)
     for i, (b, _, c) in enumerate(bags):
         x[i, : len(b)] = b + 0
         mask[i, : len(b)] = True

@@ -31,9 +31,24 @@ from napari_ghanet.training import metrics as M
 from napari_ghanet.models.baselines import ghanet_overrides, model_inputs, topk_model_name
 
 __all__ = ["expand_models", "comparison_rows", "write_comparison", "bootstrap_c_difference",
-           "COLUMNS", "REFERENCE"]
+           "COLUMNS", "REFERENCE", "SYNTH_MODEL_CONFIG"]
 
 REFERENCE = "ghanet"
+
+#: model sizes that suit the synthetic cohort's 32-d features (CPU-friendly; the
+#: ``--model-config`` of benchmarks/compare_synth.py and the training guide's recipes)
+SYNTH_MODEL_CONFIG = {
+    "ghanet": {"width": 64, "heads": 2, "dim_head": 32, "gate_dim": 32, "compress_dim": 32,
+               "ffn_mult": 2},
+    "abmil": {"hidden": 64, "attn_dim": 32},
+    "snn": {"hidden": 64},
+    "abmil_snn": {"hidden": 64, "attn_dim": 32, "omic_hidden": 64, "fusion_dim": 64},
+    "amil": {"hidden": 64, "attn_dim": 32, "rho_dim": 64},
+    "deepattnmisl": {"hidden": 64, "attn_dim": 32, "rho_dim": 64},
+    "transmil": {"width": 64, "heads": 2, "landmarks": 32},
+    "mcat": {"width": 64, "heads": 2, "ffn_dim": 128},
+    "survpath": {"width": 64, "dim_head": 32, "logit_hidden": 32},
+}
 COLUMNS = ("model", "inputs", "folds", "c_index_mean", "c_index_std", "uno_c_index_mean",
            "ibs_mean", "auc_mean", "c_index_pooled", "delta_vs_ghanet", "p_paired_folds",
            "p_bootstrap", "c_index_optimistic_mean")

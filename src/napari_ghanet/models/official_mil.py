@@ -261,10 +261,13 @@ class TransMILConfig:
 
 
 def _pinv_iterative(x: Tensor, iters: int) -> Tensor:
-    """Iterative Moore-Penrose inverse of x (..., m, m) as nystrom-attention 0.0.9: the
-    start scale uses the maxima of the row and column sums over every head jointly."""
-    a = x.abs()
-    z = x.transpose(-1, -2) / (a.sum(dim=-1).max() * a.sum(dim=-2).max())
+    """Iterative Moore-Penrose inverse of x (B, H, m, m) as nystrom-attention 0.0.9: the
+    start scale uses the maxima of the row and column sums over every head jointly (per
+    bag, so that bags stacked in one batch are each computed as alone)."""
+    a = x.abs()  # maxima per bag (dim 0), over its heads jointly: B = 1 is the official
+    row = a.sum(dim=-1).flatten(1).max(dim=1).values
+    col = a.sum(dim=-2).flatten(1).max(dim=1).values
+    z = x.transpose(-1, -2) / (row * col).view(-1, *([1] * (x.dim() - 1)))
     eye = torch.eye(x.shape[-1], device=x.device, dtype=x.dtype)
     for _ in range(iters):
         xz = x @ z
@@ -380,16 +383,24 @@ class TransMIL(OfficialModelMixin, nn.Module):
         """The survival head (for the trainer's hazard initialisation)."""
         return self._fc2
 
-    def _one(self, x: Tensor) -> Tensor:
-        h, g = transmil_square_pad(self._fc1(x[None]))
-        h = torch.cat([self.cls_token.to(h.dtype), h], dim=1)
+    def _grid(self, h: Tensor, g: int) -> Tensor:
+        """Square-padded bags h (b, g*g, W) of one grid side -> logits (b, K)."""
+        h = torch.cat([self.cls_token.to(h.dtype).expand(h.shape[0], -1, -1), h], dim=1)
         h = self.layer1(h)
         h = self.pos_layer(h, g)
         h = self.layer2(h)
-        return self._fc2(self.norm(h)[:, 0])[0]
+        return self._fc2(self.norm(h)[:, 0])
 
     def forward(self, x: Tensor, mask: Tensor | None = None, omics=None, cluster_id=None) -> BatchOutput:
+        """Each bag is square-padded with its own first patches; bags with the same grid
+        side run stacked (each computed as alone), the others one group at a time."""
         _check_dim(x, self.config.input_dim)
         mask = valid_mask(x, mask)
-        logits = torch.stack([self._one(x[i][mask[i]]) for i in range(x.shape[0])])
-        return self._survival_output(logits)
+        padded = [transmil_square_pad(self._fc1(x[i][mask[i]][None])) for i in range(x.shape[0])]
+        logits: list[Tensor | None] = [None] * len(padded)
+        for g in sorted({g for _, g in padded}):
+            idx = [i for i, (_, gi) in enumerate(padded) if gi == g]
+            out = self._grid(torch.cat([padded[i][0] for i in idx]), g)
+            for k, i in enumerate(idx):
+                logits[i] = out[k]
+        return self._survival_output(torch.stack(logits))

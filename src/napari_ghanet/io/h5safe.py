@@ -44,7 +44,9 @@ import json
 import math
 import os
 import shutil
-from collections.abc import Callable
+import stat
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -92,19 +94,30 @@ def _mib(n: float) -> str:
     return f"{n / 1024:.0f} KiB" if n >= 1024 else f"{int(n)} bytes"
 
 
-def open_h5(path: str | os.PathLike, what: str = "feature file"):
-    """``h5py.File(path, "r")`` once ``path`` is known to be a regular file; a
-    :class:`FeaturesError` naming ``what`` otherwise (nothing that blocks is opened)."""
+@contextmanager
+def open_h5(path: str | os.PathLike, what: str = "feature file") -> Iterator[Any]:
+    """``h5py.File`` of ``path`` for reading, as a context manager, once ``path`` is known
+    to be a regular file; a :class:`FeaturesError` naming ``what`` otherwise. The file is
+    opened without blocking and checked again once open (a path swapped for a FIFO after
+    the check cannot hang the read); h5py reads through that open file."""
     import h5py
 
     try:
         p = check_regular_file(path, what)
+        fd = os.open(p, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0))
     except InputFileError as e:
         raise FeaturesError(str(e)) from None
-    try:
-        return h5py.File(p, "r")
-    except (OSError, ValueError, RuntimeError) as exc:
-        raise FeaturesError(f"{p}: not a readable HDF5 file ({_short(exc)})") from None
+    except OSError as e:
+        raise FeaturesError(f"{what} {path}: cannot be opened ({e.strerror or e})") from None
+    with os.fdopen(fd, "rb") as fh:
+        if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):
+            raise FeaturesError(f"{what} {p}: is not a regular file; give a file on disk")
+        try:
+            f = h5py.File(fh, "r")
+        except (OSError, ValueError, RuntimeError) as exc:
+            raise FeaturesError(f"{p}: not a readable HDF5 file ({_short(exc)})") from None
+        with f:
+            yield f
 
 
 def _short(exc: BaseException, n: int = 160) -> str:
@@ -168,7 +181,7 @@ def plain_dataset(f: Any, name: str, path: str | os.PathLike, *, kinds: str = "f
                             f"{max_ndim} dimensions")
     declared = math.prod(shape) * dt.itemsize
     stored = int(ds.id.get_storage_size())
-    file_size = os.fstat(f.id.get_vfd_handle()).st_size if f.driver == "sec2" else None
+    file_size = int(f.id.get_filesize())
     limit = stored if nfilters == 0 else stored * MAX_FILTER_RATIO
     if (declared > MAX_DATASET_BYTES or declared > limit
             or (file_size is not None and stored > file_size)):

@@ -194,3 +194,82 @@ def stow_files(server: Orthanc, files: list[Path]) -> str:
     client = DicomWebClient(server.dicomweb, headers=server.headers())
     client.stow([Path(f).read_bytes() for f in files])
     return series_url(server, files)
+
+
+# --------------------------------------------------------------------------- faults
+
+
+class FaultProxy:
+    """An HTTP proxy on loopback in front of a real server that injects the faults a real
+    server does not produce on demand: ``fault(method, path, n)`` (n: the request's number,
+    from 1) returns None (forward), ``("status", code)`` (answer ``code`` without
+    forwarding), ``("truncate",)`` (forward, then cut the body in half),
+    ``("delay", seconds)`` (wait, then forward) or ``("after", code)`` (forward, then
+    answer ``code`` instead of the server's answer)."""
+
+    def __init__(self, upstream: str, fault):
+        import http.server
+        import threading
+
+        self.upstream, self.fault, self.count = upstream.rstrip("/"), fault, 0
+        self.seen_headers: list[dict] = []
+        proxy = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *a):  # quiet
+                pass
+
+            def _handle(self):
+                import requests
+
+                proxy.count += 1
+                n = proxy.count
+                proxy.seen_headers.append(dict(self.headers))
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length) if length else None
+                what = proxy.fault(self.command, self.path, n)
+                if what and what[0] == "status":
+                    self._send(what[1], b"busy", {"Content-Type": "text/plain"})
+                    return
+                if what and what[0] == "delay":
+                    time.sleep(what[1])
+                hdrs = {k: v for k, v in self.headers.items()
+                        if k.lower() not in ("host", "content-length", "connection")}
+                r = requests.request(self.command, proxy.upstream + self.path, headers=hdrs,
+                                     data=body, timeout=60)
+                data = r.content
+                if what and what[0] == "truncate":
+                    data = data[: len(data) // 2]
+                status = what[1] if what and what[0] == "after" else r.status_code
+                keep = {k: v for k, v in r.headers.items()
+                        if k.lower() in ("content-type",)}
+                self._send(status, data, keep)
+
+            def _send(self, status, data, headers):
+                try:
+                    self.send_response(status)
+                    for k, v in headers.items():
+                        self.send_header(k, v)
+                    self.send_header("Content-Length", str(len(data)))
+                    self.end_headers()
+                    self.wfile.write(data)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass
+
+            do_GET = do_POST = do_DELETE = _handle
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.port = self.server.server_address[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def __enter__(self) -> FaultProxy:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.server.shutdown()
+        self.server.server_close()

@@ -31,10 +31,11 @@ from napari_ghanet.options.cli import BEGIN, DOC_GROUPS, END, flags_of, main, up
 
 PAGE = Path(__file__).resolve().parents[1] / "docs" / "options.md"
 COMMANDS = {"ghanet embed": embed_cmd, "ghanet predict": predict_cmd,
-            "ghanet-train cv": train_cli}
+            "ghanet-train cv": train_cli, "ghanet-train bundle": train_cli}
 #: the arguments a command needs to parse at all
 REQUIRED = {"ghanet-train cv": ["--cohort", "c", "--signatures", "s", "--splits", "d",
-                                "--model", "ghanet", "--out", "x"]}
+                                "--model", "ghanet", "--out", "x"],
+            "ghanet-train bundle": ["run", "--out", "x"]}
 #: defaults a command sets on purpose, as the page's text says ("reads patches on 4
 #: threads unless told otherwise")
 COMMAND_DEFAULTS = {("ghanet embed", "workers"): 4}
@@ -48,7 +49,7 @@ def _parsers() -> dict[str, argparse.ArgumentParser]:
         if module is train_cli:
             [sub] = [a for a in train_cli.build_parser()._actions
                      if isinstance(a, argparse._SubParsersAction)]
-            out[name] = sub.choices["cv"]
+            out[name] = sub.choices[name.split()[-1]]
             continue
         sub = argparse.ArgumentParser(prog="ghanet").add_subparsers()
         out[name] = module.add_parser(sub)

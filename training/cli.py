@@ -18,6 +18,7 @@ from pathlib import Path
 
 from napari_ghanet.errors import Cancelled, GHANetError
 from napari_ghanet.options import (
+    BundleOptions,
     CVOptions,
     ExecutionOptions,
     OptionError,
@@ -160,28 +161,16 @@ def _add_bundle(sub) -> None:
                        description="Write the .safetensors bundle the napari plugin opens.")
     p.add_argument("run_dir", help='folder of a finished "ghanet-train cv" run')
     p.add_argument("--out", required=True, help="bundle path (.safetensors)")
-    p.add_argument("--mode", choices=["final", "ensemble", "fold"], default="final",
-                   help="final: retrain on all patients with the run's recipe (default); "
-                        "ensemble: average the fold models; fold: one fold's model")
-    p.add_argument("--fold", type=int, default=None,
-                   help="fold index for --mode fold (required there)")
-    p.add_argument("--name", default=None,
-                   help="model name shown in the plugin (default: MODEL COHORT (MODE), e.g. "
-                        "'ghanet tcga_luad (final)')")
-    p.add_argument("--encoder", default=None,
-                   help="encoder name when the features carry no encoder attributes (CLAM) "
-                        "(default: read from the features)")
-    p.add_argument("--intended-use", default=None,
-                   help="replace the default intended-use text (default: a research-use-only "
-                        "text naming the cohort, the patients and the c-index)")
+    add_arguments(p, BundleOptions, group=False)
     p.set_defaults(func=_run_bundle)
 
 
 def _run_bundle(args) -> int:
     from napari_ghanet.training.bundle_cmd import make_bundle
 
-    path = make_bundle(args.run_dir, args.out, mode=args.mode, fold=args.fold, name=args.name,
-                       encoder=args.encoder, intended_use=args.intended_use)
+    o = from_args(BundleOptions, args)
+    path = make_bundle(args.run_dir, args.out, mode=o.mode, fold=o.fold, name=o.name,
+                       encoder=o.encoder, intended_use=o.intended_use)
     print(str(path))
     return 0
 
@@ -221,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
     # GHANetError covers every bad input (cohort, run, training, bundle errors); OSError
     # a file that cannot be read or written.
     except OptionError as exc:  # a value outside its declaration: name the flag
-        flag = next((f.info.negate or f.flag for g in (TrainOptions, CVOptions,
+        flag = next((f.info.negate or f.flag for g in (TrainOptions, CVOptions, BundleOptions,
                      ExecutionOptions) for f in fields_of(g) if f.name == exc.name), exc.name)
         print(f"ghanet-train {args.command}: error: {flag} {exc.reason}", file=sys.stderr)
         return 2

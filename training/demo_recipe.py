@@ -227,9 +227,8 @@ def run_demo_recipe(out_bundle: Path, work_dir: Path, recipe: DemoRecipe | None 
     run_cv(config, run_dir, resume=False, overwrite=True)
     out_bundle.parent.mkdir(parents=True, exist_ok=True)
     # paths recorded relative to the work folder: a shipped bundle names no builder's folder
-    make_bundle(run_dir, out_bundle, mode="final", fold=None,
-                name="G-HANet demo model (synthetic data)", encoder=None,
-                intended_use=DEMO_INTENDED_USE, relative_to=work_dir)
+    make_bundle(run_dir, out_bundle, name="G-HANet demo model (synthetic data)",
+                intended_use=DEMO_INTENDED_USE, relative_to=work_dir)  # a final model
     return out_bundle
 
 

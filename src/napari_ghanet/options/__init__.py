@@ -76,10 +76,16 @@ from napari_ghanet.options.groups import (
 )
 from napari_ghanet.options.prediction import PREDICT_GROUPS, PredictOptions, apply
 from napari_ghanet.options.surfaces import form_fields, persisted_fields
-from napari_ghanet.options.training import TRAINING_GROUPS, CVOptions, TrainOptions
+from napari_ghanet.options.training import (
+    TRAINING_GROUPS,
+    BundleOptions,
+    CVOptions,
+    TrainOptions,
+)
 
 __all__ = [
     "ALL_GROUPS",
+    "BundleOptions",
     "CPU_READERS",
     "CVOptions",
     "CacheOptions",

@@ -26,7 +26,7 @@ from typing import ClassVar
 
 from napari_ghanet.options.declare import OptionGroup, option
 
-__all__ = ["MODEL_CHOICES", "TRAINING_GROUPS", "CVOptions", "TrainOptions"]
+__all__ = ["MODEL_CHOICES", "TRAINING_GROUPS", "BundleOptions", "CVOptions", "TrainOptions"]
 
 #: the models ``ghanet-train cv`` trains (``napari_ghanet.models.baselines.MODEL_NAMES``;
 #: spelled here so that ``ghanet-train --help`` imports no torch, checked by a test)
@@ -126,5 +126,29 @@ class CVOptions(OptionGroup):
     overwrite: bool = option(False, "discard a previous run in --out")
 
 
+@dataclass(frozen=True)
+class BundleOptions(OptionGroup):
+    """How ``ghanet-train bundle`` turns a cross-validated run into a plugin model bundle."""
+
+    group: ClassVar[str] = "bundle"
+    title: ClassVar[str] = "model bundle"
+
+    mode: str = option(
+        "final", "which model the bundle holds", choices=("final", "ensemble", "fold"),
+        notes=("retrain on all patients with the run's recipe",
+               "average the fold models", "one fold's model (--fold K)"))
+    fold: int | None = option(None, "fold index for --mode fold", low=0, high=1000,
+                              none="none (required with --mode fold)", metavar="K")
+    name: str | None = option(None, "model name shown in the plugin",
+                              none="MODEL COHORT (MODE), e.g. 'ghanet tcga_luad (final)'",
+                              metavar="NAME")
+    encoder: str | None = option(
+        None, "encoder name when the features carry no encoder attributes (CLAM)",
+        none="read from the features", metavar="NAME")
+    intended_use: str | None = option(
+        None, "replace the intended-use text", none="a research-use-only text naming the "
+        "cohort, the patients and the c-index", metavar="TEXT")
+
+
 #: the training groups, in the order of the docs' tables
-TRAINING_GROUPS: tuple[type[OptionGroup], ...] = (TrainOptions, CVOptions)
+TRAINING_GROUPS: tuple[type[OptionGroup], ...] = (TrainOptions, CVOptions, BundleOptions)

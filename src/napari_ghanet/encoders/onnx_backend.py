@@ -49,7 +49,6 @@ import json
 import logging
 import os
 import shutil
-import tempfile
 import threading
 import time
 import warnings
@@ -64,6 +63,7 @@ import torch
 import torch.nn.functional as F
 
 from napari_ghanet.errors import EncoderError
+from napari_ghanet.io.atomic import clean_folder_once, temp_name
 from napari_ghanet.io.cache import cache_dir as user_cache_dir
 
 __all__ = [
@@ -169,7 +169,9 @@ def _build_folder(root: Path, name: str, marker: str, build: Callable[[Path], An
     final = root / name
     with _export_lock:
         if not (final / marker).is_file():
-            tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=root))
+            clean_folder_once(root)  # folders of a killed export (kill -9) are removed
+            tmp = temp_name(final)  # names this process: removed once it is gone
+            tmp.mkdir(parents=True)
             try:
                 build(tmp)
                 if final.exists():  # an incomplete folder left by a crash

@@ -341,7 +341,9 @@ def check_writable_dir(path: str | os.PathLike, what: str = "output folder") -> 
             f"cannot create the {what} {path} ({e.strerror or e}): choose another folder"
         ) from e
     try:
-        fd, probe = tempfile.mkstemp(prefix=f".probe{_TEMP_TAG}", suffix=".tmp", dir=path)
+        tag = _writer_tag()
+        fd, probe = tempfile.mkstemp(prefix=f".probe{_TEMP_TAG}{tag + '-' if tag else ''}",
+                                     suffix=".tmp", dir=path)
         os.close(fd)
         os.unlink(probe)
     except OSError as e:

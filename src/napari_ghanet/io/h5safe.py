@@ -10,7 +10,8 @@ Reading (:func:`open_h5`, :func:`plain_dataset`, :func:`read_attrs`):
   external storage, no virtual dataset whose sources could be other files or FIFOs), uses
   only the standard filters, has a plain numeric dtype of the kinds asked for and at most
   three dimensions, and declares no more data than the file holds (``storage`` bytes
-  without compression, 256 times that with it, and at most :data:`MAX_DATASET_BYTES`):
+  without compression, 64 times that (or 64 MiB) with it, and at most :data:`MAX_DATASET_BYTES` or
+  half the machine's memory):
   a 19 KB file declaring 477 GiB is refused before anything is allocated;
 * attributes: at most :data:`MAX_ATTRS`, each at most :data:`MAX_ATTR_BYTES`; JSON text
   (values starting with ``{`` or ``[``) nested at most :data:`MAX_JSON_DEPTH` levels,
@@ -75,10 +76,19 @@ MAX_ATTRS = 256
 MAX_ATTR_BYTES = 4 * 1024 * 1024
 #: Deepest JSON nesting accepted in an attribute.
 MAX_JSON_DEPTH = 32
-#: Largest dataset read, in bytes (a 200,000-patch bag of 4,096-d float32 features is 3 GiB).
+#: Largest dataset read, in bytes (a 200,000-patch bag of 4,096-d float32 features is 3 GiB),
+#: and never more than half of this machine's memory.
 MAX_DATASET_BYTES = 16 * 1024**3
 #: Filtered (compressed) data may declare at most this many times its stored bytes.
-MAX_FILTER_RATIO = 256
+MAX_FILTER_RATIO = 64
+
+
+def _memory_cap() -> int:
+    try:
+        return min(MAX_DATASET_BYTES,
+                   os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 2)
+    except (ValueError, OSError, AttributeError):
+        return MAX_DATASET_BYTES
 #: Free space left over after a write, in bytes (room for the small files that follow).
 SPACE_MARGIN = 64 * 1024
 
@@ -182,8 +192,8 @@ def plain_dataset(f: Any, name: str, path: str | os.PathLike, *, kinds: str = "f
     declared = math.prod(shape) * dt.itemsize
     stored = int(ds.id.get_storage_size())
     file_size = int(f.id.get_filesize())
-    limit = stored if nfilters == 0 else stored * MAX_FILTER_RATIO
-    if (declared > MAX_DATASET_BYTES or declared > limit
+    limit = stored if nfilters == 0 else max(stored * MAX_FILTER_RATIO, 64 * 1024**2)
+    if (declared > _memory_cap() or declared > limit
             or (file_size is not None and stored > file_size)):
         raise FeaturesError(
             f"{path}: {name!r} declares {_mib(declared)} of data but the file holds "

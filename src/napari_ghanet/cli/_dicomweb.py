@@ -27,39 +27,17 @@ from napari_ghanet.io.dicomweb import (
     parse_url,
     url_stem,
 )
+from napari_ghanet.options import DicomWebOptions, add_arguments, fields_of
 
 __all__ = ["add_dicomweb_arguments", "dicom_outputs", "setup_dicomweb"]
 
-#: ``--stow`` without a URL: the server the slide came from
-SAME_SERVER = "same"
+#: ``--stow`` without a URL: the server the slide came from (its declared value alone)
+SAME_SERVER = next(f.info.alone for f in fields_of(DicomWebOptions) if f.name == "stow")
 
 
 def add_dicomweb_arguments(p: argparse.ArgumentParser, *, predict: bool = True) -> None:
     """Add the DICOMweb flags (``--dicom-out`` and ``--stow`` for predict)."""
-    g = p.add_argument_group("DICOMweb (slides on a DICOM archive; docs/dicomweb.md)")
-    g.add_argument(
-        "--dicomweb-token-file", type=Path, default=None, metavar="FILE",
-        help="file holding the DICOMweb server's bearer token (or 'basic USER:PASSWORD'); "
-             "default: the environment variable GHANET_DICOMWEB_TOKEN, else no credentials",
-    )
-    g.add_argument(
-        "--dicomweb-query", default=None, metavar="QUERY",
-        help="with a server root URL as SLIDE: QIDO-RS study search, e.g. "
-             "'ModalitiesInStudy=SM&PatientID=X'; every slide-microscopy series found is one "
-             "slide",
-    )
-    if predict:
-        g.add_argument(
-            "--dicom-out", type=Path, default=None, metavar="DIR",
-            help="also write the result as DICOM (research use only): a Comprehensive SR, "
-                 "the attention Parametric Map, the top regions as bulk annotations and the "
-                 "tissue/QC Segmentation, in the slide's study (DICOM slides only)",
-        )
-        g.add_argument(
-            "--stow", nargs="?", const=SAME_SERVER, default=None, metavar="URL",
-            help="store those DICOM objects with STOW-RS on the server the slide came from "
-                 "(or on the DICOMweb server URL); all or none of them",
-        )
+    add_arguments(p, DicomWebOptions, skip=() if predict else ("dicom_out", "stow"))
 
 
 def setup_dicomweb(args: argparse.Namespace) -> None:

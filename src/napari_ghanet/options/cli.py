@@ -129,6 +129,8 @@ def argument(f: Field, default: Any = dataclasses.MISSING) -> tuple[tuple[str, .
     if f.info.required:
         kw["required"] = True
         kw.pop("default")
+    if f.info.alone is not None:
+        kw.update(nargs="?", const=f.info.alone)
     if f.info.many:
         kw["nargs"] = "+"
         if "default" in kw:

@@ -68,7 +68,8 @@ class OptionInfo:
     docs and beside the form's choice; ``negate_help``: the help of the ``negate`` flag
     (what it does, not what the option does); ``many``: a list option whose flag takes
     several values (``--model ghanet abmil``) instead of a comma-separated list;
-    ``required``: the flag must be given.
+    ``required``: the flag must be given; ``alone``: the value of a flag given without one
+    (``--stow`` alone: the slide's own server).
     """
 
     help: str
@@ -89,6 +90,7 @@ class OptionInfo:
     negate_help: str = ""
     many: bool = False
     required: bool = False
+    alone: Any = None
 
     def __post_init__(self) -> None:
         if self.notes and len(self.notes) != len(self.choices):

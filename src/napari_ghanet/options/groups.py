@@ -27,7 +27,7 @@ from napari_ghanet.options.declare import OptionError, OptionGroup, option
 from napari_ghanet.preprocessing.qc import REASONS, QCParams
 
 __all__ = ["ALL_GROUPS", "CPU_READERS", "CacheOptions", "ConsoleOptions", "EmbedOptions",
-           "EncoderOptions",
+           "DicomWebOptions", "EncoderOptions",
            "ExecutionOptions", "GridOptions", "HeatmapOptions", "QCOptions", "RegionOptions",
            "ReportOptions", "parse_cluster"]
 
@@ -370,8 +370,33 @@ def parse_cluster(cluster: str | None) -> tuple[str, int | None]:
     )
 
 
+@dataclass(frozen=True)
+class DicomWebOptions(OptionGroup):
+    """Slides on a DICOMweb archive, and the prediction back as DICOM (docs/dicomweb.md)."""
+
+    group: ClassVar[str] = "dicomweb"
+    title: ClassVar[str] = "DICOMweb (slides on a DICOM archive; docs/dicomweb.md)"
+
+    dicomweb_token_file: Path | None = option(
+        None, "file holding the DICOMweb server's bearer token (or 'basic USER:PASSWORD')",
+        none="the environment variable GHANET_DICOMWEB_TOKEN, else no credentials",
+        metavar="FILE")
+    dicomweb_query: str | None = option(
+        None, "with a server root URL as SLIDE: QIDO-RS study search, e.g. "
+        "'ModalitiesInStudy=SM&PatientID=X'; every slide-microscopy series found is one "
+        "slide", none="none", metavar="QUERY")
+    dicom_out: Path | None = option(
+        None, "also write the result as DICOM (research use only): a Comprehensive SR, the "
+        "attention Parametric Map, the top regions as bulk annotations and the tissue/QC "
+        "Segmentation, in the slide's study (DICOM slides only)", none="none", metavar="DIR")
+    stow: str | None = option(
+        None, "store those DICOM objects with STOW-RS on the server the slide came from "
+        "(--stow alone) or on the DICOMweb server URL; all or none of them",
+        alone="same", none="not stored", metavar="URL")
+
+
 #: every group, in the order of the docs' tables
 ALL_GROUPS: tuple[type[OptionGroup], ...] = (
     GridOptions, EncoderOptions, EmbedOptions, QCOptions, HeatmapOptions, ReportOptions,
-    CacheOptions, RegionOptions, ExecutionOptions, ConsoleOptions,
+    CacheOptions, RegionOptions, ExecutionOptions, ConsoleOptions, DicomWebOptions,
 )

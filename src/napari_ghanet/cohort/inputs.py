@@ -24,6 +24,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from napari_ghanet.errors import CohortError, InputFileError
+from napari_ghanet.io.dicomweb import DicomWebError, expand_url, is_dicomweb_url, url_stem
 from napari_ghanet.io.names import safe_name
 from napari_ghanet.io.safe_read import check_regular_file, read_csv_rows
 from napari_ghanet.options import GridOptions, OptionError
@@ -55,13 +56,14 @@ class SlideItem:
 
     @property
     def name(self) -> str:
-        """File name, e.g. ``slide1.svs``."""
-        return Path(self.path).name
+        """File name, e.g. ``slide1.svs`` (a DICOMweb series URL: its series UID)."""
+        return url_stem(self.path) if is_dicomweb_url(self.path) else Path(self.path).name
 
     @property
     def stem(self) -> str:
-        """Output stem (``Path.stem``): ``OUT/<stem>.h5``, ``OUT/<stem>/``."""
-        return Path(self.path).stem
+        """Output stem (``Path.stem``; a DICOMweb series URL: its series UID):
+        ``OUT/<stem>.h5``, ``OUT/<stem>/``."""
+        return url_stem(self.path) if is_dicomweb_url(self.path) else Path(self.path).stem
 
 
 _GLOB_CHARS = re.compile(r"[*?\[]")
@@ -231,6 +233,11 @@ def read_manifest(path: str | os.PathLike,
         where = f"{path}, line {i}"
         if not r.get("slide"):
             raise SlideInputError(f"{where}: empty 'slide' value")
+        if is_dicomweb_url(r["slide"]):  # a DICOMweb series or study URL
+            items += [SlideItem(u, _parse_mpp(r.get("mpp"), where),
+                                _case_id(r.get("case_id"), where))
+                      for u in _expand_url(r["slide"], where)]
+            continue
         sp = Path(r["slide"]).expanduser()
         if not sp.is_absolute():
             sp = path.parent / sp
@@ -249,6 +256,14 @@ def read_manifest(path: str | os.PathLike,
     if not items:
         raise SlideInputError(f"{path}: the manifest lists no slide")
     return items
+
+
+def _expand_url(text: str, where: str) -> list[str]:
+    """The series URLs of a DICOMweb series or study URL (its SM VOLUME series)."""
+    try:
+        return expand_url(text)
+    except DicomWebError as e:
+        raise SlideInputError(f"{where + ': ' if where else ''}{e}") from None
 
 
 def resolve_inputs(
@@ -293,6 +308,9 @@ def resolve_inputs(
     if manifest is not None:
         found += read_manifest(manifest, notify=say)
     for it in items or ():
+        if is_dicomweb_url(os.fspath(it)):  # series URL; a study URL is like a folder
+            found += [SlideItem(u) for u in _expand_url(os.fspath(it), "")]
+            continue
         found += [SlideItem(str(p.resolve())) for p in _expand(it)]
     if not found:
         raise SlideInputError("no slide given: name slide files, folders, glob patterns or a "

@@ -228,6 +228,8 @@ class DicomWebBackend(Backend):
         Most requests one read sends at once.
     readahead : int
         Tiles after the last one a read needs, in the same tile row, fetched with it.
+    prefetch_tiles : int
+        Tiles of the next tile rows fetched in the background after a read (0: none).
     cache_bytes : int
         Decoded tiles kept (bytes).
     """
@@ -237,8 +239,8 @@ class DicomWebBackend(Backend):
     mpp_source = "DICOM PixelSpacing"
 
     def __init__(self, path, probe=None, *, client: DicomWebClient | None = None,
-                 batch: int = 32, inflight: int = 4, readahead: int = 15,
-                 cache_bytes: int = 256 * 2**20):
+                 batch: int = 64, inflight: int = 4, readahead: int = 63,
+                 prefetch_tiles: int = 128, cache_bytes: int = 256 * 2**20):
         self.path = path if isinstance(path, SlideURL) else SlideURL.from_url(str(path))
         self.warnings: list[str] = []
         ref: DicomWebRef = parse_url(str(self.path))
@@ -248,6 +250,8 @@ class DicomWebBackend(Backend):
         self.ref = ref
         self.client = client or DicomWebClient(ref.root)
         self.batch, self.inflight, self.readahead = max(1, batch), max(1, inflight), readahead
+        self.prefetch_tiles = max(0, prefetch_tiles)
+        self._pending = 0
         self.metadata = self.client.series_metadata(ref.study, ref.series)
         self.levels = levels_from_metadata(self.metadata, ref.where())
         self.level_dimensions = [(lv.width, lv.height) for lv in self.levels]
@@ -380,6 +384,38 @@ class DicomWebBackend(Backend):
                 mine.setdefault(where[0], []).append((where[1], key))
         return mine
 
+    def _jobs(self, mine: dict[str, list]) -> list[tuple[str, list]]:
+        """Claimed frames as requests of at most ``batch`` frames each."""
+        jobs = []
+        for sop, items in mine.items():
+            items.sort()
+            for lo in range(0, len(items), self.batch):
+                jobs.append((sop, items[lo: lo + self.batch]))
+        return jobs
+
+    def _prefetch(self, li: int, row: int) -> None:
+        """Fetch the tiles of the rows from ``row`` on (at most ``prefetch_tiles``) in the
+        background, while the caller decodes and the encoder works; at most ``inflight``
+        such requests are queued."""
+        lv = self.levels[li]
+        with self._lock:
+            if self._pending >= self.inflight or row >= lv.ny:
+                return
+        keys = []
+        for ty in range(row, lv.ny):
+            keys += [(li, tx, ty) for tx in range(lv.nx)]
+            if len(keys) >= self.prefetch_tiles:
+                break
+        for sop, chunk in self._jobs(self._claim(li, keys[: self.prefetch_tiles])):
+            with self._lock:
+                self._pending += 1
+            fut = self._pool.submit(self._fetch, li, sop, chunk)
+            fut.add_done_callback(self._done_prefetch)
+
+    def _done_prefetch(self, _fut) -> None:
+        with self._lock:
+            self._pending -= 1
+
     def tiles(self, li: int, need: list[tuple[int, int]]) -> dict[tuple[int, int], np.ndarray | None]:
         """Decoded tiles (tx, ty) of level ``li`` (None: absent), fetching what is missing
         together with the read-ahead tiles, in batches, several requests at once."""
@@ -391,17 +427,14 @@ class DicomWebBackend(Backend):
             for ty in sorted({ty for _, ty in need}):
                 extra += [(li, tx, ty) for tx in range(last_x + 1,
                                                        min(lv.nx, last_x + 1 + self.readahead))]
-        mine = self._claim(li, keys + extra)
-        jobs = []
-        for sop, items in mine.items():
-            items.sort()
-            for lo in range(0, len(items), self.batch):
-                jobs.append((sop, items[lo: lo + self.batch]))
+        jobs = self._jobs(self._claim(li, keys + extra))
         futures = [self._pool.submit(self._fetch, li, sop, chunk) for sop, chunk in jobs[1:]]
         if jobs:
             self._fetch(li, *jobs[0])
         for f in futures:
             f.result()
+        if need and self.prefetch_tiles > 0:
+            self._prefetch(li, max(ty for _, ty in need) + 1)
         out: dict[tuple[int, int], np.ndarray | None] = {}
         for key in keys:
             while True:

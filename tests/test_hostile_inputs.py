@@ -863,3 +863,33 @@ def test_property_generated_npz_headers_never_trace_back(tmp_path_factory, shape
         assert "\n" not in str(e)
     else:
         assert feats.features.dtype == np.float32 and feats.features.ndim == 2
+
+
+_KILLED_EMBED = r"""
+import os, signal, sys
+from napari_ghanet.cli import main
+
+real_fsync = os.fsync
+
+def fsync(fd):  # the features' bytes are on disk, not yet renamed: kill -9 here
+    real_fsync(fd)
+    if "tiled.h5.ghanet-tmp" in os.readlink(f"/proc/self/fd/{fd}"):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+os.fsync = fsync
+main(["embed", sys.argv[1], "--out", sys.argv[2], "--encoder", "morphometric",
+      "--patch-px", "64", "--target-mpp", "2.0", "--quiet"])
+"""
+
+
+def test_ghanet_embed_killed_mid_write_then_rerun_finishes_without_debris(tmp_path, tiled_tiff):
+    from napari_ghanet.cli import main
+
+    out = tmp_path / "feats"
+    r = subprocess.run([sys.executable, "-c", _KILLED_EMBED, str(tiled_tiff), str(out)])
+    assert r.returncode == -signal.SIGKILL
+    assert [n for n in _debris(out) if "ghanet-tmp" in n] and not (out / "tiled.h5").exists()
+    atomic._cleaned.clear()
+    assert main(["embed", str(tiled_tiff), "--out", str(out), "--encoder", "morphometric",
+                 "--patch-px", "64", "--target-mpp", "2.0", "--quiet"]) == 0
+    assert not _debris(out) and len(load_features(out / "tiled.h5", key=feature_key())) > 0

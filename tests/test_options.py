@@ -31,11 +31,13 @@ from napari_ghanet.options.cli import BEGIN, DOC_GROUPS, END, flags_of, main, up
 
 PAGE = Path(__file__).resolve().parents[1] / "docs" / "options.md"
 COMMANDS = {"ghanet embed": embed_cmd, "ghanet predict": predict_cmd,
-            "ghanet-train cv": train_cli, "ghanet-train bundle": train_cli}
+            "ghanet-train cv": train_cli, "ghanet-train bundle": train_cli,
+            "ghanet-train synth": train_cli, "ghanet-train demo": train_cli}
 #: the arguments a command needs to parse at all
 REQUIRED = {"ghanet-train cv": ["--cohort", "c", "--signatures", "s", "--splits", "d",
                                 "--model", "ghanet", "--out", "x"],
-            "ghanet-train bundle": ["run", "--out", "x"]}
+            "ghanet-train bundle": ["run", "--out", "x"], "ghanet-train synth": ["--out", "x"],
+            "ghanet-train demo": []}
 #: defaults a command sets on purpose, as the page's text says ("reads patches on 4
 #: threads unless told otherwise")
 COMMAND_DEFAULTS = {("ghanet embed", "workers"): 4}

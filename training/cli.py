@@ -18,6 +18,7 @@ from pathlib import Path
 
 from napari_ghanet.errors import Cancelled, GHANetError
 from napari_ghanet.options import (
+    TRAINING_GROUPS,
     BundleOptions,
     CVOptions,
     ExecutionOptions,
@@ -210,8 +211,9 @@ def main(argv: list[str] | None = None) -> int:
     # GHANetError covers every bad input (cohort, run, training, bundle errors); OSError
     # a file that cannot be read or written.
     except OptionError as exc:  # a value outside its declaration: name the flag
-        flag = next((f.info.negate or f.flag for g in (TrainOptions, CVOptions, BundleOptions,
-                     ExecutionOptions) for f in fields_of(g) if f.name == exc.name), exc.name)
+        groups = (*TRAINING_GROUPS, ExecutionOptions)
+        flag = next((f.info.negate or f.flag for g in groups for f in fields_of(g)
+                     if f.name == exc.name), exc.name)
         print(f"ghanet-train {args.command}: error: {flag} {exc.reason}", file=sys.stderr)
         return 2
     except (GHANetError, OSError) as exc:

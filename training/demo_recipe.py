@@ -36,6 +36,8 @@ import numpy as np
 import napari_ghanet
 from napari_ghanet.errors import TrainingError
 from napari_ghanet.io.atomic import atomic_path, atomic_write
+from napari_ghanet.options import add_arguments, from_args
+from napari_ghanet.options.training import DemoOptions
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -74,15 +76,16 @@ DEMO_INTENDED_USE = (
 class DemoRecipe:
     """Sizes and seeds of the demo cohort and model (defaults: the shipped model)."""
 
-    patients: int = 120
-    slide_shape: tuple[int, int] = (3072, 3072)
+    # the command-line sizes: declared (with units and ranges) in DemoOptions
+    patients: int = DemoOptions.patients
+    slide_shape: tuple[int, int] = (DemoOptions.slide_px, DemoOptions.slide_px)
     genes_per_category: int = 10
-    folds: int = 5
-    seed: int = 2026
+    folds: int = DemoOptions.folds
+    seed: int = DemoOptions.seed
     # log-hazard weights of the six activities (centred at 0.5), see ACTIVITY_TRAITS
     beta: tuple[float, ...] = (2.4, 1.2, 1.6, 0.8, 0.6, -1.0)
     censoring: float = 0.3
-    epochs: int = 30
+    epochs: int = DemoOptions.epochs
     lr: float = 5e-4
     accumulation: int = 16
     batch_size: int = 16
@@ -110,8 +113,8 @@ def _activities(rng: np.random.Generator, n: int) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-(0.9 * shared + 0.8 * own)))
 
 
-def make_demo_cohort(out: Path, recipe: DemoRecipe, *, device: str = "auto",
-                     workers: int = 2) -> dict[str, Path]:
+def make_demo_cohort(out: Path, recipe: DemoRecipe, *, device: str = DemoOptions.device,
+                     workers: int = DemoOptions.workers) -> dict[str, Path]:
     """Write the synthetic cohort in TCGA formats and embed its slides.
 
     Returns paths: ``cohort`` (CSV), ``signatures``, ``splits`` (folder), ``slides``,
@@ -205,7 +208,8 @@ def make_demo_cohort(out: Path, recipe: DemoRecipe, *, device: str = "auto",
 
 
 def run_demo_recipe(out_bundle: Path, work_dir: Path, recipe: DemoRecipe | None = None, *,
-                    device: str = "auto", workers: int = 2) -> Path:
+                    device: str = DemoOptions.device,
+                    workers: int = DemoOptions.workers) -> Path:
     """Run the whole recipe; the run (metrics, plots, fold checkpoints) stays in work_dir."""
     from napari_ghanet.training.bundle_cmd import make_bundle
     from napari_ghanet.training.cv import RunConfig, run_cv
@@ -260,18 +264,7 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
                         "maintainers' rebuild)")
     p.add_argument("--work-dir", default=None,
                    help="keep the cohort, features and run here (default: a temporary folder)")
-    p.add_argument("--patients", type=int, default=DemoRecipe.patients,
-                   help="synthetic patients (one slide each)")
-    p.add_argument("--slide-px", type=int, default=DemoRecipe.slide_shape[0],
-                   help="side of each square synthetic slide in pixels at 0.5 µm/px")
-    p.add_argument("--epochs", type=int, default=DemoRecipe.epochs,
-                   help="training epochs per fold and for the final model")
-    p.add_argument("--folds", type=int, default=DemoRecipe.folds,
-                   help="cross-validation folds (patient-level)")
-    p.add_argument("--seed", type=int, default=DemoRecipe.seed,
-                   help="seed of the cohort, the slides and the training")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
-    p.add_argument("--workers", type=int, default=2, help="slide-reading threads")
+    add_arguments(p, DemoOptions, group=False)
     p.set_defaults(func=_run)
 
 
@@ -300,14 +293,15 @@ def check_out(out: Path, replace_shipped: bool = False) -> Path:
 def _run(args) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     check_out(Path(args.out), bool(getattr(args, "replace_shipped", False)))
-    recipe = DemoRecipe(patients=args.patients, slide_shape=(args.slide_px, args.slide_px),
-                        epochs=args.epochs, folds=args.folds, seed=args.seed)
+    o = from_args(DemoOptions, args)
+    recipe = DemoRecipe(patients=o.patients, slide_shape=(o.slide_px, o.slide_px),
+                        epochs=o.epochs, folds=o.folds, seed=o.seed)
     out = Path(args.out)
     if args.work_dir:
-        run_demo_recipe(out, Path(args.work_dir), recipe, device=args.device,
-                        workers=args.workers)
+        run_demo_recipe(out, Path(args.work_dir), recipe, device=o.device,
+                        workers=o.workers)
     else:
         with tempfile.TemporaryDirectory(prefix="ghanet-demo-") as tmp:
-            run_demo_recipe(out, Path(tmp), recipe, device=args.device, workers=args.workers)
+            run_demo_recipe(out, Path(tmp), recipe, device=o.device, workers=o.workers)
     print(f"demo bundle written: {out} ({os.path.getsize(out) / 2**20:.1f} MB)")
     return 0

@@ -38,6 +38,8 @@ import pandas as pd
 
 from napari_ghanet.errors import CohortError
 from napari_ghanet.io.atomic import atomic_path, atomic_write
+from napari_ghanet.options import add_arguments, from_args
+from napari_ghanet.options.training import SynthOptions
 
 __all__ = ["SynthConfig", "write_synthetic_cohort", "configure_parser", "SYNTH_RECIPE"]
 
@@ -69,11 +71,12 @@ SYNTH_RECIPE = {
 class SynthConfig:
     """Size and difficulty of the synthetic cohort. See the module docstring."""
 
-    patients: int = 400
-    folds: int = 5
-    feature_dim: int = 32
-    patches_min: int = 80
-    patches_max: int = 240
+    # the command-line sizes: declared (with units and ranges) in SynthOptions
+    patients: int = SynthOptions.patients
+    folds: int = SynthOptions.folds
+    feature_dim: int = SynthOptions.feature_dim
+    patches_min: int = SynthOptions.patches_min
+    patches_max: int = SynthOptions.patches_max
     second_slide_fraction: float = 0.1
     genes_per_category: tuple[int, ...] = (24, 30, 30, 28, 40, 28)
     cnv_fraction: float = 0.25
@@ -87,7 +90,7 @@ class SynthConfig:
     nuisance: float = 0.1
     median_survival_months: float = 30.0
     censoring_months: float = 60.0
-    seed: int = 0
+    seed: int = SynthOptions.seed
 
 
 def _atomic_csv(df: pd.DataFrame, path: Path) -> None:
@@ -289,22 +292,12 @@ def configure_parser(p) -> None:
     p.description = ("Write a synthetic cohort (features, table, signatures, splits) in the "
                      "formats of a real one. Test data only.")
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--patients", type=int, default=SynthConfig.patients, help="patients")
-    p.add_argument("--folds", type=int, default=SynthConfig.folds,
-                   help="patient-level cross-validation splits")
-    p.add_argument("--feature-dim", type=int, default=SynthConfig.feature_dim,
-                   help="dimension of each patch feature")
-    p.add_argument("--patches-min", type=int, default=SynthConfig.patches_min,
-                   help="fewest patches per slide")
-    p.add_argument("--patches-max", type=int, default=SynthConfig.patches_max,
-                   help="most patches per slide")
-    p.add_argument("--seed", type=int, default=SynthConfig.seed, help="random seed")
+    add_arguments(p, SynthOptions, group=False)
     p.set_defaults(func=_run)
 
 
 def _run(args) -> int:
-    cfg = SynthConfig(patients=args.patients, folds=args.folds, feature_dim=args.feature_dim,
-                      patches_min=args.patches_min, patches_max=args.patches_max, seed=args.seed)
+    cfg = SynthConfig(**from_args(SynthOptions, args).to_dict())
     paths = write_synthetic_cohort(args.out, cfg)
     print(json.dumps({k: str(v) for k, v in paths.items()}, indent=1))
     return 0

@@ -24,9 +24,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
 
-from napari_ghanet.options.declare import OptionGroup, option
+from napari_ghanet.options.declare import OptionError, OptionGroup, option
 
-__all__ = ["MODEL_CHOICES", "TRAINING_GROUPS", "BundleOptions", "CVOptions", "TrainOptions"]
+__all__ = ["MODEL_CHOICES", "TRAINING_GROUPS", "BundleOptions", "CVOptions", "DemoOptions",
+           "SynthOptions", "TrainOptions"]
 
 #: the models ``ghanet-train cv`` trains (``napari_ghanet.models.baselines.MODEL_NAMES``;
 #: spelled here so that ``ghanet-train --help`` imports no torch, checked by a test)
@@ -150,5 +151,56 @@ class BundleOptions(OptionGroup):
         "cohort, the patients and the c-index", metavar="TEXT")
 
 
+@dataclass(frozen=True)
+class SynthOptions(OptionGroup):
+    """The size of a synthetic feature cohort (``ghanet-train synth``; test data only)."""
+
+    group: ClassVar[str] = "synth"
+    title: ClassVar[str] = "synthetic cohort"
+
+    patients: int = option(400, "patients", unit="patients", low=1, high=1_000_000,
+                           metavar="N")
+    folds: int = option(5, "patient-level cross-validation splits", unit="folds", low=1,
+                        high=100, metavar="K")
+    feature_dim: int = option(32, "dimension of each patch feature", unit="numbers", low=1,
+                              high=65536, metavar="D")
+    patches_min: int = option(80, "fewest patches per slide", unit="patches", low=1,
+                              high=1_000_000, metavar="N")
+    patches_max: int = option(240, "most patches per slide", unit="patches", low=1,
+                              high=1_000_000, metavar="N")
+    seed: int = option(0, "seed of the cohort's random draws", low=0, high=2**32 - 1,
+                       metavar="N")
+
+    def check(self) -> None:
+        if self.patches_max < self.patches_min:
+            raise OptionError("patches_max", f"must be >= the fewest patches per slide "
+                              f"({self.patches_min}), got {self.patches_max}")
+
+
+@dataclass(frozen=True)
+class DemoOptions(OptionGroup):
+    """The size and seed of the demonstration model's synthetic cohort and its training
+    (``ghanet-train demo``; defaults: the shipped model's)."""
+
+    group: ClassVar[str] = "demo"
+    title: ClassVar[str] = "demo recipe"
+
+    patients: int = option(120, "synthetic patients (one slide each)", unit="patients",
+                           low=4, high=100_000, metavar="N")
+    slide_px: int = option(3072, "side of each square synthetic slide in pixels at "
+                           "0.5 µm/px", unit="px", low=256, high=65536, metavar="PX")
+    epochs: int = option(30, "training epochs per fold and for the final model",
+                         unit="epochs", low=1, high=100_000, metavar="N")
+    folds: int = option(5, "cross-validation folds (patient-level)", unit="folds", low=2,
+                        high=100, metavar="K")
+    seed: int = option(2026, "seed of the cohort, the slides and the training", low=0,
+                       high=2**32 - 1, metavar="N")
+    device: str = option("auto", "where embedding and training run: auto (CUDA when "
+                         "available), cpu, cuda or cuda:N", metavar="DEVICE")
+    workers: int = option(2, "slide-reading threads", unit="threads", low=0, high=256,
+                          metavar="N")
+
+
 #: the training groups, in the order of the docs' tables
-TRAINING_GROUPS: tuple[type[OptionGroup], ...] = (TrainOptions, CVOptions, BundleOptions)
+TRAINING_GROUPS: tuple[type[OptionGroup], ...] = (TrainOptions, CVOptions, BundleOptions,
+                                                  SynthOptions, DemoOptions)

@@ -107,6 +107,8 @@ def test_manifest_extra_columns_are_ignored_with_one_note(tmp_path, slides):
     (b"slide\n\"a.svs\n", r"line 2: not valid CSV"),
     (b"", r"is empty"),
     (b"slide,slide\na.svs,b.svs\n", r"names column 'slide' twice"),
+    (b"slide,mpp\na.svs,1e-400\n", r"line 2: mpp "),
+    (b"slide,mpp\na.svs,300\n", r"line 2: mpp "),
     (b"slide,mpp\na.svs," + b"9" * 5000 + b"x\n", r"mpp '9{60}\.\.\. \(5001 characters\)' is not a number"),
 ])
 def test_manifest_crafted_bytes_are_one_line(tmp_path, content, match):
@@ -170,7 +172,7 @@ def test_fuzz_manifest_bytes_give_items_or_one_line(tmp_path, data):
         return
     for it in items:
         assert Path(it.path).is_file()
-        assert it.mpp is None or (math.isfinite(it.mpp) and it.mpp > 0)
+        assert it.mpp is None or 0 < it.mpp <= 20
 
 
 # ------------------------------------------------------------------------ survival tables
@@ -194,6 +196,8 @@ def test_duplicate_patient_ids_are_refused_with_the_ids_named(tmp_path):
     ("P1,1e999,0", r"must be a finite number of months, found '1e999'"),
     ("P1,NaN,0", r"must be a finite number of months, found 'NaN'"),
     ("P1,twelve,0", r"must be a finite number of months, found 'twelve'"),
+    ("P1,3650,0", r"survival_months 3650 is more than 150 years; are the times in days"),
+    ("P1,1e308,0", r"survival_months 1e308 is more than 150 years"),
     ("P1,,0", r"line 2: survival_months is empty"),
     ("P1,12,2", r"censorship must be 0 \(event\) or 1 \(censored\), found '2'"),
     ("P1,12,yes", r"censorship must be 0 \(event\) or 1 \(censored\), found 'yes'"),
@@ -233,7 +237,7 @@ def _valid_time(t: str) -> bool:
         v = float(t)
     except ValueError:
         return False
-    return math.isfinite(v) and v >= 0
+    return math.isfinite(v) and 0 <= v <= 1800
 
 
 def _valid_event(c: str) -> bool:
@@ -246,7 +250,8 @@ def _valid_event(c: str) -> bool:
 @FUZZ
 @given(rows=st.lists(st.tuples(
     st.sampled_from(["P1", "P2", "P3", " P1", "", "P4"]) | TEXT,
-    st.sampled_from(["0", "12.5", "-1", "inf", "nan", "1e999", "3", "", " 7 "]) | TEXT,
+    st.sampled_from(["0", "12.5", "-1", "inf", "nan", "1e999", "3", "", " 7 ", "1800",
+                     "1800.5", "3650"]) | TEXT,
     st.sampled_from(["0", "1", "1.0", "2", "", "-0", "yes"]) | TEXT,
 ), min_size=1, max_size=6))
 def test_fuzz_survival_tables_parse_exactly_or_refuse(tmp_path, rows):
@@ -462,6 +467,10 @@ def test_spatialdata_location_is_checked_before_any_work(tmp_path, small_slide, 
         assert main([*base, "--spatialdata", str(store), *more]) == 2
         assert said in _one_error_line(capsys.readouterr().err)
         assert not out.exists()
+    out.mkdir()
+    assert main([*base, "--spatialdata", str(out / "small.ghanet.json")]) == 2
+    assert "is the name of one of the exports" in _one_error_line(capsys.readouterr().err)
+    assert list(out.iterdir()) == []
     problem = cli_predict.spatialdata_location_problem
     (tmp_path / "file.zarr").write_text("x")
     (tmp_path / "notes").mkdir()

@@ -314,6 +314,14 @@ def check_before_work(args: argparse.Namespace, regions: RegionOptions) -> None:
         raise UsageError(f"{e} (it names the files in --out)") from None
     regions.regions()  # parsed now; a bad file is one line before the slide is opened
     check_spatialdata(args)
+    store = getattr(args, "spatialdata", None)
+    if store is not None:  # the store must not take the name of an export it sits beside
+        from napari_ghanet.inference.export_registry import export_formats
+
+        taken = {Path(args.out) / f"{stem}{f.suffix}" for f in export_formats()}
+        if Path(os.path.abspath(store)) in {Path(os.path.abspath(t)) for t in taken}:
+            raise UsageError(f"--spatialdata {store}: is the name of one of the exports "
+                             "written into --out; give the store another name")
 
 
 def check_spatialdata(args: argparse.Namespace) -> None:

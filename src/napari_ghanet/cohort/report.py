@@ -92,6 +92,8 @@ def write_cohort_csv(out_dir: str | os.PathLike, rows: list[dict[str, Any]]) -> 
 
 #: largest survival table read (bytes)
 SURVIVAL_MAX_BYTES = 64 * 1024 * 1024
+#: longest follow-up accepted (months): 150 years; more is a unit error (days given)
+MAX_SURVIVAL_MONTHS = 1800
 SurvivalTable = tuple[str, dict[str, tuple[float, int]]]
 
 
@@ -114,6 +116,9 @@ def _survival_value(text: str, column: str, where: str) -> float | int:
                           f"found {shown!r}")
     if value < 0:
         raise CohortError(f"{where}: survival_months must be 0 or more months, found {shown}")
+    if value > MAX_SURVIVAL_MONTHS:
+        raise CohortError(f"{where}: survival_months {shown} is more than "
+                          f"{MAX_SURVIVAL_MONTHS // 12} years; are the times in days? give months")
     return value
 
 
@@ -122,12 +127,12 @@ def read_survival(path: str | os.PathLike) -> SurvivalTable:
 
     A regular UTF-8 CSV file of at most 64 MiB (read through
     :func:`~napari_ghanet.io.safe_read.read_csv_rows`) with a ``case_id`` (or ``slide``)
-    column, ``survival_months`` (a finite number >= 0) and ``censorship`` (0 = event,
-    1 = censored); other columns are ignored. Every problem is one
+    column, ``survival_months`` (a number from 0 to 1800, i.e. 150 years) and
+    ``censorship`` (0 = event, 1 = censored); other columns are ignored. Every problem is one
     :class:`~napari_ghanet.errors.CohortError` naming the file and the line: a value that
-    is empty, not a number, negative, infinite or NaN, a censorship other than 0 or 1, an
-    empty key, and a key given twice (each id named: keeping one row silently would change
-    the c-index).
+    is empty, not a number, negative, infinite, NaN or above 1800 months (days given?), a
+    censorship other than 0 or 1, an empty key, and a key given twice (each id named:
+    keeping one row silently would change the c-index).
 
     Examples
     --------

@@ -82,8 +82,8 @@ class EncoderOptions(OptionGroup):
     title: ClassVar[str] = "encoder"
 
     encoder: str = option(
-        "resnet50_trunc", "patch encoder name (the CLAM features the G-HANet paper's models "
-        "were trained on by default); ghanet encoders lists them all and whether their "
+        "resnet50_trunc", "patch encoder name (resnet50_trunc: the CLAM features the G-HANet "
+        "paper's models were trained on); ghanet encoders lists them all and whether their "
         "weights are on this machine. Every encoder but morphometric needs a weights file, "
         "found in torch's or the Hugging Face hub cache or given with --encoder-weights FILE "
         "(torchscript: its model file; nothing is downloaded); morphometric is weight-free",

@@ -104,6 +104,9 @@ def test_the_page_tables_are_the_generated_tables():
     tables = _page_tables(text)
     assert list(tables) == [cls.__name__ for cls in DOC_GROUPS]
     assert set(ALL_GROUPS) < set(DOC_GROUPS)
+    from napari_ghanet.options import PREDICT_GROUPS
+
+    assert set(PREDICT_GROUPS.values()) <= set(ALL_GROUPS)  # every prediction group listed
     for cls in DOC_GROUPS:
         assert [r["field"].strip("`") for r in tables[cls.__name__]] == [
             f.name for f in fields_of(cls)]

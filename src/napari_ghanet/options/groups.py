@@ -398,5 +398,6 @@ class DicomWebOptions(OptionGroup):
 #: every group, in the order of the docs' tables
 ALL_GROUPS: tuple[type[OptionGroup], ...] = (
     GridOptions, EncoderOptions, EmbedOptions, QCOptions, HeatmapOptions, ReportOptions,
-    CacheOptions, RegionOptions, ExecutionOptions, ConsoleOptions, DicomWebOptions,
+    CacheOptions, DistributionOptions, RegionOptions, ExecutionOptions, ConsoleOptions,
+    DicomWebOptions,
 )

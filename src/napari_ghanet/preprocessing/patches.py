@@ -13,6 +13,7 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
+from napari_ghanet.io.encoder_spec import EncoderSpec
 from napari_ghanet.io.slide import Slide
 from napari_ghanet.preprocessing.tissue import TissueMask
 
@@ -110,7 +111,8 @@ class PatchGrid:
         return slide.read_patch(x, y, self.patch_size_level0, self.patch_px)
 
 
-def patch_size_level0(slide_mpp: float, patch_px: int = 256, target_mpp: float = 0.5) -> int:
+def patch_size_level0(slide_mpp: float, patch_px: int = EncoderSpec.patch_px,
+                      target_mpp: float = EncoderSpec.target_mpp) -> int:
     """Level-0 pixels of a ``patch_px`` patch at ``target_mpp``; the resolution ratio is
     snapped to an integer (or 1/integer) when within 2.5%, as magnification-based tiling
     does (a 20x scan at 0.499 um/px gives 256, a 40x scan at 0.2527 um/px gives 512)."""
@@ -133,8 +135,8 @@ def patch_grid(
     slide: Slide,
     mask: TissueMask | None,
     *,
-    patch_px: int = 256,
-    target_mpp: float = 0.5,
+    patch_px: int = EncoderSpec.patch_px,
+    target_mpp: float = EncoderSpec.target_mpp,
     patch_um: float | None = None,
     min_tissue_fraction: float = 0.5,
     step_px: int | None = None,

@@ -151,8 +151,8 @@ def open_stage(
 def grid_stage(
     slide: Slide,
     *,
-    patch_px: int = 256,
-    target_mpp: float = 0.5,
+    patch_px: int = EncoderSpec.patch_px,
+    target_mpp: float = EncoderSpec.target_mpp,
     tissue_params: TissueParams | dict | None = None,
     min_tissue_fraction: float = GridOptions.min_tissue_fraction,
     progress: ProgressCallback | None = None,

@@ -453,6 +453,10 @@ def test_cohort_names_are_checked_before_any_slide(tmp_path, fast_bundle):
         cohort_api.predict_cohort([d], tmp_path / "out", fast_bundle, device="cpu",
                                   progress=False)
     assert not (tmp_path / "out" / "summary.csv").exists()
+    with pytest.raises(GHANetError, match=r"slide name '-dash' cannot be used as a file name"):
+        cohort_api.embed_cohort([d], tmp_path / "emb", "morphometric", device="cpu",
+                                progress=False)
+    assert not (tmp_path / "emb").exists()
 
 
 def test_spatialdata_location_is_checked_before_any_work(tmp_path, small_slide, fast_bundle,

@@ -39,7 +39,7 @@ from napari_ghanet.cli._options import (
     output_folder,
 )
 from napari_ghanet.cli._progress import CohortProgress, TerminalProgress
-from napari_ghanet.cohort.inputs import is_pattern
+from napari_ghanet.cohort.inputs import SlideItem, is_pattern
 from napari_ghanet.errors import BundleError, GHANetError, PredictionError, UnsafeNameError
 from napari_ghanet.io.atomic import interrupted_folder
 from napari_ghanet.io.names import check_name_fits, name_problem, safe_name
@@ -306,8 +306,8 @@ def check_before_work(args: argparse.Namespace, regions: RegionOptions) -> None:
     output folder's file system (:func:`~napari_ghanet.io.names.check_name_fits`), the
     region files parse (:func:`~napari_ghanet.preprocessing.roi.read_geojson`) and the
     ``--spatialdata`` location can take the store (:func:`check_spatialdata`)."""
-    stem, what = ((args.patient, "--patient") if args.patient
-                  else (Path(args.slides[0]).stem, "the slide's name"))
+    stem, what = ((args.patient, "--patient") if args.patient  # a URL: its series UID
+                  else (SlideItem(str(args.slides[0])).stem, "the slide's name"))
     try:
         check_name_fits(args.out, stem, what)
     except UnsafeNameError as e:

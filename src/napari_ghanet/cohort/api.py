@@ -169,6 +169,7 @@ def embed_cohort(
                "execution": execution or ExecutionOptions()}, **options)
     grid, embed, execution = g["grid"], g["embed"], g["execution"]
     items = _items(inputs, manifest, notify)
+    _check_unit_names(Path(out_dir), [[it] for it in items])  # OUT/<stem>.h5, before work
     resolve_device(embed.device)  # a wrong device fails once here, not once per slide
     out = check_writable_dir(out_dir)
     kwargs = dict(encoder_kwargs or {})

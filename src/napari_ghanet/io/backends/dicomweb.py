@@ -239,8 +239,8 @@ class DicomWebBackend(Backend):
     mpp_source = "DICOM PixelSpacing"
 
     def __init__(self, path, probe=None, *, client: DicomWebClient | None = None,
-                 batch: int = 64, inflight: int = 4, readahead: int = 63,
-                 prefetch_tiles: int = 128, cache_bytes: int = 256 * 2**20):
+                 batch: int = 128, inflight: int = 4, readahead: int = 127,
+                 prefetch_tiles: int = 384, cache_bytes: int = 256 * 2**20):
         self.path = path if isinstance(path, SlideURL) else SlideURL.from_url(str(path))
         self.warnings: list[str] = []
         ref: DicomWebRef = parse_url(str(self.path))
@@ -266,6 +266,10 @@ class DicomWebBackend(Backend):
         self._cached = 0
         self._inflight: dict[tuple[int, int, int], threading.Event] = {}
         self._errors: dict[tuple[int, int, int], BaseException] = {}
+        # fetched but not yet decoded (compressed frame, transfer syntax), oldest first
+        self._raw: OrderedDict[tuple[int, int, int], tuple[bytes, str | None]] = OrderedDict()
+        self._raw_bytes = 0
+        self._decoding: dict[tuple[int, int, int], threading.Event] = {}
         self._lock = threading.Lock()
         self._pool = ThreadPoolExecutor(max_workers=self.inflight,
                                         thread_name_prefix="ghanet-dicomweb")
@@ -342,21 +346,19 @@ class DicomWebBackend(Backend):
                 self._cached -= 0 if old is None else old.nbytes
 
     def _fetch(self, li: int, sop: str, items: list[tuple[int, tuple[int, int, int]]]) -> None:
-        """Fetch and decode frames (frame number, key) of one instance; wake the waiters."""
+        """Fetch frames (frame number, key) of one instance; wake the waiters."""
         lv = self.levels[li]
         try:
             blobs, ts = self.client.frames(self.ref.study, self.ref.series or "", sop,
                                            [n for n, _ in items])
             self.fetched += len(blobs)
-            for (_, key), data in zip(items, blobs):
-                try:
-                    arr = decode_frame(data, ts or lv.transfer_syntax, lv)
-                except Exception as exc:  # noqa: BLE001 - named per tile below
-                    raise DicomWebError(
-                        f"{self.ref.where()}: frame of tile {key[1:]} at level {li} cannot be "
-                        f"decoded: {type(exc).__name__}: {exc}") from None
-                arr.flags.writeable = False
-                self._store(key, arr)
+            with self._lock:  # kept compressed; the reader that needs a tile decodes it
+                for (_, key), data in zip(items, blobs):
+                    self._raw[key] = (data, ts or lv.transfer_syntax)
+                    self._raw_bytes += len(data)
+                while self._raw_bytes > self.cache_bytes // 4 and len(self._raw) > len(items):
+                    _, (old, _) = self._raw.popitem(last=False)
+                    self._raw_bytes -= len(old)
         except BaseException as exc:  # noqa: BLE001 - handed to every waiting reader
             with self._lock:
                 for _, key in items:
@@ -368,13 +370,31 @@ class DicomWebBackend(Backend):
                     if ev is not None:
                         ev.set()
 
+    def _decode(self, li: int, key: tuple[int, int, int], data: bytes, ts: str | None) -> None:
+        """Decode one fetched frame into the cache (a failure is the waiters' error)."""
+        try:
+            arr = decode_frame(data, ts, self.levels[li])
+            arr.flags.writeable = False
+            self._store(key, arr)
+        except Exception as exc:  # noqa: BLE001 - named per tile
+            with self._lock:
+                self._errors[key] = DicomWebError(
+                    f"{self.ref.where()}: frame of tile {key[1:]} at level {li} cannot be "
+                    f"decoded: {type(exc).__name__}: {exc}")
+        finally:
+            with self._lock:
+                ev = self._decoding.pop(key, None)
+            if ev is not None:
+                ev.set()
+
     def _claim(self, li: int, keys: list[tuple[int, int, int]]) -> dict[str, list]:
         """Mark the keys nobody has or fetches as ours; their frames grouped by instance."""
         lv = self.levels[li]
         mine: dict[str, list] = {}
         with self._lock:
             for key in keys:
-                if key in self._cache or key in self._inflight:
+                if (key in self._cache or key in self._inflight or key in self._raw
+                        or key in self._decoding):
                     continue
                 where = lv.locate(key[1], key[2])
                 if where is None:
@@ -401,12 +421,14 @@ class DicomWebBackend(Backend):
         with self._lock:
             if self._pending >= self.inflight or row >= lv.ny:
                 return
-        keys = []
-        for ty in range(row, lv.ny):
-            keys += [(li, tx, ty) for tx in range(lv.nx)]
-            if len(keys) >= self.prefetch_tiles:
-                break
-        for sop, chunk in self._jobs(self._claim(li, keys[: self.prefetch_tiles])):
+        last = min(lv.ny, row + max(1, self.prefetch_tiles // lv.nx))
+        with self._lock:
+            keys = [(li, tx, ty) for ty in range(row, last) for tx in range(lv.nx)
+                    if not ((li, tx, ty) in self._cache or (li, tx, ty) in self._inflight
+                            or (li, tx, ty) in self._raw)]
+        if len(keys) < self.batch and last < lv.ny:
+            return  # wait until a full request's worth of tiles is ahead
+        for sop, chunk in self._jobs(self._claim(li, keys)):
             with self._lock:
                 self._pending += 1
             fut = self._pool.submit(self._fetch, li, sop, chunk)
@@ -443,8 +465,15 @@ class DicomWebBackend(Backend):
                         self._cache.move_to_end(key)
                         out[key[1:]] = self._cache[key]
                         break
+                    raw = self._raw.pop(key, None)
+                    if raw is not None:
+                        self._raw_bytes -= len(raw[0])
+                        self._decoding[key] = threading.Event()
                     err = self._errors.pop(key, None)
-                    ev = self._inflight.get(key)
+                    ev = self._inflight.get(key) or self._decoding.get(key)
+                if raw is not None:
+                    self._decode(li, key, *raw)
+                    continue
                 if err is not None:
                     if isinstance(err, DicomWebError):
                         raise err
@@ -483,4 +512,5 @@ class DicomWebBackend(Backend):
         self._pool.shutdown(wait=False, cancel_futures=True)
         with self._lock:
             self._cache.clear()
-            self._cached = 0
+            self._raw.clear()
+            self._cached = self._raw_bytes = 0

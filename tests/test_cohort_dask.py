@@ -77,7 +77,7 @@ def test_embed_on_cluster_matches_in_process_and_resumes(cluster, slides, tmp_pa
     assert again.line == "0 done, 4 skipped, 1 failed"
     assert (tmp_path / "dist" / "s0.h5").stat().st_mtime_ns == stamp
     # another grid is not a valid output: refused (the file is kept), never mixed up
-    other = embed_cohort([slides / "s0.tif"], tmp_path / "dist", **FAST, min_tissue=0.9,
+    other = embed_cohort([slides / "s0.tif"], tmp_path / "dist", **FAST, min_tissue_fraction=0.9,
                          progress=False)
     assert other.n_failed == 1 and "overwriting" in other.rows[0]["error"]
     assert (tmp_path / "dist" / "s0.h5").stat().st_mtime_ns == stamp

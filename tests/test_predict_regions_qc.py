@@ -196,7 +196,7 @@ def test_an_older_cache_without_measures_gets_them_once(cmu_svs, bundle, tmp_pat
 
 def test_overlap_heatmaps_are_finer_and_leave_the_prediction_alone(
         cmu_svs, bundle, plain, tmp_path):
-    p = predict_slide(cmu_svs, bundle, device="cpu", qc=None, heatmap_overlap=0.5,
+    p = predict_slide(cmu_svs, bundle, device="cpu", qc=None, overlap=0.5,
                       cache_dir=tmp_path)
     assert p.risk == pytest.approx(plain.risk, abs=1e-6)
     np.testing.assert_allclose(p.morphology_attention, plain.morphology_attention, atol=1e-7)
@@ -217,7 +217,7 @@ def test_overlap_heatmaps_are_finer_and_leave_the_prediction_alone(
     np.testing.assert_allclose(p.heatmaps["morphology"].scores[: p.n_patches],
                                p.morphology_attention, rtol=1e-4, atol=1e-7)
     # the extra patches were cached too: a second run embeds nothing
-    again = predict_slide(cmu_svs, bundle, device="cpu", qc=None, heatmap_overlap=0.5,
+    again = predict_slide(cmu_svs, bundle, device="cpu", qc=None, overlap=0.5,
                           cache_dir=tmp_path)
     assert again.timings["heatmap"] < p.timings["heatmap"]
     np.testing.assert_array_equal(again.heatmaps["morphology"].image,

@@ -153,7 +153,7 @@ def predict_slide(
         Option fields by name, applied to ``options`` (``device="cpu"``, ``mpp=0.25``,
         ``batch_size=16``, ``use_cache=False``, ``overlap=0.5``...), and the older
         spellings ``qc`` (a :class:`~napari_ghanet.preprocessing.qc.QCParams`, or None
-        for QC off), ``heatmap_overlap`` and ``encoder_kwargs={"weights": FILE}``.
+        for QC off) and ``encoder_kwargs={"weights": FILE}``.
 
     Returns
     -------

@@ -50,9 +50,8 @@ class PredictOptions:
     """Everything a prediction is told, as groups; made once and passed on unchanged.
 
     :meth:`create` takes the fields by name (``batch_size=16``, ``overlap=0.5``), plus the
-    library's older spellings: ``qc`` (a QCParams, or None for QC off),
-    ``heatmap_overlap``, ``encoder_kwargs`` (``{"weights": path}``) and ``tissue_params``
-    (``{"saturation_threshold": s}``).
+    library's shortcuts ``qc`` (a QCParams, or None for QC off) and ``encoder_kwargs``
+    (``{"weights": path}``).
     """
 
     grid: GridOptions = field(default_factory=GridOptions)
@@ -103,9 +102,8 @@ class PredictOptions:
 
 def apply(groups: Mapping[str, OptionGroup], **values: Any) -> dict[str, OptionGroup]:
     """``groups`` (name -> group) with ``values`` applied: a group by its name, or a
-    field by its name (validated by its group); the older spellings ``qc`` (QCParams or
-    None), ``heatmap_overlap``, ``min_tissue``, ``encoder_kwargs`` and ``tissue_params``
-    are understood. An unknown name is a TypeError listing the known ones.
+    field by its name (validated by its group); the shortcuts ``qc`` (QCParams or None)
+    and ``encoder_kwargs`` (``{"weights": path}``) are understood. An unknown name is a TypeError listing the known ones.
 
     Examples
     --------
@@ -133,14 +131,12 @@ def apply(groups: Mapping[str, OptionGroup], **values: Any) -> dict[str, OptionG
 
 
 def _legacy(values: dict[str, Any], has_qc: bool = True) -> dict[str, Any]:
-    """The library's older keyword spellings as option fields."""
+    """The library's two shortcuts as option fields (the older spellings
+    ``heatmap_overlap``, ``min_tissue`` and ``tissue_params`` are gone: an unknown option
+    now)."""
     values = dict(values)
     if has_qc and "qc" in values and not isinstance(values["qc"], QCOptions):
         values["qc"] = QCOptions.from_params(values["qc"])
-    if "heatmap_overlap" in values:
-        values["overlap"] = values.pop("heatmap_overlap")
-    if "min_tissue" in values:
-        values["min_tissue_fraction"] = values.pop("min_tissue")
     ek = values.pop("encoder_kwargs", None)
     if ek:
         ek = dict(ek)
@@ -150,9 +146,4 @@ def _legacy(values: dict[str, Any], has_qc: bool = True) -> dict[str, Any]:
                             "only the encoder's weights file can be given")
         if w is not None:
             values["weights"] = w
-    tp = values.pop("tissue_params", None)
-    if tp is not None:
-        thr = tp.get("saturation_threshold") if isinstance(tp, Mapping) else getattr(
-            tp, "saturation_threshold", None)
-        values["tissue_threshold"] = thr
     return values

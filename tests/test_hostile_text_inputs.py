@@ -494,6 +494,41 @@ def test_spatialdata_location_is_checked_before_any_work(tmp_path, small_slide, 
     assert "only 1.0 MiB free on the disk" in problem(tmp_path / "s.zarr", out, False)
 
 
+_PART = st.sampled_from(["a", "b", "out", "s.zarr", "..", "."])
+
+
+@FUZZ
+@given(store=st.lists(_PART, min_size=1, max_size=4), out=st.lists(_PART, min_size=1,
+                                                                      max_size=4),
+       overwrite=st.booleans())
+def test_fuzz_spatialdata_never_replaces_or_holds_the_exports(tmp_path, store, out, overwrite):
+    root = tmp_path / "r"
+    (root / "a").mkdir(parents=True, exist_ok=True)
+    s, o = root.joinpath(*store), root.joinpath(*out)
+    problem = cli_predict.spatialdata_location_problem(s, o, overwrite)
+    sa, oa = Path(os.path.abspath(s)), Path(os.path.abspath(o))
+    if oa == sa or oa.is_relative_to(sa):  # replacing the store would delete the exports
+        assert problem and ("--out" in problem)
+    if sa.exists() and not (sa / "zarr.json").exists():  # never replaced: not a store
+        assert problem
+    if problem is None:
+        assert not sa.exists() and sa != oa and not oa.is_relative_to(sa)
+
+
+@FUZZ
+@given(name=TEXT | st.text(st.sampled_from("aé漢-_. /"), min_size=1, max_size=120),
+       suffix=st.integers(0, 200))
+def test_fuzz_output_names_fit_the_file_system_or_are_refused(tmp_path, name, suffix):
+    try:
+        check_name_fits(tmp_path, name, "slide name", suffix_bytes=suffix)
+    except GHANetError as e:
+        assert "\n" not in str(e)
+        return
+    assert len(name.encode()) + suffix <= os.pathconf(tmp_path, "PC_NAME_MAX")
+    assert "/" not in name and name not in (".", "..") and not name.startswith(".")
+    (tmp_path / f"{name}{'x' * suffix}").write_text("ok")  # the file system takes it
+
+
 def test_full_disk_while_writing_summary_is_one_line(tmp_path, monkeypatch):
     def full(*a, **k):
         raise OSError(errno.ENOSPC, "No space left on device")

@@ -893,3 +893,40 @@ def test_ghanet_embed_killed_mid_write_then_rerun_finishes_without_debris(tmp_pa
     assert main(["embed", str(tiled_tiff), "--out", str(out), "--encoder", "morphometric",
                  "--patch-px", "64", "--target-mpp", "2.0", "--quiet"]) == 0
     assert not _debris(out) and len(load_features(out / "tiled.h5", key=feature_key())) > 0
+
+
+_KILLED_TRAINING = r"""
+import os, signal, sys
+from napari_ghanet.training.cli import main
+
+real_fsync = os.fsync
+
+def fsync(fd):  # the fold's weights are on disk, not yet renamed: kill -9 here
+    real_fsync(fd)
+    if "fold_0.safetensors.ghanet-tmp" in os.readlink(f"/proc/self/fd/{fd}"):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+os.fsync = fsync
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_a_training_run_killed_while_saving_a_fold_leaves_no_debris_after_resuming(tmp_path):
+    from napari_ghanet.training.cli import main
+
+    synth = tmp_path / "synth"
+    assert main(["synth", "--out", str(synth), "--patients", "24", "--folds", "2",
+                 "--feature-dim", "16", "--patches-min", "5", "--patches-max", "10"]) == 0
+    run = tmp_path / "run"
+    argv = ["cv", "--cohort", str(synth / "cohort.csv"), "--signatures",
+            str(synth / "signatures.csv"), "--splits", str(synth / "splits"), "--features",
+            str(synth / "features"), "--model", "ghanet", "--out", str(run), "--folds", "0",
+            "--epochs", "1", "--batch-size", "8", "--model-config",
+            json.dumps({"width": 16, "heads": 2, "dim_head": 8, "gate_dim": 8,
+                        "compress_dim": 8, "ffn_mult": 2})]
+    r = subprocess.run([sys.executable, "-c", _KILLED_TRAINING, *argv], capture_output=True)
+    assert r.returncode == -signal.SIGKILL, r.stderr.decode()[-2000:]
+    assert any("fold_0.safetensors.ghanet-tmp" in n for n in _debris(run))
+    atomic._cleaned.clear()
+    assert main([*argv, "--resume"]) == 0
+    assert (run / "fold_0.safetensors").is_file() and not _debris(run)

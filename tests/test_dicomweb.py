@@ -141,3 +141,18 @@ def test_slide_url_names_a_file_safe_output(cmu_url):
     assert str(p) == cmu_url
     assert Path(p).name == f"{parse_url(cmu_url).series}.dicomweb"
     assert "/" not in p.stem and ":" not in p.stem
+
+
+def test_the_napari_reader_opens_a_series_url(cmu_url):
+    from napari_ghanet._reader import napari_get_reader
+
+    reader = napari_get_reader(cmu_url)
+    assert reader is not None
+    data, kwargs, kind = reader(cmu_url)[0]
+    assert kind == "image" and kwargs["metadata"]["backend"] == "dicomweb"
+    assert kwargs["metadata"]["path"] == cmu_url
+    assert data.shape == (2967, 2220, 3)
+    with open_slide(cmu_slide_path()) as svs:
+        np.testing.assert_array_equal(np.asarray(data[1000:1100, 500:700]),
+                                      svs.read_region((500, 1000), 0, (200, 100)))
+    assert napari_get_reader(cmu_url.replace("/series/", "/nothing/")) is None

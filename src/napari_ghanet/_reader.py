@@ -60,7 +60,8 @@ def slide_level_arrays(slide) -> list:
     import dask.array as da
 
     arrays = []
-    key = f"{slide.path}-{os.stat(slide.path).st_mtime_ns}"
+    url = getattr(slide.path, "url", None)  # a DICOMweb series: no file to stat
+    key = f"{slide.path}-{slide.fingerprint() if url else os.stat(slide.path).st_mtime_ns}"
     for level in range(slide.level_count):
         tile = slide.level_tile_sizes[level] if slide.level_tile_sizes else None
         w, h = slide.level_dimensions[level]
@@ -140,6 +141,8 @@ def napari_get_reader(path):
         path = path[0]
     if not isinstance(path, str | os.PathLike):
         return None
+    if isinstance(path, str) and path[:8].lower().startswith(("http://", "https://")):
+        return _url_reader(path)
     path = Path(path)
     if not path.is_file():
         return None
@@ -155,6 +158,22 @@ def napari_get_reader(path):
         return None
     if path.name.lower().endswith(_TIFF_SUFFIXES) and not _looks_like_slide(slide):
         slide.close()
+        return None
+
+    def reader(_path) -> list[tuple]:
+        return [slide_layer_data(slide)]
+
+    return reader
+
+
+def _url_reader(url: str):
+    """npe2 reader for a DICOMweb series URL (File > Open with the URL)."""
+    from napari_ghanet.io.slide import SlideError, open_slide
+
+    try:
+        slide = open_slide(url, require_mpp=False)
+    except SlideError as exc:  # a reader hook must never raise
+        logger.debug("napari-ghanet does not read %s: %s", url, exc)
         return None
 
     def reader(_path) -> list[tuple]:

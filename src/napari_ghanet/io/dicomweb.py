@@ -42,7 +42,8 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote, urlsplit
 
-from napari_ghanet.errors import SlideError
+from napari_ghanet.errors import GHANetError, SlideError
+from napari_ghanet.io.safe_read import read_regular_file
 
 logger = logging.getLogger(__name__)
 
@@ -150,16 +151,10 @@ def parse_root(text: str) -> str:
 
 
 def _read_secret(path: str) -> str:
-    try:
-        with open(path, "rb") as fh:
-            data = fh.read(MAX_TOKEN_BYTES + 1)
-    except OSError as exc:
-        raise DicomWebError(
-            f"cannot read the DICOMweb token file {path}: {exc.strerror or type(exc).__name__}"
-        ) from None
-    if len(data) > MAX_TOKEN_BYTES:
-        raise DicomWebError(f"the DICOMweb token file {path} is larger than 64 KiB; "
-                            "it must hold one token")
+    try:  # a regular file of bounded size (no FIFO or device is opened)
+        data = read_regular_file(path, "DICOMweb token file", MAX_TOKEN_BYTES)
+    except GHANetError as exc:
+        raise DicomWebError(str(exc)) from None
     text = data.decode("utf-8", "replace").strip()
     if not text or "\n" in text:
         raise DicomWebError(f"the DICOMweb token file {path} must hold exactly one line "

@@ -373,7 +373,13 @@ class DicomWebBackend(Backend):
     def _decode(self, li: int, key: tuple[int, int, int], data: bytes, ts: str | None) -> None:
         """Decode one fetched frame into the cache (a failure is the waiters' error)."""
         try:
-            arr = decode_frame(data, ts, self.levels[li])
+            lv = self.levels[li]
+            arr = decode_frame(data, ts, lv)
+            need_h = min(lv.tile_h, lv.height - key[2] * lv.tile_h)
+            need_w = min(lv.tile_w, lv.width - key[1] * lv.tile_w)
+            if arr.shape[0] < need_h or arr.shape[1] < need_w:
+                raise ValueError(f"the frame is {arr.shape[1]}x{arr.shape[0]} px, smaller than "
+                                 f"its {need_w}x{need_h} px place in the image")
             arr.flags.writeable = False
             self._store(key, arr)
         except Exception as exc:  # noqa: BLE001 - named per tile

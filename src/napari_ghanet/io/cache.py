@@ -29,6 +29,8 @@ import stat
 import threading
 from pathlib import Path
 
+from napari_ghanet.io.atomic import clean_folder_once, temp_name
+
 __all__ = ["FEATURE_KEY_FILE", "cache_dir", "feature_key"]
 
 logger = logging.getLogger(__name__)
@@ -73,7 +75,8 @@ def _new_key(folder: Path, path: Path, replace: bool) -> bytes | None:
     """Write a new key (0600) to a private temporary file and link or rename it to
     ``path``; the key that ends up at ``path`` (another process may win the race)."""
     key = secrets.token_bytes(_KEY_BYTES)
-    tmp = folder / f".{FEATURE_KEY_FILE}.{os.getpid()}.{secrets.token_hex(4)}"
+    clean_folder_once(folder)  # a key temporary left by a killed process is removed
+    tmp = temp_name(path)
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         try:

@@ -264,8 +264,6 @@ def clean_folder_once(folder: str | os.PathLike) -> None:
     remove_stale_temp_files(folder)
 
 
-_clean_once = clean_folder_once
-
 
 def _fsync_path(path: Path) -> None:
     try:

@@ -29,6 +29,7 @@ from qtpy.QtWidgets import QFileDialog, QFrame, QLabel, QScrollArea, QVBoxLayout
 from napari_ghanet._qt import layers as qt_layers
 from napari_ghanet._qt import plugin_settings
 from napari_ghanet._qt import regions as qt_regions
+from napari_ghanet._qt.dicomweb import DicomWebPanel
 from napari_ghanet._qt.exports import ExportPanel
 from napari_ghanet._qt.inputs import InputsPanel, layer_path
 from napari_ghanet._qt.notify import error_message, notify
@@ -121,6 +122,7 @@ class PrognosisWidget(QWidget):
         self.inputs = InputsPanel(self.viewer, self.settings.native)
         self.results = ResultsPanel()
         self.exports = ExportPanel(self.viewer, lambda: self.prediction)
+        self.dicomweb = DicomWebPanel(self.viewer, lambda: self.prediction)
         self.results.add_section(self.exports)
         self.results.setVisible(False)
         self.results.category_selected.connect(self._on_category_selected)
@@ -147,7 +149,7 @@ class PrognosisWidget(QWidget):
         outer.addWidget(self.scroll)
         body = QWidget()
         layout = QVBoxLayout(body)
-        for part in (self.inputs, self.results, self.intended_use_label):
+        for part in (self.inputs, self.dicomweb, self.results, self.intended_use_label):
             layout.addWidget(part)
         layout.addStretch(1)
         self.scroll.setWidget(body)

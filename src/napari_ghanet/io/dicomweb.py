@@ -588,3 +588,25 @@ def url_stem(text: str) -> str:
     """
     ref = parse_url(text)
     return ref.series or ref.study
+
+
+def list_slides(root: str, params: dict | None = None) -> list[dict[str, str]]:
+    """The slide-microscopy series of a server (QIDO-RS series search, ``Modality=SM``
+    plus ``params``): one dict each with ``patient``, ``study``, ``series`` (descriptions
+    or UIDs) and ``url`` (the series URL), sorted by patient, study and series."""
+    client = DicomWebClient(root)
+    query = {"Modality": "SM", "includefield": "00100020,00081030,0008103E,00200011"}
+    query.update(params or {})
+    rows = client.json("series", what="search for slide-microscopy series", params=query)
+    out = []
+    for r in rows:
+        study, series = str(value(r, "0020000D", "")), str(value(r, "0020000E", ""))
+        if not (study and series and re.fullmatch(_UID, study) and re.fullmatch(_UID, series)):
+            continue
+        out.append({
+            "patient": str(value(r, "00100020", "") or ""),
+            "study": str(value(r, "00081030", "") or study),
+            "series": str(value(r, "0008103E", "") or series),
+            "url": f"{client.root}/studies/{study}/series/{series}",
+        })
+    return sorted(out, key=lambda d: (d["patient"], d["study"], d["series"], d["url"]))

@@ -156,3 +156,31 @@ def test_the_napari_reader_opens_a_series_url(cmu_url):
         np.testing.assert_array_equal(np.asarray(data[1000:1100, 500:700]),
                                       svs.read_region((500, 1000), 0, (200, 100)))
     assert napari_get_reader(cmu_url.replace("/series/", "/nothing/")) is None
+
+
+@pytest.mark.parametrize("codec", ["jpeg2000", "jpegls", "jpeg-lossless", "uncompressed"])
+def test_archive_transfer_syntaxes_decode_to_the_source_pixels(server, tmp_path, codec):
+    """JPEG 2000, JPEG-LS, lossless JPEG and uncompressed frames (lossless re-encodings of
+    a JPEG-tiled TIFF) read over DICOMweb equal the TIFF's pixels."""
+    need("wsidicomizer")
+    import pydicom
+    from wsidicom.codec import (
+        Jpeg2kSettings,
+        JpegLosslessSettings,
+        JpegLsSettings,
+        NumpySettings,
+    )
+
+    enc = {"jpeg2000": Jpeg2kSettings(levels=[0]), "jpegls": JpegLsSettings(level=0),
+           "jpeg-lossless": JpegLosslessSettings(), "uncompressed": NumpySettings()}[codec]
+    rgb, _ = he_image(512, 768, seed=2)
+    tif = write_pyramid(tmp_path / "g.tif", rgb, levels=2, tile=256)
+    files = dicomize(tif, tmp_path / "dcm", tile_size=256, encoding=enc,
+                     force_transcoding=True)
+    ts = str(pydicom.dcmread(files[0], stop_before_pixels=True).file_meta.TransferSyntaxUID)
+    assert ts != "1.2.840.10008.1.2.4.50"  # really re-encoded
+    with open_slide(stow_files(server, files)) as web, open_slide(tif) as local:
+        for level in range(2):
+            w, h = web.level_dimensions[level]
+            np.testing.assert_array_equal(web.read_region((0, 0), level, (w, h)),
+                                          local.read_region((0, 0), level, (w, h)))

@@ -108,3 +108,17 @@ def test_a_study_url_is_a_patient_bag(server, bundle, tmp_path):
                     "--cache-dir", str(tmp_path / "c")]) == 0
     report = json.loads((out / "P1.ghanet.json").read_text())
     assert report["prediction"]["risk"] == report["prediction"]["risk"]  # finite
+
+
+def test_ghanet_embed_reads_a_study_url(server, tmp_path):
+    from napari_ghanet.cli import main
+
+    srv, cmu, _ = server
+    study = parse_url(cmu).study
+    out = tmp_path / "feat"
+    assert main(["embed", f"{srv.dicomweb}/studies/{study}", "--out", str(out),
+                 "--encoder", "morphometric", "--patch-px", "64", "--target-mpp", "2",
+                 "--quiet"]) == 0
+    assert (out / f"{parse_url(cmu).series}.h5").is_file()
+    with open(out / "summary.csv", newline="") as fh:
+        assert [r["slide"] for r in csv.DictReader(fh)] == [cmu]

@@ -26,6 +26,8 @@ from napari_ghanet.inference.stages.slide import (
     grid_stage,
     open_stage,
 )
+from napari_ghanet.io.backends.dicomweb import SlideURL
+from napari_ghanet.io.dicomweb import is_dicomweb_url
 from napari_ghanet.io.features import (
     match_features,
 )
@@ -143,7 +145,9 @@ def embed_to_file(
     t0 = time.perf_counter()
     g = apply({"grid": grid or GridOptions(), "embed": embed or EmbedOptions()}, **options)
     grid_opts, emb = g["grid"], g["embed"]
-    slide_path = Path(slide_path)
+    # a DICOMweb series URL keeps its URL (str) and is named by its series UID (stem)
+    slide_path = (SlideURL.from_url(str(slide_path)) if is_dicomweb_url(str(slide_path))
+                  else Path(slide_path))
     out = Path(out_dir) / f"{slide_path.stem}.h5"
     outcome = EmbedOutcome(slide=str(slide_path), status="failed", path=str(out))
     try:

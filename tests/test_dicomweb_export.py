@@ -139,6 +139,9 @@ def test_the_attention_map_is_the_patch_grid_in_the_slides_frame(stored, cmu_url
     _, report, objects, _, _ = stored
     pm = next(ds for m, ds in objects.items() if m not in ("SR", "SEG", "ANN"))
     assert pm.SOPClassUID == "1.2.840.10008.5.1.4.1.1.30"  # Parametric Map Storage
+    import highdicom as hd
+
+    hd.pm.ParametricMap.from_dataset(pm)  # highdicom reads it back
     step = report["patches"]["step_level0"]
     mpp = report["slide"]["mpp"]
     spacing = pm.SharedFunctionalGroupsSequence[0].PixelMeasuresSequence[0].PixelSpacing
@@ -157,14 +160,26 @@ def test_the_attention_map_is_the_patch_grid_in_the_slides_frame(stored, cmu_url
     with open_slide(cmu_url) as slide:
         meta = slide._backend._level0_dataset()
     assert pm.FrameOfReferenceUID == value(meta, "00200052")
+    import highdicom as hd
+
     src_origin = value(meta, "00480008")  # TotalPixelMatrixOriginSequence
+    src_spacing = [float(v) for v in value(value(meta, "52009229"), "00289110")["00280030"][
+        "Value"]]
+    to_slide = hd.spatial.PixelToReferenceTransformer(
+        image_position=(float(value(src_origin, "0040072A")),
+                        float(value(src_origin, "0040073A")), 0.0),
+        image_orientation=[float(v) for v in meta["00480102"]["Value"]],
+        pixel_spacing=src_spacing)
+    # the centre of the map's first pixel: level-0 pixel origin + (step - 1) / 2
+    p00, p10, p01 = to_slide(np.array([[0, 0], [1, 0], [0, 1]]))
+    cx, cy = origin[0] + (step - 1) / 2, origin[1] + (step - 1) / 2
+    expected = p00 + cx * (p10 - p00) + cy * (p01 - p00)
     pos = pm.get("PerFrameFunctionalGroupsSequence", pm.get(
         "SharedFunctionalGroupsSequence"))[0].PlanePositionSlideSequence[0]
-    src_spacing = float(spacing[0]) / step  # mm per level-0 pixel
-    assert float(pos.XOffsetInSlideCoordinateSystem) == pytest.approx(
-        float(value(src_origin, "0040072A")) + origin[0] * src_spacing, abs=1e-6)
-    assert float(pos.YOffsetInSlideCoordinateSystem) == pytest.approx(
-        float(value(src_origin, "0040073A")) + origin[1] * src_spacing, abs=1e-6)
+    assert float(pos.XOffsetInSlideCoordinateSystem) == pytest.approx(expected[0], abs=1e-6)
+    assert float(pos.YOffsetInSlideCoordinateSystem) == pytest.approx(expected[1], abs=1e-6)
+    assert [float(v) for v in pm.ImageOrientationSlide] == [
+        float(v) for v in meta["00480102"]["Value"]]
 
 
 def test_the_top_regions_are_bulk_annotations_with_their_measurements(stored):
@@ -212,3 +227,23 @@ def test_with_the_server_stopped_one_line_and_no_output(tmp_path, bundle, capsys
     assert len(lines) == 1, err
     assert f"127.0.0.1:{srv.port}" in lines[0] and "Traceback" not in err
     assert not out.exists() or not any(out.iterdir())
+
+
+def test_stow_url_stores_a_local_dicom_slides_result_on_another_server(
+        tmp_path, bundle, cmu_url, capsys):
+    import pydicom
+
+    files = dicomize(cmu_slide_path(), tmp_path / "local")
+    with Orthanc(tmp_path / "other") as other:
+        code = run_cli([str(files[0]), "--model", str(bundle), "--out", str(tmp_path / "o"),
+                        "--device", "cpu", "--quiet", "--cache-dir", str(tmp_path / "c"),
+                        "--stow", other.dicomweb])
+        assert code == 0, capsys.readouterr().err
+        study = pydicom.dcmread(files[0], stop_before_pixels=True).StudyInstanceUID
+        rows = DicomWebClient(other.dicomweb).search_series(study)
+        assert sorted(str(value(r, "00080060")) for r in rows) == ["ANN", "OT", "SEG", "SR"]
+    # a file slide without a server to store on is a usage error before any work
+    code = run_cli([str(files[0]), "--model", str(bundle), "--out", str(tmp_path / "o2"),
+                    "--device", "cpu", "--quiet", "--stow"])
+    assert code == 2 and "give the server, --stow URL" in capsys.readouterr().err
+    assert not (tmp_path / "o2").exists()

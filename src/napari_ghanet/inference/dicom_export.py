@@ -268,9 +268,9 @@ def build_report(report: dict, sources: list, series_uid: str | None = None):
 
 
 def _geometry(source, x0: float, y0: float, spacing_px: float, mpp: float):
-    """Plane position, orientation and pixel measures of an image whose first pixel's
-    top-left corner is level-0 pixel (x0, y0) and whose pixels are ``spacing_px`` level-0
-    pixels wide, in the source's frame of reference."""
+    """Plane position, orientation and pixel measures of an image whose first pixel covers
+    the level-0 pixels from (x0, y0) and whose pixels are ``spacing_px`` level-0 pixels
+    wide, in the source's frame of reference (positions are of pixel centres)."""
     import highdicom as hd
 
     orient = [float(v) for v in source.ImageOrientationSlide]
@@ -278,9 +278,12 @@ def _geometry(source, x0: float, y0: float, spacing_px: float, mpp: float):
     ox, oy = float(origin.XOffsetInSlideCoordinateSystem), float(origin.YOffsetInSlideCoordinateSystem)
     spacing = [float(v) for v in source.SharedFunctionalGroupsSequence[0]
                .PixelMeasuresSequence[0].PixelSpacing]  # mm: row, column
-    # level-0 pixel (column x, row y) -> slide (mm): origin + x * col_dir * dc + y * row_dir * dr
-    x = ox + x0 * orient[0] * spacing[1] + y0 * orient[3] * spacing[0]
-    y = oy + x0 * orient[1] * spacing[1] + y0 * orient[4] * spacing[0]
+    # DICOM positions are pixel centres: the first map pixel's centre in level-0 pixels
+    cx, cy = x0 + (spacing_px - 1) / 2.0, y0 + (spacing_px - 1) / 2.0
+    # level-0 pixel (column, row) -> slide (mm): origin + column * row cosines * column
+    # spacing + row * column cosines * row spacing
+    x = ox + cx * orient[0] * spacing[1] + cy * orient[3] * spacing[0]
+    y = oy + cx * orient[1] * spacing[1] + cy * orient[4] * spacing[0]
     thickness = None
     try:
         thickness = float(source.SharedFunctionalGroupsSequence[0]

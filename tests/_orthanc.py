@@ -204,8 +204,10 @@ class FaultProxy:
     server does not produce on demand: ``fault(method, path, n)`` (n: the request's number,
     from 1) returns None (forward), ``("status", code)`` (answer ``code`` without
     forwarding), ``("truncate",)`` (forward, then cut the body in half),
-    ``("delay", seconds)`` (wait, then forward) or ``("after", code)`` (forward, then
-    answer ``code`` instead of the server's answer)."""
+    ``("delay", seconds)`` (wait, then forward), ``("after", code)`` (forward, then
+    answer ``code`` instead of the server's answer) or ``("call", fn)`` (answer
+    ``fn(method, path) -> (status, body)``: a request the server lacks, such as DICOMweb
+    DELETE done through Orthanc's own REST API)."""
 
     def __init__(self, upstream: str, fault):
         import http.server
@@ -232,6 +234,10 @@ class FaultProxy:
                 what = proxy.fault(self.command, self.path, n)
                 if what and what[0] == "status":
                     self._send(what[1], b"busy", {"Content-Type": "text/plain"})
+                    return
+                if what and what[0] == "call":
+                    status, data = what[1](self.command, self.path)
+                    self._send(status, data, {"Content-Type": "application/json"})
                     return
                 if what and what[0] == "delay":
                     time.sleep(what[1])
@@ -273,3 +279,17 @@ class FaultProxy:
     def __exit__(self, *exc) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+
+def orthanc_delete_series(server: Orthanc, series_uid: str) -> int:
+    """Delete a series through Orthanc's REST API (its DICOMweb plugin has no DELETE);
+    returns the HTTP status a DICOMweb DELETE would give (204, or 404 when absent)."""
+    req = urllib.request.Request(f"{server.url}/tools/lookup", data=series_uid.encode(),
+                                 method="POST", headers=server.headers())
+    with urllib.request.urlopen(req, timeout=10) as r:  # noqa: S310 - loopback
+        hits = [h for h in json.loads(r.read()) if h.get("Type") == "Series"]
+    for h in hits:
+        req = urllib.request.Request(f"{server.url}/series/{h['ID']}", method="DELETE",
+                                     headers=server.headers())
+        urllib.request.urlopen(req, timeout=10).read()  # noqa: S310 - loopback
+    return 204 if hits else 404

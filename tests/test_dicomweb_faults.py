@@ -214,3 +214,38 @@ def test_a_store_that_fails_after_the_server_kept_the_objects_lists_them(server,
     assert "does not allow deleting" in msg
     for _, ds, _ in results:
         assert ds.SOPInstanceUID in msg
+
+
+def test_a_failed_store_is_deleted_where_the_server_allows_it(server, tmp_path):
+    """A server with DICOMweb DELETE (Orthanc's REST API behind the proxy): the objects the
+    server kept although the store was reported failed are deleted: none is left."""
+    from _orthanc import orthanc_delete_series
+    from napari_ghanet.inference.dicom_export import dicom_results, store_dicom
+    from napari_ghanet.inference.predict import predict_slide
+
+    srv, url = server
+    bundle = make_bundle(tmp_path / "m.safetensors", encoder=FAST_ENCODER)
+    results = dicom_results(predict_slide(url, bundle, device="cpu",
+                                          cache_dir=tmp_path / "c"))
+    deleted = []
+
+    def delete(method, path):
+        series = path.rstrip("/").rsplit("/", 1)[1]
+        deleted.append(series)
+        return orthanc_delete_series(srv, series), b""
+
+    def fault(method, path, n):
+        if method == "POST":
+            return ("after", 500)
+        return ("call", delete) if method == "DELETE" else None
+
+    with FaultProxy(srv.url, fault) as proxy:
+        client = DicomWebClient(proxy.url + "/dicom-web", retries=0)
+        with pytest.raises(DicomWebError, match="nothing of them is left on the server"):
+            store_dicom(results, proxy.url + "/dicom-web", client=client)
+    assert sorted(deleted) == sorted(str(ds.SeriesInstanceUID) for _, ds, _ in results)
+    study = parse_url(url).study
+    left = {str(r["0020000E"]["Value"][0])
+            for r in DicomWebClient(srv.dicomweb).search_series(study)}
+    assert parse_url(url).series in left  # the slide is untouched
+    assert not left & {str(ds.SeriesInstanceUID) for _, ds, _ in results}

@@ -293,3 +293,17 @@ def orthanc_delete_series(server: Orthanc, series_uid: str) -> int:
                                      headers=server.headers())
         urllib.request.urlopen(req, timeout=10).read()  # noqa: S310 - loopback
     return 204 if hits else 404
+
+
+def need_orthanc() -> None:
+    """Skip where Orthanc and its DICOMweb plugin are not installed, but fail in CI (``CI``
+    set), where scripts/install-and-test.sh installs them: like ``need()`` for packages."""
+    import pytest
+
+    if orthanc_available():
+        return
+    message = ("Orthanc with its DICOMweb plugin is not installed "
+               "(apt-get install orthanc orthanc-dicomweb)")
+    if os.environ.get("CI"):
+        pytest.fail(message)
+    pytest.skip(message)

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from _orthanc import Orthanc, dicomize, orthanc_available, stow_files
+from _orthanc import Orthanc, dicomize, need_orthanc, stow_files
 from _plugin_helpers import FAST_ENCODER, make_bundle, need
 from conftest import he_image, write_pyramid
 from napari_ghanet.inference.predict import predict_slide
@@ -17,8 +17,10 @@ from napari_ghanet.io.backends.dicomweb import SlideURL
 from napari_ghanet.io.dicomweb import DicomWebClient, DicomWebError, parse_url
 from napari_ghanet.io.slide import SlideError, cmu_slide_path, open_slide
 
-pytestmark = pytest.mark.skipif(not orthanc_available(),
-                                reason="Orthanc with its DICOMweb plugin is not installed")
+
+@pytest.fixture(scope="module", autouse=True)
+def _orthanc_installed():
+    need_orthanc()
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ import json
 
 import pytest
 
-from _orthanc import Orthanc, dicomize, orthanc_available, stow_files
+from _orthanc import Orthanc, dicomize, need_orthanc, stow_files
 from _plugin_helpers import FAST_ENCODER, make_bundle, need
 from conftest import he_image, write_pyramid
 from napari_ghanet.cli import predict as _cli_predict
@@ -18,8 +18,10 @@ from napari_ghanet.cohort.inputs import resolve_inputs
 from napari_ghanet.io.dicomweb import expand_url, parse_url
 from napari_ghanet.io.slide import cmu_slide_path
 
-pytestmark = pytest.mark.skipif(not orthanc_available(),
-                                reason="Orthanc with its DICOMweb plugin is not installed")
+
+@pytest.fixture(scope="module", autouse=True)
+def _orthanc_installed():
+    need_orthanc()
 
 
 def run_cli(argv: list[str]) -> int:
@@ -122,3 +124,17 @@ def test_ghanet_embed_reads_a_study_url(server, tmp_path):
     assert (out / f"{parse_url(cmu).series}.h5").is_file()
     with open(out / "summary.csv", newline="") as fh:
         assert [r["slide"] for r in csv.DictReader(fh)] == [cmu]
+
+
+def test_a_cohort_keeps_going_past_a_failed_series(server, bundle, tmp_path):
+    srv, cmu, _ = server
+    missing = cmu.rsplit("/", 1)[0] + "/1.2.3.404"
+    out = tmp_path / "f"
+    code = run_cli([cmu, missing, "--out", str(out), "--model", str(bundle), "--device", "cpu",
+                    "--quiet", "--cache-dir", str(tmp_path / "c")])
+    assert code == 1
+    with open(out / "summary.csv", newline="") as fh:
+        rows = {r["slide"]: r for r in csv.DictReader(fh)}
+    assert rows[cmu]["status"] == "done"
+    assert rows[missing]["status"] == "failed"
+    assert "HTTP 404" in rows[missing]["error"] and "1.2.3.404" in rows[missing]["error"]

@@ -5,16 +5,17 @@ from __future__ import annotations
 
 import pytest
 
-from _orthanc import Orthanc, dicomize, orthanc_available, stow_files
+from _orthanc import Orthanc, dicomize, need_orthanc, stow_files
 from _plugin_helpers import FAST_ENCODER, make_bundle, need
 from napari_ghanet.io.dicomweb import DicomWebClient, list_slides, parse_url, value
 from napari_ghanet.io.slide import cmu_slide_path
 
-pytestmark = [
-    pytest.mark.gui,
-    pytest.mark.skipif(not orthanc_available(),
-                       reason="Orthanc with its DICOMweb plugin is not installed"),
-]
+pytestmark = pytest.mark.gui
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _orthanc_installed():
+    need_orthanc()
 
 
 @pytest.fixture(scope="module")

@@ -11,15 +11,17 @@ import json
 import numpy as np
 import pytest
 
-from _orthanc import Orthanc, dicomize, orthanc_available, stow_files
+from _orthanc import Orthanc, dicomize, need_orthanc, stow_files
 from _plugin_helpers import FAST_ENCODER, make_bundle, need
 from napari_ghanet.cli import predict as _cli_predict
 from napari_ghanet.inference.dicom_export import grid_image
 from napari_ghanet.io.dicomweb import DicomWebClient, parse_url, value
 from napari_ghanet.io.slide import cmu_slide_path, open_slide
 
-pytestmark = pytest.mark.skipif(not orthanc_available(),
-                                reason="Orthanc with its DICOMweb plugin is not installed")
+
+@pytest.fixture(scope="module", autouse=True)
+def _orthanc_installed():
+    need_orthanc()
 
 
 def run_cli(argv: list[str]) -> int:

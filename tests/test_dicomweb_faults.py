@@ -14,7 +14,7 @@ import logging
 import numpy as np
 import pytest
 
-from _orthanc import FaultProxy, Orthanc, dicomize, orthanc_available, stow_files
+from _orthanc import FaultProxy, Orthanc, dicomize, need_orthanc, stow_files
 from _plugin_helpers import FAST_ENCODER, make_bundle, need
 from napari_ghanet.cli import predict as _cli_predict
 from napari_ghanet.io.backends.dicomweb import DicomWebBackend, SlideURL
@@ -28,8 +28,10 @@ from napari_ghanet.io.dicomweb import (
 )
 from napari_ghanet.io.slide import cmu_slide_path, open_slide
 
-pytestmark = pytest.mark.skipif(not orthanc_available(),
-                                reason="Orthanc with its DICOMweb plugin is not installed")
+
+@pytest.fixture(scope="module", autouse=True)
+def _orthanc_installed():
+    need_orthanc()
 
 USER, SECRET = "ghanet-reader", "s3cret-Pa55-do-not-print"
 

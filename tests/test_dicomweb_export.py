@@ -249,3 +249,23 @@ def test_stow_url_stores_a_local_dicom_slides_result_on_another_server(
                     "--device", "cpu", "--quiet", "--stow"])
     assert code == 2 and "give the server, --stow URL" in capsys.readouterr().err
     assert not (tmp_path / "o2").exists()
+
+
+def test_the_dicom_export_kind_writes_the_validated_objects(cmu_url, bundle, tmp_path):
+    import highdicom as hd
+    import pydicom
+
+    from napari_ghanet.inference.export_registry import export_all
+    from napari_ghanet.inference.predict import predict_slide
+
+    pred = predict_slide(cmu_url, bundle, device="cpu", cache_dir=tmp_path / "c")
+    written = export_all(pred, tmp_path / "out", ["dicom"])
+    folder = written["dicom"]
+    series = parse_url(cmu_url).series
+    assert folder == tmp_path / "out" / f"{series}.dicom"
+    names = sorted(p.name for p in folder.iterdir())
+    assert names == [f"{series}.{k}.dcm" for k in ("attention", "report", "tissue_qc",
+                                                    "top_regions")]
+    sr = hd.sr.srread(folder / f"{series}.report.dcm")
+    assert sr.StudyInstanceUID == parse_url(cmu_url).study
+    assert pydicom.dcmread(folder / f"{series}.attention.dcm").Modality == "OT"

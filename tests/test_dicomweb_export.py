@@ -131,6 +131,7 @@ def test_the_sr_holds_every_number_of_the_report(stored):
     assert "research use only" in texts["Intended use"]
     assert len(texts["Model bundle SHA-256"]) == 64
     assert texts["Model name"] == report["model"]["name"]
+    assert texts["Training-distribution verdict"] == report["distribution"]["verdict"]
     # the evidence: the slide's level-0 instance
     refd = objects["SR"].CurrentRequestedProcedureEvidenceSequence[0]
     assert refd.ReferencedSeriesSequence[0].SeriesInstanceUID == report["slide"]["path"].rsplit(

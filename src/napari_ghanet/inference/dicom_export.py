@@ -237,10 +237,26 @@ def _sr_counts(report: dict, prov: dict) -> list:
     return [_container("COUNTS", "Counts", items)]
 
 
+def _sr_distribution(report: dict, prov: dict) -> list:
+    """The out-of-distribution verdict (whether the slide is like the model's training
+    slides), where the prediction has one."""
+    dist = report.get("distribution")
+    if not isinstance(dist, dict) or not dist.get("verdict"):
+        return []
+    items = [_text("OOD-VERDICT", "Training-distribution verdict", dist["verdict"])]
+    reasons = dist.get("reasons") or []
+    if reasons:
+        items.append(_text("OOD-REASONS", "Training-distribution reasons",
+                           "; ".join(str(r) for r in reasons)))
+    if dist.get("note"):
+        items.append(_text("OOD-NOTE", "Training-distribution note", dist["note"]))
+    return [_container("OOD", "Training distribution", items)]
+
+
 #: the sections of the SR, in order; each takes (the prediction's report dict, the model
 #: provenance dict) and returns content items. Append a function to add a section.
 SR_SECTIONS: list[Callable[[dict, dict], list]] = [
-    _sr_use, _sr_model, _sr_slide, _sr_prediction, _sr_counts,
+    _sr_use, _sr_model, _sr_slide, _sr_prediction, _sr_counts, _sr_distribution,
 ]
 
 

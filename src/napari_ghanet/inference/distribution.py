@@ -17,8 +17,9 @@ Each check compares one measure of the slide with the training slides' quantiles
 
 A value within the training slides' range (widened by ``unusual_margin`` of that range) is
 fine; beyond it is *unusual*; beyond the range widened by ``ood_margin`` is *out of
-distribution*. Tissue area and patch count are never more than unusual (a biopsy is
-smaller than a resection, not another kind of tissue). A slide whose level-0 resolution is
+distribution*. Tissue area and patch count are never more than unusual, and only when
+about twice or half the training range's ends (a biopsy is smaller than a resection, not
+another kind of tissue). A slide whose level-0 resolution is
 coarser than the model's patches is out of distribution: its patches were enlarged.
 
 Units: resolutions in µm/px, areas in mm², shares as fractions (the reasons print %).
@@ -95,7 +96,7 @@ _CHECKS: dict[str, tuple[str, str, str, float, str, str, str]] = {
         "staining far paler than any training slide",
     ),
     "off_stain": (
-        "colour outside H&E", "", "lin", 0.03, "out",
+        "colour outside H&E", "", "lin", 0.1, "out",
         "colours unlike H&E staining (another stain, e.g. immunohistochemistry?)", "",
     ),
     "mpp": (
@@ -104,12 +105,12 @@ _CHECKS: dict[str, tuple[str, str, str, float, str, str, str]] = {
         "resolution {value} µm/px, training slides {train} µm/px",
     ),
     "tissue_area_mm2": (
-        "tissue area", "mm²", "log", 0.5, "unusual",
+        "tissue area", "mm²", "log", 10.0, "unusual",
         "more tissue ({value} mm²) than any training slide ({train} mm²)",
         "less tissue ({value} mm²) than any training slide ({train} mm²)",
     ),
     "patch_count": (
-        "patches", "", "log", 0.5, "unusual",
+        "patches", "", "log", 10.0, "unusual",
         "more patches ({value}) than any training slide ({train})",
         "fewer patches ({value}) than any training slide ({train})",
     ),

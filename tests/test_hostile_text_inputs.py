@@ -578,6 +578,17 @@ def test_train_demo_never_overwrites_the_shipped_model_by_default(tmp_path, caps
     assert check_out(demo_bundle_path(), replace_shipped=True) == demo_bundle_path()
 
 
+def test_shipped_demo_model_records_no_builder_path():
+    import re
+
+    from napari_ghanet.models.bundle import read_bundle_metadata
+
+    meta = read_bundle_metadata(demo_bundle_path())
+    text = json.dumps(meta)
+    assert re.findall(r'"(?:/|[A-Za-z]:\\\\)[^"]*"', text) == []  # no absolute path
+    assert meta["provenance"]["run_dir"] == "run"
+
+
 def test_license_file_is_bsd_3_clause():
     root = Path(__file__).resolve().parents[1]
     text = (root / "LICENSE").read_text(encoding="utf-8")

@@ -303,42 +303,86 @@ def features_stage(
     cache_warnings: list[str] = []
     key = measure_key(qc) if qc is not None else None
     if cache_path is not None and reuse:
-        notices: list[str] = []  # a damaged cache is recomputed, never trusted: say so
-        hit = load_matching_features(
-            cache_path,
-            slide_fingerprint=slide.fingerprint(),
-            encoder_spec=spec,
-            grid=grid,
-            notices=notices,
-        )
-        if hit is None and notices:
-            cache_warnings.extend(notices)
+        hit = _cached_features(slide, grid, cache_path, spec, qc, key, cache_warnings,
+                               batch_size=batch_size, workers=workers, progress=progress,
+                               cancel=cancel)
         if hit is not None:
-            report(progress, "features", len(hit), len(hit))
-            result = SlideFeatures(hit, True, str(cache_path))
-            if qc is not None:
-                if hit.qc_measures is not None and hit.attrs.get("qc_measure_key") == key:
-                    result.qc_source = "cache"
-                else:
-                    report(progress, "qc", 0, len(hit))
-                    hit.qc_measures = _qc_pass(
-                        slide, grid, hit.coords, qc,
-                        batch_size=batch_size, workers=workers, cancel=cancel,
-                    )
-                    hit.attrs["qc_measure_key"] = key
-                    result.qc_source = "qc pass"
-                    report(progress, "qc", len(hit), len(hit))
-                    # a hit is signed with this user's key (an unsigned file is never
-                    # reused), so rewriting it with the measures blesses nothing new
-                    try:
-                        save_features(cache_path, hit)
-                    except OSError as e:
-                        result.warnings.append(
-                            f"could not add the QC measures to the cache {cache_path}: {e}"
-                        )
             clock.lap("features")
-            return result
+            return hit
     report(progress, "features", 0, len(grid))
+    feats = _embedded_features(
+        slide, grid, encoder, qc, key, device=device, batch_size=batch_size,
+        workers=workers, read_ahead=read_ahead, progress=progress, cancel=cancel,
+        backend=backend, compile=compile, on_encoded=on_encoded)
+    feats.attrs.update(attrs or {})
+    result = SlideFeatures(feats, False, warnings=cache_warnings,
+                           qc_source="embedding" if qc is not None else None)
+    if cache_path is not None:
+        try:
+            result.path = str(save_features(cache_path, feats))
+        except OSError as e:
+            if strict_save:
+                raise
+            result.warnings.append(f"could not cache the patch features in {cache_path}: {e}")
+    clock.lap("features")
+    return result
+
+
+def _cached_features(
+    slide: Slide, grid: PatchGrid, cache_path: str | os.PathLike, spec: Any,
+    qc: QCParams | None, key: str | None, cache_warnings: list[str], *,
+    batch_size: int | None, workers: int | None, progress: ProgressCallback | None,
+    cancel: threading.Event | None,
+) -> SlideFeatures | None:
+    """The features in ``cache_path`` when they are this slide's, encoder's and grid's
+    (with QC measures of these settings, measured now and written back when missing), else
+    None; a damaged cache file is a warning added to ``cache_warnings``."""
+    notices: list[str] = []  # a damaged cache is recomputed, never trusted: say so
+    hit = load_matching_features(
+        cache_path,
+        slide_fingerprint=slide.fingerprint(),
+        encoder_spec=spec,
+        grid=grid,
+        notices=notices,
+    )
+    if hit is None:
+        cache_warnings.extend(notices)
+        return None
+    report(progress, "features", len(hit), len(hit))
+    result = SlideFeatures(hit, True, str(cache_path))
+    if qc is None:
+        return result
+    if hit.qc_measures is not None and hit.attrs.get("qc_measure_key") == key:
+        result.qc_source = "cache"
+        return result
+    report(progress, "qc", 0, len(hit))
+    hit.qc_measures = _qc_pass(
+        slide, grid, hit.coords, qc,
+        batch_size=batch_size, workers=workers, cancel=cancel,
+    )
+    hit.attrs["qc_measure_key"] = key
+    result.qc_source = "qc pass"
+    report(progress, "qc", len(hit), len(hit))
+    # a hit is signed with this user's key (an unsigned file is never
+    # reused), so rewriting it with the measures blesses nothing new
+    try:
+        save_features(cache_path, hit)
+    except OSError as e:
+        result.warnings.append(
+            f"could not add the QC measures to the cache {cache_path}: {e}"
+        )
+    return result
+
+
+def _embedded_features(
+    slide: Slide, grid: PatchGrid, encoder: PatchEncoder, qc: QCParams | None,
+    key: str | None, *, device: str, batch_size: int | None, workers: int | None,
+    read_ahead: int | None, progress: ProgressCallback | None,
+    cancel: threading.Event | None, backend: str, compile: bool,
+    on_encoded: Callable[[np.ndarray, np.ndarray, np.ndarray | None], Any] | None,
+) -> PatchFeatures:
+    """The grid's patches embedded (:func:`embed_slide`), with their QC measures taken on
+    the same reads when ``qc`` is given (in grid order, like the features)."""
     embed_kw: dict[str, Any] = {}
     if batch_size is not None:
         embed_kw["batch_size"] = int(batch_size)
@@ -381,18 +425,7 @@ def features_stage(
         feats.qc_measures = acc.measures()[order]
         feats.attrs["qc_measure_key"] = key
         feats.__post_init__()  # check the measures' shape
-    feats.attrs.update(attrs or {})
-    result = SlideFeatures(feats, False, warnings=cache_warnings,
-                           qc_source="embedding" if acc is not None else None)
-    if cache_path is not None:
-        try:
-            result.path = str(save_features(cache_path, feats))
-        except OSError as e:
-            if strict_save:
-                raise
-            result.warnings.append(f"could not cache the patch features in {cache_path}: {e}")
-    clock.lap("features")
-    return result
+    return feats
 
 
 def regions_stage(

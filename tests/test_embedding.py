@@ -11,7 +11,7 @@ import tifffile
 import torch
 
 from conftest import write_pyramid
-from napari_ghanet.encoders import PatchEncoder, create_encoder, register_encoder
+from napari_ghanet.encoders import EncoderError, PatchEncoder, create_encoder, register_encoder
 from napari_ghanet.inference.embedding import EmbeddingCancelled, embed_slide, resolve_device
 from napari_ghanet.io.features import grid_key
 from napari_ghanet.io.slide import SlideError, open_slide
@@ -195,7 +195,7 @@ def test_empty_grid_and_argument_errors(blank_tiff, tiled_tiff):
         grid = patch_grid(s, None)
         with pytest.raises(ValueError, match="batch_size"):
             embed_slide(s, grid, RGBStats(), batch_size=0)
-        with pytest.raises(RuntimeError, match=r"returned shape \(8, 5\)"):
+        with pytest.raises(EncoderError, match=r"returned shape \(8, 5\)"):
             embed_slide(s, grid, RGBStats(wrong_dim=True), batch_size=8)
     assert not _reader_threads()
 

@@ -207,3 +207,116 @@ def test_ghanet_train_imports_no_gui():
     assert _fresh(code)["gui"] == []
     # the check sees a GUI import when there is one
     assert _fresh("import qtpy\n" + _REPORT)["gui"]
+
+
+#: the layers, lowest first (docs/architecture.md, "Layers"): a module may import its own
+#: layer's packages and those below, never one above. The parts named by the first
+#: component below ``napari_ghanet`` (a package or a top-level module); ``<root>`` is
+#: ``napari_ghanet/__init__.py`` (the lazily resolved public API).
+LAYERS: tuple[tuple[str, ...], ...] = (
+    ("_version", "errors"),
+    ("device",),
+    ("io",),
+    ("preprocessing",),
+    ("encoders",),
+    ("models",),
+    ("options",),
+    ("inference",),
+    ("cohort", "datasets"),
+    ("_settings_store", "_reader"),
+    ("_qt", "_sample_data"),
+    ("_widget",),
+    ("cli",),
+    ("<root>",),
+    ("training",),
+)
+LEVEL = {part: i for i, parts in enumerate(LAYERS) for part in parts}
+
+
+def _part(module: str) -> str:
+    """The layer part of a module: ``training`` for the researcher package, else the first
+    component below ``napari_ghanet``."""
+    rest = module.split(".")[1:]
+    if not rest:
+        return "<root>"
+    return "training" if rest[0] == "training" else rest[0]
+
+
+def _package_graph(graph: dict[str, set[str]]) -> dict[str, set[str]]:
+    out: dict[str, set[str]] = {}
+    for m, targets in graph.items():
+        out.setdefault(_part(m), set()).update(
+            _part(t) for t in targets if _part(t) != _part(m))
+    return out
+
+
+def test_layers_only_point_down_and_packages_form_no_circle():
+    modules = _modules()
+    graph = {m: _imports(m, p, modules) for m, p in modules.items()}
+    parts = {_part(m) for m in modules}
+    assert parts == set(LEVEL), f"not in LAYERS: {parts - set(LEVEL)}; gone: {set(LEVEL) - parts}"
+    up = sorted(f"{m} -> {t}" for m, targets in graph.items() for t in targets
+                if LEVEL[_part(t)] > LEVEL[_part(m)])
+    assert up == [], "imports running up the layers"
+    packages = _package_graph(graph)
+    assert _cycle(packages) is None, " -> ".join(_cycle(packages))
+    # the library never imports the researcher package (function-local imports included)
+    assert not [m for m, targets in graph.items() if _part(m) != "training"
+                and any(_part(t) == "training" for t in targets)]
+    # the checks see what they check: the data flow's packages are linked, downwards
+    assert {"encoders", "io"} <= packages["inference"] and "io" in packages["encoders"]
+    assert _cycle({"io": {"encoders"}, "encoders": {"io"}}) is not None
+
+
+def _from_imports(path: Path):
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            yield node.module, [a.name for a in node.names]
+
+
+#: a command module that still imports another command's helpers, and why
+CLI_SHARED = {
+    ("napari_ghanet.cli.demo", "napari_ghanet.cli.predict"):
+        "ghanet demo prints and writes a prediction as ghanet predict does (load_model, "
+        "report_lines, write_exports): to move into a shared cli/_ module",
+}
+
+
+def test_no_command_imports_another_commands_helpers_or_a_private_name():
+    modules = _modules()
+    cli = {}
+    private, shared_inside = [], []
+    for m, p in modules.items():
+        for target, names in _from_imports(p):
+            if (m.startswith("napari_ghanet.cli.") and target.startswith("napari_ghanet.cli.")
+                    and not target.rpartition(".")[2].startswith("_") and target != m):
+                cli[m, target] = names
+            # a private name is shared within its package, never across packages
+            hidden = [n for n in names if n.startswith("_") and not n.startswith("__")]
+            if hidden and target in modules:
+                (private if _part(target) != _part(m) else shared_inside).append(
+                    f"{m} <- {target}: {hidden}")
+    assert set(cli) == set(CLI_SHARED), f"commands importing commands: {cli}"
+    assert private == []
+    # the scan sees private names (the synthetic slide's parts share theirs)
+    assert any(".datasets.synthetic." in x for x in shared_inside)
+
+
+#: modules outside the plugin's GUI modules that import napari, and where
+GUI_IMPORT_ELSEWHERE = {
+    "napari_ghanet.cli.demo": "inside the function that opens ghanet demo's window",
+}
+
+
+def test_napari_and_qt_are_imported_only_by_the_listed_modules():
+    found = set()
+    for m, p in _modules().items():
+        for node in ast.walk(ast.parse(p.read_text(), str(p))):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import) else
+                     [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level
+                     else [])
+            if any(n.split(".")[0] in FORBIDDEN for n in names):
+                found.add(m)
+    gui = {m for m in found if m in GUI_MODULES or m.startswith(GUI_PACKAGES)}
+    assert found - gui == set(GUI_IMPORT_ELSEWHERE)
+    assert "napari_ghanet._widget" in gui  # the scan sees the GUI's imports

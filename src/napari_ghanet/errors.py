@@ -21,6 +21,7 @@ model.safetensors is not a napari-ghanet model bundle
 from __future__ import annotations
 
 __all__ = [
+    "ArgumentError",
     "BundleError",
     "Cancelled",
     "CheckpointError",
@@ -42,6 +43,12 @@ __all__ = [
 
 class GHANetError(Exception):
     """Root of every napari-ghanet error; the message is written for the user."""
+
+
+class ArgumentError(GHANetError, ValueError):
+    """A value given to a library function is outside what it accepts (a patch size below
+    8 px, a negative batch size, an unknown QC detector); the message names the argument,
+    its value and what it must be."""
 
 
 class SlideError(GHANetError):

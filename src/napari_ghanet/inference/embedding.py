@@ -34,7 +34,7 @@ import torch
 from napari_ghanet.device import resolve_device
 from napari_ghanet.encoders import EncoderSpec, PatchEncoder, create_encoder
 from napari_ghanet.encoders.onnx_backend import BACKENDS, wrap_for_cpu
-from napari_ghanet.errors import Cancelled, EncoderError
+from napari_ghanet.errors import ArgumentError, Cancelled, EncoderError
 from napari_ghanet.inference.calibration import CMU_CALIBRATION
 from napari_ghanet.inference.progressive import visit_order
 from napari_ghanet.io.features import PatchFeatures, grid_key
@@ -167,9 +167,9 @@ def iter_patch_batches(
     stops the threads.
     """
     if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        raise ArgumentError(f"batch_size must be >= 1, got {batch_size}")
     if workers < 0:
-        raise ValueError(f"workers must be >= 0, got {workers}")
+        raise ArgumentError(f"workers must be >= 0, got {workers}")
     n = len(grid)
     if n == 0:
         return
@@ -180,7 +180,7 @@ def iter_patch_batches(
     if prefetch is None:
         prefetch = max(read_ahead, math.ceil(max(workers, 1) / units_per_batch) + 1)
     if prefetch < 1:
-        raise ValueError(f"prefetch must be >= 1, got {prefetch}")
+        raise ArgumentError(f"prefetch must be >= 1, got {prefetch}")
     reader = _Reader(slide, grid, unit, workers, max_units=prefetch * units_per_batch,
                      names=names)
     try:
@@ -286,7 +286,7 @@ class _CudaPipe:
 
 def _check_shape(encoder: PatchEncoder, y: torch.Tensor, m: int) -> None:
     if y.shape != (m, encoder.dim):
-        raise RuntimeError(
+        raise EncoderError(
             f"encoder {encoder.name} returned shape {tuple(y.shape)} for a batch "
             f"of {m}, expected ({m}, {encoder.dim})"
         )
@@ -341,14 +341,14 @@ def _check_args(encoder, grid: PatchGrid, dev, batch_size: int, workers: int | N
     """Refuse impossible arguments; warn about a grid at another resolution than the
     encoder's. Returns the reader thread count."""
     if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        raise ArgumentError(f"batch_size must be >= 1, got {batch_size}")
     if backend not in BACKENDS:
         raise EncoderError(f"unknown backend {backend!r}; use one of {', '.join(BACKENDS)}")
     if workers is None:
         workers = (max(CPU_READERS, os.cpu_count() or CPU_READERS) if dev.type == "cuda"
                    else CPU_READERS)
     if workers < 0:
-        raise ValueError(f"workers must be >= 0, got {workers}")
+        raise ArgumentError(f"workers must be >= 0, got {workers}")
     if backend.startswith("onnx") and dev.type != "cpu":
         raise EncoderError(f"backend {backend!r} runs on the CPU only, not on {dev}")
     if encoder.target_mpp and abs(grid.target_mpp / encoder.target_mpp - 1) > 0.05:
@@ -466,7 +466,7 @@ def embed_slide(
             np.zeros((0, encoder.dim), np.float32), np.zeros((0, 2), np.int64), attrs
         )
     if order not in ("grid", "spread"):
-        raise ValueError(f"order must be 'grid' or 'spread', got {order!r}")
+        raise ArgumentError(f"order must be 'grid' or 'spread', got {order!r}")
     spread = order == "spread"
     visit = (visit_order(grid.coords, grid.step_level0) if spread
              else np.arange(n, dtype=np.int64))

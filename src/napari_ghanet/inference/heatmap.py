@@ -21,7 +21,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from napari_ghanet.preprocessing.patches import PatchGrid, _mask_fraction
+from napari_ghanet.preprocessing.patches import PatchGrid, mask_fraction
 from napari_ghanet.preprocessing.tissue import TissueMask
 
 __all__ = ["Heatmap", "overlap_factor", "overlap_grid", "overlap_heatmap"]
@@ -122,7 +122,7 @@ def overlap_grid(grid: PatchGrid, overlap: float, mask: TissueMask | None = None
     inside = (pos >= 0).all(axis=1) & (pos[:, 0] + size0 <= w0) & (pos[:, 1] + size0 <= h0)
     cand, pos = cand[inside], pos[inside]
     if mask is not None:
-        frac = _mask_fraction(mask, pos, size0)
+        frac = mask_fraction(mask, pos, size0)
         keep = frac >= grid.min_tissue_fraction - 1e-6
         if grid.min_tissue_fraction <= 0:
             keep &= frac > 0

@@ -57,7 +57,7 @@ from pathlib import Path
 
 import numpy as np
 
-from napari_ghanet.errors import InputFileError, SlideError
+from napari_ghanet.errors import ArgumentError, InputFileError, SlideError
 from napari_ghanet.io.backends.base import (
     WHITE,
     Backend,
@@ -138,7 +138,7 @@ def register_backend(
         if before is not None:
             names = [n for n, _ in items]
             if before not in names:
-                raise ValueError(f"no backend {before!r} to insert before; have {names}")
+                raise ArgumentError(f"no backend {before!r} to insert before; have {names}")
             pos = names.index(before)
         items.insert(pos, (name, cls))
         _BACKENDS.clear()
@@ -313,7 +313,7 @@ class Slide:
 
     def _check_level(self, level: int) -> None:
         if not 0 <= level < self.level_count:
-            raise ValueError(f"level {level} out of range (slide has {self.level_count})")
+            raise ArgumentError(f"level {level} out of range (slide has {self.level_count})")
         if self._closed:
             raise SlideError(f"{self.path}: slide is closed")
 
@@ -339,7 +339,7 @@ class Slide:
         self._check_level(level)
         w, h = int(size[0]), int(size[1])
         if w <= 0 or h <= 0:
-            raise ValueError(f"region size must be positive, got {size}")
+            raise ArgumentError(f"region size must be positive, got {size}")
         ds = self.level_downsamples[level]
         x = int(math.floor(location[0] / ds + 1e-9))
         y = int(math.floor(location[1] / ds + 1e-9))
@@ -411,12 +411,12 @@ class Slide:
         (16, 16, 3)
         """
         if not downsample > 0:
-            raise ValueError(f"downsample must be > 0, got {downsample}")
+            raise ArgumentError(f"downsample must be > 0, got {downsample}")
         w0, h0 = self.dimensions
         tw = max(1, int(math.ceil(w0 / downsample - 1e-6)))
         th = max(1, int(math.ceil(h0 / downsample - 1e-6)))
         if tw * th > _MAX_RENDER_PIXELS:
-            raise ValueError(f"{tw}x{th} px render is too large; use a larger downsample")
+            raise ArgumentError(f"{tw}x{th} px render is too large; use a larger downsample")
         level = self.best_level_for_downsample(downsample)
         lds = self.level_downsamples[level]
         lw, lh = self.level_dimensions[level]

@@ -13,13 +13,14 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
+from napari_ghanet.errors import ArgumentError
 from napari_ghanet.io.encoder_spec import EncoderSpec
 from napari_ghanet.io.slide import Slide
 from napari_ghanet.preprocessing.tissue import TissueMask
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["PatchGrid", "patch_grid", "patch_size_level0"]
+__all__ = ["PatchGrid", "mask_fraction", "patch_grid", "patch_size_level0"]
 
 # A slide within this relative distance of an integer multiple of the target resolution
 # is tiled at that multiple (a 20x scan at 0.499 um/px gives 256 px patches, not 257).
@@ -167,20 +168,20 @@ def patch_grid(
         logged warning and ``message``, when no patch holds enough tissue.
     """
     if slide.mpp is None:
-        raise ValueError(f"{slide.path}: tiling needs the slide's microns per pixel (mpp=...)")
+        raise ArgumentError(f"{slide.path}: tiling needs the slide's microns per pixel (mpp=...)")
     if patch_px < 8:
-        raise ValueError(f"patch_px must be at least 8, got {patch_px}")
+        raise ArgumentError(f"patch_px must be at least 8, got {patch_px}")
     if patch_um is not None:
         if not patch_um > 0:
-            raise ValueError(f"patch_um must be > 0, got {patch_um}")
+            raise ArgumentError(f"patch_um must be > 0, got {patch_um}")
         target_mpp = patch_um / patch_px
     if not target_mpp > 0:
-        raise ValueError(f"target_mpp must be > 0 um/px, got {target_mpp}")
+        raise ArgumentError(f"target_mpp must be > 0 um/px, got {target_mpp}")
     if not 0.0 <= min_tissue_fraction <= 1.0:
-        raise ValueError(f"min_tissue_fraction must be in [0, 1], got {min_tissue_fraction}")
+        raise ArgumentError(f"min_tissue_fraction must be in [0, 1], got {min_tissue_fraction}")
     step_px = patch_px if step_px is None else int(step_px)
     if step_px < 1:
-        raise ValueError(f"step_px must be >= 1, got {step_px}")
+        raise ArgumentError(f"step_px must be >= 1, got {step_px}")
 
     ratio = _snap_ratio(target_mpp, slide.mpp)  # level-0 px per target px
     size0 = patch_size_level0(slide.mpp, patch_px, target_mpp)
@@ -204,7 +205,7 @@ def patch_grid(
     if mask is None:
         frac = np.ones(len(coords), np.float32)
     else:
-        frac = _mask_fraction(mask, coords, size0)
+        frac = mask_fraction(mask, coords, size0)
     keep = frac >= min_tissue_fraction - 1e-6 if mask is not None else np.ones(len(coords), bool)
     if mask is not None and min_tissue_fraction <= 0:
         keep &= frac > 0
@@ -241,7 +242,7 @@ def patch_grid(
     )
 
 
-def _mask_fraction(mask: TissueMask, coords: np.ndarray, size0: int) -> np.ndarray:
+def mask_fraction(mask: TissueMask, coords: np.ndarray, size0: int) -> np.ndarray:
     """Tissue fraction of each patch, from an integral image of the mask (area-exact
     for mask pixels fully inside a patch, fractional at its borders).
 
@@ -280,3 +281,6 @@ def _mask_fraction(mask: TissueMask, coords: np.ndarray, size0: int) -> np.ndarr
     total = area(x1, y1) - area(x0, y1) - area(x1, y0) + area(x0, y0)
     denom = (x1 - x0) * (y1 - y0)
     return np.clip(total / np.maximum(denom, 1e-12), 0.0, 1.0).astype(np.float32)
+
+
+_mask_fraction = mask_fraction  # former private name

@@ -32,6 +32,8 @@ from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 
+from napari_ghanet.errors import ArgumentError
+
 __all__ = [
     "QCAccumulator",
     "QCParams",
@@ -114,7 +116,7 @@ class QCParams:
         """Raise ValueError naming the first out-of-range threshold."""
         unknown = set(self.detect) - set(REASONS)
         if unknown:
-            raise ValueError(f"unknown QC detectors {sorted(unknown)}; choose among {REASONS}")
+            raise ArgumentError(f"unknown QC detectors {sorted(unknown)}; choose among {REASONS}")
         for name in (
             "green_min_saturation", "green_min_value", "blue_min_saturation", "blue_min_value",
             "black_max_value", "black_max_saturation", "pen_min_fraction", "fold_min_fraction",
@@ -122,15 +124,15 @@ class QCParams:
         ):
             v = getattr(self, name)
             if not 0.0 <= v <= 1.0:
-                raise ValueError(f"QC threshold {name} must be in [0, 1], got {v}")
+                raise ArgumentError(f"QC threshold {name} must be in [0, 1], got {v}")
         if not self.fold_od > 0:
-            raise ValueError(f"fold_od must be > 0 (optical density), got {self.fold_od}")
+            raise ArgumentError(f"fold_od must be > 0 (optical density), got {self.fold_od}")
         for name in ("green_hue_deg", "blue_hue_deg"):
             lo, hi = getattr(self, name)
             if not 0 <= lo < hi <= 360:
-                raise ValueError(f"{name} must be a range within 0-360 degrees, got {(lo, hi)}")
+                raise ArgumentError(f"{name} must be a range within 0-360 degrees, got {(lo, hi)}")
         if self.blur_min_patches < 1:
-            raise ValueError(f"blur_min_patches must be >= 1, got {self.blur_min_patches}")
+            raise ArgumentError(f"blur_min_patches must be >= 1, got {self.blur_min_patches}")
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -309,9 +311,9 @@ def patch_measures(
     params = params or QCParams()
     patches = np.asarray(patches)
     if patches.ndim != 4 or patches.shape[-1] != 3:
-        raise ValueError(f"QC expects RGB patches (N, H, W, 3), got shape {patches.shape}")
+        raise ArgumentError(f"QC expects RGB patches (N, H, W, 3), got shape {patches.shape}")
     if patches.dtype != np.uint8:
-        raise ValueError(f"QC expects uint8 patches, got {patches.dtype}")
+        raise ArgumentError(f"QC expects uint8 patches, got {patches.dtype}")
     n = patches.shape[0]
     pen = np.zeros(n, np.float32)
     dark = np.zeros(n, np.float32)

@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
+from napari_ghanet.errors import ArgumentError
 from napari_ghanet.io.slide import Slide
 from napari_ghanet.preprocessing.stain_stats import stain_descriptors
 
@@ -62,16 +63,16 @@ class TissueParams:
 
     def validate(self) -> None:
         if not self.thumbnail_mpp > 0:
-            raise ValueError(f"thumbnail_mpp must be > 0 um/px, got {self.thumbnail_mpp}")
+            raise ArgumentError(f"thumbnail_mpp must be > 0 um/px, got {self.thumbnail_mpp}")
         if self.max_size < 16:
-            raise ValueError(f"max_size must be at least 16 px, got {self.max_size}")
+            raise ArgumentError(f"max_size must be at least 16 px, got {self.max_size}")
         if self.saturation_threshold is not None and not 0 <= self.saturation_threshold <= 1:
-            raise ValueError(
+            raise ArgumentError(
                 f"saturation_threshold must be in [0, 1] or None, got {self.saturation_threshold}"
             )
         for name in ("smoothing_um", "closing_um", "min_object_um2", "max_hole_um2"):
             if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+                raise ArgumentError(f"{name} must be >= 0, got {getattr(self, name)}")
 
 
 @dataclass
@@ -236,7 +237,7 @@ def tissue_mask(slide: Slide, params: TissueParams | None = None, **overrides) -
     params = TissueParams(**{**asdict(params or TissueParams()), **overrides})
     params.validate()
     if slide.mpp is None:
-        raise ValueError(f"{slide.path}: tissue detection needs the slide's microns per pixel")
+        raise ArgumentError(f"{slide.path}: tissue detection needs the slide's microns per pixel")
     w0, h0 = slide.dimensions
     ds = max(1.0, params.thumbnail_mpp / slide.mpp, max(w0, h0) / params.max_size)
     # Unreadable tiles read as background (counted in slide.warnings), as on pyramids, where

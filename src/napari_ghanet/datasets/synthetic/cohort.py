@@ -16,6 +16,7 @@ import numpy as np
 from napari_ghanet.datasets.synthetic.result import ACTIVITY_TRAITS
 from napari_ghanet.datasets.synthetic.slide import _activity_vector, _resolve_shape, synthetic_slide
 from napari_ghanet.datasets.synthetic.tiff import _auto_levels, write_pyramidal_tiff
+from napari_ghanet.errors import ArgumentError
 from napari_ghanet.io.atomic import atomic_write
 
 __all__ = ["write_synthetic_cohort_slides", "write_synthetic_slide"]
@@ -176,19 +177,19 @@ def _check_cohort_request(activities: Mapping[str, float | Sequence[float]],
     """Refuse an empty cohort, slide ids that are not plain file names, an unknown file
     suffix and a malformed activity, before any slide is rendered."""
     if not activities:
-        raise ValueError("activities is empty: give at least one slide id and its activity")
+        raise ArgumentError("activities is empty: give at least one slide id and its activity")
     bad = [k for k in activities if not isinstance(k, str) or not _SLIDE_ID.match(k)]
     if bad:
-        raise ValueError(
+        raise ArgumentError(
             f"slide ids must be file-name safe (letters, digits, '.', '_', '-'): {bad[:5]}"
         )
     if suffix not in (".tif", ".tiff", ".svs"):
-        raise ValueError(f"suffix must be .tif, .tiff or .svs, got {suffix!r}")
+        raise ArgumentError(f"suffix must be .tif, .tiff or .svs, got {suffix!r}")
     for slide_id, act in activities.items():
         try:
             _activity_vector(act)
         except ValueError as exc:
-            raise ValueError(f"slide {slide_id!r}: {exc}") from None
+            raise ArgumentError(f"slide {slide_id!r}: {exc}") from None
 
 
 def _previous_records(truth_json: Path) -> dict:

@@ -16,9 +16,9 @@ import sys
 from collections.abc import Mapping
 from pathlib import Path
 
-from napari_ghanet.cli._options import UsageError, add_shared_options, command
+from napari_ghanet.cli._options import UsageError, add_shared_options, command, output_folder
 from napari_ghanet.cli._progress import TerminalProgress
-from napari_ghanet.cli.predict import load_model, output_folder, report_lines, write_exports
+from napari_ghanet.cli._report import load_model, report_lines, write_exports
 
 __all__ = ["NO_DISPLAY", "NO_DISPLAY_FALLBACK", "add_parser", "check_display", "format_report", "run"]
 

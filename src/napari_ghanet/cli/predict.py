@@ -25,7 +25,6 @@ import importlib.util
 import os
 import shutil
 import sys
-import threading
 from pathlib import Path
 
 from napari_ghanet.cli._cohort import add_cohort_options
@@ -342,10 +341,19 @@ def write_spatialdata_store(prediction, args: argparse.Namespace) -> Path:
 
 
 def _predict(args: argparse.Namespace, options: PredictOptions, regions: RegionOptions) -> int:
-    from napari_ghanet.inference.predict import predict_patient, predict_slide
+    from napari_ghanet.inference.export_registry import check_kinds
+    from napari_ghanet.inference.session import PredictionSession, SlideInput
 
-    bundle = load_model(args.model)
-    cancel = threading.Event()
+    kinds = getattr(args, "export", None)
+    try:
+        check_kinds(kinds)  # an unknown kind or a missing package: before any work
+    except GHANetError as e:
+        raise UsageError(f"--export: {e}") from None
+    session = PredictionSession(load_model(args.model), options)
+    if args.patient:
+        session.choose_slides(args.slides, patient=args.patient)
+    else:
+        session.choose_slides([SlideInput(args.slides[0], regions=regions.regions())])
     try:
         with TerminalProgress(quiet=args.quiet) as progress:
             preliminary = None
@@ -353,22 +361,13 @@ def _predict(args: argparse.Namespace, options: PredictOptions, regions: RegionO
                 def preliminary(est):
                     progress.say(("final: " if est.final else "preliminary: ")
                                  + est.describe())
-            if args.patient:
-                prediction = predict_patient(
-                    args.slides, bundle, options, patient=args.patient, progress=progress,
-                    cancel=cancel, preliminary=preliminary,
-                )
-            else:
-                prediction = predict_slide(
-                    args.slides[0], bundle, options, regions=regions.regions(),
-                    progress=progress, cancel=cancel, preliminary=preliminary,
-                )
+            prediction = session.run(progress=progress, preliminary=preliminary)
     except KeyboardInterrupt:
-        cancel.set()
+        session.cancel()
         raise
     except OptionError as e:
         raise flag_error(e) from None
-    written = write_exports(prediction, args.out, getattr(args, "export", None))
+    written = write_exports(prediction, args.out, kinds)
     written.update(dicom_outputs(prediction, args))  # --dicom-out / --stow
     if getattr(args, "spatialdata", None) is not None:
         written["spatialdata"] = write_spatialdata_store(prediction, args)

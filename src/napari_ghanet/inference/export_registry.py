@@ -61,6 +61,7 @@ from napari_ghanet.io.names import child_path
 __all__ = [
     "ExportFormat",
     "UnknownExport",
+    "check_kinds",
     "export_all",
     "export_formats",
     "export_paths",

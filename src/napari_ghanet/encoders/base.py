@@ -103,7 +103,7 @@ class PatchEncoder(nn.Module):
         """uint8 (N, H, W, 3) RGB -> float32 (N, 3, S, S), resized and normalised,
         on the batch's device."""
         if batch.ndim != 4 or batch.shape[-1] != 3:
-            raise ValueError(f"expected a (N, H, W, 3) uint8 batch, got {tuple(batch.shape)}")
+            raise EncoderError(f"expected a (N, H, W, 3) uint8 batch, got {tuple(batch.shape)}")
         x = batch.permute(0, 3, 1, 2).float().div_(255.0)
         if self.input_size is not None and tuple(x.shape[-2:]) != (
             self.input_size,

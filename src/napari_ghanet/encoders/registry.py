@@ -56,7 +56,7 @@ def register_encoder(name: str) -> Callable:
 
     def deco(fn: Callable[..., PatchEncoder]) -> Callable[..., PatchEncoder]:
         if name in _REGISTRY and _REGISTRY[name] is not fn:
-            raise ValueError(f"an encoder named {name!r} is already registered")
+            raise EncoderError(f"an encoder named {name!r} is already registered")
         _REGISTRY[name] = fn
         return fn
 

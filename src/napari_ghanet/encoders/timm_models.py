@@ -437,7 +437,7 @@ class TimmEncoder(PatchEncoder):
         antialiasing, clamped to [0, 1] as an 8-bit image would be), centre-cropped to
         ``input_size`` and normalised."""
         if batch.ndim != 4 or batch.shape[-1] != 3:
-            raise ValueError(f"expected a (N, H, W, 3) uint8 batch, got {tuple(batch.shape)}")
+            raise EncoderError(f"expected a (N, H, W, 3) uint8 batch, got {tuple(batch.shape)}")
         x = batch.permute(0, 3, 1, 2).float().div_(255.0)
         r = self.resize_to
         if tuple(x.shape[-2:]) != (r, r):

@@ -32,6 +32,7 @@ from typing import Any
 
 import numpy as np
 
+from napari_ghanet.errors import ArgumentError
 from napari_ghanet.inference.checks import check_prediction_finite
 from napari_ghanet.inference.overlays import percentile_normalise
 from napari_ghanet.inference.result import Prediction
@@ -147,7 +148,7 @@ def geojson_dict(prediction: Prediction, object_type: str = "tile") -> dict[str,
     """GeoJSON FeatureCollection of the patch tiles (level-0 pixel coordinates) with
     their attentions as QuPath ``measurements`` (QuPath >= 0.4 layout)."""
     if object_type not in ("tile", "detection", "annotation"):
-        raise ValueError(f"object_type must be tile, detection or annotation, got {object_type}")
+        raise ArgumentError(f"object_type must be tile, detection or annotation, got {object_type}")
     names, table = patch_table(prediction)
     measure_names = ["Morphology attention"] + [
         f"Genome attention: {c}" for c in prediction.category_names
@@ -192,7 +193,7 @@ def geojson_lines(prediction: Prediction, object_type: str = "tile") -> Iterator
     character, to the ``json`` module's output (ints as ``int.__repr__``, floats as
     ``float.__repr__``, strings escaped by ``json.dumps``)."""
     if object_type not in ("tile", "detection", "annotation"):
-        raise ValueError(f"object_type must be tile, detection or annotation, got {object_type}")
+        raise ArgumentError(f"object_type must be tile, detection or annotation, got {object_type}")
     names, table = patch_table(prediction)
     n_att = 1 + len(prediction.category_names)
     measure_names = ["Morphology attention"] + [

@@ -21,6 +21,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
+from napari_ghanet.errors import ArgumentError
 from napari_ghanet.preprocessing.patches import PatchGrid, mask_fraction
 from napari_ghanet.preprocessing.tissue import TissueMask
 
@@ -37,10 +38,10 @@ def overlap_factor(overlap: float) -> int:
     """
     overlap = float(overlap)
     if not 0.0 <= overlap < 1.0:
-        raise ValueError(f"overlap must be in [0, 1), got {overlap}")
+        raise ArgumentError(f"overlap must be in [0, 1), got {overlap}")
     k = 1.0 / (1.0 - overlap)
     if abs(k - round(k)) > 1e-6 or round(k) > 16:
-        raise ValueError(
+        raise ArgumentError(
             f"overlap {overlap:g} does not split a patch into whole steps: use 0, 0.5, 0.75 "
             "(or 1 - 1/k for an integer k <= 16)"
         )
@@ -51,7 +52,7 @@ def _lattice(coords: np.ndarray, origin: np.ndarray, cell: float) -> np.ndarray:
     idx = (coords - origin) / cell
     rounded = np.rint(idx)
     if np.any(np.abs(idx - rounded) * cell > 1.0):
-        raise ValueError(
+        raise ArgumentError(
             f"patch corners are not on a lattice of pitch {cell:g} level-0 pixels: the grid's "
             "step must be a multiple of patch * (1 - overlap)"
         )
@@ -225,9 +226,9 @@ def overlap_heatmap(
     coords = np.asarray(coords, np.int64).reshape(-1, 2)
     scores = np.asarray(scores, np.float64).ravel()
     if scores.shape[0] != coords.shape[0]:
-        raise ValueError(f"{scores.shape[0]} scores for {coords.shape[0]} patches")
+        raise ArgumentError(f"{scores.shape[0]} scores for {coords.shape[0]} patches")
     if not np.all(np.isfinite(scores)):
-        raise ValueError("heatmap scores must be finite")
+        raise ArgumentError("heatmap scores must be finite")
     cell = int(patch_size_level0) / k
     sy, sx = (float(v) for v in level0_scale)
     ty, tx = (float(v) for v in level0_translate)

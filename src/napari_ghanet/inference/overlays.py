@@ -19,6 +19,8 @@ from math import gcd
 
 import numpy as np
 
+from napari_ghanet.errors import ArgumentError
+
 __all__ = [
     "PatchLattice",
     "patch_lattice",
@@ -63,7 +65,7 @@ def patch_lattice(
     coords = np.asarray(coords, dtype=np.int64).reshape(-1, 2)
     size = int(patch_size_level0)
     if size < 1:
-        raise ValueError(f"patch_size_level0 must be >= 1, got {patch_size_level0}")
+        raise ArgumentError(f"patch_size_level0 must be >= 1, got {patch_size_level0}")
     if len(coords) == 0:
         return PatchLattice((0, 0), size, (0, 0), np.zeros(0, np.int64), np.zeros(0, np.int64))
     origin = coords.min(axis=0)
@@ -73,7 +75,7 @@ def patch_lattice(
     else:
         step = int(step_level0)
         if step < 1 or np.any(offsets % step):
-            raise ValueError(
+            raise ArgumentError(
                 f"patch corners are not on a grid of pitch {step_level0} level-0 pixels"
             )
     cols = offsets[:, 0] // step
@@ -88,7 +90,7 @@ def grid_image(
     """Values (N,) of the patches as a (rows, cols) image; cells without a patch = ``fill``."""
     values = np.asarray(values)
     if values.shape != lattice.rows.shape:
-        raise ValueError(
+        raise ArgumentError(
             f"{values.shape[0] if values.ndim else 0} values for {lattice.rows.shape[0]} patches"
         )
     image = np.full(lattice.shape, fill, dtype=dtype)

@@ -47,6 +47,7 @@ from typing import Any
 
 import numpy as np
 
+from napari_ghanet.errors import ArgumentError
 from napari_ghanet.preprocessing.qc import QCAccumulator
 
 __all__ = [
@@ -248,9 +249,9 @@ class ProgressiveEstimator:
 
     def __post_init__(self) -> None:
         if not 0 < self.level < 1:
-            raise ValueError(f"level must be between 0 and 1, got {self.level}")
+            raise ArgumentError(f"level must be between 0 and 1, got {self.level}")
         if self.n_boot < 2:
-            raise ValueError(f"n_boot must be >= 2, got {self.n_boot}")
+            raise ArgumentError(f"n_boot must be >= 2, got {self.n_boot}")
         self._t0 = self.clock()
 
     def due(self, fraction: float, n_blocks_done: int) -> bool:

@@ -12,6 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from napari_ghanet.errors import ArgumentError
+
 __all__ = ["nll_loss", "sce_loss", "mse_loss", "reconstruction_loss", "ghanet_loss"]
 
 
@@ -65,7 +67,7 @@ def reconstruction_loss(
 ) -> tuple[Tensor, Tensor]:
     """(SCE, MSE) each summed over the categories. Tensors are (B, size_i) or (size_i,)."""
     if len(reconstructed) != len(targets):
-        raise ValueError(
+        raise ArgumentError(
             f"{len(reconstructed)} reconstructed categories but {len(targets)} targets"
         )
     sce = sum(sce_loss(r, t.to(r.dtype), sce_alpha) for r, t in zip(reconstructed, targets))

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from napari_ghanet.errors import BundleError
+from napari_ghanet.errors import BundleError, CohortError
 
 __all__ = [
     "RISK_COLOURS",
@@ -205,7 +205,7 @@ def risk_groups_metadata(risks: Sequence[float] | np.ndarray) -> dict[str, Any]:
     r = np.asarray(risks, float)
     r = r[np.isfinite(r)]
     if r.size == 0:
-        raise ValueError("risk tertiles need at least one finite risk")
+        raise CohortError("risk tertiles need at least one finite risk")
     return {
         "cutpoints": [float(v) for v in np.quantile(r, [1 / 3, 2 / 3])],
         "labels": list(RISK_LABELS),
@@ -224,7 +224,7 @@ def followup_p90(months: Sequence[float] | np.ndarray) -> float:
     m = np.asarray(months, float)
     m = m[np.isfinite(m)]
     if m.size == 0:
-        raise ValueError("follow-up percentile needs at least one finite time")
+        raise CohortError("follow-up percentile needs at least one finite time")
     return round(float(np.quantile(m, 0.9)), 6)
 
 

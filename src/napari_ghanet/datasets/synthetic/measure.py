@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage as ndi
 
+from napari_ghanet.errors import ArgumentError
 from napari_ghanet.preprocessing.stain import STAIN_VECTORS
 
 __all__ = ["measure_he_statistics"]
@@ -47,11 +48,11 @@ def measure_he_statistics(
     """
     rgb = np.asarray(rgb)
     if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
-        raise ValueError(f"rgb must be an (H, W, 3) uint8 array, got {rgb.shape} {rgb.dtype}")
+        raise ArgumentError(f"rgb must be an (H, W, 3) uint8 array, got {rgb.shape} {rgb.dtype}")
     if not (isinstance(mpp, int | float) and mpp > 0):
-        raise ValueError(f"mpp must be a positive number, got {mpp!r}")
+        raise ArgumentError(f"mpp must be a positive number, got {mpp!r}")
     if mask is not None and np.shape(mask) != rgb.shape[:2]:
-        raise ValueError(f"mask shape {np.shape(mask)} does not match the image {rgb.shape[:2]}")
+        raise ArgumentError(f"mask shape {np.shape(mask)} does not match the image {rgb.shape[:2]}")
     od = -np.log10(np.maximum(rgb, 1).astype(np.float32) / np.float32(255.0))
     h_vec = np.asarray(STAIN_VECTORS["hematoxylin"])
     e_vec = np.asarray(STAIN_VECTORS["eosin"])

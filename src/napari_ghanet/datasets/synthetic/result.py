@@ -10,6 +10,8 @@ from functools import cached_property
 
 import numpy as np
 
+from napari_ghanet.errors import ArgumentError
+
 __all__ = ["ACTIVITY_TRAITS", "BACKGROUND_RGB", "NucleusKind", "Region", "SyntheticSlide"]
 
 
@@ -109,7 +111,7 @@ class SyntheticSlide:
         cell ``(i, j)`` covers level-0 pixels ``[i * cell_um / mpp, (i + 1) * cell_um / mpp)``.
         """
         if not cell_um > 0:
-            raise ValueError(f"cell_um must be positive, got {cell_um}")
+            raise ArgumentError(f"cell_um must be positive, got {cell_um}")
         h, w = self.shape_hw
         cell_px = cell_um / self.mpp
         shape = (math.ceil(h / cell_px), math.ceil(w / cell_px))

@@ -25,6 +25,7 @@ from napari_ghanet.datasets.synthetic.result import (
     BACKGROUND_RGB,
     SyntheticSlide,
 )
+from napari_ghanet.errors import ArgumentError
 
 __all__ = ["synthetic_slide"]
 
@@ -36,12 +37,12 @@ def _activity_vector(activity: float | Sequence[float] | np.ndarray) -> np.ndarr
     if arr.ndim == 0:
         arr = np.full(len(ACTIVITY_TRAITS), float(arr))
     if arr.shape != (len(ACTIVITY_TRAITS),):
-        raise ValueError(
+        raise ArgumentError(
             f"activity must be a number or a sequence of {len(ACTIVITY_TRAITS)} numbers "
             f"({', '.join(ACTIVITY_TRAITS)}), got shape {arr.shape}"
         )
     if not np.all(np.isfinite(arr)) or arr.min() < 0 or arr.max() > 1:
-        raise ValueError(f"activity values must lie in [0, 1], got {arr.tolist()}")
+        raise ArgumentError(f"activity values must lie in [0, 1], got {arr.tolist()}")
     return arr
 
 
@@ -49,22 +50,22 @@ def _resolve_shape(
     shape_hw: Sequence[int] | None, size_um: float | Sequence[float] | None, mpp: float
 ) -> tuple[int, int]:
     if not (isinstance(mpp, int | float) and 0.1 <= float(mpp) <= 2.0):
-        raise ValueError(f"mpp must be between 0.1 and 2.0 um/px, got {mpp!r}")
+        raise ArgumentError(f"mpp must be between 0.1 and 2.0 um/px, got {mpp!r}")
     if (shape_hw is None) == (size_um is None):
-        raise ValueError("give exactly one of shape_hw (pixels) or size_um (microns)")
+        raise ArgumentError("give exactly one of shape_hw (pixels) or size_um (microns)")
     if size_um is not None:
         size = np.broadcast_to(np.asarray(size_um, dtype=np.float64), (2,))
         if not np.all(np.isfinite(size)) or size.min() <= 0:
-            raise ValueError(f"size_um must be positive, got {size_um!r}")
+            raise ArgumentError(f"size_um must be positive, got {size_um!r}")
         shape = tuple(int(round(s / mpp)) for s in size)
     else:
         if len(shape_hw) != 2:
-            raise ValueError(f"shape_hw must be (height, width), got {shape_hw!r}")
+            raise ArgumentError(f"shape_hw must be (height, width), got {shape_hw!r}")
         shape = (int(shape_hw[0]), int(shape_hw[1]))
     if min(shape) < 64:
-        raise ValueError(f"the slide must be at least 64 x 64 pixels, got {shape}")
+        raise ArgumentError(f"the slide must be at least 64 x 64 pixels, got {shape}")
     if shape[0] * shape[1] > _MAX_PIXELS:
-        raise ValueError(
+        raise ArgumentError(
             f"a {shape[0]} x {shape[1]} px slide does not fit in memory here; "
             f"keep it under {_MAX_PIXELS:,} pixels"
         )
@@ -92,14 +93,14 @@ def _check_arguments(
     if tumour_fraction is None:
         tumour_fraction = 0.05 + 0.6 * act[0]
     if not 0.0 <= tumour_fraction <= 0.95:
-        raise ValueError(f"tumour_fraction must lie in [0, 0.95], got {tumour_fraction}")
+        raise ArgumentError(f"tumour_fraction must lie in [0, 0.95], got {tumour_fraction}")
     if not 0.05 <= tissue_fraction <= 0.95:
-        raise ValueError(f"tissue_fraction must lie in [0.05, 0.95], got {tissue_fraction}")
+        raise ArgumentError(f"tissue_fraction must lie in [0.05, 0.95], got {tissue_fraction}")
     bg = tuple(int(c) for c in background_rgb)
     if len(bg) != 3 or min(bg) < 1 or max(bg) > 255:
-        raise ValueError(f"background_rgb must be three values in 1..255, got {background_rgb!r}")
+        raise ArgumentError(f"background_rgb must be three values in 1..255, got {background_rgb!r}")
     if not isinstance(seed, int | np.integer) or seed < 0:
-        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+        raise ArgumentError(f"seed must be a non-negative integer, got {seed!r}")
     return shape, mpp, act, tumour_fraction, bg
 
 

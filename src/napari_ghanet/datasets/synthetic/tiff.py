@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from napari_ghanet.errors import ArgumentError
 from napari_ghanet.io.atomic import atomic_path
 
 __all__ = ["write_pyramidal_tiff"]
@@ -106,20 +107,20 @@ def write_pyramidal_tiff(
 
     rgb = np.asarray(rgb)
     if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
-        raise ValueError(f"rgb must be an (H, W, 3) uint8 array, got {rgb.shape} {rgb.dtype}")
+        raise ArgumentError(f"rgb must be an (H, W, 3) uint8 array, got {rgb.shape} {rgb.dtype}")
     if not (isinstance(mpp, int | float) and 0 < mpp <= 20):
-        raise ValueError(f"mpp must be a positive number of microns per pixel (<= 20), got {mpp!r}")
+        raise ArgumentError(f"mpp must be a positive number of microns per pixel (<= 20), got {mpp!r}")
     if compression not in _COMPRESSIONS:
-        raise ValueError(f"compression must be one of {sorted(_COMPRESSIONS)}, got {compression!r}")
+        raise ArgumentError(f"compression must be one of {sorted(_COMPRESSIONS)}, got {compression!r}")
     if tile < 16 or tile % 16:
-        raise ValueError(f"tile must be a positive multiple of 16, got {tile}")
+        raise ArgumentError(f"tile must be a positive multiple of 16, got {tile}")
     if downsample not in (2, 4):
-        raise ValueError(f"downsample must be 2 or 4, got {downsample}")
+        raise ArgumentError(f"downsample must be 2 or 4, got {downsample}")
     if not 1 <= int(quality) <= 100:
-        raise ValueError(f"quality must be between 1 and 100, got {quality}")
+        raise ArgumentError(f"quality must be between 1 and 100, got {quality}")
     n_levels = _auto_levels(rgb.shape[:2], tile, downsample) if levels is None else int(levels)
     if n_levels < 1:
-        raise ValueError(f"levels must be at least 1, got {levels}")
+        raise ArgumentError(f"levels must be at least 1, got {levels}")
     path = _atomic_target(path, overwrite)
     mag = float(objective_power) if objective_power is not None else 10.0 / float(mpp)
 

@@ -163,7 +163,7 @@ def test_refusals_and_failures(tmp_path, bundle_path, options):
     assert session.state == "failed" and session.result is None
     assert len(seen["error"]) == 1 and isinstance(seen["error"][0][0], SlideError)
     assert list(tmp_path.iterdir()) == []
-    with pytest.raises(TypeError):
+    with pytest.raises(SessionError, match="PredictOptions"):
         session.options = {"device": "cpu"}
     # a listener that fails does not stop anything
     session.events.state.connect(lambda state: 1 / 0)

@@ -109,16 +109,6 @@ def test_qc_colours_one_array():
     assert qt_layers.qc_colours([]).shape == (0, 4)
 
 
-def test_label_glyphs_cover_the_rank_labels(prediction):
-    layers = dict(qt_layers.build_result_layers(prediction, _geometry(prediction)))
-    glyphs = qt_layers._label_glyphs(layers.values())
-    assert glyphs.startswith(qt_layers.METRIC_GLYPHS)
-    assert set("0123456789") <= set(glyphs)  # ranks 1..10
-    assert len(glyphs) == len(set(glyphs))
-    assert qt_layers._label_glyphs([layers["morphology"], layers["qc"]]) == \
-        qt_layers.METRIC_GLYPHS  # layers without text add none
-
-
 def _slide_layer(viewer, p):
     """A lazy 3-level pyramid of the slide's extent, as the reader adds a slide."""
     import dask.array as da
@@ -158,7 +148,7 @@ def test_the_dock_adds_a_large_result_a_few_layers_per_turn(
     widget.show_prediction(p, slide, layers=layers, incremental=True)
     assert widget.shown_layers.busy
     qtbot.waitUntil(lambda: not widget.shown_layers.busy, timeout=TIMEOUT_MS)
-    assert len(turns) >= 5  # inserted, glyphs and reveals spread over turns of the loop
+    assert len(turns) >= 5  # inserted and revealed over turns of the loop
     # the regions' shapes are shown one turn before their rank labels
     shown = [k for k, (_, vis, _) in enumerate(turns) if vis]
     labelled = [k for k, (_, vis, text) in enumerate(turns) if vis and text]
@@ -172,9 +162,6 @@ def test_the_dock_adds_a_large_result_a_few_layers_per_turn(
     result = widget.result_layers
     assert [k for k, layer in result.items() if layer.visible] == ["morphology", "qc", "regions"]
     assert result["regions"].text.visible
-    glyphs = getattr(qt_layers.text_font(viewer), "_glyphs", None)
-    if glyphs is not None:  # rendered ahead into the canvas's atlas (napari exposes it)
-        assert {"1", "0", "Å", " "} <= set(glyphs)
     # the morphology layer over the slide: a patch's centre lies on its own cell and on
     # the level-0 pixels of that patch in the slide layer
     i = p.top_regions[3].index

@@ -52,9 +52,11 @@ def test_settings_survive_a_restart(make_napari_viewer, tmp_path, bundle_path):
     assert not s2.pen_min_fraction.enabled  # QC off greys its thresholds
     assert again.inputs.device_combo.currentText() == "cpu"
     assert again.bundle is not None and again.bundle.name == first.bundle.name  # last model
-    kw = again.prediction_settings()
-    assert kw["batch_size"] == 8 and kw["backend"] == "torch" and not kw["qc"].enabled
-    assert kw["overlap"] == 0.5 and kw["device"] == "cpu"
+    opts = again.prediction_options()
+    assert opts.embed.batch_size == 8 and opts.embed.backend == "torch"
+    assert not opts.qc.enabled
+    assert opts.heatmap.overlap == 0.5 and opts.embed.device == "cpu"
+    assert again.session.options == opts
 
 
 def test_reset_to_defaults_forgets_the_stored_settings(make_napari_viewer, tmp_path):

@@ -1,17 +1,22 @@
-"""The "G-HANet prognosis" dock widget.
+"""The "G-HANet prognosis" dock widget: a view over a
+:class:`~napari_ghanet.inference.session.PredictionSession`.
 
-The widget gathers the inputs (slide layer, model bundle, device, advanced settings),
-runs :func:`napari_ghanet.inference.predict.predict_slide` (or ``predict_patient`` for
-several slides of one patient) with the chosen regions of interest, artifact QC and heatmap
-overlap in a worker thread (progress, Cancel;
-the viewer stays responsive) and shows the result: risk, percentile and risk group,
-the survival curve, the reconstructed pathway profile, the top-attention regions and
-attention layers aligned with the slide. Every number comes from the Prediction; this
-module only displays it. Errors become napari notifications, never exceptions.
+The session (no Qt) holds the chosen slides, the model bundle, the typed options, the run
+and its result; the dock gathers the inputs (slide layers, model, device, advanced
+settings, regions of interest), hands them to the session, runs
+:meth:`~napari_ghanet.inference.session.PredictionSession.run` in a worker thread
+(:class:`~._qt.run.PredictionRun`: progress, preliminary answers, Cancel; the viewer stays
+responsive) and shows the result: risk, percentile and risk group, the survival curve,
+the reconstructed pathway profile, the top-attention regions and attention layers
+aligned with the slide. Every number comes from the Prediction; errors become napari
+notifications, never exceptions. After a run the dock scrolls to the results (at
+napari's default window size they start below the visible part of the dock).
 
 It composes the parts in :mod:`napari_ghanet._qt`: :class:`~._qt.inputs.InputsPanel`
 (inputs and run controls), :class:`~._qt.settings.AdvancedSettings` (magicgui form),
-:class:`~._qt.results.ResultsPanel`, :class:`~._qt.exports.ExportPanel`,
+:class:`~._qt.model_control.ModelControl` (model and device over the session),
+:class:`~._qt.viewer_watch.LayerWatch` (the layer list), :class:`~._qt.results.ResultsPanel`,
+:class:`~._qt.exports.ExportPanel` (the export registry's kinds),
 :class:`~._qt.result_layers.ResultLayers` (the result layers on the viewer) and the layer
 factories of :mod:`~._qt.layers` (napari only).
 """
@@ -23,21 +28,23 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from qtpy.QtCore import Qt, Signal
-from qtpy.QtWidgets import QFileDialog, QFrame, QLabel, QScrollArea, QVBoxLayout, QWidget
+from qtpy.QtCore import Qt, QTimer, Signal
+from qtpy.QtWidgets import QFileDialog, QFrame, QScrollArea, QVBoxLayout, QWidget
 
 from napari_ghanet._qt import layers as qt_layers
 from napari_ghanet._qt import plugin_settings
 from napari_ghanet._qt import regions as qt_regions
-from napari_ghanet._qt.dicomweb import DicomWebPanel
 from napari_ghanet._qt.exports import ExportPanel
 from napari_ghanet._qt.inputs import InputsPanel, layer_path
+from napari_ghanet._qt.model_control import ModelControl, intended_use_label
 from napari_ghanet._qt.notify import error_message, notify
 from napari_ghanet._qt.result_layers import ResultLayers
 from napari_ghanet._qt.results import ResultsPanel
 from napari_ghanet._qt.run import PredictionRun, ProgressBar
 from napari_ghanet._qt.settings import AdvancedSettings
+from napari_ghanet._qt.viewer_watch import LayerWatch
 from napari_ghanet.errors import GHANetError
+from napari_ghanet.inference.session import PredictionSession, SlideInput
 from napari_ghanet.io.names import make_safe_name
 
 if TYPE_CHECKING:
@@ -97,8 +104,9 @@ class PrognosisWidget(QWidget):
                                else plugin_settings.widget_settings_store())
         self.viewer = viewer
         self.cache_dir = Path(cache_dir) if cache_dir is not None else None
-        self.bundle = None
-        self.prediction = None
+        self.session = PredictionSession()  # slides, bundle, options, run, result
+        self.session.progressive = True  # a first answer while the slide is embedded
+        self.prediction = None  # the prediction on screen
         # the result layers on the viewer; _on_shown looked up at call time
         self.shown_layers = ResultLayers(viewer, lambda: self.inputs.slide_layers(),
                                          lambda: self._on_shown())
@@ -108,36 +116,33 @@ class PrognosisWidget(QWidget):
         self._pbar: ProgressBar | None = None
 
         self._build_ui()
-        self._connect_viewer()
+        self.models = ModelControl(self.session, self.inputs, self.settings,
+                                   self.intended_use_label, self.settings_store)
+        self.settings.reset_button.changed.connect(lambda *_: self.models.reset())
+        self.watch = LayerWatch(viewer, self, self._on_layers_changed,
+                                self.shown_layers.layer_removed)
         self.inputs.refresh_layers()
-        self._restore_device()
+        self.models.restore_device()
         if model_path is not None:
             self.load_model(model_path)
         else:
-            self._load_default_model()
+            self.models.load_default()
 
     def _build_ui(self) -> None:
         self.settings = AdvancedSettings(self.settings_store)
-        self.settings.reset_button.changed.connect(self._on_settings_reset)
         self.inputs = InputsPanel(self.viewer, self.settings.native)
         self.results = ResultsPanel()
         self.exports = ExportPanel(self.viewer, lambda: self.prediction)
-        self.dicomweb = DicomWebPanel(self.viewer, lambda: self.prediction)
         self.results.add_section(self.exports)
         self.results.setVisible(False)
         self.results.category_selected.connect(self._on_category_selected)
         self.results.region_activated.connect(self.go_to_region)
         self.inputs.predict_requested.connect(self.predict)
         self.inputs.cancel_requested.connect(self.cancel)
-        self.inputs.model_requested.connect(self._choose_model)
+        self.inputs.model_requested.connect(lambda: self.models.choose(self))
         self.inputs.geojson_requested.connect(self._choose_geojson)
-
         # intended use: always visible with the model and its result
-        self.intended_use_label = QLabel("")
-        self.intended_use_label.setWordWrap(True)
-        self.intended_use_label.setFrameShape(QFrame.Shape.StyledPanel)
-        self.intended_use_label.setStyleSheet(
-            "QLabel { border: 1px solid #b26a00; border-radius: 3px; padding: 4px; }")
+        self.intended_use_label = intended_use_label()
 
         # Everything scrolls vertically; nothing is wider than the dock (360 px fits).
         outer = QVBoxLayout(self)
@@ -149,68 +154,14 @@ class PrognosisWidget(QWidget):
         outer.addWidget(self.scroll)
         body = QWidget()
         layout = QVBoxLayout(body)
-        for part in (self.inputs, self.dicomweb, self.results, self.intended_use_label):
+        for part in (self.inputs, self.results, self.intended_use_label):
             layout.addWidget(part)
         layout.addStretch(1)
         self.scroll.setWidget(body)
 
-    # ------------------------------------------------------------------ viewer layers
-
-    def _connect_viewer(self) -> None:
-        events = self.viewer.layers.events
-        handlers = [
-            (events.inserted, self._on_layers_changed),
-            (events.removed, self._on_layer_removed),
-            (events.reordered, self._on_layers_changed),
-        ]
-        for emitter, callback in handlers:
-            emitter.connect(callback)
-        self._named: list = []  # layers whose renames re-list the dropdowns
-        for layer in self.viewer.layers:
-            self._follow_name(layer)
-
-        def disconnect(*_) -> None:  # the viewer may outlive the widget
-            for emitter, callback in handlers:
-                try:
-                    emitter.disconnect(callback)
-                except Exception:  # noqa: BLE001
-                    pass
-            for layer in self._named:
-                self._unfollow_name(layer)
-
-        self.destroyed.connect(disconnect)
-
-    def _follow_name(self, layer) -> None:
-        """Re-list the slide and region dropdowns when ``layer`` (a slide or Shapes layer
-        of the user's, not a result layer) is renamed."""
-        if layer is None or qt_layers.OVERLAY_KEY in getattr(layer, "metadata", {}):
-            return
-        if not any(layer is other for other in self._named):
-            layer.events.name.connect(self._on_layer_renamed)
-            self._named.append(layer)
-
-    def _unfollow_name(self, layer) -> None:
-        try:
-            layer.events.name.disconnect(self._on_layer_renamed)
-        except Exception:  # noqa: BLE001
-            pass
-
-    def _on_layer_renamed(self, event=None) -> None:
-        self._on_layers_changed()
-
     def _on_layers_changed(self, event=None) -> None:
-        if getattr(event, "type", "") == "inserted":
-            self._follow_name(getattr(event, "value", None))
         self.inputs.refresh_layers(event, running=self.running)
         self.shown_layers.rename()
-
-    def _on_layer_removed(self, event=None) -> None:
-        removed = getattr(event, "value", None)
-        if any(removed is layer for layer in self._named):
-            self._unfollow_name(removed)
-            self._named = [layer for layer in self._named if layer is not removed]
-        self.shown_layers.layer_removed(removed)
-        self._on_layers_changed()
 
     @property
     def result_layers(self) -> dict[str, Any]:
@@ -223,71 +174,18 @@ class PrognosisWidget(QWidget):
 
     # ------------------------------------------------------------------ model
 
-    def _restore_device(self) -> None:
-        """The device chosen in an earlier session (when this machine offers it); every
-        later choice is remembered."""
-        combo = self.inputs.device_combo
-        device = self.settings_store.load().get("device", "auto")
-        i = combo.findText(device)
-        item = combo.model().item(i) if i >= 0 else None
-        if item is not None and item.isEnabled():
-            combo.setCurrentIndex(i)
-        combo.currentTextChanged.connect(
-            lambda text: self.settings_store.save({"device": text}))
-
-    def _on_settings_reset(self, *_: Any) -> None:
-        """"Reset to defaults" also brings the device back to auto."""
-        self.inputs.device_combo.setCurrentText("auto")
-        self.settings_store.reset()
-
-    def _load_default_model(self) -> None:
-        """The last model loaded from a file in an earlier session, else the bundled
-        demonstration model."""
-        from napari_ghanet.models.bundle import demo_bundle_path
-
-        last = self.settings_store.load().get("last_model", "")
-        if last and Path(last).is_file() and self.load_model(last, quiet=True):
-            return
-        path = demo_bundle_path()
-        if path.is_file():
-            self.load_model(path, quiet=True)
-        else:
-            self._set_bundle(None)
-
-    def _choose_model(self) -> None:
-        path, _ = QFileDialog.getOpenFileName(
-            self, "Load a G-HANet model bundle", "", "Model bundles (*.safetensors)")
-        if path:
-            self.load_model(path)
+    @property
+    def bundle(self):
+        """The session's model bundle (None: none)."""
+        return self.session.bundle
 
     def load_model(self, path: str | os.PathLike, quiet: bool = False) -> bool:
-        """Load a ``.safetensors`` model bundle; errors become a notification."""
-        from napari_ghanet.models.bundle import load_bundle
-
-        try:
-            bundle = load_bundle(path)
-        except (GHANetError, OSError, ValueError, RuntimeError) as e:
-            notify("error", f"Cannot load the model: {e}")
-            return False
-        self._set_bundle(bundle)
-        if not quiet:
-            notify("info", f"Model {bundle.name!r} loaded")
-        from napari_ghanet.models.bundle import demo_bundle_path
-
-        is_demo = Path(path).resolve() == demo_bundle_path().resolve()
-        self.settings_store.save({"last_model": "" if is_demo else str(Path(path).resolve())})
-        return True
+        """Choose a ``.safetensors`` model bundle (loaded once per file); errors become a
+        notification."""
+        return self.models.load(path, quiet=quiet)
 
     def _set_bundle(self, bundle) -> None:
-        self.bundle = bundle
-        self.inputs.show_bundle(bundle)
-        self._show_intended_use(bundle.intended_use if bundle is not None else None)
-        if bundle is not None:
-            self.settings.use_model(bundle.encoder)
-
-    def _show_intended_use(self, text: str | None) -> None:
-        self.intended_use_label.setText(f"<b>Intended use:</b> {text}" if text else "")
-        self.intended_use_label.setVisible(bool(text))
+        self.session.choose_bundle(bundle)
 
     # ------------------------------------------------------------------ run
 
@@ -296,10 +194,14 @@ class PrognosisWidget(QWidget):
         """True from "Predict" until the result is on screen (or the run ended)."""
         return self._run is not None or self.shown_layers.busy
 
-    def prediction_settings(self) -> dict[str, Any]:
-        """Keyword arguments for predict_slide from the widget's fields."""
-        return {"device": self.inputs.device_combo.currentText(),
-                **self.settings.predict_kwargs()}
+    def prediction_options(self):
+        """The typed options of the next run from the widget's fields (the settings
+        form, the device, the cache folder)."""
+        options = self.settings.predict_options()
+        fields: dict[str, Any] = {"device": self.inputs.device_combo.currentText()}
+        if self.cache_dir is not None:
+            fields["cache_dir"] = self.cache_dir
+        return self.session.set_options(options, **fields)
 
     def predict(self) -> None:
         """Start a prediction on the selected slide layer (the Predict button)."""
@@ -395,9 +297,12 @@ class PrognosisWidget(QWidget):
             notify("error", f"Cannot use the regions of interest: {e}")
             return
         geometry = [self.shown_layers.geometry(lay) for lay in layers]
-        run = PredictionRun(_predict_in_background, paths, self.bundle, geometry,
-                            preliminary=True,
-                            **self._predict_arguments(layers, mpps, regions))
+        self.prediction_options()
+        patient = make_safe_name(layers[0].name, "patient") if len(layers) > 1 else None
+        self.session.choose_slides(
+            [SlideInput(path, mpp, regions if k == 0 else None)
+             for k, (path, mpp) in enumerate(zip(paths, mpps))], patient=patient)
+        run = PredictionRun(_predict_in_background, self.session, geometry, preliminary=True)
         run.progressed.connect(self._on_progress)
         run.preliminary_ready.connect(self._on_preliminary)
         run.returned.connect(self._on_returned)
@@ -408,18 +313,6 @@ class PrognosisWidget(QWidget):
         self.inputs.set_running(True)
         self._pbar = ProgressBar("G-HANet prediction")
         run.start()
-
-    def _predict_arguments(self, layers: list, mpps: list, regions) -> dict[str, Any]:
-        """Keyword arguments of predict_slide (one slide layer) or predict_patient
-        (several), less ``cancel`` and ``progress`` (the run adds them)."""
-        kwargs = self.prediction_settings()
-        kwargs.update(cache_dir=self.cache_dir)
-        if len(layers) > 1:
-            kwargs.update(mpp=mpps, regions=[regions] + [None] * (len(layers) - 1),
-                          patient=make_safe_name(layers[0].name, "patient"))
-        else:
-            kwargs.update(mpp=mpps[0], regions=regions)
-        return kwargs
 
     def _thaw_gc(self) -> None:
         """Give back the shown run's share of the GC freeze (its result is on screen, or
@@ -527,8 +420,17 @@ class PrognosisWidget(QWidget):
         self.prediction = prediction
         self.shown_layers.slide_layers = slide_layers
         self.results.show_prediction(prediction)
-        self._show_intended_use(prediction.intended_use)
+        self.models.show_intended_use(prediction.intended_use)
         self.shown_layers.add(prediction, layers, incremental=incremental)
+        QTimer.singleShot(0, self.scroll_to_results)  # once the panel is laid out
+
+    def scroll_to_results(self) -> None:
+        """Scroll the dock so that the results start at its top (at napari's default
+        window size they lie below the inputs and settings)."""
+        if self.results.isVisible():
+            self.scroll.widget().layout().activate()  # its size decides how far it scrolls
+            bar = self.scroll.verticalScrollBar()
+            bar.setValue(min(self.results.y(), bar.maximum()))
 
     def _on_category_selected(self, index: int | None) -> None:
         try:
@@ -559,17 +461,12 @@ class PrognosisWidget(QWidget):
         super().closeEvent(event)
 
 
-def _predict_in_background(paths, bundle, geometry, **kwargs):
-    """predict_slide (one slide) or predict_patient (several), then the result layers
-    (napari models, no Qt objects until they are added to a viewer), so that only their
-    insertion is left to the GUI thread.
+def _predict_in_background(session, geometry, *, cancel, progress, preliminary):
+    """The session's run (``predict_slide`` or ``predict_patient``, as the command line
+    runs them), then the result layers (napari models, no Qt objects until they are added
+    to a viewer), so that only their insertion is left to the GUI thread.
     Returns (prediction, [(key, layer), ...] or None when building them failed)."""
-    from napari_ghanet.inference.predict import predict_patient, predict_slide
-
-    if len(paths) > 1:
-        prediction = predict_patient(paths, bundle, **kwargs)
-    else:
-        prediction = predict_slide(paths[0], bundle, **kwargs)
+    prediction = session.run(cancel=cancel, progress=progress, preliminary=preliminary)
     try:
         layers = qt_layers.build_result_layers(prediction, geometry)
     except Exception:  # noqa: BLE001 - built again (with a notification) in the GUI thread

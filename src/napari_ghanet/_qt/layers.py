@@ -440,21 +440,6 @@ def rename_result_layers(layers, slide_name: str | None) -> None:
                 layer.name = name
 
 
-#: characters vispy's text visual renders on its first draw to measure a line (then the
-#: space): loaded ahead with the labels' own characters (:meth:`LayerBatch.warm_glyphs`)
-METRIC_GLYPHS = "ÅÉÑŐjgpqy "
-
-
-def text_font(viewer):
-    """The font napari's canvas draws layer text with (its glyph atlas; indexing it with a
-    character renders that glyph once), or None where napari does not expose it."""
-    try:
-        info = viewer.window._qt_viewer.canvas.font_info()
-        return info.font_manager.get_font(info.face)
-    except Exception:  # noqa: BLE001 - napari internals: then the first draw renders them
-        return None
-
-
 def _text_strings(layer) -> np.ndarray:
     """The distinct non-empty labels a layer's visible text draws (str (K,); none for a
     layer without text, e.g. an Image or a Points layer with no text set)."""
@@ -465,16 +450,6 @@ def _text_strings(layer) -> np.ndarray:
     return values[values != ""]
 
 
-def _label_glyphs(layers) -> str:
-    """The distinct characters of the text labels of ``layers``, after
-    :data:`METRIC_GLYPHS` (which any text visual's first draw renders)."""
-    chars = dict.fromkeys(METRIC_GLYPHS)
-    for layer in layers:
-        for value in _text_strings(layer).tolist():
-            chars.update(dict.fromkeys(value))
-    return "".join(chars)
-
-
 class LayerBatch:
     """Result layers inserted into a viewer as one batch that appears at once.
 
@@ -482,11 +457,11 @@ class LayerBatch:
     draws between insertions is only what was there before; :meth:`reveal` then shows the
     layers meant to be visible in one step: one redraw for the whole batch. The dock
     inserts a few layers per turn of the event loop (:meth:`insert_some`) so that napari's
-    per-layer set-up (visual, controls) never blocks the viewer for long, then renders the
-    glyphs of the rank labels a few per turn (:meth:`warm_glyphs`: 3-6 ms each on the CPU,
-    20 of them would otherwise land in one frame) and shows the layers one per turn, a
-    layer's text one turn after its shapes (:meth:`reveal_next`), each first draw
-    compiling its own shaders in its own frame.
+    per-layer set-up (visual, controls) never blocks the viewer for long, then shows the
+    layers one per turn, a layer's text one turn after its shapes (:meth:`reveal_next`),
+    each first draw compiling its own shaders in its own frame (the text's first draw also
+    renders the rank labels' glyphs, about 20 at 3-6 ms each on the CPU: napari's font
+    atlas is not public, so they are not rendered ahead).
 
     The work per turn does not grow with the slide: the attention, genome and tissue
     layers are images of one pixel per patch cell (per mask pixel), the QC layer one
@@ -509,7 +484,6 @@ class LayerBatch:
         self.inserted: dict[str, Any] = {}
         self.active = active
         self._gc = GCHold()  # no full collection while the layers go in
-        self._glyphs = _label_glyphs([layer for _, layer in layers if layer.visible])
         self._text_later: dict[int, Any] = {}  # layers whose text shows one turn later
 
     @property
@@ -542,31 +516,8 @@ class LayerBatch:
                 selection.active = active
         return self.done
 
-    def warm_glyphs(self, budget_s: float = 0.04) -> bool:
-        """Render the glyphs the layers' text will draw (and those vispy measures a line
-        with) into the canvas's font atlas until ``budget_s`` seconds have passed; returns
-        True when none is left. Glyphs already rendered cost nothing; without access to
-        napari's font (:func:`text_font`) the first draw renders them as before."""
-        if not self._glyphs:
-            return True
-        font = text_font(self.viewer)
-        if font is None:
-            self._glyphs = ""
-            return True
-        start = time.perf_counter()
-        while self._glyphs:
-            char, self._glyphs = self._glyphs[0], self._glyphs[1:]
-            try:
-                font[char]
-            except Exception:  # noqa: BLE001 - a glyph the font cannot render: drawn later
-                pass
-            if time.perf_counter() - start >= budget_s:
-                break
-        return not self._glyphs
-
     def reveal(self) -> None:
         """Show the layers meant to be visible and select ``active`` again."""
-        self.warm_glyphs(float("inf"))
         while not self.reveal_next():
             pass
 
@@ -611,5 +562,4 @@ class LayerBatch:
         self.inserted = {}
         self._todo = []
         self._text_later = {}
-        self._glyphs = ""
         self._thaw()

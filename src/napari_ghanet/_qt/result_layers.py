@@ -4,8 +4,7 @@
 tissue, regions, QC, ... one set per slide): it adds them hidden a few per turn of the
 event loop (:class:`~._qt.layers.LayerBatch`, holding the GC freeze of
 :mod:`~._qt.gc_hold` meanwhile) from the first quiet turn after the numbers are shown,
-renders the labels' glyphs a few per turn and shows the layers one per turn (a layer's
-text a turn after it), removes the previous result's layers, renames them when
+then shows the layers one per turn (a layer's text a turn after it), removes the previous result's layers, renames them when
 several slide layers are open, switches the genome layer's category and centres the view
 on a top region. The layers themselves are made by :mod:`~._qt.layers` (napari only).
 """
@@ -176,9 +175,6 @@ class ResultLayers:
                     return
             if budget_s == float("inf"):
                 batch.reveal()
-            elif not batch.warm_glyphs(budget_s):  # the labels' glyphs, a few per turn
-                QTimer.singleShot(1, self._insert)
-                return
             elif not batch.reveal_next():  # one layer's (or its text's) first draw per turn
                 QTimer.singleShot(1, self._insert)
                 return

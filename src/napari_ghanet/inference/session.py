@@ -273,7 +273,8 @@ class PredictionSession:
     @options.setter
     def options(self, value: PredictOptions) -> None:
         if not isinstance(value, PredictOptions):
-            raise TypeError(f"options must be a PredictOptions, got {type(value).__name__}")
+            raise SessionError(f"options must be a PredictOptions, got {type(value).__name__}: "
+                               "make them with PredictOptions.create(...)")
         self._options = value
 
     def set_options(self, options: PredictOptions | None = None, **fields: Any) -> PredictOptions:

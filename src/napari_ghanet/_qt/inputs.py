@@ -17,11 +17,9 @@ from qtpy.QtWidgets import (
     QDoubleSpinBox,
     QFormLayout,
     QGroupBox,
-    QHBoxLayout,
     QLabel,
     QListWidget,
     QListWidgetItem,
-    QProgressBar,
     QPushButton,
     QSizePolicy,
     QVBoxLayout,
@@ -29,6 +27,7 @@ from qtpy.QtWidgets import (
 )
 
 from napari_ghanet._qt.layers import OVERLAY_KEY
+from napari_ghanet._qt.run_panel import STAGE_TEXT, RunPanel
 from napari_ghanet.errors import SlideError
 from napari_ghanet.io.slide import MAX_MPP
 
@@ -36,14 +35,6 @@ __all__ = ["STAGE_TEXT", "InputsPanel", "layer_path"]
 
 logger = logging.getLogger(__name__)
 
-STAGE_TEXT = {
-    "slide": "Opening the slide",
-    "tissue": "Detecting tissue",
-    "patches": "Laying out patches",
-    "features": "Embedding patches",
-    "model": "Running G-HANet",
-    "done": "Done",
-}
 
 
 def layer_path(layer) -> str | None:
@@ -52,6 +43,38 @@ def layer_path(layer) -> str | None:
     if not path and layer is not None:
         path = getattr(getattr(layer, "source", None), "path", None)
     return str(path) if path else None
+
+
+def slide_description(layer) -> tuple[str, float | None, bool]:
+    """(text, mpp, ask for mpp) of slide layer ``layer`` (None: no slide): its size and
+    resolution, read from the layer or, for another reader's layer, from its file."""
+    if layer is None:
+        return ("Open a slide (File > Open) or the G-HANet demo slide (File > Open Sample).",
+                None, False)
+    path = layer_path(layer)
+    mpp = layer.metadata.get("mpp")
+    info = layer.metadata
+    if path and mpp is None and info.get("reader") != "napari-ghanet":
+        # A layer from another reader: ask the slide file itself.
+        try:
+            from napari_ghanet.io.slide import open_slide
+
+            with open_slide(path, require_mpp=False) as slide:
+                mpp = slide.mpp
+                info = {"objective_power": slide.objective_power, "vendor": slide.vendor,
+                        "level_dimensions": slide.level_dimensions}
+        except (SlideError, OSError) as e:
+            return f"Cannot read this layer's file: {e}", None, False
+    if not path:
+        return "This layer has no slide file behind it.", mpp, False
+    dims = (info.get("level_dimensions") or [None])[0]
+    parts = [f"{dims[0]:,} x {dims[1]:,} px"] if dims else []
+    parts.append(f"{mpp:.4g} um/px" if mpp else "resolution unknown")
+    if info.get("objective_power"):
+        parts.append(f"{info['objective_power']:g}x")
+    if info.get("vendor") and info.get("vendor") != "unknown":
+        parts.append(str(info["vendor"]))
+    return ", ".join(parts), mpp, mpp is None
 
 
 def _wrapped(text: str = "") -> QLabel:
@@ -167,26 +190,16 @@ class InputsPanel(QWidget):
             self.advanced.addWidget(settings)
             layout.addWidget(self.advanced)
 
-        run_row = QHBoxLayout()
-        self.predict_button = QPushButton("Predict prognosis")
-        self.predict_button.setDefault(True)
-        self.predict_button.clicked.connect(self.predict_requested)
-        self.cancel_button = QPushButton("Cancel")
-        self.cancel_button.setEnabled(False)
-        self.cancel_button.clicked.connect(self.cancel_requested)
-        run_row.addWidget(self.predict_button, 1)
-        run_row.addWidget(self.cancel_button)
-        layout.addLayout(run_row)
-        self.progress_bar = QProgressBar()
-        self.progress_bar.setRange(0, 1)
-        self.progress_bar.setValue(0)
-        layout.addWidget(self.progress_bar)
-        self.status_label = _wrapped()
-        layout.addWidget(self.status_label)
-        # a first answer while the slide is embedded (hidden otherwise)
-        self.preliminary_label = _wrapped()
-        self.preliminary_label.setVisible(False)
-        layout.addWidget(self.preliminary_label)
+        self.run_panel = RunPanel()
+        self.run_panel.predict_button.clicked.connect(self.predict_requested)
+        self.run_panel.cancel_button.clicked.connect(self.cancel_requested)
+        layout.addWidget(self.run_panel)
+        # the run controls under their usual names
+        self.predict_button = self.run_panel.predict_button
+        self.cancel_button = self.run_panel.cancel_button
+        self.progress_bar = self.run_panel.progress_bar
+        self.status_label = self.run_panel.status_label
+        self.preliminary_label = self.run_panel.preliminary_label
 
     def _disable_missing_cuda(self) -> None:
         try:
@@ -324,43 +337,9 @@ class InputsPanel(QWidget):
 
     def describe_layer(self) -> None:
         """Show the selected slide's size and resolution; ask for mpp when it has none."""
-        layer = self.selected_layer()
-        self.slide_mpp = None
-        if layer is None:
-            self.slide_info.setText("Open a slide (File > Open) or the G-HANet demo slide "
-                                    "(File > Open Sample).")
-            self.show_mpp_field(False)
-            return
-        path = layer_path(layer)
-        mpp = layer.metadata.get("mpp")
-        info = layer.metadata
-        if path and mpp is None and info.get("reader") != "napari-ghanet":
-            # A layer from another reader: ask the slide file itself.
-            try:
-                from napari_ghanet.io.slide import open_slide
-
-                with open_slide(path, require_mpp=False) as slide:
-                    mpp = slide.mpp
-                    info = {"objective_power": slide.objective_power, "vendor": slide.vendor,
-                            "level_dimensions": slide.level_dimensions}
-            except (SlideError, OSError) as e:
-                self.slide_info.setText(f"Cannot read this layer's file: {e}")
-                self.show_mpp_field(False)
-                return
-        self.slide_mpp = mpp
-        if not path:
-            self.slide_info.setText("This layer has no slide file behind it.")
-            self.show_mpp_field(False)
-            return
-        dims = (info.get("level_dimensions") or [None])[0]
-        parts = [f"{dims[0]:,} x {dims[1]:,} px"] if dims else []
-        parts.append(f"{mpp:.4g} um/px" if mpp else "resolution unknown")
-        if info.get("objective_power"):
-            parts.append(f"{info['objective_power']:g}x")
-        if info.get("vendor") and info.get("vendor") != "unknown":
-            parts.append(str(info["vendor"]))
-        self.slide_info.setText(", ".join(parts))
-        self.show_mpp_field(mpp is None)
+        text, self.slide_mpp, ask = slide_description(self.selected_layer())
+        self.slide_info.setText(text)
+        self.show_mpp_field(ask)
 
     def show_mpp_field(self, show: bool) -> None:
         self.mpp_label.setVisible(show)
@@ -383,55 +362,20 @@ class InputsPanel(QWidget):
 
     def set_running(self, on: bool) -> None:
         """Enable Cancel (and disable the inputs) while a prediction runs."""
-        self.predict_button.setEnabled(not on)
-        self.cancel_button.setEnabled(on)
-        self.load_model_button.setEnabled(not on)
-        self.layer_combo.setEnabled(not on)
-        self.patient_list.setEnabled(not on)
-        self.geojson_button.setEnabled(not on)
-        if on:
-            self.progress_bar.setRange(0, 0)
-            self.status_label.setText("Starting...")
-        self.show_preliminary(None)
+        self.run_panel.set_running(on)
+        for widget in (self.load_model_button, self.layer_combo, self.patient_list,
+                       self.geojson_button):
+            widget.setEnabled(not on)
 
     def set_idle(self, done: bool) -> None:
         """Back to the ready state; a full progress bar when a result is shown."""
         self.set_running(False)
-        self.progress_bar.setRange(0, 1)
-        self.progress_bar.setValue(1 if done else 0)
+        self.run_panel.set_idle(done)
 
     def show_preliminary(self, est) -> None:
-        """A preliminary risk
-        (:class:`~napari_ghanet.inference.progressive.PreliminaryRisk`) while the slide
-        is embedded; None (or the final answer) hides it."""
-        if est is None or est.final:
-            self.preliminary_label.setVisible(False)
-            self.preliminary_label.setText("")
-            return
-        from napari_ghanet.models.risk import risk_colour, risk_text
-
-        colour = risk_colour(est.group)
-        self.preliminary_label.setText(
-            f"<b>Preliminary</b> ({100 * est.fraction:.0f} % of patches): "
-            f"<span style='color:{colour}'><b>{risk_text(est.group)}</b></span>, "
-            f"risk {est.risk:.2f} ({100 * est.level:.0f} % interval {est.low:.2f} to "
-            f"{est.high:.2f}); {100 * est.group_support:.0f} % of resamples agree. "
-            "Refined as embedding goes on; the final result replaces it."
-        )
-        self.preliminary_label.setToolTip(
-            "Risk from the patches embedded so far (visited in a spatially spread order); "
-            "interval from resampling the embedded blocks of patches")
-        self.preliminary_label.setVisible(True)
+        """A preliminary risk while the slide is embedded (None: hide it)."""
+        self.run_panel.show_preliminary(est)
 
     def show_progress(self, stage: str, done: int, total: int) -> str:
-        """Progress bar and status for a ``predict_slide`` progress report; returns the
-        stage's text."""
-        text = STAGE_TEXT.get(stage, stage)
-        if total > 0:
-            self.progress_bar.setRange(0, total)
-            self.progress_bar.setValue(min(done, total))
-            self.status_label.setText(f"{text}: {done:,} / {total:,}")
-        else:
-            self.progress_bar.setRange(0, 0)
-            self.status_label.setText(f"{text}...")
-        return text
+        """Progress bar and status for a progress report; returns the stage's text."""
+        return self.run_panel.show_progress(stage, done, total)

@@ -1,7 +1,9 @@
 """One prediction run in a worker thread: start, progress, cancel, result.
 
-:class:`PredictionRun` runs a job (``predict_slide``/``predict_patient`` and the result
-layers, as the dock hands it) in a superqt worker thread and tells its owner what
+:class:`PredictionRun` runs a job (the dock's
+:meth:`~napari_ghanet.inference.session.PredictionSession.run` and the result layers, as
+:mod:`~._qt.dock_run` hands it) in a superqt worker thread: the Qt side of a Qt-free
+session, which only marshals its callbacks to the GUI thread. It tells its owner what
 happens through four signals, delivered in the GUI thread: ``progressed(stage, done,
 total)``, ``returned(result)``, ``failed(exception)`` (a cancelled run fails with
 :class:`~napari_ghanet.errors.Cancelled`) and ``finished()`` (always last). It holds its

@@ -25,7 +25,7 @@ from napari_ghanet.training.metrics import harrell_c_index
 from torch import nn
 
 from napari_ghanet.device import resolve_device
-from napari_ghanet.errors import Cancelled
+from napari_ghanet.errors import ArgumentError, Cancelled, CohortError
 from napari_ghanet.models.baselines import model_inputs
 from napari_ghanet.models.losses import ghanet_loss, nll_loss
 from napari_ghanet.options.training import TrainOptions
@@ -151,7 +151,8 @@ def _collate(
         batch["mask"] = torch.from_numpy(mask).to(device, non_blocking=True)
     if "clusters" in uses:
         if data.clusters is None:
-            raise ValueError("this model needs phenotype clusters but the data carries none")
+            raise CohortError("this model needs phenotype clusters but the data carries none: "
+                              "cluster the patches first")
         ids = np.full((len(idx), batch["x"].shape[1]), -1, np.int64)
         for k, i in enumerate(idx):
             cl = data.clusters(i)
@@ -161,7 +162,8 @@ def _collate(
         batch["cluster_id"] = torch.from_numpy(ids).to(device)
     if "omics" in uses:
         if data.omics is None:
-            raise ValueError("this model needs genomics but the data carries none")
+            raise CohortError("this model needs genomics but the data carries none: "
+                              "give the cohort a genomics table")
         batch["omics"] = torch.from_numpy(data.omics[idx]).to(device)
     if data.targets is not None:
         batch["targets"] = [torch.from_numpy(t[idx]).to(device) for t in data.targets]
@@ -363,9 +365,9 @@ def fit(
     are restored at the end. Otherwise the model is left as after the last epoch.
     """
     if cfg.selection not in ("last", "inner"):
-        raise ValueError(f"selection must be 'last' or 'inner', got {cfg.selection!r}")
+        raise ArgumentError(f"selection must be 'last' or 'inner', got {cfg.selection!r}")
     if cfg.selection == "inner" and inner is None:
-        raise ValueError("selection 'inner' needs inner validation patients")
+        raise ArgumentError("selection 'inner' needs inner validation patients: pass inner=")
     device = resolve_device(cfg.device)
     if cfg.init_hazards:
         init_survival_bias(model, train)

@@ -48,7 +48,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
-from napari_ghanet.errors import GHANetError
+from napari_ghanet.errors import ArgumentError, GHANetError
 from napari_ghanet.io.atomic import atomic_write
 from napari_ghanet.io.safe_read import check_regular_file, read_regular_file, read_text_file
 
@@ -117,7 +117,7 @@ def _checked(key: str, value: Any, default: Any) -> Any:
     try:
         if f is None:
             if not isinstance(value, str):
-                raise TypeError(f"must be text, got {type(value).__name__}")
+                raise ArgumentError(f"must be text, got {type(value).__name__}")
             return value
         import napari_ghanet.options as options
 

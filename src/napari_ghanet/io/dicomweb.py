@@ -208,7 +208,8 @@ class _Truncated(DicomWebError):
 def _boundary(content_type: str) -> str:
     m = re.search(r'boundary="?([^";]+)"?', content_type or "", re.IGNORECASE)
     if m is None:
-        raise ValueError(f"a multipart answer without a boundary ({content_type!r})")
+        raise DicomWebError(f"a multipart answer without a boundary ({content_type!r}): "
+                            "the server is not a DICOMweb server")
     return m.group(1)
 
 

@@ -610,7 +610,7 @@ def _sidecar_attrs(path: Path) -> dict[str, Any]:
     try:
         text = read_text_file(meta, "feature metadata file", max_bytes=1024 * 1024)
         if json_depth(text) > MAX_JSON_DEPTH:
-            raise ValueError(f"JSON nested more than {MAX_JSON_DEPTH} levels deep")
+            raise FeaturesError(f"JSON nested more than {MAX_JSON_DEPTH} levels deep")
         data = json.loads(text)
     except (InputFileError, ValueError, RecursionError) as exc:
         raise FeaturesError(f"{meta}: unreadable metadata file ({_short_exc(exc)})") from None

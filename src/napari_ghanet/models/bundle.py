@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from napari_ghanet._version import __version__
-from napari_ghanet.errors import BundleError, EncoderError, EncoderMismatchError
+from napari_ghanet.errors import ArgumentError, BundleError, EncoderError, EncoderMismatchError
 from napari_ghanet.io.atomic import atomic_path
 from napari_ghanet.io.encoder_spec import (  # the one spec; bundle.EncoderSpec alias
     EncoderSpec,
@@ -66,7 +66,7 @@ class EnsembleModel(nn.Module):
     def __init__(self, members: list[nn.Module]):
         super().__init__()
         if not members:
-            raise ValueError("an ensemble needs at least one member")
+            raise ArgumentError("an ensemble needs at least one member: pass one model per fold")
         self.members = nn.ModuleList(members)
 
     @property
@@ -105,7 +105,7 @@ class EnsembleModel(nn.Module):
 
     def forward_bag(self, x):
         if x.dim() != 2 or x.shape[0] == 0:
-            raise ValueError(f"expected one non-empty bag of shape (N, D), got {tuple(x.shape)}")
+            raise ArgumentError(f"expected one non-empty bag of shape (N, D), got {tuple(x.shape)}")
         return self.forward(x[None]).bag(0)
 
 

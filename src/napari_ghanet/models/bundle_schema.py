@@ -104,7 +104,7 @@ def _short(value: Any, n: int = 40) -> str:
 def check_json_depth(text: str, max_depth: int = MAX_JSON_DEPTH) -> int:
     """Nesting depth of the JSON ``text`` (brackets outside strings), checked before parsing.
 
-    Raises ValueError when it exceeds ``max_depth``, so ``json.loads`` never recurses deeply.
+    Raises BundleError (a ValueError) when it exceeds ``max_depth``, so ``json.loads`` never recurses deeply.
 
     Examples
     --------
@@ -118,7 +118,7 @@ def check_json_depth(text: str, max_depth: int = MAX_JSON_DEPTH) -> int:
     step[(arr == ord("]")) | (arr == ord("}"))] = -1
     depth = int(np.cumsum(step).max()) if step.size else 0
     if depth > max_depth:
-        raise ValueError(f"JSON nested {depth} levels deep (at most {max_depth} allowed)")
+        raise BundleError(f"JSON nested {depth} levels deep (at most {max_depth} allowed)")
     return depth
 
 

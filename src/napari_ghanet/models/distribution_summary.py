@@ -41,6 +41,8 @@ from typing import Any
 
 import numpy as np
 
+from napari_ghanet.errors import BundleError, CohortError
+
 __all__ = [
     "CHECK_NAMES",
     "SUMMARY_VERSION",
@@ -80,22 +82,22 @@ def encode_array(a: np.ndarray) -> dict[str, Any]:
 def decode_array(entry: Any, what: str = "array") -> np.ndarray:
     """The float32 array of :func:`encode_array`; ValueError on any inconsistency."""
     if not isinstance(entry, dict) or set(entry) != {"shape", "f4"}:
-        raise ValueError(f"{what} must be an object with 'shape' and 'f4'")
+        raise BundleError(f"{what} must be an object with 'shape' and 'f4'")
     shape, text = entry["shape"], entry["f4"]
     if not (isinstance(shape, list) and 1 <= len(shape) <= 2 and all(
             isinstance(s, int) and not isinstance(s, bool) and 1 <= s <= MAX_DIM
             for s in shape)):
-        raise ValueError(f"{what} has an invalid shape")
+        raise BundleError(f"{what} has an invalid shape")
     n = math.prod(shape)
     if n > MAX_SUMMARY_FLOATS or not isinstance(text, str) or len(text) != 4 * ((4 * n + 2) // 3):
-        raise ValueError(f"{what}: its data do not match its shape {shape}")
+        raise BundleError(f"{what}: its data do not match its shape {shape}")
     try:
         raw = base64.b64decode(text.encode("ascii"), validate=True)
     except (ValueError, UnicodeEncodeError):
-        raise ValueError(f"{what} is not base64 text") from None
+        raise BundleError(f"{what} is not base64 text") from None
     a = np.frombuffer(raw, dtype="<f4").astype(np.float32).reshape(shape)
     if not np.isfinite(a).all():
-        raise ValueError(f"{what} holds NaN or infinite values")
+        raise BundleError(f"{what} holds NaN or infinite values")
     return a
 
 
@@ -144,7 +146,7 @@ class Pca:
     @classmethod
     def from_dict(cls, d: dict[str, Any], what: str = "pca") -> Pca:
         if not isinstance(d, dict):
-            raise ValueError(f"{what} must be an object")
+            raise BundleError(f"{what} must be an object")
         mean = decode_array(d.get("mean"), f"{what}.mean")
         scale = decode_array(d.get("scale"), f"{what}.scale")
         comps = decode_array(d.get("components"), f"{what}.components")
@@ -152,13 +154,13 @@ class Pca:
         residual = d.get("residual")
         dim = mean.shape[0]
         if mean.ndim != 1 or scale.shape != (dim,) or comps.ndim != 2 or comps.shape[1] != dim:
-            raise ValueError(f"{what}: mean, scale and components disagree on the feature size")
+            raise BundleError(f"{what}: mean, scale and components disagree on the feature size")
         if not 1 <= comps.shape[0] <= MAX_COMPONENTS or sdev.shape != (comps.shape[0],):
-            raise ValueError(f"{what}: 1-{MAX_COMPONENTS} components, one sdev each")
+            raise BundleError(f"{what}: 1-{MAX_COMPONENTS} components, one sdev each")
         if (scale <= 0).any() or (sdev <= 0).any():
-            raise ValueError(f"{what}: scales must be positive")
+            raise BundleError(f"{what}: scales must be positive")
         if not (isinstance(residual, int | float) and math.isfinite(residual) and residual > 0):
-            raise ValueError(f"{what}.residual must be a positive number")
+            raise BundleError(f"{what}.residual must be a positive number")
         return cls(mean, scale, comps, sdev, float(residual))
 
 
@@ -243,8 +245,8 @@ def build_summary(
     """
     keep = [i for i, f in enumerate(slide_features) if len(f)]
     if len(keep) < 5:
-        raise ValueError(f"a distribution summary needs at least 5 slides with patches, "
-                         f"got {len(keep)}")
+        raise CohortError(f"a distribution summary needs at least 5 slides with patches, "
+                          f"got {len(keep)}")
     feats = [np.asarray(slide_features[i], np.float32) for i in keep]
     mean_of = (np.stack([np.asarray(means[i], np.float64) for i in keep]) if means is not None
                else np.stack([f.mean(axis=0, dtype=np.float64) for f in feats]))

@@ -30,6 +30,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from napari_ghanet.errors import InputFileError
 from napari_ghanet.io.atomic import atomic_write
 from napari_ghanet.options.declare import (
     Field,
@@ -286,7 +287,7 @@ def update_page(text: str, tables: str | None = None) -> str:
     head, sep, rest = text.partition(BEGIN + "\n")
     _, sep2, tail = rest.partition(END)
     if not sep or not sep2:
-        raise ValueError(f"the page has no '{BEGIN}' line followed by a '{END}' line")
+        raise InputFileError(f"the page has no '{BEGIN}' line followed by a '{END}' line")
     return f"{head}{BEGIN}\n\n{tables.strip()}\n\n{END}{tail}"
 
 

@@ -262,11 +262,12 @@ def check_value(f: Field, v: Any) -> Any:
         v = int(v)
     elif k == "float":
         try:
-            if isinstance(v, bool):
-                raise TypeError
-            v = float(v)
+            number = None if isinstance(v, bool) else float(v)
         except (TypeError, ValueError):
-            raise OptionError(f.name, f"must be a number ({i.help}), got {v!r}") from None
+            number = None
+        if number is None:
+            raise OptionError(f.name, f"must be a number ({i.help}), got {v!r}")
+        v = number
         if not math.isfinite(v):
             raise OptionError(f.name, f"must be a finite number ({i.help}), got {v!r}")
     elif k == "str":

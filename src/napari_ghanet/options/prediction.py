@@ -11,6 +11,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from napari_ghanet.errors import ArgumentError
 from napari_ghanet.options.declare import OptionError, OptionGroup, fields_of
 from napari_ghanet.options.groups import (
     CacheOptions,
@@ -72,7 +73,7 @@ class PredictOptions:
     def __post_init__(self) -> None:
         for name, cls in PREDICT_GROUPS.items():
             if not isinstance(getattr(self, name), cls):
-                raise TypeError(f"PredictOptions.{name} must be a {cls.__name__}")
+                raise ArgumentError(f"PredictOptions.{name} must be a {cls.__name__}")
 
     def groups(self) -> Iterator[tuple[str, OptionGroup]]:
         for name in PREDICT_GROUPS:
@@ -118,12 +119,12 @@ def apply(groups: Mapping[str, OptionGroup], **values: Any) -> dict[str, OptionG
     for k, v in values.items():
         if k in out:
             if not isinstance(v, type(out[k])):
-                raise TypeError(f"{k} must be a {type(out[k]).__name__}, got {v!r}")
+                raise ArgumentError(f"{k} must be a {type(out[k]).__name__}, got {v!r}")
             out[k] = v
             continue
         g = owner.get(k)
         if g is None:
-            raise TypeError(f"unknown option {k!r}; options: {', '.join(sorted(owner))}")
+            raise ArgumentError(f"unknown option {k!r}; options: {', '.join(sorted(owner))}")
         changes.setdefault(g, {})[k] = v
     for g, kw in changes.items():
         out[g] = out[g].replace(**kw)
@@ -142,8 +143,8 @@ def _legacy(values: dict[str, Any], has_qc: bool = True) -> dict[str, Any]:
         ek = dict(ek)
         w = ek.pop("weights", None) or ek.pop("path", None)
         if ek:
-            raise TypeError(f"encoder_kwargs {sorted(ek)} are not prediction options; "
-                            "only the encoder's weights file can be given")
+            raise ArgumentError(f"encoder_kwargs {sorted(ek)} are not prediction options; "
+                                "only the encoder's weights file can be given")
         if w is not None:
             values["weights"] = w
     return values

@@ -26,6 +26,7 @@ import json
 import math
 from typing import Any
 
+from napari_ghanet.errors import InputFileError
 from napari_ghanet.options.declare import Field, OptionError, check_value, fields_of
 from napari_ghanet.options.prediction import PREDICT_GROUPS
 
@@ -151,6 +152,6 @@ def update_manifest(text: str) -> str:
     head, sep, rest = text.partition(MANIFEST_BEGIN + "\n")
     _, sep2, tail = rest.partition(MANIFEST_END + "\n")
     if not sep or not sep2:
-        raise ValueError(f"the manifest has no '{MANIFEST_BEGIN.strip()}' line followed by "
-                         f"a '{MANIFEST_END.strip()}' line")
+        raise InputFileError(f"the manifest has no '{MANIFEST_BEGIN.strip()}' line followed "
+                             f"by a '{MANIFEST_END.strip()}' line")
     return f"{head}{MANIFEST_BEGIN}\n{manifest_section()}{MANIFEST_END}\n{tail}"

@@ -44,7 +44,8 @@ from napari_ghanet.io.dicomweb import (
     values,
 )
 
-__all__ = ["DicomWebBackend", "SlideURL", "decode_frame", "levels_from_metadata"]
+__all__ = ["DicomWebBackend", "SlideURL", "decode_frame", "levels_from_metadata",
+           "objective_power", "series_mpp", "series_properties"]
 
 # transfer syntaxes
 JPEG_BASELINE = ("1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51")
@@ -180,6 +181,51 @@ def levels_from_metadata(instances: list[dict], where: str) -> list[Level]:
     return levels
 
 
+def series_mpp(ds: dict) -> float | None:
+    """Microns per pixel of a level's dataset: its PixelSpacing (mm), else its total
+    width (mm) over its columns; None when it has neither."""
+    shared = value(ds, "52009229")
+    measures = value(shared, "00289110") if isinstance(shared, dict) else None
+    spacing = values(measures, "00280030") if isinstance(measures, dict) else []
+    if len(spacing) == 2 and float(spacing[1]) > 0:
+        return float(spacing[1]) * 1000.0  # mm -> um (column spacing: x)
+    width_mm, cols = value(ds, "00480001"), value(ds, "00480006")
+    if width_mm and cols:
+        return float(width_mm) * 1000.0 / float(cols)
+    return None
+
+
+def _optical_path(ds: dict) -> dict:
+    item = value(ds, "00480105")
+    return item if isinstance(item, dict) else {}
+
+
+def objective_power(ds: dict) -> float | None:
+    """The objective lens power of the dataset's first optical path (None: not given)."""
+    lens = value(_optical_path(ds), "00480112")
+    return float(lens) if lens else None
+
+
+def series_properties(ds: dict, ref: DicomWebRef, level0: Level) -> dict[str, str]:
+    """The slide's properties (``dicomweb.*``, ``dicom.*``) from its level-0 dataset."""
+    path_item = _optical_path(ds)
+    return {
+        "dicomweb.url": ref.url,
+        "dicom.study_instance_uid": ref.study,
+        "dicom.series_instance_uid": ref.series or "",
+        "dicom.frame_of_reference_uid": str(value(ds, "00200052", "")),
+        "dicom.container_identifier": str(value(ds, "00400512", "")),
+        "dicom.photometric_interpretation": level0.photometric,
+        "dicom.transfer_syntax": str(level0.transfer_syntax or "as stored"),
+        "dicom.icc_profile": "present" if "00282000" in path_item else "absent",
+        "dicom.optical_path": str(value(path_item, "00480106", "")),
+        "dicom.optical_path_description": str(value(path_item, "00480107", "")),
+        "dicom.manufacturer": str(value(ds, "00080070", "")),
+        "dicom.level0_instances": " ".join(s for _, s, _ in level0.instances)
+        or " ".join(sorted({s for s, _ in (level0.positions or {}).values()})),
+    }
+
+
 def decode_frame(data: bytes, ts: str | None, lv: Level) -> np.ndarray:
     """One frame as RGB uint8 (rows, cols, 3), from its transfer syntax."""
     import imagecodecs
@@ -206,10 +252,12 @@ def decode_frame(data: bytes, ts: str | None, lv: Level) -> np.ndarray:
     elif ts in NATIVE:
         n = lv.tile_w * lv.tile_h * lv.samples
         if len(data) < n:
-            raise ValueError(f"uncompressed frame of {len(data)} bytes, {n} expected")
+            raise DicomWebError(f"uncompressed frame of {len(data)} bytes, {n} expected: "
+                                "the server sent a truncated frame")
         arr = np.frombuffer(data[:n], np.uint8).reshape(lv.tile_h, lv.tile_w, lv.samples)
     else:
-        raise ValueError(f"frames in transfer syntax {ts} cannot be decoded")
+        raise DicomWebError(f"frames in transfer syntax {ts} cannot be decoded: ask the "
+                            "server for JPEG, JPEG 2000 or uncompressed frames")
     return to_rgb8(arr)
 
 
@@ -259,8 +307,9 @@ class DicomWebBackend(Backend):
         self.downsamples = [w0 / lv.width for lv in self.levels]
         self.tile_sizes = [(lv.tile_w, lv.tile_h) for lv in self.levels]
         base = self._level0_dataset()
-        self.file_mpp = self._mpp(base)
-        self.properties = self._describe(base)
+        self.file_mpp = series_mpp(base)
+        self.objective_power = objective_power(base)
+        self.properties = series_properties(base, ref, self.levels[0])
         self.cache_bytes = int(cache_bytes)
         self._cache: OrderedDict[tuple[int, int, int], np.ndarray | None] = OrderedDict()
         self._cached = 0
@@ -291,40 +340,6 @@ class DicomWebBackend(Backend):
             if _is_volume(ds) and (value(ds, "00480006"), value(ds, "00480007")) == size:
                 return ds
         return self.metadata[0]  # pragma: no cover - levels_from_metadata found one
-
-    @staticmethod
-    def _mpp(ds: dict) -> float | None:
-        shared = value(ds, "52009229")
-        measures = value(shared, "00289110") if isinstance(shared, dict) else None
-        spacing = values(measures, "00280030") if isinstance(measures, dict) else []
-        if len(spacing) == 2 and float(spacing[1]) > 0:
-            return float(spacing[1]) * 1000.0  # mm -> um (column spacing: x)
-        width_mm, cols = value(ds, "00480001"), value(ds, "00480006")
-        if width_mm and cols:
-            return float(width_mm) * 1000.0 / float(cols)
-        return None
-
-    def _describe(self, ds: dict) -> dict[str, str]:
-        path_item = value(ds, "00480105")
-        path_item = path_item if isinstance(path_item, dict) else {}
-        lens = value(path_item, "00480112")
-        self.objective_power = float(lens) if lens else None
-        props = {
-            "dicomweb.url": self.ref.url,
-            "dicom.study_instance_uid": self.ref.study,
-            "dicom.series_instance_uid": self.ref.series or "",
-            "dicom.frame_of_reference_uid": str(value(ds, "00200052", "")),
-            "dicom.container_identifier": str(value(ds, "00400512", "")),
-            "dicom.photometric_interpretation": self.levels[0].photometric,
-            "dicom.transfer_syntax": str(self.levels[0].transfer_syntax or "as stored"),
-            "dicom.icc_profile": "present" if "00282000" in path_item else "absent",
-            "dicom.optical_path": str(value(path_item, "00480106", "")),
-            "dicom.optical_path_description": str(value(path_item, "00480107", "")),
-            "dicom.manufacturer": str(value(ds, "00080070", "")),
-            "dicom.level0_instances": " ".join(s for _, s, _ in self.levels[0].instances)
-            or " ".join(sorted({s for s, _ in (self.levels[0].positions or {}).values()})),
-        }
-        return props
 
     def fingerprint(self) -> str:
         """The series' identity: its UIDs and every level's geometry (no pixel read)."""
@@ -378,8 +393,8 @@ class DicomWebBackend(Backend):
             need_h = min(lv.tile_h, lv.height - key[2] * lv.tile_h)
             need_w = min(lv.tile_w, lv.width - key[1] * lv.tile_w)
             if arr.shape[0] < need_h or arr.shape[1] < need_w:
-                raise ValueError(f"the frame is {arr.shape[1]}x{arr.shape[0]} px, smaller than "
-                                 f"its {need_w}x{need_h} px place in the image")
+                raise DicomWebError(f"the frame is {arr.shape[1]}x{arr.shape[0]} px, smaller than "
+                                    f"its {need_w}x{need_h} px place in the image")
             arr.flags.writeable = False
             self._store(key, arr)
         except Exception as exc:  # noqa: BLE001 - named per tile

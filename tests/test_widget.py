@@ -374,7 +374,8 @@ def test_dock_fits_360_px_at_every_stage_and_names_layers_short(
     check("after")
 
     # short, grouped layer names; the slide's name only when several slides are open
-    expected = ["tissue", "morphology", "genome attention", "top regions"]
+    # (the "unlike training" layer of the distribution check sits under the attention maps)
+    expected = ["tissue", "morphology", "unlike training", "genome attention", "top regions"]
     assert [layer.name for layer in overlay_layers(viewer)] == [
         f"G-HANet · {label}" for label in expected]
     other = viewer.add_image(tissue_rgb(64, 64), name="second slide", rgb=True)

@@ -127,3 +127,17 @@ def small_vit(seed: int = 3):
         for p in enc.model.parameters():
             p.copy_(torch.randn(p.shape, generator=g) * 0.05)
     return enc.eval()
+
+
+def run_predict_cli(argv: list[str]) -> int:
+    """Parse and run ``ghanet predict ARGV`` as ``ghanet`` does (add_parser, then
+    args.func(args)); returns the exit code."""
+    import argparse
+
+    from napari_ghanet.cli import predict as cli_predict
+
+    parser = argparse.ArgumentParser(prog="ghanet")
+    sub = parser.add_subparsers(dest="command", required=True)
+    cli_predict.add_parser(sub)
+    args = parser.parse_args(["predict", *argv])
+    return args.func(args)

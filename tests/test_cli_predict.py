@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 import sys
@@ -10,19 +9,11 @@ import sys
 import numpy as np
 import pytest
 
-from _plugin_helpers import FAST_ENCODER, make_bundle, need, write_tiff_slide
-from napari_ghanet.cli import predict as _cli_predict
+from _plugin_helpers import FAST_ENCODER, make_bundle, need, run_predict_cli, write_tiff_slide
 from napari_ghanet.inference.predict import predict_slide
 from napari_ghanet.io.slide import cmu_slide_path
 
-
-def run_cli(argv: list[str]) -> int:
-    """Parse and run like ``ghanet`` does: add_parser, then args.func(args)."""
-    parser = argparse.ArgumentParser(prog="ghanet")
-    sub = parser.add_subparsers(dest="command", required=True)
-    _cli_predict.add_parser(sub)
-    args = parser.parse_args(["predict", *argv])
-    return args.func(args)
+run_cli = run_predict_cli
 
 
 @pytest.fixture(scope="module")

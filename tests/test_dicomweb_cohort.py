@@ -4,16 +4,14 @@ manifest rows; summary.csv lists the URLs, outputs are named by the series UID, 
 
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 
 import pytest
 
 from _orthanc import Orthanc, dicomize, need_orthanc, stow_files
-from _plugin_helpers import FAST_ENCODER, make_bundle, need
+from _plugin_helpers import FAST_ENCODER, make_bundle, need, run_predict_cli
 from conftest import he_image, write_pyramid
-from napari_ghanet.cli import predict as _cli_predict
 from napari_ghanet.cohort.inputs import resolve_inputs
 from napari_ghanet.io.dicomweb import expand_url, parse_url
 from napari_ghanet.io.slide import cmu_slide_path
@@ -24,12 +22,7 @@ def _orthanc_installed():
     need_orthanc()
 
 
-def run_cli(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="ghanet")
-    sub = parser.add_subparsers(dest="command", required=True)
-    _cli_predict.add_parser(sub)
-    args = parser.parse_args(["predict", *argv])
-    return args.func(args)
+run_cli = run_predict_cli
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,6 @@ JSON report; the server stopped: one line, no traceback, no output files."""
 
 from __future__ import annotations
 
-import argparse
 import io
 import json
 
@@ -12,8 +11,7 @@ import numpy as np
 import pytest
 
 from _orthanc import Orthanc, dicomize, need_orthanc, stow_files
-from _plugin_helpers import FAST_ENCODER, make_bundle, need
-from napari_ghanet.cli import predict as _cli_predict
+from _plugin_helpers import FAST_ENCODER, make_bundle, need, run_predict_cli
 from napari_ghanet.inference.dicom_export import grid_image
 from napari_ghanet.io.dicomweb import DicomWebClient, parse_url, value
 from napari_ghanet.io.slide import cmu_slide_path, open_slide
@@ -24,12 +22,7 @@ def _orthanc_installed():
     need_orthanc()
 
 
-def run_cli(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="ghanet")
-    sub = parser.add_subparsers(dest="command", required=True)
-    _cli_predict.add_parser(sub)
-    args = parser.parse_args(["predict", *argv])
-    return args.func(args)
+run_cli = run_predict_cli
 
 
 @pytest.fixture(scope="module")

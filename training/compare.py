@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 from napari_ghanet.training import metrics as M
 
+from napari_ghanet.errors import ArgumentError
 from napari_ghanet.models.baselines import ghanet_overrides, model_inputs, topk_model_name
 
 __all__ = ["expand_models", "comparison_rows", "write_comparison", "bootstrap_c_difference",
@@ -60,7 +61,7 @@ def expand_models(models: list[str], topk_ratios: list[float] | None = None) -> 
     for r in topk_ratios or []:
         name = topk_model_name(r)
         if ghanet_overrides(name) is None:
-            raise ValueError(f"--topk-ratio {r} must lie in (0, 1]")
+            raise ArgumentError(f"--topk-ratio {r} must lie in (0, 1]")
         if name not in names:
             names.append(name)
     return names

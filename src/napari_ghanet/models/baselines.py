@@ -26,6 +26,7 @@ from dataclasses import asdict, dataclass, fields
 import torch
 from torch import Tensor, nn
 
+from napari_ghanet.errors import ArgumentError, FeaturesError
 from napari_ghanet.models.ghanet import (
     BatchOutput,
     GatedAttention,
@@ -98,19 +99,19 @@ def known_model(name: str) -> bool:
 
 def _masked(x: Tensor | None, mask: Tensor | None) -> Tensor:
     if x is None:
-        raise ValueError("expected a batch of bags of shape (B, N, D), got None")
+        raise ArgumentError("expected a batch of bags of shape (B, N, D), got None")
     return valid_mask(x, mask)
 
 
 def _omics(omics, dim: int) -> Tensor:
     if omics is None:
-        raise ValueError("this model needs the genomic vector: pass omics (B, G)")
+        raise ArgumentError("this model needs the genomic vector: pass omics (B, G)")
     if isinstance(omics, list | tuple):
         omics = torch.cat(list(omics), dim=-1)
     if omics.dim() == 1:
         omics = omics[None]
     if omics.shape[-1] != dim:
-        raise ValueError(f"genomic vector has {omics.shape[-1]} features, the model expects {dim}")
+        raise ArgumentError(f"genomic vector has {omics.shape[-1]} features, the model expects {dim}")
     return omics
 
 
@@ -144,7 +145,7 @@ class _ABMILEncoder(nn.Module):
 
     def forward(self, x: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
         if x.shape[-1] != self.input_dim:
-            raise ValueError(
+            raise FeaturesError(
                 f"patch features have dimension {x.shape[-1]} but the model expects "
                 f"{self.input_dim}: the features were made with another encoder"
             )
@@ -177,7 +178,7 @@ class ABMIL(_Described, SurvivalHeadMixin, nn.Module):
 
     def forward_bag(self, x: Tensor):
         if x.dim() != 2 or x.shape[0] == 0:
-            raise ValueError(f"expected one non-empty bag of shape (N, D), got {tuple(x.shape)}")
+            raise ArgumentError(f"expected one non-empty bag of shape (N, D), got {tuple(x.shape)}")
         return self.forward(x[None]).bag(0)
 
 
@@ -213,7 +214,7 @@ class SNN(_Described, SurvivalHeadMixin, nn.Module):
         self.config = config or SNNConfig(**overrides)
         c = self.config
         if c.depth < 1:
-            raise ValueError(f"SNN depth must be >= 1, got {c.depth}")
+            raise ArgumentError(f"SNN depth must be >= 1, got {c.depth}")
         self.body = _snn_blocks(c.omic_dim, c.hidden, c.depth, c.dropout)
         self.classifier = nn.Linear(c.hidden, c.n_bins)
 
@@ -266,7 +267,7 @@ _BASELINES = {"abmil": (ABMIL, ABMILConfig), "snn": (SNN, SNNConfig), "abmil_snn
 
 def build_model(name: str, **config) -> nn.Module:
     """A fresh model by name (see :data:`MODEL_NAMES`, and ``ghanet@R``) from its config
-    fields. Unknown names or fields raise ValueError naming them."""
+    fields. Unknown names or fields raise ArgumentError naming them."""
     overrides = ghanet_overrides(name)
     if overrides is not None:
         return GHANet(GHANetConfig.from_dict({**config, **overrides}))
@@ -275,15 +276,15 @@ def build_model(name: str, **config) -> nn.Module:
         known = {f.name for f in fields(cfg_cls)}
         unknown = sorted(set(config) - known)
         if unknown:
-            raise ValueError(f"unknown {name} config field(s) {unknown}; known: {sorted(known)}")
+            raise ArgumentError(f"unknown {name} config field(s) {unknown}; known: {sorted(known)}")
         return OFFICIAL_MODELS[name][0](cfg_cls(**config))
     if name not in _BASELINES:
-        raise ValueError(f"unknown model {name!r}; choose one of {list(MODEL_NAMES)}")
+        raise ArgumentError(f"unknown model {name!r}; choose one of {list(MODEL_NAMES)}")
     cls, cfg_cls = _BASELINES[name]
     known = {f.name for f in fields(cfg_cls)}
     unknown = sorted(set(config) - known)
     if unknown:
-        raise ValueError(f"unknown {name} config field(s) {unknown}; known: {sorted(known)}")
+        raise ArgumentError(f"unknown {name} config field(s) {unknown}; known: {sorted(known)}")
     return cls(cfg_cls(**config))
 
 
@@ -296,6 +297,6 @@ def model_inputs(model_or_name) -> tuple[str, ...]:
         if model_or_name in OFFICIAL_NAMES:
             return OFFICIAL_MODELS[model_or_name][0].inputs
         if model_or_name not in _BASELINES:
-            raise ValueError(f"unknown model {model_or_name!r}; choose one of {list(MODEL_NAMES)}")
+            raise ArgumentError(f"unknown model {model_or_name!r}; choose one of {list(MODEL_NAMES)}")
         return _BASELINES[model_or_name][0].inputs
     return tuple(getattr(model_or_name, "inputs", ("wsi",)))

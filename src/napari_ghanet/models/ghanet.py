@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from napari_ghanet.errors import CheckpointError
+from napari_ghanet.errors import ArgumentError, CheckpointError, FeaturesError
 
 __all__ = [
     "GHANetConfig",
@@ -81,19 +81,19 @@ class GHANetConfig:
     def __post_init__(self) -> None:
         self.omic_sizes = tuple(int(s) for s in self.omic_sizes)
         if len(self.omic_sizes) != self.num_tokens:
-            raise ValueError(
+            raise ArgumentError(
                 f"omic_sizes has {len(self.omic_sizes)} entries but num_tokens is "
                 f"{self.num_tokens}: give one reconstruction size per token"
             )
         if any(s < 1 for s in self.omic_sizes):
-            raise ValueError(f"every omic size must be >= 1, got {self.omic_sizes}")
+            raise ArgumentError(f"every omic size must be >= 1, got {self.omic_sizes}")
         if self.heads * self.dim_head != self.width:
-            raise ValueError(
+            raise ArgumentError(
                 f"heads x dim_head ({self.heads} x {self.dim_head}) must equal width "
                 f"({self.width})"
             )
         if not 0.0 < self.ratio <= 1.0:
-            raise ValueError(f"ratio must be in (0, 1], got {self.ratio}")
+            raise ArgumentError(f"ratio must be in (0, 1], got {self.ratio}")
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -105,7 +105,7 @@ class GHANetConfig:
         known = {f.name for f in fields(cls)}
         unknown = set(d) - known
         if unknown:
-            raise ValueError(f"unknown GHANetConfig fields: {sorted(unknown)}")
+            raise ArgumentError(f"unknown GHANetConfig fields: {sorted(unknown)}")
         return cls(**d)
 
 
@@ -192,19 +192,19 @@ class SurvivalHeadMixin:
 def valid_mask(x: Tensor, mask: Tensor | None) -> Tensor:
     """Check bags x (B, N, D) and return their bool mask (B, N) (all True when None)."""
     if x.dim() != 3:
-        raise ValueError(f"expected a batch of bags of shape (B, N, D), got {tuple(x.shape)}")
+        raise ArgumentError(f"expected a batch of bags of shape (B, N, D), got {tuple(x.shape)}")
     b, n, _ = x.shape
     if n == 0:
-        raise ValueError("empty bag: a slide needs at least one patch to be scored")
+        raise ArgumentError("empty bag: a slide needs at least one patch to be scored")
     if mask is None:
         return torch.ones(b, n, dtype=torch.bool, device=x.device)
     if mask.shape != (b, n):
-        raise ValueError(f"mask shape {tuple(mask.shape)} does not match bags {(b, n)}")
+        raise ArgumentError(f"mask shape {tuple(mask.shape)} does not match bags {(b, n)}")
     mask = mask.to(device=x.device, dtype=torch.bool)
     empty = ~mask.any(dim=1)
     if bool(empty.any()):
         idx = torch.nonzero(empty).flatten().tolist()
-        raise ValueError(f"empty bag(s) at batch index {idx}: every bag needs a patch")
+        raise ArgumentError(f"empty bag(s) at batch index {idx}: every bag needs a patch")
     return mask
 
 
@@ -425,7 +425,7 @@ class GHANet(SurvivalHeadMixin, nn.Module):
         """
         cfg = self.config
         if x.shape[-1] != cfg.input_dim:
-            raise ValueError(
+            raise FeaturesError(
                 f"patch features have dimension {x.shape[-1]} but the model expects "
                 f"{cfg.input_dim}: the features were made with another encoder"
             )
@@ -467,9 +467,9 @@ class GHANet(SurvivalHeadMixin, nn.Module):
     def forward_bag(self, x: Tensor) -> BagOutput:
         """One bag x (N, D) -> BagOutput with hazards (K,), attentions (N,) and (T, N)."""
         if x.dim() != 2:
-            raise ValueError(f"expected one bag of shape (N, D), got {tuple(x.shape)}")
+            raise ArgumentError(f"expected one bag of shape (N, D), got {tuple(x.shape)}")
         if x.shape[0] == 0:
-            raise ValueError("empty bag: a slide needs at least one patch to be scored")
+            raise ArgumentError("empty bag: a slide needs at least one patch to be scored")
         return self.forward_batch(x[None]).bag(0)
 
     def score_patches(
@@ -522,12 +522,12 @@ class GHANet(SurvivalHeadMixin, nn.Module):
         cfg = self.config
         for name, t in (("bag", bag), ("extra", extra)):
             if t.dim() != 2 or t.shape[-1] != cfg.input_dim:
-                raise ValueError(
+                raise ArgumentError(
                     f"{name} must be patch features of shape (n, {cfg.input_dim}), "
                     f"got {tuple(t.shape)}"
                 )
         if bag.shape[0] == 0:
-            raise ValueError("empty bag: a slide needs at least one patch to be scored")
+            raise ArgumentError("empty bag: a slide needs at least one patch to be scored")
         x = bag[None]
         mask = valid_mask(x, None)
         query = self.cab.second_query(self.cab.context(x), mask)  # (1, T, W)

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from napari_ghanet.errors import CheckpointError
+from napari_ghanet.errors import ArgumentError, CheckpointError
 from napari_ghanet.models.clusters import phenotype_clusters
 from napari_ghanet.models.official_mil import (
     AMIL,
@@ -89,7 +89,7 @@ def _config_from_official(name: str, kwargs: dict) -> dict:
 def build_official(name: str, **config) -> nn.Module:
     """A fresh comparison model by name from this package's config fields."""
     if name not in OFFICIAL_MODELS:
-        raise ValueError(f"unknown comparison model {name!r}; choose one of {sorted(OFFICIAL_MODELS)}")
+        raise ArgumentError(f"unknown comparison model {name!r}; choose one of {sorted(OFFICIAL_MODELS)}")
     cls, cfg_cls = OFFICIAL_MODELS[name]
     return cls(cfg_cls(**config))
 

@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from napari_ghanet.errors import ArgumentError, FeaturesError
 from napari_ghanet.models.ghanet import BagOutput, BatchOutput, SurvivalHeadMixin, valid_mask
 
 __all__ = [
@@ -84,7 +85,7 @@ class OfficialModelMixin(SurvivalHeadMixin):
         if x_path.dim() == 3 and x_path.shape[0] == 1:
             x_path = x_path[0]
         if x_path.dim() != 2 or x_path.shape[0] == 0:
-            raise ValueError(f"expected one non-empty bag of shape (N, D), got {tuple(x_path.shape)}")
+            raise ArgumentError(f"expected one non-empty bag of shape (N, D), got {tuple(x_path.shape)}")
         if omics is not None:
             omics = [o.reshape(1, -1) for o in omics] if isinstance(omics, list | tuple) else omics.reshape(1, -1)
         cid = None if cluster_id is None else cluster_id.reshape(1, -1)
@@ -93,7 +94,7 @@ class OfficialModelMixin(SurvivalHeadMixin):
 
 def _check_dim(x: Tensor, dim: int) -> None:
     if x.shape[-1] != dim:
-        raise ValueError(
+        raise FeaturesError(
             f"patch features have dimension {x.shape[-1]} but the model expects {dim}: "
             "the features were made with another encoder"
         )
@@ -219,13 +220,13 @@ class DeepAttnMISL(OfficialModelMixin, nn.Module):
         _check_dim(x, c.input_dim)
         mask = valid_mask(x, mask)
         if cluster_id is None:
-            raise ValueError("DeepAttnMISL needs the patches' phenotype cluster ids (cluster_id)")
+            raise ArgumentError("DeepAttnMISL needs the patches' phenotype cluster ids (cluster_id)")
         cluster_id = cluster_id.to(x.device).long()
         if cluster_id.shape != mask.shape:
-            raise ValueError(f"cluster_id shape {tuple(cluster_id.shape)} does not match the bags {tuple(mask.shape)}")
+            raise ArgumentError(f"cluster_id shape {tuple(cluster_id.shape)} does not match the bags {tuple(mask.shape)}")
         bad = mask & ((cluster_id < 0) | (cluster_id >= c.num_clusters))
         if bool(bad.any()):
-            raise ValueError(f"cluster ids must lie in 0..{c.num_clusters - 1}")
+            raise ArgumentError(f"cluster ids must lie in 0..{c.num_clusters - 1}")
         emb, counts = self.cluster_embeddings(x, mask, cluster_id)
         h = self.attention_net[:3](emb)  # (B, C, hidden)
         raw = self.attention_net[3](h)[..., 0]  # (B, C)

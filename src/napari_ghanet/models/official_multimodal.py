@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
+from napari_ghanet.errors import ArgumentError
 from napari_ghanet.models.ghanet import BatchOutput, valid_mask
 from napari_ghanet.models.official_mil import GatedScore, OfficialModelMixin, _check_dim
 
@@ -27,20 +28,20 @@ __all__ = ["MCAT", "MCATConfig", "SurvPath", "SurvPathConfig", "split_omics"]
 def split_omics(omics, sizes: tuple[int, ...], device=None, dtype=None) -> list[Tensor]:
     """Per-group genomic tensors (B, size_i) from a list or one concatenated (B, G) tensor."""
     if omics is None:
-        raise ValueError("this multimodal model needs genomics at inference: pass omics")
+        raise ArgumentError("this multimodal model needs genomics at inference: pass omics")
     if isinstance(omics, list | tuple):
         parts = [o if o.dim() == 2 else o.reshape(1, -1) for o in omics]
     else:
         if omics.dim() == 1:
             omics = omics[None]
         if omics.shape[-1] != sum(sizes):
-            raise ValueError(
+            raise ArgumentError(
                 f"genomic vector has {omics.shape[-1]} features, the model expects "
                 f"{sum(sizes)} ({len(sizes)} groups)"
             )
         parts = list(torch.split(omics, list(sizes), dim=-1))
     if [p.shape[-1] for p in parts] != list(sizes):
-        raise ValueError(
+        raise ArgumentError(
             f"genomic group sizes {[p.shape[-1] for p in parts]} do not match the model's {list(sizes)}"
         )
     return [p.to(device=device, dtype=dtype) for p in parts]

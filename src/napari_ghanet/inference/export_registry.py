@@ -49,7 +49,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from napari_ghanet.errors import GHANetError
+from napari_ghanet.errors import ArgumentError, GHANetError
 from napari_ghanet.inference.checks import check_prediction_finite
 from napari_ghanet.inference.dicom_export import write_dicom_folder
 from napari_ghanet.inference.exports import write_geojson, write_patch_csv, write_report_json
@@ -130,11 +130,11 @@ class ExportFormat:
 
     def __post_init__(self) -> None:
         if not self.key or self.key != self.key.lower() or not self.key.isidentifier():
-            raise ValueError(f"export key must be a lower-case identifier, got {self.key!r}")
+            raise ArgumentError(f"export key must be a lower-case identifier, got {self.key!r}")
         if self.source not in SOURCES:
-            raise ValueError(f"export source must be one of {SOURCES}, got {self.source!r}")
+            raise ArgumentError(f"export source must be one of {SOURCES}, got {self.source!r}")
         if not self.suffix.startswith(".") or "/" in self.suffix or "\\" in self.suffix:
-            raise ValueError(f"export suffix must start with '.', got {self.suffix!r}")
+            raise ArgumentError(f"export suffix must start with '.', got {self.suffix!r}")
 
     @property
     def available(self) -> bool:
@@ -171,7 +171,8 @@ def register_export(fmt: ExportFormat, *, replace: bool = False) -> ExportFormat
     if not replace:
         taken = [n for n in names if _find(n) is not None]
         if taken:
-            raise ValueError(f"export kind {taken[0]!r} is already registered")
+            raise ArgumentError(f"export kind {taken[0]!r} is already registered; "
+                                "pass replace=True to replace it")
     _REGISTRY.pop(fmt.key, None)
     _REGISTRY[fmt.key] = fmt
     return fmt

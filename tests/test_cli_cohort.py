@@ -14,7 +14,9 @@ import pytest
 from _plugin_helpers import FAST_ENCODER, make_bundle
 from conftest import he_image, write_pyramid
 from napari_ghanet.cli import main
+from napari_ghanet.cohort import predict_cohort
 from napari_ghanet.cohort.summary import read_summary
+from napari_ghanet.inference.export_registry import UnknownExport
 from napari_ghanet.io.features import load_features
 
 FAST = ["--encoder", "morphometric", "--patch-px", "64", "--target-mpp", "2.0",
@@ -146,3 +148,33 @@ def test_encoders_json(capsys):
     by_name = {r["name"]: r for r in rows}
     assert by_name["resnet50_trunc"]["dim"] == 1024 and by_name["uni"]["dim"] == 1024
     assert by_name["virchow2"]["dim"] == 2560 and by_name["morphometric"]["dim"] == 64
+
+
+def test_predict_cohort_writes_only_the_export_kinds_asked_for(cohort, tmp_path, capsys):
+    bundle = make_bundle(tmp_path / "m.safetensors", encoder=FAST_ENCODER)
+    out = tmp_path / "kinds"
+    common = ["--model", str(bundle), "--device", "cpu", "--no-cache", "--out", str(out)]
+    slides = [str(cohort / "slides" / "a" / "s0.tif"), str(cohort / "slides" / "b" / "s2.tif")]
+    # a bad kind is refused before any work, as for one slide
+    with pytest.raises(SystemExit) as e:
+        main(["predict", *slides, *common, "--export", "nonsense"])
+    assert e.value.code == 2 and not out.exists()
+    with pytest.raises(UnknownExport, match="canvas"):  # the API checks them too
+        predict_cohort(slides, out, bundle, exports=["png"], device="cpu", progress=False)
+    assert not out.exists()
+    capsys.readouterr()
+    assert main(["predict", *slides, *common, "--export", "report", "--export", "csv"]) == 0
+    assert _last_line(capsys.readouterr().err) == "2 done, 0 skipped, 0 failed"
+    for unit in ("s0", "s2"):
+        assert sorted(p.name for p in (out / unit).iterdir()) == [
+            f"{unit}.cohort.json", f"{unit}.ghanet.json", f"{unit}.patches.csv"]
+        marker = json.loads((out / unit / f"{unit}.cohort.json").read_text())
+        assert marker["exports"] == {"report": f"{unit}.ghanet.json",
+                                     "csv": f"{unit}.patches.csv"}
+    # the same kinds again: skipped; a kind the first run did not write: predicted again
+    assert main(["predict", *slides, *common, "--export", "csv"]) == 0
+    assert _last_line(capsys.readouterr().err) == "0 done, 2 skipped, 0 failed"
+    assert main(["predict", *slides, *common, "--export", "geojson"]) == 0
+    assert _last_line(capsys.readouterr().err) == "2 done, 0 skipped, 0 failed"
+    gj = json.loads((out / "s2" / "s2.patches.geojson").read_text())
+    assert gj["type"] == "FeatureCollection" and gj["features"]

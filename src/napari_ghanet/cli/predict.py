@@ -172,6 +172,7 @@ def run_cohort(args: argparse.Namespace, options: PredictOptions) -> int:
     """The cohort path of ``ghanet predict`` (see the module docstring)."""
     from napari_ghanet.cohort import predict_cohort
 
+    kinds = checked_kinds(args)  # an unknown kind or a missing package: before any work
     items = resolve_slides(args)
     execution = group_from_args(ExecutionOptions, args)
     # predict_cohort checks the device and the bundle's header once, before any task;
@@ -180,7 +181,7 @@ def run_cohort(args: argparse.Namespace, options: PredictOptions) -> int:
         try:
             summary = predict_cohort(
                 items, args.out, args.model, options, execution=execution,
-                survival=args.survival, progress=progress, say=progress.say,
+                survival=args.survival, exports=kinds, progress=progress, say=progress.say,
             )
         except BundleError as e:
             hint = "" if args.model is not None else " (the bundled demo model is missing)"
@@ -340,15 +341,23 @@ def write_spatialdata_store(prediction, args: argparse.Namespace) -> Path:
         raise GHANetError(f"--spatialdata: {e}") from e
 
 
-def _predict(args: argparse.Namespace, options: PredictOptions, regions: RegionOptions) -> int:
+def checked_kinds(args: argparse.Namespace) -> list[str] | None:
+    """The ``--export`` kinds (None: the default kinds), checked before any work: an
+    unknown kind or a missing optional package is a usage error (exit 2)."""
     from napari_ghanet.inference.export_registry import check_kinds
-    from napari_ghanet.inference.session import PredictionSession, SlideInput
 
     kinds = getattr(args, "export", None)
     try:
-        check_kinds(kinds)  # an unknown kind or a missing package: before any work
+        check_kinds(kinds)
     except GHANetError as e:
         raise UsageError(f"--export: {e}") from None
+    return kinds
+
+
+def _predict(args: argparse.Namespace, options: PredictOptions, regions: RegionOptions) -> int:
+    from napari_ghanet.inference.session import PredictionSession, SlideInput
+
+    kinds = checked_kinds(args)
     session = PredictionSession(load_model(args.model), options)
     if args.patient:
         session.choose_slides(args.slides, patient=args.patient)

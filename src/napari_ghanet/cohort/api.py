@@ -29,6 +29,7 @@ from napari_ghanet.cohort.report import (
 from napari_ghanet.cohort.summary import CohortSummary, write_summary
 from napari_ghanet.cohort.tasks import (
     check_bundle_file,
+    cohort_kinds,
     embed_task,
     encoder_recipe,
     predict_task,
@@ -197,6 +198,7 @@ def predict_cohort(
     execution: ExecutionOptions | None = None,
     survival: str | os.PathLike | None = None,
     manifest: str | os.PathLike | None = None,
+    exports: Iterable[str] | None = None,
     progress: bool | Callable | None = True,
     cancel: threading.Event | None = None,
     notify: Callable[[str], None] | None = None,
@@ -225,6 +227,11 @@ def predict_cohort(
         (:meth:`~napari_ghanet.options.PredictOptions.outcome_settings`).
     survival : path, optional
         Observed survival table for the external-validation report.
+    exports : iterable of str, optional
+        Export kinds written per unit (keys of
+        :mod:`napari_ghanet.inference.export_registry`, as ``ghanet predict --export``;
+        default: the default kinds). The JSON report is always written (``cohort.csv``
+        is read from it). Checked before any work; recorded in each unit's resume marker.
     **shortcuts
         Option fields by name (``device="cpu"``, ``batch_size=16``, ``cluster=...``,
         ``overwrite=True``, ``qc=None``...).
@@ -245,6 +252,7 @@ def predict_cohort(
     # every input checked before any work: the survival table is read now, not after the
     # last slide was predicted
     table = read_survival(survival) if survival is not None else None
+    kinds = cohort_kinds(None if exports is None else list(exports))
     out = check_writable_dir(out_dir)
     bundle_path = Path(bundle_path) if bundle_path is not None else demo_bundle_path()
     digest = check_bundle_file(bundle_path)  # a bad model is a usage error, not N failed slides
@@ -253,7 +261,8 @@ def predict_cohort(
     groups = patient_groups(items)
     _check_unit_names(out, groups)
     results = run_tasks(predict_task, groups,
-                        args=(str(out), str(bundle_path), digest, options, execution.overwrite),
+                        args=(str(out), str(bundle_path), digest, options, execution.overwrite,
+                              kinds),
                         execution=execution,
                         gpu=None if device != "cpu" else False, progress=progress,
                         cancel=cancel, say=say,

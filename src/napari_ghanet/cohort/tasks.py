@@ -9,7 +9,8 @@ never raise for a bad slide: the failure becomes the row's ``error``.
 * :func:`predict_task` writes the prediction exports of one slide into
   ``OUT/<slide stem>/`` (several slides sharing a ``case_id``: ``OUT/<case_id>/``) and a
   marker ``<name>.cohort.json`` recording the model bundle's SHA-256 and the slides'
-  fingerprints; a re-run with the same model and slides skips it.
+  fingerprints and the export kinds written; a re-run with the same model, slides and
+  kinds skips it.
 
 Each worker process keeps the encoders and model bundles it built, so a worker that
 processes many slides builds them once.
@@ -29,6 +30,7 @@ from typing import Any
 from napari_ghanet.cohort.inputs import SlideItem
 from napari_ghanet.encoders import EncoderSpec, create_encoder, encoder_mismatch, from_spec
 from napari_ghanet.errors import EncoderError, GHANetError
+from napari_ghanet.inference.export_registry import check_kinds, export_formats
 from napari_ghanet.inference.predict import export_all, predict_patient, predict_slide
 from napari_ghanet.inference.stages import embed_to_file
 from napari_ghanet.io.atomic import atomic_write
@@ -37,8 +39,8 @@ from napari_ghanet.io.slide import open_slide
 from napari_ghanet.models.bundle import load_bundle, read_bundle_metadata
 from napari_ghanet.options import EmbedOptions, GridOptions, PredictOptions
 
-__all__ = ["build_encoder", "bundle_digest", "check_bundle_file", "embed_task", "encoder_recipe",
-           "predict_task", "unit_name"]
+__all__ = ["build_encoder", "bundle_digest", "check_bundle_file", "cohort_kinds", "embed_task",
+           "encoder_recipe", "predict_task", "unit_name"]
 
 MARKER_SUFFIX = ".cohort.json"
 MARKER_FORMAT = "napari-ghanet-cohort-task"
@@ -202,9 +204,29 @@ def unit_name(items: list[SlideItem]) -> str:
     return safe_name(str(items[0].case_id), "case_id")
 
 
+def cohort_kinds(kinds: list[str] | None) -> list[str]:
+    """The export keys a cohort unit writes: ``kinds`` (default: the default kinds) as
+    registry keys (aliases resolved, repeats dropped), the JSON report first when not
+    asked for (``cohort.csv`` and the validation report are read from it)."""
+    keys = [f.key for f in check_kinds(kinds)]
+    return list(dict.fromkeys(["report", *keys]))
+
+
+def _exports_present(folder: Path, rec: dict, wanted: list[str]) -> bool:
+    """Whether the marker ``rec`` records every kind of ``wanted`` and its file (or
+    folder) is still in ``folder``. A marker without ``exports`` (written before the
+    kinds were recorded) stands for the default kinds."""
+    recorded = rec.get("exports")
+    if not isinstance(recorded, dict):
+        defaults = [f.key for f in export_formats(source="prediction", default=True)]
+        return set(wanted) <= set(defaults)
+    return all(isinstance(recorded.get(k), str) and (folder / recorded[k]).exists()
+               for k in wanted)
+
+
 def predict_task(
     items: list[SlideItem], out_dir: str, bundle_path: str, digest: str,
-    options: PredictOptions, overwrite: bool = False,
+    options: PredictOptions, overwrite: bool = False, kinds: list[str] | None = None,
 ) -> dict[str, Any]:
     """Predict one slide, or one patient from the union of its slides' patches, and write
     the exports into ``out_dir/<name>/`` (see :func:`unit_name`); returns its summary row.
@@ -216,6 +238,13 @@ def predict_task(
     is loaded once per process. A marker records the bundle's digest, the fingerprints
     and :meth:`~napari_ghanet.options.PredictOptions.outcome_settings`; a re-run with
     the same ones skips the unit unless ``overwrite``.
+
+    ``kinds``: the export kinds written (keys of
+    :mod:`napari_ghanet.inference.export_registry`; default: the default kinds). The
+    JSON report is always among them (``cohort.csv`` is read from it). The marker records
+    each kind's file name, and a unit is skipped only when every kind asked for is
+    recorded there and its file (or folder) still exists: asking for a kind the earlier
+    run did not write predicts the unit again.
     """
     t0 = time.perf_counter()
     items = list(items)
@@ -225,6 +254,7 @@ def predict_task(
     row: dict[str, Any] = {"slide": ";".join(it.path for it in items),
                            "case_id": items[0].case_id, "unit": name}
     settings = options.outcome_settings()
+    wanted = cohort_kinds(kinds)
     try:
         with contextlib.ExitStack() as stack:
             slides = []
@@ -240,7 +270,8 @@ def predict_task(
                     rec = {}
                 report = folder / str(rec.get("report", ""))
                 if (rec.get("bundle_sha256") == digest and rec.get("slide_fingerprints") == prints
-                        and rec.get("settings") == settings and report.is_file()):
+                        and rec.get("settings") == settings and report.is_file()
+                        and _exports_present(folder, rec, wanted)):
                     return {**row, "status": "skipped", "error": "", "output": str(report),
                             "n_patches": rec.get("n_patches"),
                             "seconds": round(time.perf_counter() - t0, 3)}
@@ -249,12 +280,13 @@ def predict_task(
                 pred = predict_slide(slides[0], bundle, options)
             else:
                 pred = predict_patient(slides, bundle, options, patient=name)
-        written = export_all(pred, folder)
+        written = export_all(pred, folder, wanted)
         report = Path(written["report"])
         atomic_write(marker, json.dumps({
             "format": MARKER_FORMAT, "bundle_sha256": digest, "slide_fingerprints": prints,
             "slides": [it.path for it in items], "case_id": items[0].case_id,
             "settings": settings, "report": report.name, "n_patches": pred.n_patches,
+            "exports": {k: Path(v).name for k, v in written.items()},
         }, indent=1) + "\n")
     except Exception as exc:  # noqa: BLE001 - one bad slide never stops the cohort
         return _failed(row, _why(exc), t0)

@@ -158,3 +158,21 @@ def test_embed_help_says_which_encoders_need_weights_and_the_default(capsys):
     # without --encoder: the encoder the documentation names as the default
     assert build_parser().parse_args(["embed", "--out", "x"]).encoder == DEFAULT_ENCODER
     assert DEFAULT_ENCODER == "resnet50_trunc" and DEFAULT_ENCODER in list_encoders()
+
+
+def test_embed_dicomweb_flags_are_checked_before_any_work(tmp_path, tiled_tiff, monkeypatch,
+                                                          capsys):
+    for name in ("GHANET_DICOMWEB_TOKEN", "GHANET_DICOMWEB_TOKEN_FILE"):
+        monkeypatch.setenv(name, "")  # restored (absent) after the test: the flag sets it
+        monkeypatch.delenv(name)
+    out = tmp_path / "never"
+    missing = tmp_path / "no-token"
+    rc = main(["embed", str(tiled_tiff), "--out", str(out), *FAST,
+               "--dicomweb-token-file", str(missing)])
+    err = capsys.readouterr().err
+    assert rc == 2 and "no-token" in err and not out.exists()
+    monkeypatch.delenv("GHANET_DICOMWEB_TOKEN_FILE")  # handed on to the workers
+    rc = main(["embed", str(tiled_tiff), "--out", str(out), *FAST,
+               "--dicomweb-query", "PatientID=X"])
+    assert rc == 2 and "--dicomweb-query needs" in capsys.readouterr().err
+    assert not out.exists()

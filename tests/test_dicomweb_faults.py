@@ -251,3 +251,33 @@ def test_a_failed_store_is_deleted_where_the_server_allows_it(server, tmp_path):
             for r in DicomWebClient(srv.dicomweb).search_series(study)}
     assert parse_url(url).series in left  # the slide is untouched
     assert not left & {str(ds.SeriesInstanceUID) for _, ds, _ in results}
+
+
+def test_embed_reads_a_locked_server_with_a_token_file_and_never_prints_it(
+        locked, tmp_path, caplog):
+    from napari_ghanet.cli import embed as _cli_embed
+    from napari_ghanet.io.features import load_features
+
+    srv, url = locked
+    secret_file = tmp_path / "token"
+    secret_file.write_text(f"basic {USER}:{SECRET}\n")
+    parser = argparse.ArgumentParser(prog="ghanet")
+    _cli_embed.add_parser(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args([
+        "embed", url, "--out", str(tmp_path / "out"), "--encoder", "morphometric",
+        "--patch-px", "64", "--target-mpp", "2.0", "--workers", "0",
+        "--dicomweb-token-file", str(secret_file)])
+    assert args.dicomweb_token_file == secret_file
+    caplog.set_level(logging.DEBUG)
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = args.func(args)
+    assert code == 0, err.getvalue()
+    h5 = list((tmp_path / "out").glob("*.h5"))
+    assert len(h5) == 1 and load_features(h5[0]).features.shape[0] > 0
+    encoded = base64.b64encode(f"{USER}:{SECRET}".encode()).decode()
+    texts = [out.getvalue(), err.getvalue(), caplog.text, srv.log_tail(10**7)]
+    texts += [p.read_bytes().decode("latin-1") for p in (tmp_path / "out").rglob("*")
+              if p.is_file()]
+    for text in texts:
+        assert SECRET not in text and encoded not in text

@@ -42,7 +42,8 @@ REQUIRED = {"ghanet-train cv": ["--cohort", "c", "--signatures", "s", "--splits"
 #: threads unless told otherwise")
 COMMAND_DEFAULTS = {("ghanet embed", "workers"): 4}
 #: groups a command takes only in part, as the page's table says
-PARTLY = {("ghanet-train cv", "ExecutionOptions"): ("cluster", "scheduler")}
+PARTLY = {("ghanet-train cv", "ExecutionOptions"): ("cluster", "scheduler"),
+          ("ghanet embed", "DicomWebOptions"): ("dicomweb_token_file", "dicomweb_query")}
 
 
 def _parsers() -> dict[str, argparse.ArgumentParser]:

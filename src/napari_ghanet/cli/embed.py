@@ -15,6 +15,7 @@ import sys
 from typing import Any
 
 from napari_ghanet.cli._cohort import add_cohort_options
+from napari_ghanet.cli._dicomweb import add_dicomweb_arguments, setup_dicomweb
 from napari_ghanet.cli._inputs import resolve_slides
 from napari_ghanet.cli._options import (
     UsageError,
@@ -102,6 +103,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     add_arguments(p, EmbedOptions, aliases={"weights": ("--weights",)},
                   defaults={"workers": CPU_READERS})
     add_cohort_options(p)
+    add_dicomweb_arguments(p, predict=False)  # the token file and the QIDO-RS query
     p.set_defaults(func=run)
     return p
 
@@ -158,6 +160,7 @@ def run(args: argparse.Namespace) -> int:
     any failed, 2 on a usage error, 130 when interrupted."""
     from napari_ghanet.cohort import embed_cohort
 
+    setup_dicomweb(args)  # credentials checked, study URLs / server queries -> series URLs
     items = resolve_slides(args)
     grid = group_from_args(GridOptions, args)
     embed = group_from_args(EmbedOptions, args, weights=None)  # the encoder's own argument

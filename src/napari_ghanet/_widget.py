@@ -28,16 +28,15 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from qtpy.QtCore import Qt, QTimer, Signal
-from qtpy.QtWidgets import QFileDialog, QFrame, QScrollArea, QVBoxLayout, QWidget
+from qtpy.QtCore import QTimer, Signal
+from qtpy.QtWidgets import QVBoxLayout, QWidget
 
 from napari_ghanet._qt import plugin_settings
-from napari_ghanet._qt import regions as qt_regions
 from napari_ghanet._qt.dock_run import DockRun
+from napari_ghanet._qt.dock_scroll import DockScroll
 from napari_ghanet._qt.exports import ExportPanel
 from napari_ghanet._qt.inputs import InputsPanel
 from napari_ghanet._qt.model_control import ModelControl, intended_use_label
-from napari_ghanet._qt.notify import notify
 from napari_ghanet._qt.result_layers import ResultLayers
 from napari_ghanet._qt.results import ResultsPanel
 from napari_ghanet._qt.settings import AdvancedSettings
@@ -134,24 +133,16 @@ class PrognosisWidget(QWidget):
         self.inputs.predict_requested.connect(self.predict)
         self.inputs.cancel_requested.connect(self.cancel)
         self.inputs.model_requested.connect(lambda: self.models.choose(self))
-        self.inputs.geojson_requested.connect(self._choose_geojson)
+        self.inputs.geojson_requested.connect(
+            lambda: self.inputs.roi.choose_geojson(self.selected_layer()))
         # intended use: always visible with the model and its result
         self.intended_use_label = intended_use_label()
 
         # Everything scrolls vertically; nothing is wider than the dock (360 px fits).
         outer = QVBoxLayout(self)
         outer.setContentsMargins(0, 0, 0, 0)
-        self.scroll = QScrollArea()
-        self.scroll.setWidgetResizable(True)
-        self.scroll.setFrameShape(QFrame.Shape.NoFrame)
-        self.scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        self.scroll = DockScroll([self.inputs, self.results, self.intended_use_label])
         outer.addWidget(self.scroll)
-        body = QWidget()
-        layout = QVBoxLayout(body)
-        for part in (self.inputs, self.results, self.intended_use_label):
-            layout.addWidget(part)
-        layout.addStretch(1)
-        self.scroll.setWidget(body)
 
     def _on_layers_changed(self, event=None) -> None:
         self.inputs.refresh_layers(event, running=self.running)
@@ -208,42 +199,18 @@ class PrognosisWidget(QWidget):
     # ------------------------------------------------------------------ regions of interest
 
     def regions(self, layer=None):
-        """The include/exclude Shapes layers chosen in the widget as a
+        """The include/exclude Shapes layers chosen as a
         :class:`~napari_ghanet.preprocessing.roi.Regions` in level-0 pixels of slide layer
-        ``layer`` (default: the selected slide), or None when none is chosen.
-
-        Raises
-        ------
-        RegionError
-            A chosen layer has no shape with an area.
-        """
-        layer = layer if layer is not None else self.selected_layer()
-        return qt_regions.shapes_regions(
-            self.inputs.include_layer(), self.inputs.exclude_layer(), layer)
-
-    def _choose_geojson(self) -> None:
-        path, _ = QFileDialog.getOpenFileName(
-            self, "Import QuPath annotations (GeoJSON)", "",
-            "GeoJSON (*.geojson *.json);;All files (*)")
-        if path:
-            self.import_geojson(path)
+        ``layer`` (default: the selected slide), or None when none is chosen; a chosen
+        layer without a shape with an area raises ``RegionError``."""
+        return self.inputs.roi.regions(layer if layer is not None else self.selected_layer())
 
     def import_geojson(self, path: str | os.PathLike, kind: str = "include"):
-        """Read QuPath GeoJSON annotations (level-0 pixels) into a Shapes layer laid over
-        the selected slide, and choose it as the ``kind`` ("include" or "exclude")
-        regions. Returns the layer (None, with a notification, on failure).
-
-        Polygons keep their outer ring (napari shapes have no holes); each part of a
-        MultiPolygon becomes one shape.
-        """
-        shapes = qt_regions.import_geojson(self.viewer, self.selected_layer(), path, kind)
-        if shapes is None:
-            return None
-        self.inputs.set_region_layer(kind, shapes)
-        self.viewer.layers.selection.active = shapes
-        notify("info", f"{len(shapes.data)} region(s) imported from {Path(path).name} as "
-                       f"{kind} regions")
-        return shapes
+        """Read QuPath GeoJSON annotations (level-0 pixels) into a Shapes layer over the
+        selected slide, chosen as the ``kind`` ("include" or "exclude") regions; each
+        polygon's outer ring (each part of a MultiPolygon) is one shape. Returns the
+        layer (None, with a notification, on failure)."""
+        return self.inputs.roi.import_geojson(self.selected_layer(), path, kind)
 
     # ------------------------------------------------------------------ results
 
@@ -275,9 +242,7 @@ class PrognosisWidget(QWidget):
         """Scroll the dock so that the results start at its top (at napari's default
         window size they lie below the inputs and settings)."""
         if self.results.isVisible():
-            self.scroll.widget().layout().activate()  # its size decides how far it scrolls
-            bar = self.scroll.verticalScrollBar()
-            bar.setValue(min(self.results.y(), bar.maximum()))
+            self.scroll.scroll_to(self.results)
 
     def _on_category_selected(self, index: int | None) -> None:
         try:

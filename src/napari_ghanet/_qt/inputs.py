@@ -11,22 +11,20 @@ from __future__ import annotations
 
 import logging
 
-from qtpy.QtCore import Qt, Signal
+from qtpy.QtCore import Signal
 from qtpy.QtWidgets import (
-    QComboBox,
     QDoubleSpinBox,
     QFormLayout,
     QGroupBox,
     QLabel,
-    QListWidget,
-    QListWidgetItem,
     QPushButton,
-    QSizePolicy,
     QVBoxLayout,
     QWidget,
 )
 
 from napari_ghanet._qt.layers import OVERLAY_KEY
+from napari_ghanet._qt.patient_list import PatientList
+from napari_ghanet._qt.roi_box import RegionsBox, narrow_combo
 from napari_ghanet._qt.run_panel import STAGE_TEXT, RunPanel
 from napari_ghanet.errors import SlideError
 from napari_ghanet.io.slide import MAX_MPP
@@ -83,15 +81,6 @@ def _wrapped(text: str = "") -> QLabel:
     return label
 
 
-def _narrow_combo() -> QComboBox:
-    """A combo box whose width does not grow with its longest entry."""
-    combo = QComboBox()
-    combo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
-    combo.setMinimumContentsLength(10)
-    combo.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Fixed)
-    return combo
-
-
 class InputsPanel(QWidget):
     """Slide layer, model and device pickers, the settings form and the run controls.
 
@@ -118,19 +107,14 @@ class InputsPanel(QWidget):
         form = QFormLayout(box)
         form.setRowWrapPolicy(QFormLayout.RowWrapPolicy.WrapLongRows)
         form.setFieldGrowthPolicy(QFormLayout.FieldGrowthPolicy.AllNonFixedFieldsGrow)
-        self.layer_combo = _narrow_combo()
+        self.layer_combo = narrow_combo()
         self.layer_combo.setToolTip("The slide image layer to predict on")
         self.layer_combo.currentIndexChanged.connect(self._on_layer_changed)
         form.addRow("Slide layer", self.layer_combo)
         self.slide_info = _wrapped()
         form.addRow(self.slide_info)
-        self.patient_label = _wrapped(
-            "Same patient (predicted as one bag with the slide above):")
-        self.patient_list = QListWidget()
-        self.patient_list.setToolTip(
-            "Tick the other slides of this patient: their patches form one bag, as in "
-            "training; attention layers appear on every slide")
-        self.patient_list.setMaximumHeight(90)
+        self.patients = PatientList()
+        self.patient_label, self.patient_list = self.patients.label, self.patients.list
         form.addRow(self.patient_label)
         form.addRow(self.patient_list)
         self.mpp_label = QLabel("Microns per pixel")
@@ -153,33 +137,19 @@ class InputsPanel(QWidget):
         self.model_detail = _wrapped()
         form.addRow(self.model_detail)
         form.addRow(self.load_model_button)
-        self.device_combo = _narrow_combo()
+        self.device_combo = narrow_combo()
         self.device_combo.addItems(["auto", "cpu", "cuda"])
         self._disable_missing_cuda()
         form.addRow("Device", self.device_combo)
         layout.addWidget(box)
 
-        roi = QGroupBox("Regions of interest")
-        roi_form = QFormLayout(roi)
-        roi_form.setRowWrapPolicy(QFormLayout.RowWrapPolicy.WrapLongRows)
-        roi_form.setFieldGrowthPolicy(QFormLayout.FieldGrowthPolicy.AllNonFixedFieldsGrow)
-        self.include_combo = _narrow_combo()
-        self.include_combo.setToolTip(
-            "A Shapes layer drawn on the slide: only patches whose centre lies inside one "
-            "of its shapes are used (none: all tissue)")
-        self.exclude_combo = _narrow_combo()
-        self.exclude_combo.setToolTip(
-            "A Shapes layer drawn on the slide: patches whose centre lies inside one of its "
-            "shapes are left out (pen marks, necrosis, folds)")
-        roi_form.addRow("Include", self.include_combo)
-        roi_form.addRow("Exclude", self.exclude_combo)
-        self.geojson_button = QPushButton("Import GeoJSON...")
-        self.geojson_button.setToolTip(
-            "QuPath annotations (File > Export objects as GeoJSON, level-0 pixels): "
-            "become a Shapes layer on the slide, used as include regions")
-        self.geojson_button.clicked.connect(self.geojson_requested)
-        roi_form.addRow(self.geojson_button)
-        layout.addWidget(roi)
+        self.roi = RegionsBox(viewer)
+        self.roi.geojson_requested.connect(self.geojson_requested)
+        layout.addWidget(self.roi)
+        # the regions' pickers under their usual names
+        self.include_combo = self.roi.include_combo
+        self.exclude_combo = self.roi.exclude_combo
+        self.geojson_button = self.roi.geojson_button
 
         if settings is not None:
             from superqt import QCollapsible
@@ -223,77 +193,32 @@ class InputsPanel(QWidget):
 
     def shapes_layers(self) -> list:
         """The viewer's Shapes layers that can be regions (not the plugin's result layers)."""
-        from napari.layers import Shapes
-
-        return [layer for layer in self.viewer.layers
-                if isinstance(layer, Shapes) and OVERLAY_KEY not in layer.metadata]
+        return self.roi.shapes_layers()
 
     def include_layer(self):
         """The Shapes layer chosen as include regions (None: all tissue)."""
-        return self.include_combo.currentData()
+        return self.roi.include_layer()
 
     def exclude_layer(self):
         """The Shapes layer chosen as exclude regions (None: none)."""
-        return self.exclude_combo.currentData()
+        return self.roi.exclude_layer()
 
     def set_region_layer(self, kind: str, layer) -> None:
         """Choose ``layer`` as the "include" or "exclude" regions (None: none)."""
-        combo = self.include_combo if kind == "include" else self.exclude_combo
-        for i in range(combo.count()):
-            if combo.itemData(i) == layer:  # == : napari may hand out proxies
-                combo.setCurrentIndex(i)
-                return
+        self.roi.set_region_layer(kind, layer)
 
     def patient_layers(self) -> list:
         """The slide layer chosen above, then the other slides ticked as the same patient."""
         first = self.selected_layer()
-        if first is None:
-            return []
-        out = [first]
-        for i in range(self.patient_list.count()):
-            item = self.patient_list.item(i)
-            layer = item.data(Qt.ItemDataRole.UserRole)
-            if item.checkState() == Qt.CheckState.Checked and layer != first:
-                out.append(layer)
-        return out
+        return [] if first is None else [first, *self.patients.ticked(first)]
 
     def set_patient_layers(self, layers) -> None:
         """Tick ``layers`` (other slide layers) as slides of the same patient."""
-        wanted = list(layers)
-        for i in range(self.patient_list.count()):
-            item = self.patient_list.item(i)
-            on = item.data(Qt.ItemDataRole.UserRole) in wanted
-            item.setCheckState(Qt.CheckState.Checked if on else Qt.CheckState.Unchecked)
+        self.patients.set_ticked(layers)
 
     def _refresh_patient_list(self, layers: list) -> None:
         ticked = self.patient_layers()[1:]
-        first = self.selected_layer()
-        self.patient_list.clear()
-        for layer in layers:
-            if layer == first:
-                continue
-            item = QListWidgetItem(layer.name)
-            item.setData(Qt.ItemDataRole.UserRole, layer)
-            item.setFlags(item.flags() | Qt.ItemFlag.ItemIsUserCheckable)
-            item.setCheckState(Qt.CheckState.Checked if layer in ticked
-                               else Qt.CheckState.Unchecked)
-            self.patient_list.addItem(item)
-        several = self.patient_list.count() > 0
-        self.patient_label.setVisible(several)
-        self.patient_list.setVisible(several)
-
-    def _refresh_shapes(self) -> None:
-        shapes = self.shapes_layers()
-        for combo in (self.include_combo, self.exclude_combo):
-            current = combo.currentData()
-            combo.blockSignals(True)
-            combo.clear()
-            combo.addItem("none", None)
-            for layer in shapes:
-                combo.addItem(layer.name, layer)
-            if current in shapes:
-                combo.setCurrentIndex(shapes.index(current) + 1)
-            combo.blockSignals(False)
+        self.patients.refresh(layers, self.selected_layer(), ticked)
 
     def selected_layer(self):
         """The slide layer chosen in the panel (None when there is none)."""
@@ -321,7 +246,7 @@ class InputsPanel(QWidget):
                 self.layer_combo.setCurrentIndex(len(layers) - 1)
             self.layer_combo.blockSignals(False)
             self._refresh_patient_list(layers)
-            self._refresh_shapes()
+            self.roi.refresh()
             if self.selected_layer() != previous or not layers:
                 self._on_layer_changed()
         except Exception as e:  # noqa: BLE001 - a Qt slot must not raise

@@ -9,7 +9,6 @@ through signals: ``category_selected`` (genome-attention category index or None)
 
 from __future__ import annotations
 
-import numpy as np
 from qtpy.QtCore import QRectF, Qt, QTimer, Signal
 from qtpy.QtGui import QColor, QFont, QPainter
 from qtpy.QtWidgets import (
@@ -29,10 +28,10 @@ from qtpy.QtWidgets import (
 __all__ = ["ResultsPanel", "ordinal"]
 
 from napari_ghanet._qt.distribution import DistributionBadge
+from napari_ghanet._qt.result_notes import ResultNotes
+from napari_ghanet._qt.survival_plot import SurvivalPlot
 from napari_ghanet.models.risk import risk_colour, risk_text
 
-#: QC reason colours (as the QC layer draws them)
-QC_COLOURS = {"pen": "#2962ff", "blur": "#ffd600", "fold": "#d500f9"}
 BAR_ROLE = Qt.ItemDataRole.UserRole + 1
 
 
@@ -41,17 +40,6 @@ def ordinal(value: float) -> str:
     n = int(round(value))
     suffix = "th" if 10 <= n % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
     return f"{n}{suffix}"
-
-
-def _mm2(value) -> str:
-    try:
-        return f"{float(value):.3g} mm\u00b2"
-    except (TypeError, ValueError):
-        return "area unknown"
-
-
-def _escape(text: str) -> str:
-    return str(text).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
 def _wrapped(text: str) -> QLabel:
@@ -207,31 +195,18 @@ class ResultsPanel(QWidget):
         self.risk_detail = _wrapped("")
         layout.addWidget(self.risk_detail)
 
-        from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
-        from matplotlib.figure import Figure
-
-        self.survival_figure = Figure(figsize=(3.6, 2.4), dpi=90, layout="constrained")
-        self.survival_canvas = FigureCanvasQTAgg(self.survival_figure)
-        # a fixed height: the panel's layout passes after a result is shown change only
-        # the heights of the views above, which would otherwise redraw the plot each time
-        self.survival_canvas.setMinimumWidth(120)
-        self.survival_canvas.setFixedHeight(200)
+        self.survival = SurvivalPlot()
+        self.survival_figure = self.survival.figure
+        self.survival_canvas = self.survival.canvas
+        self.horizon_label = self.survival.horizon_label
         layout.addWidget(_wrapped("<b>Predicted survival</b>"))
         layout.addWidget(self.survival_canvas)
-        self.horizon_label = _wrapped("")
-        self.horizon_label.setStyleSheet("QLabel { font-size: 8pt; }")
         layout.addWidget(self.horizon_label)
-        self.slides_label = _wrapped("")
-        layout.addWidget(self.slides_label)
-        self.regions_label = _wrapped("")
-        self.regions_label.setToolTip("Regions of interest used and the patches they removed")
-        layout.addWidget(self.regions_label)
-        self.qc_label = _wrapped("")
-        self.qc_label.setToolTip("Patches left out by the artifact QC, by reason (colours as "
-                                 "in the 'G-HANet · QC' layer)")
-        layout.addWidget(self.qc_label)
-        self.warnings_label = _wrapped("")
-        layout.addWidget(self.warnings_label)
+        self.notes = ResultNotes()  # slides, regions, QC, warnings
+        for label in self.notes.labels():
+            layout.addWidget(label)
+        (self.slides_label, self.regions_label, self.qc_label,
+         self.warnings_label) = self.notes.labels()
 
         layout.addWidget(_wrapped(
             "<b>Reconstructed pathway profile</b> (mean z-score vs. the training cohort; "
@@ -302,77 +277,24 @@ class ResultsPanel(QWidget):
         self.category_combo.setCurrentIndex(0)
         self.category_combo.blockSignals(False)
         self.fill_regions(p)
-        self.show_slides(p)
-        self.show_regions_report(getattr(p, "regions_report", None))
-        self.show_qc_report(getattr(p, "qc_report", None))
-        self.show_warnings(list(p.warnings))
+        self.notes.show(p)
         self.setVisible(True)
 
     def show_slides(self, p) -> None:
         """The slides of a several-slide (patient) prediction and their patches."""
-        if p.n_slides <= 1:
-            self.slides_label.setVisible(False)
-            return
-        counts = np.bincount(p.slide_index, minlength=p.n_slides)
-        share = np.bincount(p.slide_index, weights=p.morphology_attention,
-                            minlength=p.n_slides)
-        rows = "".join(
-            f"<br>&bull; {s.get('name', f'slide {k + 1}')}: {int(n):,} patches, "
-            f"{100 * a:.0f} % of the attention"
-            for k, (s, n, a) in enumerate(zip(p.slides, counts, share)))
-        who = p.slide.get("patient")
-        self.slides_label.setText(
-            f"<b>{p.n_slides} slides</b>{f' of {who}' if who else ''}, one bag:{rows}")
-        self.slides_label.setVisible(True)
+        self.notes.show_slides(p)
 
     def show_regions_report(self, report) -> None:
         """Regions used (count, mm^2) and the patches they removed (None: no regions)."""
-        reports = report if isinstance(report, list) else [report]
-        parts = []
-        for k, r in enumerate(reports):
-            if not r or not (r.get("n_include_regions") or r.get("n_exclude_regions")):
-                continue
-            where = f"slide {k + 1}: " if len(reports) > 1 else ""
-            inc, exc = int(r.get("n_include_regions", 0)), int(r.get("n_exclude_regions", 0))
-            text = []
-            if inc:
-                text.append(f"{inc} include ({_mm2(r.get('include_area_mm2'))}), "
-                            f"{int(r.get('n_outside_include', 0)):,} patches outside")
-            if exc:
-                text.append(f"{exc} exclude ({_mm2(r.get('exclude_area_mm2'))}), "
-                            f"{int(r.get('n_excluded', 0)):,} patches removed")
-            parts.append(where + "; ".join(text) +
-                         f"; {int(r.get('n_kept', 0)):,} of {int(r.get('n_patches', 0)):,} kept")
-        self.regions_label.setText("<b>Regions:</b> " + "<br>".join(parts) if parts else "")
-        self.regions_label.setVisible(bool(parts))
+        self.notes.show_regions_report(report)
 
     def show_qc_report(self, report) -> None:
         """Patches the artifact QC left out, by reason (None: QC off)."""
-        if report is None:
-            self.qc_label.setText("<b>Artifact QC:</b> off")
-            self.qc_label.setVisible(True)
-            return
-        reports = report if isinstance(report, list) else [report]
-        counts: dict[str, int] = {}
-        for r in reports:
-            for reason, n in ((r or {}).get("flagged") or {}).items():
-                counts[reason] = counts.get(reason, 0) + int(n)
-        total = counts.pop("total", sum(counts.values()))
-        legend = ", ".join(
-            f"<span style='color:{QC_COLOURS.get(k, '#888888')}'>&#9632;</span> {k} {n:,}"
-            for k, n in counts.items())
-        self.qc_label.setText(f"<b>Artifact QC:</b> {total:,} patches left out"
-                              + (f" ({legend})" if total else ""))
-        self.qc_label.setVisible(True)
+        self.notes.show_qc_report(report)
 
     def show_warnings(self, warnings: list[str]) -> None:
         """The prediction's warnings (also shown as notifications)."""
-        if not warnings:
-            self.warnings_label.setVisible(False)
-            return
-        items = "".join(f"<br>&bull; {_escape(w)}" for w in warnings)
-        self.warnings_label.setText(f"<b style='color:#e08214'>Warnings:</b>{items}")
-        self.warnings_label.setVisible(True)
+        self.notes.show_warnings(warnings)
 
     def clear(self) -> None:
         """Empty and hide the panel."""
@@ -394,36 +316,8 @@ class ResultsPanel(QWidget):
 
     def plot_survival(self, p) -> None:
         """Step plot of the predicted survival curve, in the viewer's theme colours."""
-        fig = self.survival_figure
-        fig.clear()
-        background = self.palette().color(self.backgroundRole()).name()
-        foreground = self.palette().color(self.foregroundRole()).name()
-        fig.set_facecolor(background)
-        ax = fig.add_subplot(111)
-        ax.set_facecolor(background)
-        for spine in ax.spines.values():
-            spine.set_color(foreground)
-        ax.tick_params(colors=foreground, labelsize=7)
-        ax.xaxis.label.set_color(foreground)
-        ax.yaxis.label.set_color(foreground)
-        months, surv = p.survival_curve()
-        horizon = float(getattr(p, "horizon_months", 0.0) or 0.0)
-        if not np.isfinite(horizon) or horizon <= 0:
-            horizon = float(months[-1])
-        # surv[k + 1] is the probability of surviving past the end of bin k.
-        ax.step(months, surv, where="post", color="#ef5350", lw=1.8)
-        ax.plot(months[1:], surv[1:], "o", color="#ef5350", ms=3)
-        ax.set_ylim(0, 1.02)
-        # a margin right of the horizon, so that the last step is drawn inside the axes
-        # (not on their right border)
-        ax.set_xlim(0, horizon * 1.06)
-        ax.set_xlabel("months", fontsize=8)
-        ax.set_ylabel("survival probability", fontsize=8)
-        ax.grid(alpha=0.3)
-        note = getattr(p, "horizon_note", "") or ""
-        self.horizon_label.setText(note)
-        self.horizon_label.setVisible(bool(note))
-        self.survival_canvas.draw_idle()
+        self.survival.plot(p, self.palette().color(self.backgroundRole()).name(),
+                           self.palette().color(self.foregroundRole()).name())
 
     def fill_pathways(self, p) -> None:
         """One row per category (mean z-score bar), its top genes as children."""

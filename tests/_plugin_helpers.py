@@ -141,3 +141,24 @@ def run_predict_cli(argv: list[str]) -> int:
     cli_predict.add_parser(sub)
     args = parser.parse_args(["predict", *argv])
     return args.func(args)
+
+
+def write_test_cache(folder: Path, slide, grid, spec: dict):
+    """A feature cache for ``slide``'s ``grid`` (seeded random 8-d features, the encoder
+    ``spec``) written where and how the pipeline writes one; returns (path, features)."""
+    from napari_ghanet.io.features import (
+        PatchFeatures,
+        cached_features_path,
+        grid_key,
+        save_features,
+    )
+
+    path = cached_features_path(folder, slide, spec, grid)
+    feats = PatchFeatures(
+        np.random.default_rng(0).normal(size=(len(grid), 8)).astype(np.float32),
+        grid.coords,
+        {"encoder_spec": spec, "slide_fingerprint": slide.fingerprint(),
+         "grid_key": grid_key(grid), **grid.geometry()},
+    )
+    save_features(path, feats)
+    return path, feats

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+from _plugin_helpers import write_test_cache
 from napari_ghanet._version import __version__
 from napari_ghanet.encoders import EncoderSpec
 from napari_ghanet.io.features import (
@@ -206,15 +207,7 @@ def _flip(path, dataset, index):
 
 
 def _cache(tmp_path, slide, grid):
-    path = cached_features_path(tmp_path, slide, SPEC, grid)
-    feats = PatchFeatures(
-        np.random.default_rng(0).normal(size=(len(grid), 8)).astype(np.float32),
-        grid.coords,
-        {"encoder_spec": SPEC, "slide_fingerprint": slide.fingerprint(),
-         "grid_key": grid_key(grid), **grid.geometry()},
-    )
-    save_features(path, feats)
-    return path, feats
+    return write_test_cache(tmp_path, slide, grid, SPEC)
 
 
 def test_bit_flips_in_cached_features_or_coords_are_recomputed_with_a_notice(

@@ -26,7 +26,7 @@ import pytest
 from hypothesis import HealthCheck, given, seed, settings
 from hypothesis import strategies as st
 
-from _plugin_helpers import FAST_ENCODER, make_bundle
+from _plugin_helpers import FAST_ENCODER, make_bundle, write_test_cache
 from napari_ghanet.errors import FeaturesError, NotWritableError
 from napari_ghanet.io import atomic
 from napari_ghanet.io.cache import FEATURE_KEY_FILE, cache_dir, feature_key
@@ -34,7 +34,6 @@ from napari_ghanet.io.features import (
     PatchFeatures,
     cached_features_path,
     features_digest,
-    grid_key,
     keyed_digest,
     load_cached_features,
     load_features,
@@ -58,16 +57,8 @@ def sg(tiled_tiff):
     slide.close()
 
 
-def _write_cache(folder: Path, slide, grid) -> tuple[Path, PatchFeatures]:
-    path = cached_features_path(folder, slide, SPEC, grid)
-    feats = PatchFeatures(
-        np.random.default_rng(0).normal(size=(len(grid), 8)).astype(np.float32),
-        grid.coords,
-        {"encoder_spec": SPEC, "slide_fingerprint": slide.fingerprint(),
-         "grid_key": grid_key(grid), **grid.geometry()},
-    )
-    save_features(path, feats)
-    return path, feats
+def _write_cache(folder: Path, slide, grid):
+    return write_test_cache(folder, slide, grid, SPEC)
 
 
 def _status(path: Path, slide, grid) -> tuple[str, str]:
